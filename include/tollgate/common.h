@@ -1,0 +1,37 @@
+/* Small definitions every tollgate module shares. */
+#ifndef TOLLGATE_COMMON_H
+#define TOLLGATE_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#define TG_WUR __attribute__((warn_unused_result))
+#define TG_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define TG_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Size of the error buffers computing modules fill (STYLE.md: they never log). */
+#define TG_ERR_LEN 256
+
+/* Costs and bucket levels are integers in micro-units: 1 unit = 1e6 micro-units.
+ * Video seconds weighted by resolution are fractional; this keeps them exact
+ * enough and keeps the C and Lua bucket math identical. */
+#define TG_MICRO 1000000LL
+
+/* What a request is charged in: the `unit` of a limit. */
+enum tg_unit {
+    TG_UNIT_REQUESTS = 0,
+    TG_UNIT_TOKENS,
+    TG_UNIT_VIDEO_SECONDS,
+    TG_UNIT_COUNT
+};
+
+/* Names as they appear in config, headers and records:
+ * "requests", "tokens", "video_seconds". */
+const char *tg_unit_name(enum tg_unit u);
+
+/* Monotonic and wall clock in milliseconds. */
+int64_t tg_now_mono_ms(void);
+int64_t tg_now_wall_ms(void);
+
+#endif

@@ -1,0 +1,202 @@
+/* The loaded configuration: an immutable, reference-counted snapshot of one YAML file. */
+#ifndef TOLLGATE_CONFIG_H
+#define TOLLGATE_CONFIG_H
+
+#include <sys/socket.h>
+#include <stdio.h>
+#include "tollgate/common.h"
+
+/* Defaults: named constants, never literals in code (STYLE.md). */
+#define TG_DEFAULT_LISTEN "0.0.0.0:8080"
+#define TG_DEFAULT_WORKERS 0
+#define TG_DEFAULT_MAX_BODY_BYTES (10 * 1024 * 1024)
+#define TG_DEFAULT_HEADER_TIMEOUT_MS 10000
+#define TG_DEFAULT_IDLE_TIMEOUT_MS 60000
+#define TG_DEFAULT_DRAIN_TIMEOUT_MS 30000
+#define TG_DEFAULT_ADMIN_LISTEN "127.0.0.1:9090"
+#define TG_DEFAULT_LOG_LEVEL "info"
+#define TG_DEFAULT_REDIS_HOST "127.0.0.1"
+#define TG_DEFAULT_REDIS_PORT 6379
+#define TG_DEFAULT_REDIS_TIMEOUT_MS 50
+#define TG_DEFAULT_REDIS_KEY_PREFIX "tg:"
+#define TG_DEFAULT_EXPECTED_GATEWAYS 1
+#define TG_DEFAULT_CHARS_PER_TOKEN 4
+#define TG_DEFAULT_MAX_TOKENS 4096
+#define TG_DEFAULT_USAGE_FILE "var/usage.jsonl"
+#define TG_DEFAULT_KAFKA_BROKERS "127.0.0.1:9092"
+#define TG_DEFAULT_KAFKA_TOPIC "tollgate.usage"
+#define TG_DEFAULT_SPOOL_DIR "var/spool"
+#define TG_DEFAULT_SPOOL_FSYNC_INTERVAL_MS 100
+#define TG_DEFAULT_SPOOL_MAX_BYTES (1024LL * 1024 * 1024)
+#define TG_DEFAULT_CONNECT_TIMEOUT_MS 2000
+#define TG_DEFAULT_RESPONSE_TIMEOUT_MS 600000
+#define TG_DEFAULT_MAX_CONNECTIONS 256
+#define TG_MAX_LIMITS_PER_TENANT 32
+
+enum tg_log_level { TG_LOG_DEBUG, TG_LOG_INFO, TG_LOG_WARN, TG_LOG_ERROR };
+enum tg_limiter_backend { TG_LIMITER_LOCAL, TG_LIMITER_REDIS };
+enum tg_on_redis_error { TG_REDIS_ERROR_ALLOW, TG_REDIS_ERROR_DENY };
+enum tg_sink_kind { TG_SINK_FILE, TG_SINK_KAFKA, TG_SINK_NONE };
+enum tg_spool_fsync { TG_SPOOL_FSYNC_ALWAYS, TG_SPOOL_FSYNC_INTERVAL };
+enum tg_spool_full { TG_SPOOL_FULL_REJECT, TG_SPOOL_FULL_DROP_OLDEST };
+/* How a route is charged: `cost:` of a route. */
+enum tg_cost_model { TG_COST_REQUESTS, TG_COST_TOKENS, TG_COST_VIDEO };
+
+struct tg_kv {
+    char *key;
+    char *value;
+};
+
+/* A host:port to listen on, resolved at load time. */
+struct tg_listen {
+    char *text; /* as written */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+};
+
+struct tg_upstream {
+    char *name;
+    char *url;
+    bool tls;      /* https:// */
+    char *host;    /* host part of url, for Host: and SNI */
+    int port;
+    char *base_path; /* path part of url without trailing '/', "" if none */
+    char *host_header; /* "host" or "host:port" when not the scheme default */
+    struct sockaddr_storage addr; /* resolved once at load */
+    socklen_t addrlen;
+    struct tg_kv *headers; /* set on the forwarded request */
+    size_t nheaders;
+    int connect_timeout_ms;
+    int response_timeout_ms;
+    int max_connections; /* per worker */
+    bool tls_verify;
+    size_t index; /* position in tg_config.upstreams */
+};
+
+struct tg_route {
+    char *path; /* prefix */
+    size_t path_len;
+    struct tg_upstream *upstream; /* (ref) into the same config */
+    enum tg_cost_model cost;
+    int default_max_tokens; /* route override, else costs.default_max_tokens */
+    int max_wait_ms;        /* >0: a denied request waits up to this long for room */
+};
+
+struct tg_limit {
+    char *name;
+    enum tg_unit unit;
+    double rate;        /* units per `per_ms` */
+    int64_t per_ms;     /* 1000, 60000, 3600000, 86400000 */
+    double burst;       /* capacity in units; default = rate */
+    char **models;      /* empty = applies to every model */
+    size_t nmodels;
+};
+
+struct tg_tenant {
+    char *name;
+    struct tg_limit *limits;
+    size_t nlimits;
+    size_t index; /* position in tg_config.tenants */
+};
+
+/* One API key. Plain keys are hashed at load; only digests are kept. */
+struct tg_key {
+    uint8_t digest[32];
+    struct tg_tenant *tenant; /* (ref) */
+    bool was_plain;
+};
+
+struct tg_config {
+    char *path; /* file it came from, "" for embedded defaults */
+    struct {
+        struct tg_listen listen;
+        int workers; /* resolved: 0 became the CPU count */
+        int64_t max_body_bytes;
+        int header_timeout_ms;
+        int idle_timeout_ms;
+        int drain_timeout_ms;
+    } server;
+    struct {
+        struct tg_listen listen;
+        char *token; /* "" = no auth */
+    } admin;
+    struct {
+        enum tg_log_level level;
+        char *access_path; /* "" = stderr */
+    } log;
+    struct {
+        enum tg_limiter_backend backend;
+        struct {
+            char *host;
+            int port;
+            struct sockaddr_storage addr; /* resolved once at load */
+            socklen_t addrlen;
+            char *password;
+            int db;
+            int timeout_ms;
+            char *key_prefix;
+        } redis;
+        enum tg_on_redis_error on_redis_error;
+        int expected_gateways;
+    } limiter;
+    struct {
+        int chars_per_token;
+        int default_max_tokens;
+    } costs;
+    struct {
+        enum tg_sink_kind sink;
+        struct {
+            char *path;
+        } file;
+        struct {
+            char *brokers;
+            char *topic;
+            char *spool_dir;
+            enum tg_spool_fsync spool_fsync;
+            int spool_fsync_interval_ms;
+            int64_t spool_max_bytes;
+            enum tg_spool_full spool_full;
+            struct tg_kv *properties;
+            size_t nproperties;
+        } kafka;
+    } usage;
+    struct tg_upstream *upstreams;
+    size_t nupstreams;
+    struct tg_route *routes; /* sorted by path length, longest first */
+    size_t nroutes;
+    struct tg_tenant *tenants;
+    size_t ntenants;
+    struct tg_key *keys; /* open-addressing table keyed by digest */
+    size_t keys_cap;     /* power of two */
+    size_t nkeys;
+    size_t nplain_keys;  /* keys written in plain text (--check warns) */
+    int refs;            /* atomic */
+};
+
+/* Loads and validates FILE. Returns a config with one reference, or NULL with
+ * `err` filled as "FILE:LINE:COLUMN: key.path: reason". `${VAR}` in scalars is
+ * expanded from the environment; an unset variable is an error. */
+struct tg_config *tg_config_load(const char *path, char err[TG_ERR_LEN]) TG_WUR;
+
+/* Same, from a string in memory; `name` stands for the file name in errors. */
+struct tg_config *tg_config_load_string(const char *name, const char *text, size_t len,
+                                        char err[TG_ERR_LEN]) TG_WUR;
+
+/* Reference counting (atomic; any thread). The last unref frees. */
+struct tg_config *tg_config_ref(struct tg_config *cfg);
+void tg_config_unref(struct tg_config *cfg);
+
+/* Longest path-prefix match of `path` (up to '?'); NULL if no route matches.
+ * A prefix matches at a segment boundary: "/v1/models" matches "/v1/models"
+ * and "/v1/models/x", not "/v1/modelsx". */
+const struct tg_route *tg_config_route(const struct tg_config *cfg, const char *path,
+                                       size_t len);
+
+/* The tenant by name, or NULL. */
+const struct tg_tenant *tg_config_tenant(const struct tg_config *cfg, const char *name);
+
+/* Writes the effective routes, tenants and limits (never keys) to `out`, as
+ * `tollgate --check` prints them, with a warning line per plain-text key. */
+void tg_config_print(const struct tg_config *cfg, FILE *out);
+
+#endif

@@ -1,0 +1,142 @@
+/* The limiter: one all-or-nothing check over every bucket a request touches,
+ * then a settle of actual − estimate. Backends sit behind a table of functions. */
+#ifndef TOLLGATE_LIMITER_H
+#define TOLLGATE_LIMITER_H
+
+#include "tollgate/config.h"
+#include "tollgate/cost.h"
+
+struct event_base;
+
+#define TG_MAX_BUCKETS TG_MAX_LIMITS_PER_TENANT
+
+/* One bucket a request is charged against. */
+struct tg_bucket_ref {
+    const struct tg_limit *limit; /* (ref) into the request's config */
+    int64_t cost_u;               /* micro-units */
+};
+
+/* What one check asks for. */
+struct tg_limit_req {
+    const char *tenant; /* (ref) */
+    bool fallback; /* set by the caller from the check's result before settle */
+    size_t n;
+    struct tg_bucket_ref b[TG_MAX_BUCKETS];
+};
+
+enum tg_limit_status {
+    TG_LIMIT_ALLOWED = 0,
+    TG_LIMIT_DENIED,    /* some bucket has not enough: 429 */
+    TG_LIMIT_TOO_LARGE, /* cost exceeds a bucket's capacity: never passes (400-class) */
+    TG_LIMIT_ERROR,     /* backend unreachable and on_redis_error: deny: 503 */
+};
+
+/* Per bucket, after the check (whether allowed or not). */
+struct tg_bucket_state {
+    int64_t limit_u;     /* capacity */
+    int64_t remaining_u; /* level after this check (never below 0 in replies) */
+    int64_t reset_ms;    /* time until full */
+};
+
+struct tg_limit_result {
+    enum tg_limit_status status;
+    int denied;          /* index into req.b of the bucket that denied, else -1 */
+    int64_t retry_ms;    /* for a denial: time until the request could pass */
+    bool fallback;       /* judged by the local limiter because Redis failed */
+    size_t n;
+    struct tg_bucket_state b[TG_MAX_BUCKETS];
+};
+
+/* Called once per check, possibly before tg_limiter_check returns. */
+typedef void (*tg_limiter_cb)(void *arg, const struct tg_limit_result *res);
+
+struct tg_limiter;
+
+struct tg_limiter_ops {
+    const char *name; /* "local", "redis" */
+    int (*check)(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
+                 void *arg);
+    /* delta_u[i] = actual − estimate for req->b[i]; positive charges, negative refunds. */
+    void (*settle)(struct tg_limiter *l, const struct tg_limit_req *req, const int64_t *delta_u);
+    /* Cancels a pending check: its callback will not be called. */
+    void (*cancel)(struct tg_limiter *l, void *arg);
+    bool (*ready)(struct tg_limiter *l); /* backend reachable (or in its fallback) */
+    void (*destroy)(struct tg_limiter *l);
+};
+
+struct tg_limiter {
+    const struct tg_limiter_ops *ops;
+};
+
+/* Pure token-bucket math shared by the local backend and tests: the C twin of
+ * src/lua/bucket.lua, operation for operation. */
+struct tg_bucket {
+    int64_t level_u;      /* may be negative (debt) */
+    int64_t updated_ms;
+};
+
+/* Capacity and refill of a limit in micro-units; `divisor` divides the rate
+ * (limiter.expected_gateways in fallback). */
+int64_t tg_bucket_capacity_u(const struct tg_limit *l);
+/* Level after refilling from b->updated_ms to now_ms (now earlier than updated
+ * counts as no time passed), capped at capacity. */
+int64_t tg_bucket_refill(const struct tg_bucket *b, int64_t now_ms, double rate, int64_t per_ms,
+                         int64_t cap_u);
+/* Milliseconds until `level_u` reaches `target_u` at this rate (0 if already). */
+int64_t tg_bucket_time_to(int64_t level_u, int64_t target_u, double rate, int64_t per_ms);
+
+/* The process-wide in-process limiter (limiter_local.c); buckets are keyed by
+ * tenant and limit name so they survive config reloads. `divisor` >= 1 divides
+ * every rate and burst (fallback for Redis with expected_gateways). Thread-safe. */
+struct tg_limiter *tg_limiter_local_create(int divisor);
+
+/* The Redis limiter of one worker (limiter_redis.c) on that worker's loop.
+ * `fallback` (ref) answers when Redis fails and on_redis_error is allow. */
+struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct tg_config *cfg,
+                                           struct tg_limiter *fallback);
+
+/* Fills `req` with every bucket of `tenant` that applies to a request of this
+ * cost and model: requests limits always; tokens/video limits when their cost
+ * is > 0; limits with `models` only for a listed model. */
+void tg_limiter_plan(const struct tg_tenant *tenant, const struct tg_cost *cost,
+                     const char *model, struct tg_limit_req *req);
+
+/* Appends the rate-limit headers of a checked request to `out` as
+ * "Name: value\r\n" lines: x-ratelimit-{limit,remaining,reset}-{requests,tokens,
+ * video-seconds} for the tightest bucket of each unit, RateLimit-Policy and
+ * RateLimit (IETF draft), and for a denial Retry-After (whole seconds, rounded
+ * up) and retry-after-ms. Returns the length written (truncated at cap-1, NUL
+ * terminated). */
+size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg_limit_result *res,
+                                 char *out, size_t cap);
+
+/* Writes the OpenAI-shaped error body for a DENIED or TOO_LARGE result, e.g.
+ * {"error":{"message":"Rate limit reached for tokens per minute (tpm) for tenant
+ * acme: limit 200000, remaining 120, requested 4096. Please try again in
+ * 1.574s.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}
+ * (TOO_LARGE: code "limit_exceeds_capacity", type "invalid_request_error").
+ * Returns the length written. */
+size_t tg_limiter_format_error(const struct tg_limit_req *req, const struct tg_limit_result *res,
+                               char *out, size_t cap);
+
+/* Formats a duration as OpenAI does: "120ms", "1s", "1.5s", "6m0s", "1h2m3s". */
+size_t tg_limiter_format_duration(int64_t ms, char *out, size_t cap);
+
+static inline int tg_limiter_check(struct tg_limiter *l, const struct tg_limit_req *req,
+                                   tg_limiter_cb cb, void *arg)
+{
+    return l->ops->check(l, req, cb, arg);
+}
+
+static inline void tg_limiter_settle(struct tg_limiter *l, const struct tg_limit_req *req,
+                                     const int64_t *delta_u)
+{
+    l->ops->settle(l, req, delta_u);
+}
+
+static inline void tg_limiter_destroy(struct tg_limiter *l)
+{
+    if (l) l->ops->destroy(l);
+}
+
+#endif

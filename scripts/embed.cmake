@@ -1,0 +1,10 @@
+# Turns each src/lua/NAME.lua into `const char tg_lua_NAME[]` in one C file.
+separate_arguments(SCRIPTS)
+set(out "/* Generated from the Lua scripts in src/lua by scripts/embed.cmake. Do not edit. */\n")
+foreach(f ${SCRIPTS})
+  get_filename_component(name ${f} NAME_WE)
+  file(READ ${f} hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," hex "${hex}")
+  string(APPEND out "const char tg_lua_${name}[] = {${hex}0x00};\n")
+endforeach()
+file(WRITE ${OUT} "${out}")

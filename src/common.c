@@ -1,0 +1,24 @@
+/* Definitions shared by every module: unit names and clocks. */
+#include <time.h>
+#include "tollgate/common.h"
+
+static const char *const unit_names[TG_UNIT_COUNT] = {"requests", "tokens", "video_seconds"};
+
+const char *tg_unit_name(enum tg_unit u)
+{
+    return (unsigned)u < TG_UNIT_COUNT ? unit_names[u] : "unknown";
+}
+
+int64_t tg_now_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t tg_now_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
