@@ -1,0 +1,336 @@
+/* Prometheus metrics: per-thread series tables, summed and rendered at scrape time. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/buffer.h>
+#include "tollgate/metrics.h"
+
+enum mtype { M_COUNTER, M_GAUGE, M_HISTOGRAM };
+#define counter M_COUNTER
+#define gauge M_GAUGE
+#define histogram M_HISTOGRAM
+static const struct {
+    enum mtype type;
+    const char *name;
+    const char *labels;
+    const char *help;
+} defs[TG_M_COUNT] = {
+#define TG_METRIC_DEF(e, t, n, l, h) {t, n, l, h},
+    TG_METRICS(TG_METRIC_DEF)
+#undef TG_METRIC_DEF
+};
+#undef counter
+#undef gauge
+#undef histogram
+
+static const double hist_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                     0.25,   0.5,   1,      2.5,   5,    10,    30,    60,  300};
+#define NBOUNDS TG_ARRAY_LEN(hist_bounds)
+#define MAX_LABELS 4
+#define KEY_MAX 512
+
+/* One series: a metric with one set of label values. Only its owner thread
+ * writes the numbers; the scraper reads them with relaxed atomics. */
+struct series {
+    enum tg_metric metric;
+    uint64_t hash;
+    char *key; /* label values joined by '\x1f' */
+    double value; /* counter/gauge, or histogram sum */
+    uint64_t count; /* histogram */
+    uint64_t buckets[NBOUNDS];
+};
+
+struct table {
+    pthread_mutex_t mu; /* held by the owner to insert, by the scraper to read */
+    struct series **slots;
+    size_t cap, n;
+    struct table *next;
+};
+
+static pthread_mutex_t tables_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct table *tables;   /* every thread's table, never freed */
+static struct table global_tb; /* tg_metrics_set, guarded by its own mutex */
+static __thread struct table *my_table;
+
+static size_t nlabels(enum tg_metric m)
+{
+    const char *l = defs[m].labels;
+    if (*l == '\0') return 0;
+    size_t n = 1;
+    for (; *l; l++) n += *l == ',';
+    return n;
+}
+
+static size_t make_key(enum tg_metric m, const char *const *labels, char *out, uint64_t *hash)
+{
+    size_t n = nlabels(m), len = 0;
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)m;
+    for (size_t i = 0; i < n; i++) {
+        const char *v = labels && labels[i] ? labels[i] : "other";
+        size_t vl = strlen(v);
+        if (len + vl + 1 >= KEY_MAX) vl = KEY_MAX - len - 2;
+        if (i > 0) out[len++] = '\x1f';
+        memcpy(out + len, v, vl);
+        len += vl;
+    }
+    out[len] = '\0';
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)out[i]) * 1099511628211ULL;
+    *hash = h;
+    return len;
+}
+
+static struct series **find_slot(struct table *t, enum tg_metric m, uint64_t h, const char *key)
+{
+    size_t mask = t->cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        struct series *s = t->slots[i];
+        if (s == NULL || (s->hash == h && s->metric == m && strcmp(s->key, key) == 0))
+            return &t->slots[i];
+    }
+}
+
+static void grow(struct table *t)
+{
+    size_t ncap = t->cap ? t->cap * 2 : 64;
+    struct series **old = t->slots;
+    size_t ocap = t->cap;
+    t->slots = calloc(ncap, sizeof(*t->slots));
+    t->cap = ncap;
+    for (size_t i = 0; i < ocap; i++)
+        if (old[i]) *find_slot(t, old[i]->metric, old[i]->hash, old[i]->key) = old[i];
+    free(old);
+}
+
+static struct table *thread_table(void)
+{
+    if (my_table == NULL) {
+        struct table *t = calloc(1, sizeof(*t));
+        pthread_mutex_init(&t->mu, NULL);
+        pthread_mutex_lock(&tables_mu);
+        t->next = tables;
+        tables = t;
+        pthread_mutex_unlock(&tables_mu);
+        my_table = t;
+    }
+    return my_table;
+}
+
+/* Finds or inserts a series; inserting takes the table's mutex. */
+static struct series *lookup(struct table *t, enum tg_metric m, const char *const *labels,
+                             bool locked)
+{
+    char key[KEY_MAX];
+    uint64_t h;
+    make_key(m, labels, key, &h);
+    if (t->cap) {
+        struct series *s = *find_slot(t, m, h, key);
+        if (s) return s;
+    }
+    if (!locked) pthread_mutex_lock(&t->mu);
+    if ((t->n + 1) * 2 > t->cap) grow(t);
+    struct series **slot = find_slot(t, m, h, key);
+    if (*slot == NULL) {
+        struct series *s = calloc(1, sizeof(*s));
+        s->metric = m;
+        s->hash = h;
+        s->key = strdup(key);
+        *slot = s;
+        t->n++;
+    }
+    struct series *s = *slot;
+    if (!locked) pthread_mutex_unlock(&t->mu);
+    return s;
+}
+
+static void store_double(double *p, double v)
+{
+    __atomic_store(p, &v, __ATOMIC_RELAXED);
+}
+
+static double load_double(double *p)
+{
+    double v;
+    __atomic_load(p, &v, __ATOMIC_RELAXED);
+    return v;
+}
+
+void tg_metrics_add(enum tg_metric m, const char *const *labels, double v)
+{
+    struct series *s = lookup(thread_table(), m, labels, false);
+    store_double(&s->value, s->value + v);
+}
+
+void tg_metrics_observe(enum tg_metric m, const char *const *labels, double v)
+{
+    struct series *s = lookup(thread_table(), m, labels, false);
+    store_double(&s->value, s->value + v);
+    __atomic_store_n(&s->count, s->count + 1, __ATOMIC_RELAXED);
+    for (size_t i = 0; i < NBOUNDS; i++) {
+        if (v <= hist_bounds[i]) {
+            __atomic_store_n(&s->buckets[i], s->buckets[i] + 1, __ATOMIC_RELAXED);
+            break;
+        }
+    }
+}
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static void global_init(void)
+{
+    pthread_mutex_init(&global_tb.mu, NULL);
+}
+
+void tg_metrics_set(enum tg_metric m, const char *const *labels, double v)
+{
+    pthread_once(&global_once, global_init);
+    pthread_mutex_lock(&global_tb.mu);
+    struct series *s = lookup(&global_tb, m, labels, true);
+    store_double(&s->value, v);
+    pthread_mutex_unlock(&global_tb.mu);
+}
+
+/* Scrape: gather the series of one metric from every table, merge equal keys. */
+struct agg {
+    const char *key;
+    double value;
+    uint64_t count;
+    uint64_t buckets[NBOUNDS];
+};
+
+static int cmp_agg(const void *a, const void *b)
+{
+    return strcmp(((const struct agg *)a)->key, ((const struct agg *)b)->key);
+}
+
+static void collect(struct table *t, enum tg_metric m, struct agg **out, size_t *n, size_t *cap)
+{
+    for (size_t i = 0; i < t->cap; i++) {
+        struct series *s = t->slots[i];
+        if (s == NULL || s->metric != m) continue;
+        if (*n == *cap) {
+            *cap = *cap ? *cap * 2 : 16;
+            *out = realloc(*out, *cap * sizeof(**out));
+        }
+        struct agg *a = &(*out)[(*n)++];
+        a->key = s->key;
+        a->value = load_double(&s->value);
+        a->count = __atomic_load_n(&s->count, __ATOMIC_RELAXED);
+        for (size_t b = 0; b < NBOUNDS; b++)
+            a->buckets[b] = __atomic_load_n(&s->buckets[b], __ATOMIC_RELAXED);
+    }
+}
+
+/* Writes `{name="v",...` (without the closing brace) for a joined key. */
+static void put_labels(struct evbuffer *out, enum tg_metric m, const char *key)
+{
+    const char *names = defs[m].labels;
+    if (*names == '\0') return;
+    evbuffer_add(out, "{", 1);
+    const char *k = key;
+    bool first = true;
+    while (*names) {
+        const char *ne = strchr(names, ',');
+        size_t nl = ne ? (size_t)(ne - names) : strlen(names);
+        if (!first) evbuffer_add(out, ",", 1);
+        first = false;
+        evbuffer_add(out, names, nl);
+        evbuffer_add(out, "=\"", 2);
+        for (; *k && *k != '\x1f'; k++) {
+            if (*k == '\\' || *k == '"') evbuffer_add_printf(out, "\\%c", *k);
+            else if (*k == '\n') evbuffer_add(out, "\\n", 2);
+            else evbuffer_add(out, k, 1);
+        }
+        if (*k == '\x1f') k++;
+        evbuffer_add(out, "\"", 1);
+        names = ne ? ne + 1 : names + nl;
+    }
+}
+
+static void put_value(struct evbuffer *out, double v)
+{
+    if (v == (double)(int64_t)v) evbuffer_add_printf(out, " %lld\n", (long long)v);
+    else evbuffer_add_printf(out, " %.17g\n", v);
+}
+
+void tg_metrics_render(struct evbuffer *out)
+{
+    pthread_once(&global_once, global_init);
+    static const char *const tnames[] = {"counter", "gauge", "histogram"};
+    struct agg *all = NULL;
+    size_t cap = 0;
+    for (int m = 0; m < TG_M_COUNT; m++) {
+        size_t n = 0;
+        pthread_mutex_lock(&tables_mu);
+        for (struct table *t = tables; t; t = t->next) {
+            pthread_mutex_lock(&t->mu);
+            collect(t, (enum tg_metric)m, &all, &n, &cap);
+            pthread_mutex_unlock(&t->mu);
+        }
+        pthread_mutex_unlock(&tables_mu);
+        pthread_mutex_lock(&global_tb.mu);
+        collect(&global_tb, (enum tg_metric)m, &all, &n, &cap);
+        pthread_mutex_unlock(&global_tb.mu);
+
+        evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", defs[m].name, defs[m].help,
+                            defs[m].name, tnames[defs[m].type]);
+        if (n == 0 && nlabels((enum tg_metric)m) == 0 && defs[m].type != M_HISTOGRAM) {
+            evbuffer_add_printf(out, "%s 0\n", defs[m].name);
+            continue;
+        }
+        qsort(all, n, sizeof(*all), cmp_agg);
+        for (size_t i = 0; i < n;) {
+            struct agg sum = all[i];
+            size_t j = i + 1;
+            for (; j < n && strcmp(all[j].key, sum.key) == 0; j++) {
+                sum.value += all[j].value;
+                sum.count += all[j].count;
+                for (size_t b = 0; b < NBOUNDS; b++) sum.buckets[b] += all[j].buckets[b];
+            }
+            i = j;
+            if (defs[m].type != M_HISTOGRAM) {
+                evbuffer_add_printf(out, "%s", defs[m].name);
+                if (nlabels((enum tg_metric)m)) {
+                    put_labels(out, (enum tg_metric)m, sum.key);
+                    evbuffer_add(out, "}", 1);
+                }
+                put_value(out, sum.value);
+                continue;
+            }
+            uint64_t cum = 0;
+            bool has = nlabels((enum tg_metric)m) > 0;
+            for (size_t b = 0; b <= NBOUNDS; b++) {
+                cum += b < NBOUNDS ? sum.buckets[b] : 0;
+                evbuffer_add_printf(out, "%s_bucket", defs[m].name);
+                if (has) {
+                    put_labels(out, (enum tg_metric)m, sum.key);
+                    evbuffer_add(out, ",", 1);
+                } else {
+                    evbuffer_add(out, "{", 1);
+                }
+                if (b < NBOUNDS) evbuffer_add_printf(out, "le=\"%g\"}", hist_bounds[b]);
+                else evbuffer_add_printf(out, "le=\"+Inf\"}");
+                evbuffer_add_printf(out, " %llu\n",
+                                    (unsigned long long)(b < NBOUNDS ? cum : sum.count));
+            }
+            const char *suffix[] = {"_sum", "_count"};
+            for (int k = 0; k < 2; k++) {
+                evbuffer_add_printf(out, "%s%s", defs[m].name, suffix[k]);
+                if (has) {
+                    put_labels(out, (enum tg_metric)m, sum.key);
+                    evbuffer_add(out, "}", 1);
+                }
+                put_value(out, k == 0 ? sum.value : (double)sum.count);
+            }
+        }
+    }
+    free(all);
+}
+
+void tg_metrics_print_doc(void)
+{
+    static const char *const tnames[] = {"counter", "gauge", "histogram"};
+    printf("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for (int m = 0; m < TG_M_COUNT; m++)
+        printf("| `%s` | %s | %s | %s |\n", defs[m].name, tnames[defs[m].type],
+               *defs[m].labels ? defs[m].labels : "", defs[m].help);
+}
