@@ -1,0 +1,1185 @@
+/* The request path of one worker: read a request, judge it, forward it, stream the reply, settle, record. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include "tollgate/auth.h"
+#include "tollgate/cost.h"
+#include "tollgate/http.h"
+#include "tollgate/log.h"
+#include "tollgate/metrics.h"
+#include "tollgate/proxy.h"
+
+/* A reply buffered for a client past this stops reading from its upstream. */
+#define CLIENT_HIGH_WATER (256 * 1024)
+#define CLIENT_LOW_WATER (64 * 1024)
+/* Bytes an upstream connection may hold unread (its read high-water mark). */
+#define UPSTREAM_READ_MAX (128 * 1024)
+/* Pipelined bytes a busy connection keeps buffered before it stops reading. */
+#define PIPELINE_MAX (TG_HTTP_MAX_HEAD + 64 * 1024)
+#define RL_HEADERS_MAX 1536
+
+enum conn_state {
+    C_IDLE,    /* between requests */
+    C_HEAD,    /* reading a request head */
+    C_BODY,    /* reading a request body */
+    C_WORK,    /* judging, forwarding, replying */
+    C_CLOSING, /* writing the last reply, then close */
+};
+
+enum out_mode {
+    OUT_PASS,    /* move the upstream's bytes as they are */
+    OUT_REFRAME, /* write de-chunked body data, chunked (or raw until close) */
+};
+
+struct tg_req {
+    struct tg_config *cfg; /* the snapshot this request runs on */
+    char id[TG_REQUEST_ID_LEN];
+    int64_t t0_us, tup_us;
+    int64_t ts_ms;
+    char *head; /* copy of the request head: header pointers point here */
+    size_t head_cap;
+    struct tg_http_msg msg;
+    char *body;
+    size_t body_len, body_cap;
+    bool body_too_large;
+    char *fwd_body; /* body with usage requested, when rewritten */
+    size_t fwd_len;
+    const struct tg_route *route;
+    const struct tg_tenant *tenant;
+    uint8_t key_digest[32];
+    struct tg_request_info info;
+    struct tg_cost est;
+    struct tg_limit_req lreq;
+    struct tg_limit_result lres;
+    bool checking, charged, acquiring, retried;
+    int64_t t_lim_us;
+    int waited_ms;
+    char rl[RL_HEADERS_MAX];
+    size_t rl_len;
+    struct tg_pool *pool;
+    struct tg_upconn *up;
+    char *uhead;
+    size_t uhead_cap;
+    struct tg_http_msg umsg;
+    bool resp_head, resp_started, upstream_failed, paused, strip_usage, scanning;
+    bool out_chunked;
+    enum out_mode out_mode;
+    struct tg_scan scan;
+    int status;
+    int64_t bytes_in, bytes_out, up_bytes;
+    bool active; /* counted in worker inflight */
+};
+
+struct tg_conn {
+    struct tg_worker *w;
+    struct bufferevent *bev;
+    struct event *timer;
+    char peer[INET6_ADDRSTRLEN];
+    enum conn_state state;
+    bool keep_alive;
+    bool http10;
+    struct tg_req req;
+    struct tg_conn *prev, *next;
+};
+
+static const char *const side_client[] = {"client"};
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void client_read_cb(struct bufferevent *bev, void *arg);
+static void client_write_cb(struct bufferevent *bev, void *arg);
+static void client_event_cb(struct bufferevent *bev, short what, void *arg);
+static void up_read_cb(struct bufferevent *bev, void *arg);
+static void up_write_cb(struct bufferevent *bev, void *arg);
+static void up_event_cb(struct bufferevent *bev, short what, void *arg);
+static void timer_cb(evutil_socket_t fd, short what, void *arg);
+static void req_finish(struct tg_conn *c, enum tg_decision decision);
+static void start_forward(struct tg_conn *c);
+
+static void arm_timer(struct tg_conn *c, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+/* ---- connection lifecycle ---- */
+
+void tg_proxy_accept(struct tg_worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+{
+    struct tg_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        evutil_closesocket(fd);
+        return;
+    }
+    c->w = w;
+    c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->timer = evtimer_new(w->base, timer_cb, c);
+    if (c->bev == NULL || c->timer == NULL) {
+        if (c->bev) bufferevent_free(c->bev);
+        else evutil_closesocket(fd);
+        if (c->timer) event_free(c->timer);
+        free(c);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, c->peer, sizeof(c->peer));
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, c->peer,
+                  sizeof(c->peer));
+    c->next = w->conns;
+    if (w->conns) w->conns->prev = c;
+    w->conns = c;
+    tg_metrics_add(TG_M_CONNECTIONS, side_client, 1);
+    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, CLIENT_LOW_WATER, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->state = C_IDLE;
+    arm_timer(c, w->cfg->server.header_timeout_ms);
+}
+
+static void req_release(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    if (r->scanning) tg_scan_deinit(&r->scan);
+    r->scanning = false;
+    free(r->fwd_body);
+    r->fwd_body = NULL;
+    if (r->cfg) tg_config_unref(r->cfg);
+    r->cfg = NULL;
+    if (r->active) __atomic_fetch_sub(&c->w->inflight, 1, __ATOMIC_RELAXED);
+    r->active = false;
+}
+
+static void conn_free(struct tg_conn *c)
+{
+    struct tg_worker *w = c->w;
+    struct tg_req *r = &c->req;
+    if (r->checking) w->limiter->ops->cancel(w->limiter, c);
+    if (r->acquiring && r->pool) tg_pool_cancel(r->pool, c);
+    if (r->up) tg_pool_release(r->up, false);
+    req_release(c);
+    free(r->head);
+    free(r->body);
+    free(r->uhead);
+    if (c->prev) c->prev->next = c->next;
+    else w->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    event_free(c->timer);
+    bufferevent_free(c->bev);
+    tg_metrics_add(TG_M_CONNECTIONS, side_client, -1);
+    free(c);
+}
+
+/* Closes once everything queued for the client is written. */
+static void conn_close_after_write(struct tg_conn *c)
+{
+    c->state = C_CLOSING;
+    bufferevent_disable(c->bev, EV_READ);
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        conn_free(c);
+        return;
+    }
+    arm_timer(c, c->w->cfg->server.idle_timeout_ms);
+}
+
+void tg_proxy_close_idle(struct tg_worker *w)
+{
+    struct tg_conn *c = w->conns;
+    while (c) {
+        struct tg_conn *next = c->next;
+        if (c->state == C_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+            conn_free(c);
+        c = next;
+    }
+}
+
+void tg_proxy_close_all(struct tg_worker *w)
+{
+    while (w->conns) {
+        struct tg_conn *c = w->conns;
+        if (c->req.active) req_finish(c, TG_DECISION_ERROR);
+        if (w->conns == c) conn_free(c);
+    }
+}
+
+/* ---- replies made by tollgate ---- */
+
+static size_t json_escape(char *out, size_t cap, const char *s)
+{
+    size_t n = 0;
+    for (; *s && n + 7 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            out[n++] = '\\';
+            out[n++] = (char)ch;
+        } else if (ch < 0x20) {
+            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", ch);
+        } else {
+            out[n++] = (char)ch;
+        }
+    }
+    out[n] = '\0';
+    return n;
+}
+
+static void add_common_headers(struct tg_conn *c, struct evbuffer *out, bool close)
+{
+    struct tg_req *r = &c->req;
+    evbuffer_add_printf(out, "x-request-id: %s\r\n", r->id);
+    if (r->rl_len) evbuffer_add(out, r->rl, r->rl_len);
+    if (close) evbuffer_add(out, "Connection: close\r\n", 19);
+    else if (c->http10) evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+}
+
+/* Answers the current request with an OpenAI-shaped error (or a ready body). */
+static void reply_json(struct tg_conn *c, int status, const char *body, size_t blen, bool close,
+                       enum tg_decision decision)
+{
+    struct tg_req *r = &c->req;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (!c->keep_alive || c->w->draining) close = true;
+    c->keep_alive = c->keep_alive && !close;
+    size_t before = evbuffer_get_length(out);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                        "Content-Length: %zu\r\n",
+                        status, tg_http_reason(status), blen);
+    add_common_headers(c, out, close);
+    evbuffer_add(out, "\r\n", 2);
+    evbuffer_add(out, body, blen);
+    r->bytes_out += (int64_t)(evbuffer_get_length(out) - before);
+    r->status = status;
+    r->resp_started = true;
+    req_finish(c, decision);
+}
+
+static void reply_error(struct tg_conn *c, int status, const char *type, const char *code,
+                        const char *param, const char *message, bool close,
+                        enum tg_decision decision)
+{
+    char msg[512], body[1024];
+    json_escape(msg, sizeof(msg), message);
+    char codebuf[96], parambuf[96];
+    if (code) snprintf(codebuf, sizeof(codebuf), "\"%s\"", code);
+    else snprintf(codebuf, sizeof(codebuf), "null");
+    if (param) snprintf(parambuf, sizeof(parambuf), "\"%s\"", param);
+    else snprintf(parambuf, sizeof(parambuf), "null");
+    int n = snprintf(body, sizeof(body),
+                     "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":%s,\"code\":%s}}",
+                     msg, type, parambuf, codebuf);
+    reply_json(c, status, body, (size_t)n, close, decision);
+}
+
+/* ---- request start and head ---- */
+
+static bool sane_request_id(const char *v, size_t len)
+{
+    if (len == 0 || len >= TG_REQUEST_ID_LEN) return false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = v[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+            return false;
+    }
+    return true;
+}
+
+static void req_begin(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    struct tg_worker *w = c->w;
+    r->cfg = tg_config_ref(w->cfg);
+    r->t0_us = now_us();
+    r->ts_ms = tg_now_wall_ms();
+    r->id[0] = '\0';
+    r->body_len = 0;
+    r->body_too_large = false;
+    r->fwd_len = 0;
+    r->route = NULL;
+    r->tenant = NULL;
+    memset(&r->info, 0, sizeof(r->info));
+    memset(&r->est, 0, sizeof(r->est));
+    r->lreq.n = 0;
+    r->lreq.fallback = false;
+    r->lres.status = TG_LIMIT_ALLOWED;
+    r->lres.denied = -1;
+    r->lres.fallback = false;
+    r->checking = r->charged = r->acquiring = r->retried = false;
+    r->waited_ms = 0;
+    r->rl_len = 0;
+    r->rl[0] = '\0';
+    r->pool = NULL;
+    r->up = NULL;
+    r->resp_head = r->resp_started = r->upstream_failed = r->paused = false;
+    r->strip_usage = r->scanning = r->out_chunked = false;
+    r->out_mode = OUT_PASS;
+    r->status = 0;
+    r->bytes_in = r->bytes_out = r->up_bytes = 0;
+    r->tup_us = 0;
+    r->active = true;
+    __atomic_fetch_add(&w->inflight, 1, __ATOMIC_RELAXED);
+}
+
+static void on_req_body(void *arg, const char *data, size_t len)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = &c->req;
+    if (r->body_too_large) return;
+    if ((int64_t)(r->body_len + len) > r->cfg->server.max_body_bytes) {
+        r->body_too_large = true;
+        return;
+    }
+    if (r->body_len + len + 1 > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap : 4096;
+        while (cap < r->body_len + len + 1) cap *= 2;
+        char *nb = realloc(r->body, cap);
+        if (nb == NULL) {
+            r->body_too_large = true;
+            return;
+        }
+        r->body = nb;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, data, len);
+    r->body_len += len;
+}
+
+static void on_request_complete(struct tg_conn *c);
+
+/* Called with a parsed head: route, authenticate, check size; then read the body. */
+static void on_head(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    struct tg_http_msg *m = &r->msg;
+    c->keep_alive = m->keep_alive;
+    c->http10 = m->parser.http_major == 1 && m->parser.http_minor == 0;
+    size_t idlen;
+    const char *rid = tg_http_header(m, "x-request-id", &idlen);
+    if (rid && sane_request_id(rid, idlen)) {
+        memcpy(r->id, rid, idlen);
+        r->id[idlen] = '\0';
+    } else {
+        tg_usage_new_id(r->id);
+    }
+    size_t plen = 0;
+    while (plen < m->url_len && m->url[plen] != '?') plen++;
+    r->route = tg_config_route(r->cfg, m->url, plen);
+    bool body_pending = !m->done;
+    if (r->route == NULL) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "Invalid URL (%s %.*s)",
+                 http_method_str((enum http_method)m->parser.method), (int)(plen > 160 ? 160 : plen),
+                 m->url);
+        reply_error(c, 404, "invalid_request_error", "unknown_url", NULL, msg, body_pending,
+                    TG_DECISION_REJECTED);
+        return;
+    }
+    size_t alen = 0;
+    const char *auth = tg_http_header(m, "authorization", &alen);
+    r->tenant = auth ? tg_auth_lookup(r->cfg, auth, alen, r->key_digest) : NULL;
+    if (r->tenant == NULL) {
+        reply_error(c, 401, "invalid_request_error", "invalid_api_key", NULL,
+                    auth ? "Incorrect API key provided."
+                         : "You didn't provide an API key. You need to provide your API key in an "
+                           "Authorization header using Bearer auth (i.e. Authorization: Bearer "
+                           "YOUR_KEY).",
+                    body_pending, TG_DECISION_REJECTED);
+        return;
+    }
+    if (m->content_length > r->cfg->server.max_body_bytes) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "Request body of %lld bytes exceeds the limit of %lld bytes.",
+                 (long long)m->content_length, (long long)r->cfg->server.max_body_bytes);
+        reply_error(c, 413, "invalid_request_error", "request_too_large", NULL, msg, true,
+                    TG_DECISION_REJECTED);
+        return;
+    }
+    if (m->expect_continue && body_pending &&
+        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+        evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    if (m->content_length > 0 && (size_t)m->content_length + 1 > r->body_cap) {
+        char *nb = realloc(r->body, (size_t)m->content_length + 1);
+        if (nb) {
+            r->body = nb;
+            r->body_cap = (size_t)m->content_length + 1;
+        }
+    }
+    if (!body_pending) {
+        on_request_complete(c);
+        return;
+    }
+    c->state = C_BODY;
+    evtimer_del(c->timer);
+    arm_timer(c, r->cfg->server.idle_timeout_ms);
+}
+
+/* Tries to read a whole head from the input. */
+static void read_head(struct tg_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t len = evbuffer_get_length(in);
+    if (len == 0) return;
+    if (c->state == C_IDLE) {
+        /* Stray line breaks between pipelined requests are allowed. */
+        unsigned char first;
+        while (len > 0 && evbuffer_copyout(in, &first, 1) == 1 && (first == '\r' || first == '\n')) {
+            evbuffer_drain(in, 1);
+            len--;
+        }
+        if (len == 0) return;
+        c->state = C_HEAD;
+        req_begin(c);
+        evtimer_del(c->timer);
+        arm_timer(c, c->req.cfg->server.header_timeout_ms);
+    }
+    struct tg_req *r = &c->req;
+    struct evbuffer_ptr pos = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (pos.pos < 0 || pos.pos + 4 > TG_HTTP_MAX_HEAD) {
+        if (len > TG_HTTP_MAX_HEAD || (pos.pos >= 0 && pos.pos + 4 > TG_HTTP_MAX_HEAD)) {
+            tg_usage_new_id(r->id);
+            reply_error(c, 431, "invalid_request_error", "request_header_fields_too_large", NULL,
+                        "The request header block exceeds 65536 bytes.", true,
+                        TG_DECISION_REJECTED);
+        }
+        return;
+    }
+    size_t hlen = (size_t)pos.pos + 4;
+    if (hlen > r->head_cap) {
+        size_t cap = r->head_cap ? r->head_cap : 2048;
+        while (cap < hlen) cap *= 2;
+        char *nh = realloc(r->head, cap);
+        if (nh == NULL) {
+            conn_free(c);
+            return;
+        }
+        r->head = nh;
+        r->head_cap = cap;
+    }
+    evbuffer_remove(in, r->head, hlen);
+    r->bytes_in += (int64_t)hlen;
+    tg_http_msg_init(&r->msg, HTTP_REQUEST, on_req_body, c);
+    enum tg_http_result res = tg_http_parse_head(&r->msg, r->head, hlen);
+    if (res != TG_HTTP_OK) {
+        tg_usage_new_id(r->id);
+        if (res == TG_HTTP_TOO_MANY_HEADERS)
+            reply_error(c, 431, "invalid_request_error", "request_header_fields_too_large", NULL,
+                        "The request has too many header fields.", true, TG_DECISION_REJECTED);
+        else
+            reply_error(c, 400, "invalid_request_error", "bad_request", NULL,
+                        res == TG_HTTP_SMUGGLING
+                            ? "A request may not carry both Content-Length and Transfer-Encoding."
+                            : "The request could not be parsed as HTTP/1.1.",
+                        true, TG_DECISION_REJECTED);
+        return;
+    }
+    on_head(c);
+}
+
+/* Feeds buffered body bytes to the parser. */
+static void read_body(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer_iovec v[8];
+    while (evbuffer_get_length(in) > 0 && !r->msg.done) {
+        int nv = evbuffer_peek(in, -1, NULL, v, 8);
+        if (nv > 8) nv = 8;
+        size_t used = 0;
+        bool stop = false;
+        for (int i = 0; i < nv && !stop; i++) {
+            ssize_t n = tg_http_feed(&r->msg, v[i].iov_base, v[i].iov_len);
+            if (n < 0) {
+                evbuffer_drain(in, used);
+                reply_error(c, 400, "invalid_request_error", "bad_request", NULL,
+                            "The request body framing is invalid.", true, TG_DECISION_REJECTED);
+                return;
+            }
+            used += (size_t)n;
+            stop = (size_t)n < v[i].iov_len || r->msg.done;
+        }
+        evbuffer_drain(in, used);
+        r->bytes_in += (int64_t)used;
+        if (r->body_too_large) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "Request body exceeds the limit of %lld bytes.",
+                     (long long)r->cfg->server.max_body_bytes);
+            reply_error(c, 413, "invalid_request_error", "request_too_large", NULL, msg, true,
+                        TG_DECISION_REJECTED);
+            return;
+        }
+    }
+    if (r->msg.done) on_request_complete(c);
+}
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct tg_conn *c = arg;
+    switch (c->state) {
+    case C_IDLE:
+    case C_HEAD:
+        read_head(c);
+        if (c->state == C_BODY) read_body(c);
+        break;
+    case C_BODY:
+        read_body(c);
+        break;
+    case C_WORK:
+        if (evbuffer_get_length(bufferevent_get_input(bev)) > PIPELINE_MAX)
+            bufferevent_disable(bev, EV_READ);
+        break;
+    case C_CLOSING:
+        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+        break;
+    }
+}
+
+/* ---- judging ---- */
+
+static void on_limit(void *arg, const struct tg_limit_result *res);
+
+static void run_check(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    r->checking = true;
+    r->t_lim_us = now_us();
+    if (tg_limiter_check(c->w->limiter, &r->lreq, on_limit, c) != 0 && r->checking) {
+        struct tg_limit_result err = {.status = TG_LIMIT_ERROR, .denied = -1};
+        on_limit(c, &err);
+    }
+}
+
+static void on_request_complete(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    struct tg_config *cfg = r->cfg;
+    c->state = C_WORK;
+    evtimer_del(c->timer);
+    char err[TG_ERR_LEN];
+    int max_tokens = r->route->default_max_tokens > 0 ? r->route->default_max_tokens
+                                                      : cfg->costs.default_max_tokens;
+    if (tg_cost_estimate(r->route->cost, cfg->costs.chars_per_token, max_tokens, r->body,
+                         r->body_len, &r->est, &r->info, err) != 0) {
+        reply_error(c, 400, "invalid_request_error", "invalid_request_body", NULL, err, false,
+                    TG_DECISION_REJECTED);
+        return;
+    }
+    if (r->route->cost == TG_COST_TOKENS && r->info.stream && !r->info.client_wants_usage) {
+        r->fwd_body = tg_cost_request_usage(r->body, r->body_len, &r->fwd_len);
+        r->strip_usage = r->fwd_body != NULL;
+    }
+    if (!c->w->sink->ops->accepting(c->w->sink)) {
+        reply_error(c, 503, "server_error", "usage_sink_unavailable", NULL,
+                    "The gateway cannot record usage right now. Please retry shortly.", false,
+                    TG_DECISION_REJECTED);
+        return;
+    }
+    tg_limiter_plan(r->tenant, &r->est, r->info.model, &r->lreq);
+    r->lreq.tenant = r->tenant->name;
+    run_check(c);
+}
+
+static void on_limit(void *arg, const struct tg_limit_result *res)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = &c->req;
+    r->checking = false;
+    r->lres = *res;
+    r->lreq.fallback = res->fallback;
+    static const char *const backend_local[] = {"local"};
+    const char *backend[] = {c->w->limiter->ops->name};
+    (void)backend_local;
+    tg_metrics_observe(TG_M_LIMITER_DURATION, backend, (double)(now_us() - r->t_lim_us) / 1e6);
+    r->rl_len = tg_limiter_format_headers(&r->lreq, res, r->rl, sizeof(r->rl));
+    if (res->status == TG_LIMIT_ALLOWED) {
+        r->charged = true;
+        start_forward(c);
+        return;
+    }
+    if (res->status == TG_LIMIT_DENIED && r->route->max_wait_ms > 0 &&
+        r->waited_ms + res->retry_ms <= r->route->max_wait_ms) {
+        int ms = (int)(res->retry_ms > 0 ? res->retry_ms : 1);
+        r->waited_ms += ms;
+        r->rl_len = 0;
+        arm_timer(c, ms);
+        return;
+    }
+    char body[1024];
+    size_t n = tg_limiter_format_error(&r->lreq, res, body, sizeof(body));
+    if (res->status == TG_LIMIT_DENIED) {
+        const char *labels[] = {r->tenant->name, r->lreq.b[res->denied].limit->name};
+        tg_metrics_add(TG_M_RATELIMITED, labels, 1);
+        reply_json(c, 429, body, n, false, TG_DECISION_LIMITED);
+    } else if (res->status == TG_LIMIT_TOO_LARGE) {
+        reply_json(c, 400, body, n, false, TG_DECISION_REJECTED);
+    } else {
+        r->rl_len = (size_t)snprintf(r->rl, sizeof(r->rl), "Retry-After: 1\r\n");
+        reply_json(c, 503, body, n, false, TG_DECISION_ERROR);
+    }
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct tg_conn *c = arg;
+    switch (c->state) {
+    case C_IDLE:
+    case C_CLOSING:
+        conn_free(c);
+        return;
+    case C_HEAD:
+    case C_BODY:
+        if (c->req.id[0] == '\0') tg_usage_new_id(c->req.id);
+        reply_error(c, 408, "invalid_request_error", "request_timeout", NULL,
+                    "The request was not received in time.", true, TG_DECISION_REJECTED);
+        return;
+    case C_WORK:
+        run_check(c); /* a denied request waiting for room (route max_wait_ms) */
+        return;
+    }
+}
+
+/* ---- forwarding ---- */
+
+static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool timeout);
+
+static struct tg_pool *pool_for(struct tg_worker *w, const struct tg_upstream *u)
+{
+    if (u->index < w->npools && tg_pool_matches(w->pools[u->index], u)) return w->pools[u->index];
+    for (size_t i = 0; i < w->npools; i++)
+        if (tg_pool_matches(w->pools[i], u)) return w->pools[i];
+    return NULL;
+}
+
+static void start_forward(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    r->pool = pool_for(c->w, r->route->upstream);
+    if (r->pool == NULL) {
+        r->upstream_failed = true;
+        reply_error(c, 502, "server_error", "upstream_unavailable", NULL,
+                    "The upstream of this route was removed by a reload.", false,
+                    TG_DECISION_ERROR);
+        return;
+    }
+    r->acquiring = true;
+    tg_pool_acquire(r->pool, on_upconn, c);
+}
+
+static void write_request(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    const struct tg_upstream *u = r->route->upstream;
+    struct tg_http_msg *m = &r->msg;
+    struct evbuffer *out = bufferevent_get_output(tg_upconn_bev(r->up));
+    evbuffer_add_printf(out, "%s %s%.*s HTTP/1.1\r\nHost: %s\r\n",
+                        http_method_str((enum http_method)m->parser.method), u->base_path,
+                        (int)m->url_len, m->url, u->host_header);
+    const char *xff = NULL;
+    size_t xff_len = 0;
+    for (size_t i = 0; i < m->nheaders; i++) {
+        const struct tg_http_header *h = &m->headers[i];
+        if (tg_http_is_hop_by_hop(h->name, h->nlen) || tg_http_name_is(h->name, h->nlen, "host") ||
+            tg_http_name_is(h->name, h->nlen, "authorization") ||
+            tg_http_name_is(h->name, h->nlen, "expect") ||
+            tg_http_name_is(h->name, h->nlen, "content-length") ||
+            tg_http_name_is(h->name, h->nlen, "x-request-id"))
+            continue;
+        if (tg_http_name_is(h->name, h->nlen, "x-forwarded-for")) {
+            xff = h->value;
+            xff_len = h->vlen;
+            continue;
+        }
+        bool configured = false;
+        for (size_t k = 0; k < u->nheaders && !configured; k++)
+            configured = tg_http_name_is(h->name, h->nlen, u->headers[k].key);
+        if (configured) continue;
+        evbuffer_add(out, h->name, h->nlen);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->vlen);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (xff) evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, c->peer);
+    else evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", c->peer);
+    evbuffer_add_printf(out, "x-request-id: %s\r\n", r->id);
+    for (size_t k = 0; k < u->nheaders; k++)
+        evbuffer_add_printf(out, "%s: %s\r\n", u->headers[k].key, u->headers[k].value);
+    const char *body = r->fwd_body ? r->fwd_body : r->body;
+    size_t blen = r->fwd_body ? r->fwd_len : r->body_len;
+    if (blen > 0 || m->parser.method == HTTP_POST || m->parser.method == HTTP_PUT ||
+        m->parser.method == HTTP_PATCH)
+        evbuffer_add_printf(out, "Content-Length: %zu\r\n", blen);
+    evbuffer_add(out, "\r\n", 2);
+    if (blen) evbuffer_add(out, body, blen);
+}
+
+static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool timeout)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = &c->req;
+    r->acquiring = false;
+    if (up == NULL) {
+        tg_log_warn("request %s tenant %s: %s", r->id, r->tenant->name, err);
+        r->upstream_failed = true;
+        reply_error(c, 502, "server_error", "upstream_unavailable", NULL,
+                    "The upstream model server could not be reached.", false, TG_DECISION_ERROR);
+        return;
+    }
+    r->up = up;
+    if (r->tup_us == 0) r->tup_us = now_us();
+    struct bufferevent *ub = tg_upconn_bev(up);
+    bufferevent_setcb(ub, up_read_cb, up_write_cb, up_event_cb, c);
+    bufferevent_setwatermark(ub, EV_READ, 0, UPSTREAM_READ_MAX);
+    int ms = r->route->upstream->response_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    bufferevent_set_timeouts(ub, &tv, NULL);
+    write_request(c);
+    bufferevent_enable(ub, EV_READ | EV_WRITE);
+}
+
+/* ---- the reply ---- */
+
+static void out_data(struct tg_conn *c, const char *data, size_t len)
+{
+    struct tg_req *r = &c->req;
+    if (len == 0) return;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (r->out_chunked) {
+        char hdr[24];
+        int n = snprintf(hdr, sizeof(hdr), "%zx\r\n", len);
+        evbuffer_add(out, hdr, (size_t)n);
+        evbuffer_add(out, data, len);
+        evbuffer_add(out, "\r\n", 2);
+        r->bytes_out += n + (int64_t)len + 2;
+    } else {
+        evbuffer_add(out, data, len);
+        r->bytes_out += (int64_t)len;
+    }
+}
+
+static void on_scan_emit(void *arg, const char *data, size_t len)
+{
+    out_data(arg, data, len);
+}
+
+static void on_resp_body(void *arg, const char *data, size_t len)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = &c->req;
+    if (r->scanning) tg_scan_feed(&r->scan, data, len);
+    if (r->out_mode == OUT_REFRAME && !(r->scanning && r->scan.strip_usage)) out_data(c, data, len);
+}
+
+static bool header_starts(const struct tg_http_msg *m, const char *name, const char *prefix)
+{
+    size_t vlen;
+    const char *v = tg_http_header(m, name, &vlen);
+    size_t pl = strlen(prefix);
+    return v && vlen >= pl && strncasecmp(v, prefix, pl) == 0;
+}
+
+static void send_resp_head(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    struct tg_http_msg *um = &r->umsg;
+    r->status = um->status;
+    if (um->status >= 500) r->upstream_failed = true;
+    bool sse = header_starts(um, "content-type", "text/event-stream");
+    if (r->route->cost != TG_COST_REQUESTS && !um->done) {
+        tg_scan_init(&r->scan, sse, r->strip_usage && sse, on_scan_emit, c);
+        r->scanning = true;
+    }
+    bool until_close = !um->chunked && um->content_length < 0 && !um->done;
+    if ((r->scanning && r->scan.strip_usage) || until_close) r->out_mode = OUT_REFRAME;
+    else r->out_mode = OUT_PASS;
+    bool close = !c->keep_alive || c->w->draining;
+    if (r->out_mode == OUT_REFRAME) {
+        r->out_chunked = !c->http10;
+        if (c->http10) close = true;
+    }
+    c->keep_alive = !close;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out);
+    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", um->status, tg_http_reason(um->status));
+    for (size_t i = 0; i < um->nheaders; i++) {
+        const struct tg_http_header *h = &um->headers[i];
+        if (tg_http_is_hop_by_hop(h->name, h->nlen) ||
+            tg_http_name_is(h->name, h->nlen, "x-request-id") ||
+            (r->out_mode == OUT_REFRAME && tg_http_name_is(h->name, h->nlen, "content-length")))
+            continue;
+        evbuffer_add(out, h->name, h->nlen);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->vlen);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (r->out_chunked || (r->out_mode == OUT_PASS && um->chunked))
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    add_common_headers(c, out, close);
+    evbuffer_add(out, "\r\n", 2);
+    r->bytes_out += (int64_t)(evbuffer_get_length(out) - before);
+    r->resp_started = true;
+}
+
+static void resp_complete(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    if (r->scanning) tg_scan_finish(&r->scan);
+    if (r->out_chunked) {
+        evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+        r->bytes_out += 5;
+    }
+    struct tg_upconn *up = r->up;
+    r->up = NULL;
+    bufferevent_setcb(tg_upconn_bev(up), NULL, NULL, NULL, NULL);
+    tg_pool_release(up, r->umsg.keep_alive);
+    req_finish(c, r->upstream_failed ? TG_DECISION_ERROR : TG_DECISION_ALLOWED);
+}
+
+/* Moves reply bytes from the upstream to the client, parsing as they pass. */
+static void pump_body(struct tg_conn *c)
+{
+    struct tg_req *r = &c->req;
+    struct bufferevent *ub = tg_upconn_bev(r->up);
+    struct evbuffer *in = bufferevent_get_input(ub);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer_iovec v[8];
+    while (!r->umsg.done && evbuffer_get_length(in) > 0) {
+        int nv = evbuffer_peek(in, -1, NULL, v, 8);
+        if (nv > 8) nv = 8;
+        size_t used = 0;
+        bool stop = false;
+        for (int i = 0; i < nv && !stop; i++) {
+            ssize_t n = tg_http_feed(&r->umsg, v[i].iov_base, v[i].iov_len);
+            if (n < 0) {
+                up_event_cb(ub, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+                return;
+            }
+            used += (size_t)n;
+            stop = (size_t)n < v[i].iov_len || r->umsg.done;
+        }
+        r->up_bytes += (int64_t)used;
+        if (r->out_mode == OUT_PASS) {
+            evbuffer_remove_buffer(in, out, used);
+            r->bytes_out += (int64_t)used;
+        } else {
+            evbuffer_drain(in, used);
+        }
+    }
+    if (r->umsg.done) {
+        resp_complete(c);
+        return;
+    }
+    if (evbuffer_get_length(out) > CLIENT_HIGH_WATER && !r->paused) {
+        r->paused = true;
+        bufferevent_disable(ub, EV_READ);
+    }
+}
+
+static void up_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = &c->req;
+    if (!r->resp_head) {
+        struct evbuffer *in = bufferevent_get_input(bev);
+        struct evbuffer_ptr pos = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+        if (pos.pos < 0) {
+            if (evbuffer_get_length(in) > TG_HTTP_MAX_HEAD)
+                up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+            return;
+        }
+        size_t hlen = (size_t)pos.pos + 4;
+        if (hlen > r->uhead_cap) {
+            size_t cap = r->uhead_cap ? r->uhead_cap : 2048;
+            while (cap < hlen) cap *= 2;
+            char *nh = realloc(r->uhead, cap);
+            if (nh == NULL) {
+                up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+                return;
+            }
+            r->uhead = nh;
+            r->uhead_cap = cap;
+        }
+        evbuffer_remove(in, r->uhead, hlen);
+        r->up_bytes += (int64_t)hlen;
+        tg_http_msg_init(&r->umsg, HTTP_RESPONSE, on_resp_body, c);
+        r->umsg.skip_body = r->msg.parser.method == HTTP_HEAD;
+        if (tg_http_parse_head(&r->umsg, r->uhead, hlen) != TG_HTTP_OK) {
+            up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+            return;
+        }
+        if (r->umsg.status / 100 == 1) {
+            up_read_cb(bev, arg); /* an interim reply: wait for the final one */
+            return;
+        }
+        r->resp_head = true;
+        send_resp_head(c);
+    }
+    pump_body(c);
+}
+
+static void up_write_cb(struct bufferevent *bev, void *arg)
+{
+}
+
+/* The upstream connection ended or failed while serving this request. */
+static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = &c->req;
+    if ((what & BEV_EVENT_EOF) && r->resp_head && !r->umsg.done) {
+        pump_body(c);
+        if (r->up == NULL) return; /* completed */
+        tg_http_feed_eof(&r->umsg);
+        if (r->umsg.done) {
+            r->umsg.keep_alive = false;
+            resp_complete(c);
+            return;
+        }
+    }
+    struct tg_upconn *up = r->up;
+    bool reused = tg_upconn_reused(up);
+    r->up = NULL;
+    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+    tg_pool_release(up, false);
+    if (!r->resp_head && r->up_bytes == 0 && reused && !r->retried && !(what & BEV_EVENT_TIMEOUT)) {
+        /* A stale keep-alive connection: once more on a fresh one. */
+        r->retried = true;
+        r->acquiring = true;
+        tg_pool_acquire(r->pool, on_upconn, c);
+        return;
+    }
+    r->upstream_failed = true;
+    if (!r->resp_started) {
+        bool timeout = (what & BEV_EVENT_TIMEOUT) != 0;
+        tg_log_warn("request %s tenant %s: upstream %s %s", r->id, r->tenant->name,
+                    r->route->upstream->name,
+                    timeout ? "did not answer in time" : "closed the connection");
+        if (timeout)
+            reply_error(c, 504, "server_error", "upstream_timeout", NULL,
+                        "The upstream model server did not answer in time.", false,
+                        TG_DECISION_ERROR);
+        else
+            reply_error(c, 502, "server_error", "upstream_error", NULL,
+                        "The upstream model server closed the connection without a reply.", false,
+                        TG_DECISION_ERROR);
+        return;
+    }
+    /* Mid-stream: the client's reply ends here, without a clean end. */
+    tg_log_warn("request %s tenant %s: upstream %s stream cut after %lld bytes", r->id,
+                r->tenant->name, r->route->upstream->name, (long long)r->up_bytes);
+    c->keep_alive = false;
+    if (r->scanning) tg_scan_finish(&r->scan);
+    req_finish(c, TG_DECISION_ERROR);
+}
+
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = &c->req;
+    if (c->state == C_CLOSING) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) conn_free(c);
+        return;
+    }
+    if (r->paused && r->up) {
+        r->paused = false;
+        bufferevent_enable(tg_upconn_bev(r->up), EV_READ);
+        pump_body(c);
+    }
+}
+
+static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = &c->req;
+    if (r->active && c->state == C_WORK) {
+        /* The client went away mid-request: cancel upstream work and record it. */
+        if (r->checking) {
+            c->w->limiter->ops->cancel(c->w->limiter, c);
+            r->checking = false;
+        }
+        if (r->acquiring) {
+            tg_pool_cancel(r->pool, c);
+            r->acquiring = false;
+        }
+        if (r->up) {
+            bufferevent_setcb(tg_upconn_bev(r->up), NULL, NULL, NULL, NULL);
+            tg_pool_release(r->up, false);
+            r->up = NULL;
+        }
+        if (r->scanning) tg_scan_finish(&r->scan);
+        r->status = 499;
+        c->keep_alive = false;
+        c->state = C_CLOSING;
+        req_finish(c, TG_DECISION_ERROR);
+    }
+    conn_free(c);
+}
+
+/* ---- the end of a request: settle, record, count, log ---- */
+
+/* The actual cost of a finished request, and the settle of actual − estimate.
+ * A failed upstream call (or a client gone before any reply byte) costs only
+ * its request unit. */
+static void settle(struct tg_conn *c, enum tg_decision decision, struct tg_cost *actual)
+{
+    struct tg_req *r = &c->req;
+    const struct tg_usage *usage = r->scanning ? &r->scan.usage : NULL;
+    bool reported = usage && (usage->have_tokens || usage->have_video);
+    bool nothing_delivered = r->status == 499 && !r->resp_started;
+    if (decision == TG_DECISION_ERROR && (r->upstream_failed || nothing_delivered) && !reported) {
+        memset(actual, 0, sizeof(*actual));
+        actual->u[TG_UNIT_REQUESTS] = TG_MICRO;
+    } else {
+        static const struct tg_usage none;
+        tg_cost_actual(r->route->cost, r->cfg->costs.chars_per_token, &r->info,
+                       usage ? usage : &none, actual);
+    }
+    int64_t delta[TG_MAX_BUCKETS];
+    bool any = false;
+    for (size_t i = 0; i < r->lreq.n; i++) {
+        delta[i] = actual->u[r->lreq.b[i].limit->unit] - r->lreq.b[i].cost_u;
+        any = any || delta[i] != 0;
+    }
+    if (any) tg_limiter_settle(c->w->limiter, &r->lreq, delta);
+    r->charged = false;
+}
+
+static const char *const decision_names[] = {"allowed", "limited", "rejected", "error"};
+
+static void count(struct tg_conn *c, const struct tg_usage_record *rec)
+{
+    struct tg_req *r = &c->req;
+    char code[8];
+    snprintf(code, sizeof(code), "%d", rec->status);
+    const char *tenant = rec->tenant;
+    const char *route = rec->route;
+    const char *req_labels[] = {route, tenant, code};
+    tg_metrics_add(TG_M_REQUESTS, req_labels, 1);
+    const char *route_labels[] = {route};
+    tg_metrics_observe(TG_M_REQUEST_DURATION, route_labels, rec->latency_ms / 1000.0);
+    if (rec->upstream_ms >= 0) {
+        const char *up_labels[] = {rec->upstream};
+        tg_metrics_observe(TG_M_UPSTREAM_DURATION, up_labels, rec->upstream_ms / 1000.0);
+    }
+    if (tenant == NULL ||
+        (rec->decision != TG_DECISION_ALLOWED && rec->decision != TG_DECISION_ERROR))
+        return;
+    for (int u = 0; u < TG_UNIT_COUNT; u++) {
+        const char *unit = tg_unit_name((enum tg_unit)u);
+        if (rec->estimated.u[u]) {
+            const char *l[] = {tenant, unit, "estimated"};
+            tg_metrics_add(TG_M_COST_UNITS, l, (double)rec->estimated.u[u] / TG_MICRO);
+        }
+        if (rec->actual.u[u]) {
+            const char *l[] = {tenant, unit, "actual"};
+            tg_metrics_add(TG_M_COST_UNITS, l, (double)rec->actual.u[u] / TG_MICRO);
+        }
+    }
+    /* Models are labelled only when some limit names them; others are "other". */
+    const char *model = NULL;
+    for (size_t i = 0; i < r->tenant->nlimits && model == NULL; i++)
+        for (size_t k = 0; k < r->tenant->limits[i].nmodels; k++)
+            if (strcmp(r->tenant->limits[i].models[k], rec->model) == 0) model = rec->model;
+    if (rec->usage.have_tokens) {
+        const char *lp[] = {tenant, model, "prompt"};
+        const char *lc[] = {tenant, model, "completion"};
+        tg_metrics_add(TG_M_TOKENS, lp, (double)rec->usage.prompt_tokens);
+        tg_metrics_add(TG_M_TOKENS, lc, (double)rec->usage.completion_tokens);
+    }
+    if (rec->usage.have_video) {
+        const char *lv[] = {tenant, model};
+        tg_metrics_add(TG_M_VIDEO_SECONDS, lv, rec->usage.video_seconds);
+    }
+}
+
+static void access_log(const struct tg_usage_record *rec)
+{
+    char line[1024], model[2 * TG_MODEL_LEN], ts[40];
+    json_escape(model, sizeof(model), rec->model ? rec->model : "");
+    time_t secs = (time_t)(rec->ts_ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t tn = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + tn, sizeof(ts) - tn, ".%03dZ", (int)(rec->ts_ms % 1000));
+    int n = snprintf(line, sizeof(line),
+                     "{\"ts\":\"%s\",\"id\":\"%s\",\"tenant\":%s%s%s,\"route\":%s%s%s,"
+                     "\"model\":\"%s\",\"status\":%d,\"decision\":\"%s\",\"latency_ms\":%.1f,"
+                     "\"upstream_ms\":%.1f,\"bytes_in\":%lld,\"bytes_out\":%lld}",
+                     ts, rec->id, rec->tenant ? "\"" : "", rec->tenant ? rec->tenant : "null",
+                     rec->tenant ? "\"" : "", rec->route ? "\"" : "",
+                     rec->route ? rec->route : "null", rec->route ? "\"" : "", model, rec->status,
+                     decision_names[rec->decision], rec->latency_ms,
+                     rec->upstream_ms < 0 ? 0.0 : rec->upstream_ms, (long long)rec->bytes_in,
+                     (long long)rec->bytes_out);
+    if (n > 0) tg_log_access(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+/* Every request ends here exactly once, whatever its outcome. */
+static void req_finish(struct tg_conn *c, enum tg_decision decision)
+{
+    struct tg_req *r = &c->req;
+    struct tg_worker *w = c->w;
+    int64_t t_end = now_us();
+    struct tg_usage_record rec;
+    memset(&rec, 0, sizeof(rec));
+    memcpy(rec.id, r->id, sizeof(rec.id));
+    if (rec.id[0] == '\0') tg_usage_new_id(rec.id);
+    rec.ts_ms = r->ts_ms;
+    rec.tenant = r->tenant ? r->tenant->name : NULL;
+    if (r->tenant) {
+        static const char hex[] = "0123456789abcdef";
+        for (int i = 0; i < 6; i++) {
+            rec.key[2 * i] = hex[r->key_digest[i] >> 4];
+            rec.key[2 * i + 1] = hex[r->key_digest[i] & 15];
+        }
+        rec.key[12] = '\0';
+    }
+    rec.route = r->route ? r->route->path : NULL;
+    rec.model = r->info.model;
+    rec.upstream = r->tup_us ? r->route->upstream->name : NULL;
+    rec.status = r->status;
+    rec.stream = r->info.stream;
+    rec.decision = decision;
+    if (decision == TG_DECISION_LIMITED && r->lres.denied >= 0)
+        rec.limit = r->lreq.b[r->lres.denied].limit->name;
+    rec.fallback = r->lres.fallback;
+    if (r->scanning) rec.usage = r->scan.usage;
+    rec.estimated = r->est;
+    if (r->charged) settle(c, decision, &rec.actual);
+    rec.latency_ms = (double)(t_end - r->t0_us) / 1000.0;
+    rec.upstream_ms = r->tup_us ? (double)(t_end - r->tup_us) / 1000.0 : -1;
+    rec.bytes_in = r->bytes_in;
+    rec.bytes_out = r->bytes_out;
+    if (tg_usage_emit(w->sink, &rec) != 0)
+        tg_log_error("request %s tenant %s: usage record could not be kept", rec.id,
+                     rec.tenant ? rec.tenant : "-");
+    count(c, &rec);
+    access_log(&rec);
+    req_release(c);
+
+    if (c->state == C_CLOSING) return; /* the client is gone: its close is under way */
+    if (!c->keep_alive || w->draining) {
+        conn_close_after_write(c);
+        return;
+    }
+    c->state = C_IDLE;
+    evtimer_del(c->timer);
+    arm_timer(c, w->cfg->server.idle_timeout_ms);
+    bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+}

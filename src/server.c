@@ -1,0 +1,285 @@
+/* The server: worker threads, each with its own event loop, listener, limiter and upstream pools. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <openssl/ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include "tollgate/log.h"
+#include "tollgate/proxy.h"
+#include "tollgate/server.h"
+
+#define LISTEN_BACKLOG 4096
+
+struct tg_server {
+    struct tg_sink *sink;
+    struct tg_limiter *local, *fallback;
+    int nworkers;
+    struct tg_worker *workers;
+    bool started;
+};
+
+struct worker_box {
+    struct tg_worker w;
+    int wake_fd;
+};
+
+static SSL_CTX *make_ssl_ctx(bool verify)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    if (verify) {
+        SSL_CTX_set_default_verify_paths(ctx);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+    return ctx;
+}
+
+/* Builds the worker's pools for its current config, keeping connections of
+ * upstreams that did not change. */
+static void rebuild_pools(struct tg_worker *w)
+{
+    struct tg_config *cfg = w->cfg;
+    struct tg_pool **pools = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*pools));
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct tg_upstream *u = &cfg->upstreams[i];
+        for (size_t k = 0; k < w->npools && pools[i] == NULL; k++) {
+            if (w->pools[k] && tg_pool_matches(w->pools[k], u)) {
+                pools[i] = w->pools[k];
+                w->pools[k] = NULL;
+                tg_pool_rebind(pools[i], u);
+            }
+        }
+        if (pools[i] == NULL) pools[i] = tg_pool_create(w, u);
+    }
+    for (size_t k = 0; k < w->npools; k++)
+        if (w->pools[k]) tg_pool_retire(w->pools[k]);
+    free(w->pools);
+    w->pools = pools;
+    w->npools = cfg->nupstreams;
+}
+
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct tg_worker *w = arg;
+    uint64_t v;
+    if (read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN) return;
+    pthread_mutex_lock(&w->mu);
+    struct tg_config *cfg = w->pending_cfg;
+    w->pending_cfg = NULL;
+    bool stop_accepting = w->stop_accepting, stop = w->stop;
+    pthread_mutex_unlock(&w->mu);
+    if (cfg) {
+        tg_config_unref(w->cfg);
+        w->cfg = cfg;
+        rebuild_pools(w);
+    }
+    if (stop_accepting && !w->draining) {
+        w->draining = true;
+        if (w->listener) evconnlistener_free(w->listener);
+        w->listener = NULL;
+        tg_proxy_close_idle(w);
+    }
+    if (stop) {
+        tg_proxy_close_all(w);
+        event_base_loopbreak(w->base);
+    }
+}
+
+static void post(struct tg_worker *w)
+{
+    struct worker_box *b = (struct worker_box *)w;
+    uint64_t one = 1;
+    if (write(b->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        tg_log_error("worker %d: cannot wake: %s", w->id, strerror(errno));
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
+{
+    tg_proxy_accept(arg, fd, sa, salen);
+}
+
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct tg_worker *w = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    tg_log_error("worker %d: accept failed: %s", w->id, evutil_socket_error_to_string(err));
+}
+
+static void *worker_main(void *arg)
+{
+    struct tg_worker *w = arg;
+    event_base_dispatch(w->base);
+    return NULL;
+}
+
+struct tg_server *tg_server_create(struct tg_config *cfg, struct tg_sink *sink,
+                                   struct tg_limiter *local, struct tg_limiter *fallback,
+                                   char err[TG_ERR_LEN])
+{
+    struct tg_server *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        snprintf(err, TG_ERR_LEN, "out of memory");
+        return NULL;
+    }
+    s->sink = sink;
+    s->local = local;
+    s->fallback = fallback;
+    s->nworkers = cfg->server.workers > 0 ? cfg->server.workers : 1;
+    struct worker_box *boxes = calloc((size_t)s->nworkers, sizeof(*boxes));
+    s->workers = (struct tg_worker *)boxes;
+    if (boxes == NULL) goto error;
+    for (int i = 0; i < s->nworkers; i++) {
+        struct worker_box *b = &boxes[i];
+        struct tg_worker *w = &b->w;
+        w->server = s;
+        w->id = i;
+        w->sink = sink;
+        w->local = local;
+        w->cfg = tg_config_ref(cfg);
+        pthread_mutex_init(&w->mu, NULL);
+        b->wake_fd = -1;
+        struct event_config *ec = event_config_new();
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
+        b->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        w->ssl_verify = make_ssl_ctx(true);
+        w->ssl_noverify = make_ssl_ctx(false);
+        if (w->base == NULL || b->wake_fd < 0 || !w->ssl_verify || !w->ssl_noverify) {
+            snprintf(err, TG_ERR_LEN, "worker %d: cannot create its event loop: %s", i,
+                     strerror(errno));
+            goto error;
+        }
+        w->wake = event_new(w->base, b->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
+        event_add(w->wake, NULL);
+        if (cfg->limiter.backend == TG_LIMITER_REDIS) {
+            w->limiter = tg_limiter_redis_create(w->base, cfg, fallback);
+            w->own_limiter = true;
+            if (w->limiter == NULL) {
+                snprintf(err, TG_ERR_LEN, "worker %d: cannot create the Redis limiter", i);
+                goto error;
+            }
+        } else {
+            w->limiter = local;
+        }
+        rebuild_pools(w);
+    }
+    return s;
+error:
+    tg_server_destroy(s);
+    return NULL;
+}
+
+int tg_server_start(struct tg_server *s, char err[TG_ERR_LEN])
+{
+    for (int i = 0; i < s->nworkers; i++) {
+        struct tg_worker *w = &((struct worker_box *)s->workers)[i].w;
+        const struct tg_listen *l = &w->cfg->server.listen;
+        w->listener = evconnlistener_new_bind(
+            w->base, accept_cb, w,
+            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
+            LISTEN_BACKLOG, (const struct sockaddr *)&l->addr, (int)l->addrlen);
+        if (w->listener == NULL) {
+            snprintf(err, TG_ERR_LEN, "cannot listen on %s: %s", l->text, strerror(errno));
+            return -1;
+        }
+        evconnlistener_set_error_cb(w->listener, accept_error_cb);
+    }
+    for (int i = 0; i < s->nworkers; i++) {
+        struct tg_worker *w = &((struct worker_box *)s->workers)[i].w;
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            snprintf(err, TG_ERR_LEN, "cannot start worker %d", i);
+            return -1;
+        }
+        s->started = true;
+    }
+    return 0;
+}
+
+void tg_server_reload(struct tg_server *s, struct tg_config *cfg)
+{
+    for (int i = 0; i < s->nworkers; i++) {
+        struct tg_worker *w = &((struct worker_box *)s->workers)[i].w;
+        pthread_mutex_lock(&w->mu);
+        if (w->pending_cfg) tg_config_unref(w->pending_cfg);
+        w->pending_cfg = tg_config_ref(cfg);
+        pthread_mutex_unlock(&w->mu);
+        post(w);
+    }
+}
+
+void tg_server_stop_accepting(struct tg_server *s)
+{
+    for (int i = 0; i < s->nworkers; i++) {
+        struct tg_worker *w = &((struct worker_box *)s->workers)[i].w;
+        pthread_mutex_lock(&w->mu);
+        w->stop_accepting = true;
+        pthread_mutex_unlock(&w->mu);
+        post(w);
+    }
+}
+
+int tg_server_inflight(struct tg_server *s)
+{
+    int n = 0;
+    for (int i = 0; i < s->nworkers; i++)
+        n += __atomic_load_n(&((struct worker_box *)s->workers)[i].w.inflight, __ATOMIC_RELAXED);
+    return n;
+}
+
+bool tg_server_ready(struct tg_server *s, char *why, size_t cap)
+{
+    for (int i = 0; i < s->nworkers; i++) {
+        struct tg_worker *w = &((struct worker_box *)s->workers)[i].w;
+        if (w->limiter && !w->limiter->ops->ready(w->limiter)) {
+            snprintf(why, cap, "worker %d: limiter backend %s unreachable", i,
+                     w->limiter->ops->name);
+            return false;
+        }
+    }
+    if (s->sink && !s->sink->ops->accepting(s->sink)) {
+        snprintf(why, cap, "usage sink %s is not accepting records", s->sink->ops->name);
+        return false;
+    }
+    return true;
+}
+
+void tg_server_destroy(struct tg_server *s)
+{
+    if (s == NULL) return;
+    struct worker_box *boxes = (struct worker_box *)s->workers;
+    for (int i = 0; boxes && s->started && i < s->nworkers; i++) {
+        struct tg_worker *w = &boxes[i].w;
+        pthread_mutex_lock(&w->mu);
+        w->stop = true;
+        pthread_mutex_unlock(&w->mu);
+        post(w);
+    }
+    for (int i = 0; boxes && i < s->nworkers; i++) {
+        struct tg_worker *w = &boxes[i].w;
+        if (s->started && w->thread) pthread_join(w->thread, NULL);
+        if (w->listener) evconnlistener_free(w->listener);
+        tg_proxy_close_all(w);
+        for (size_t k = 0; k < w->npools; k++) tg_pool_retire(w->pools[k]);
+        free(w->pools);
+        if (w->own_limiter) tg_limiter_destroy(w->limiter);
+        if (w->wake) event_free(w->wake);
+        if (boxes[i].wake_fd >= 0) close(boxes[i].wake_fd);
+        if (w->base) event_base_free(w->base);
+        if (w->ssl_verify) SSL_CTX_free(w->ssl_verify);
+        if (w->ssl_noverify) SSL_CTX_free(w->ssl_noverify);
+        if (w->pending_cfg) tg_config_unref(w->pending_cfg);
+        if (w->cfg) tg_config_unref(w->cfg);
+        pthread_mutex_destroy(&w->mu);
+    }
+    free(boxes);
+    free(s);
+}
