@@ -1,4 +1,5 @@
 /* Prometheus metrics: per-thread series tables, summed and rendered at scrape time. */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,17 +63,16 @@ static size_t nlabels(enum tg_metric m)
     return n;
 }
 
+/* Joins the label values with '\x1f' into out[KEY_MAX]; a '\x1f' inside a value
+ * becomes '?', and the whole key is cut at KEY_MAX-1 bytes. */
 static size_t make_key(enum tg_metric m, const char *const *labels, char *out, uint64_t *hash)
 {
     size_t n = nlabels(m), len = 0;
     uint64_t h = 1469598103934665603ULL ^ (uint64_t)m;
     for (size_t i = 0; i < n; i++) {
         const char *v = labels && labels[i] ? labels[i] : "other";
-        size_t vl = strlen(v);
-        if (len + vl + 1 >= KEY_MAX) vl = KEY_MAX - len - 2;
-        if (i > 0) out[len++] = '\x1f';
-        memcpy(out + len, v, vl);
-        len += vl;
+        if (i > 0 && len < KEY_MAX - 1) out[len++] = '\x1f';
+        for (; *v && len < KEY_MAX - 1; v++) out[len++] = *v == '\x1f' ? '?' : *v;
     }
     out[len] = '\0';
     for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)out[i]) * 1099511628211ULL;
@@ -248,8 +248,21 @@ static void put_labels(struct evbuffer *out, enum tg_metric m, const char *key)
 
 static void put_value(struct evbuffer *out, double v)
 {
-    if (v == (double)(int64_t)v) evbuffer_add_printf(out, " %lld\n", (long long)v);
+    if (isnan(v)) evbuffer_add(out, " NaN\n", 5);
+    else if (isinf(v)) evbuffer_add_printf(out, " %cInf\n", v > 0 ? '+' : '-');
+    else if (fabs(v) < 9007199254740992.0 && v == (double)(int64_t)v)
+        evbuffer_add_printf(out, " %lld\n", (long long)v);
     else evbuffer_add_printf(out, " %.17g\n", v);
+}
+
+/* HELP text escapes backslash and newline (text format 0.0.4). */
+static void put_help(struct evbuffer *out, const char *help)
+{
+    for (const char *p = help; *p; p++) {
+        if (*p == '\\') evbuffer_add(out, "\\\\", 2);
+        else if (*p == '\n') evbuffer_add(out, "\\n", 2);
+        else evbuffer_add(out, p, 1);
+    }
 }
 
 void tg_metrics_render(struct evbuffer *out)
@@ -271,13 +284,19 @@ void tg_metrics_render(struct evbuffer *out)
         collect(&global_tb, (enum tg_metric)m, &all, &n, &cap);
         pthread_mutex_unlock(&global_tb.mu);
 
-        evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", defs[m].name, defs[m].help,
-                            defs[m].name, tnames[defs[m].type]);
-        if (n == 0 && nlabels((enum tg_metric)m) == 0 && defs[m].type != M_HISTOGRAM) {
-            evbuffer_add_printf(out, "%s 0\n", defs[m].name);
-            continue;
+        evbuffer_add_printf(out, "# HELP %s ", defs[m].name);
+        put_help(out, defs[m].help);
+        evbuffer_add_printf(out, "\n# TYPE %s %s\n", defs[m].name, tnames[defs[m].type]);
+        /* A family without labels always has its one series, zero until used. */
+        static const struct agg zero = {.key = ""};
+        if (n == 0 && nlabels((enum tg_metric)m) == 0) {
+            if (cap == 0) {
+                cap = 16;
+                all = realloc(all, cap * sizeof(*all));
+            }
+            all[n++] = zero;
         }
-        qsort(all, n, sizeof(*all), cmp_agg);
+        if (n > 1) qsort(all, n, sizeof(*all), cmp_agg);
         for (size_t i = 0; i < n;) {
             struct agg sum = all[i];
             size_t j = i + 1;
@@ -326,11 +345,35 @@ void tg_metrics_render(struct evbuffer *out)
     free(all);
 }
 
-void tg_metrics_print_doc(void)
+/* Markdown table cells: '|' would end the cell. */
+static void put_cell(FILE *out, const char *text)
+{
+    for (const char *p = text; *p; p++) {
+        if (*p == '|') fputs("\\|", out);
+        else fputc(*p, out);
+    }
+}
+
+void tg_metrics_write_doc(FILE *out)
 {
     static const char *const tnames[] = {"counter", "gauge", "histogram"};
-    printf("| metric | type | labels | meaning |\n|---|---|---|---|\n");
-    for (int m = 0; m < TG_M_COUNT; m++)
-        printf("| `%s` | %s | %s | %s |\n", defs[m].name, tnames[defs[m].type],
-               *defs[m].labels ? defs[m].labels : "", defs[m].help);
+    fputs("| metric | type | labels | meaning |\n|---|---|---|---|\n", out);
+    for (int m = 0; m < TG_M_COUNT; m++) {
+        fprintf(out, "| `%s` | %s | ", defs[m].name, tnames[defs[m].type]);
+        const char *l = defs[m].labels;
+        while (*l) {
+            const char *e = strchr(l, ',');
+            int len = e ? (int)(e - l) : (int)strlen(l);
+            fprintf(out, "`%.*s`%s", len, l, e ? ", " : "");
+            l = e ? e + 1 : l + len;
+        }
+        fputs(" | ", out);
+        put_cell(out, defs[m].help);
+        fputs(" |\n", out);
+    }
+}
+
+void tg_metrics_print_doc(void)
+{
+    tg_metrics_write_doc(stdout);
 }

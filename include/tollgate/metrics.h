@@ -2,6 +2,7 @@
 #ifndef TOLLGATE_METRICS_H
 #define TOLLGATE_METRICS_H
 
+#include <stdio.h>
 #include "tollgate/common.h"
 
 struct evbuffer;
@@ -60,5 +61,7 @@ void tg_metrics_set(enum tg_metric m, const char *const *labels, double v);
 void tg_metrics_render(struct evbuffer *out);
 /* Writes the Markdown table of docs/metrics.md to stdout. */
 void tg_metrics_print_doc(void);
+/* Writes the same table to `out` (tests compare it with docs/metrics.md). */
+void tg_metrics_write_doc(FILE *out);
 
 #endif
