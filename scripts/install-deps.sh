@@ -8,7 +8,7 @@ PKGS=(
   libevent-dev libhiredis-dev librdkafka-dev libssl-dev libjansson-dev
   libyaml-dev libcmocka-dev libhttp-parser-dev
   redis-server prometheus nginx wrk stunnel4 openssl
-  curl jq python3 nodejs npm ca-certificates
+  curl jq bc python3 nodejs npm ca-certificates
 )
 
 missing=()

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Benchmark: tollgate against nginx proxy_pass on the same upstream, same run.
+# Usage: tests/bench/run.sh [BUILD_DIR]   (env: DURATION=10 CONNS=64 QUICK=1)
+# Prints a table of req/s, p99 and the ratio to nginx. Loopback only; bounded in time.
+set -euo pipefail
+BUILD=${1:-build}
+BUILD=$(cd "$BUILD" && pwd)
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+UP=$(free_port); NGX=$(free_port); TG=$(free_port); TGA=$(free_port); RP=$(free_port)
+BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1764000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}'
+
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+daemon off;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  upstream model { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$UP reuseport;
+    keepalive_requests 1000000;
+    location / { default_type application/json; return 200 '$BODY'; }
+  }
+  server {
+    listen 127.0.0.1:$NGX;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass http://model;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering on;
+    }
+  }
+}
+NGINX
+# The upstream and the proxy are one nginx with one worker: each benchmark
+# target proxies to the same upstream server block.
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$WORK/nginx/stderr" &
+PIDS+=($!)
+redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+  >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+wait_port "$UP"; wait_port "$NGX"; wait_port "$RP"
+
+start_tollgate() { # $1 = backend, $2 = sink, $3 = workers, $4 = extra usage yaml
+  cat > "$WORK/tg.yaml" <<YAML
+server: { listen: "127.0.0.1:$TG", workers: $3 }
+admin: { listen: "127.0.0.1:$TGA" }
+log: { level: warn, access_path: "/dev/null" }
+limiter:
+  backend: $1
+  redis: { host: 127.0.0.1, port: $RP, timeout_ms: 200 }
+  on_redis_error: deny
+usage:
+  sink: $2
+  file: { path: "$WORK/usage.jsonl" }
+$4
+upstreams:
+  - { name: model, url: "http://127.0.0.1:$UP" }
+routes:
+  - { path: /v1/chat/completions, upstream: model, cost: tokens }
+tenants:
+  - name: bench
+    keys: ["sk-bench"]
+    limits:
+      - { name: rpm, unit: requests, rate: 1000000000, per: minute }
+      - { name: tpm, unit: tokens, rate: 100000000000, per: minute }
+YAML
+  "$BUILD/tollgate" -c "$WORK/tg.yaml" 2>"$WORK/tollgate.log" &
+  TGPID=$!
+  PIDS+=($TGPID)
+  wait_port "$TG"
+}
+stop_tollgate() { kill "$TGPID"; wait "$TGPID" 2>/dev/null || true; }
+
+# wrk prints "Requests/sec: N" and with --latency the 99% line.
+bench() { # $1 = port -> "rps p99ms"
+  local out
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$SRC/tests/bench/post.lua" \
+        "http://127.0.0.1:$1/v1/chat/completions")
+  local rps p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
+  local errs; errs=$(awk '/Non-2xx/ {print $4}' <<<"$out")
+  [ -n "$errs" ] && echo "warning: $errs non-2xx replies on port $1" >&2
+  echo "$rps $p99"
+}
+
+redis_calls() { redis-cli -p "$RP" info commandstats | awk -F'[=,:]' '/cmdstat_evalsha/ {print $3}'; }
+
+printf "%-44s %12s %10s %10s %10s\n" "target" "req/s" "p99 ms" "ratio" "p99 ratio"
+read -r NRPS NP99 < <(bench "$NGX")
+printf "%-44s %12.0f %10.2f %10s %10s\n" "nginx proxy_pass (1 worker, no limits)" "$NRPS" "$NP99" "1.00" "1.00"
+row() { # $1 label, $2 rps, $3 p99
+  printf "%-44s %12.0f %10.2f %10.2f %10.2f\n" "$1" "$2" "$3" "$(echo "$2/$NRPS" | bc -l)" "$(echo "$3/$NP99" | bc -l)"
+}
+
+start_tollgate redis file 1 ""
+redis-cli -p "$RP" config resetstat >/dev/null
+read -r RPS P99 < <(bench "$TG")
+CALLS=$(redis_calls); CALLS=${CALLS:-0}
+REQS=$(wc -l < "$WORK/usage.jsonl")
+stop_tollgate
+row "tollgate redis limiter + file sink (1 worker)" "$RPS" "$P99"
+echo "  redis EVALSHA calls per request: $(echo "$CALLS/$REQS" | bc -l | cut -c1-5) ($CALLS calls, $REQS records)"
+
+start_tollgate local file 1 ""
+read -r RPS P99 < <(bench "$TG"); stop_tollgate
+row "tollgate local limiter + file sink (1 worker)" "$RPS" "$P99"
+
+if [ -z "${QUICK:-}" ]; then
+  start_tollgate redis file 2 ""
+  read -r RPS P99 < <(bench "$TG"); stop_tollgate
+  row "tollgate redis + file, 2 workers (wrk shares the 2 cores)" "$RPS" "$P99"
+
+  if [ -x "$BUILD/kafka_broker" ]; then
+    "$BUILD/kafka_broker" --topic tollgate.usage > "$WORK/broker.out" 2>"$WORK/broker.log" &
+    PIDS+=($!)
+    for _ in $(seq 100); do grep -q BOOTSTRAP "$WORK/broker.out" && break; sleep 0.05; done
+    BOOT=$(awk '/BOOTSTRAP/ {print $2}' "$WORK/broker.out")
+    start_tollgate redis kafka 1 "  kafka: { brokers: \"$BOOT\", topic: tollgate.usage, spool_dir: \"$WORK/spool\" }"
+    read -r RPS P99 < <(bench "$TG"); stop_tollgate
+    row "tollgate redis limiter + kafka sink (1 worker)" "$RPS" "$P99"
+  fi
+fi
