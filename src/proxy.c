@@ -213,8 +213,12 @@ void tg_proxy_close_all(struct tg_worker *w)
 {
     while (w->conns) {
         struct tg_conn *c = w->conns;
-        if (c->req.active) req_finish(c, TG_DECISION_ERROR);
-        if (w->conns == c) conn_free(c);
+        if (c->req.active && c->state == C_WORK) {
+            c->state = C_CLOSING;
+            c->req.status = c->req.status ? c->req.status : 503;
+            req_finish(c, TG_DECISION_ERROR);
+        }
+        conn_free(c);
     }
 }
 
@@ -361,6 +365,7 @@ static void on_req_body(void *arg, const char *data, size_t len)
 }
 
 static void on_request_complete(struct tg_conn *c);
+static void read_body(struct tg_conn *c);
 
 /* Called with a parsed head: route, authenticate, check size; then read the body. */
 static void on_head(struct tg_conn *c)
@@ -427,6 +432,7 @@ static void on_head(struct tg_conn *c)
     c->state = C_BODY;
     evtimer_del(c->timer);
     arm_timer(c, r->cfg->server.idle_timeout_ms);
+    read_body(c);
 }
 
 /* Tries to read a whole head from the input. */
@@ -533,8 +539,7 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
     switch (c->state) {
     case C_IDLE:
     case C_HEAD:
-        read_head(c);
-        if (c->state == C_BODY) read_body(c);
+        read_head(c); /* goes on to the body; c may be gone after it */
         break;
     case C_BODY:
         read_body(c);

@@ -21,11 +21,6 @@ struct tg_server {
     bool started;
 };
 
-struct worker_box {
-    struct tg_worker w;
-    int wake_fd;
-};
-
 static SSL_CTX *make_ssl_ctx(bool verify)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -94,9 +89,8 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 
 static void post(struct tg_worker *w)
 {
-    struct worker_box *b = (struct worker_box *)w;
     uint64_t one = 1;
-    if (write(b->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+    if (write(w->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
         tg_log_error("worker %d: cannot wake: %s", w->id, strerror(errno));
 }
 
@@ -133,32 +127,30 @@ struct tg_server *tg_server_create(struct tg_config *cfg, struct tg_sink *sink,
     s->local = local;
     s->fallback = fallback;
     s->nworkers = cfg->server.workers > 0 ? cfg->server.workers : 1;
-    struct worker_box *boxes = calloc((size_t)s->nworkers, sizeof(*boxes));
-    s->workers = (struct tg_worker *)boxes;
-    if (boxes == NULL) goto error;
+    s->workers = calloc((size_t)s->nworkers, sizeof(*s->workers));
+    if (s->workers == NULL) goto error;
+    for (int i = 0; i < s->nworkers; i++) s->workers[i].wake_fd = -1;
     for (int i = 0; i < s->nworkers; i++) {
-        struct worker_box *b = &boxes[i];
-        struct tg_worker *w = &b->w;
+        struct tg_worker *w = &s->workers[i];
         w->server = s;
         w->id = i;
         w->sink = sink;
         w->local = local;
         w->cfg = tg_config_ref(cfg);
         pthread_mutex_init(&w->mu, NULL);
-        b->wake_fd = -1;
         struct event_config *ec = event_config_new();
         event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
         w->base = event_base_new_with_config(ec);
         event_config_free(ec);
-        b->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         w->ssl_verify = make_ssl_ctx(true);
         w->ssl_noverify = make_ssl_ctx(false);
-        if (w->base == NULL || b->wake_fd < 0 || !w->ssl_verify || !w->ssl_noverify) {
+        if (w->base == NULL || w->wake_fd < 0 || !w->ssl_verify || !w->ssl_noverify) {
             snprintf(err, TG_ERR_LEN, "worker %d: cannot create its event loop: %s", i,
                      strerror(errno));
             goto error;
         }
-        w->wake = event_new(w->base, b->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
+        w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
         event_add(w->wake, NULL);
         if (cfg->limiter.backend == TG_LIMITER_REDIS) {
             w->limiter = tg_limiter_redis_create(w->base, cfg, fallback);
@@ -181,7 +173,7 @@ error:
 int tg_server_start(struct tg_server *s, char err[TG_ERR_LEN])
 {
     for (int i = 0; i < s->nworkers; i++) {
-        struct tg_worker *w = &((struct worker_box *)s->workers)[i].w;
+        struct tg_worker *w = &s->workers[i];
         const struct tg_listen *l = &w->cfg->server.listen;
         w->listener = evconnlistener_new_bind(
             w->base, accept_cb, w,
@@ -194,7 +186,7 @@ int tg_server_start(struct tg_server *s, char err[TG_ERR_LEN])
         evconnlistener_set_error_cb(w->listener, accept_error_cb);
     }
     for (int i = 0; i < s->nworkers; i++) {
-        struct tg_worker *w = &((struct worker_box *)s->workers)[i].w;
+        struct tg_worker *w = &s->workers[i];
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
             snprintf(err, TG_ERR_LEN, "cannot start worker %d", i);
             return -1;
@@ -207,7 +199,7 @@ int tg_server_start(struct tg_server *s, char err[TG_ERR_LEN])
 void tg_server_reload(struct tg_server *s, struct tg_config *cfg)
 {
     for (int i = 0; i < s->nworkers; i++) {
-        struct tg_worker *w = &((struct worker_box *)s->workers)[i].w;
+        struct tg_worker *w = &s->workers[i];
         pthread_mutex_lock(&w->mu);
         if (w->pending_cfg) tg_config_unref(w->pending_cfg);
         w->pending_cfg = tg_config_ref(cfg);
@@ -219,7 +211,7 @@ void tg_server_reload(struct tg_server *s, struct tg_config *cfg)
 void tg_server_stop_accepting(struct tg_server *s)
 {
     for (int i = 0; i < s->nworkers; i++) {
-        struct tg_worker *w = &((struct worker_box *)s->workers)[i].w;
+        struct tg_worker *w = &s->workers[i];
         pthread_mutex_lock(&w->mu);
         w->stop_accepting = true;
         pthread_mutex_unlock(&w->mu);
@@ -231,14 +223,14 @@ int tg_server_inflight(struct tg_server *s)
 {
     int n = 0;
     for (int i = 0; i < s->nworkers; i++)
-        n += __atomic_load_n(&((struct worker_box *)s->workers)[i].w.inflight, __ATOMIC_RELAXED);
+        n += __atomic_load_n(&s->workers[i].inflight, __ATOMIC_RELAXED);
     return n;
 }
 
 bool tg_server_ready(struct tg_server *s, char *why, size_t cap)
 {
     for (int i = 0; i < s->nworkers; i++) {
-        struct tg_worker *w = &((struct worker_box *)s->workers)[i].w;
+        struct tg_worker *w = &s->workers[i];
         if (w->limiter && !w->limiter->ops->ready(w->limiter)) {
             snprintf(why, cap, "worker %d: limiter backend %s unreachable", i,
                      w->limiter->ops->name);
@@ -255,16 +247,15 @@ bool tg_server_ready(struct tg_server *s, char *why, size_t cap)
 void tg_server_destroy(struct tg_server *s)
 {
     if (s == NULL) return;
-    struct worker_box *boxes = (struct worker_box *)s->workers;
-    for (int i = 0; boxes && s->started && i < s->nworkers; i++) {
-        struct tg_worker *w = &boxes[i].w;
+    for (int i = 0; s->workers && s->started && i < s->nworkers; i++) {
+        struct tg_worker *w = &s->workers[i];
         pthread_mutex_lock(&w->mu);
         w->stop = true;
         pthread_mutex_unlock(&w->mu);
         post(w);
     }
-    for (int i = 0; boxes && i < s->nworkers; i++) {
-        struct tg_worker *w = &boxes[i].w;
+    for (int i = 0; s->workers && i < s->nworkers; i++) {
+        struct tg_worker *w = &s->workers[i];
         if (s->started && w->thread) pthread_join(w->thread, NULL);
         if (w->listener) evconnlistener_free(w->listener);
         tg_proxy_close_all(w);
@@ -272,14 +263,15 @@ void tg_server_destroy(struct tg_server *s)
         free(w->pools);
         if (w->own_limiter) tg_limiter_destroy(w->limiter);
         if (w->wake) event_free(w->wake);
-        if (boxes[i].wake_fd >= 0) close(boxes[i].wake_fd);
+        if (w->wake_fd >= 0) close(w->wake_fd);
         if (w->base) event_base_free(w->base);
         if (w->ssl_verify) SSL_CTX_free(w->ssl_verify);
         if (w->ssl_noverify) SSL_CTX_free(w->ssl_noverify);
         if (w->pending_cfg) tg_config_unref(w->pending_cfg);
-        if (w->cfg) tg_config_unref(w->cfg);
+        if (w->cfg == NULL) continue; /* never initialised */
+        tg_config_unref(w->cfg);
         pthread_mutex_destroy(&w->mu);
     }
-    free(boxes);
+    free(s->workers);
     free(s);
 }

@@ -32,7 +32,8 @@ struct tg_worker {
     SSL_CTX *ssl_verify, *ssl_noverify;
     struct tg_conn *conns;         /* every open client connection */
     int inflight;                  /* read by other threads with __atomic */
-    struct event *wake;            /* main -> worker messages */
+    int wake_fd;                   /* eventfd: main -> worker messages */
+    struct event *wake;
     pthread_mutex_t mu;
     struct tg_config *pending_cfg; /* under mu */
     bool stop_accepting, stop;     /* under mu */
