@@ -69,10 +69,10 @@ class Compose(unittest.TestCase):
         self.assertIn('"tollgate:%s"' % port, read(os.path.join(DOCKER, "prometheus.yml")))
         self.assertIn("http://127.0.0.1:%s/healthz" % port, read(os.path.join(DOCKER, "Dockerfile")))
         self.assertIn("../config/tollgate.compose.yaml:/etc/tollgate/tollgate.yaml", compose)
-        # The stop grace period outlasts the drain.
+        # The stop grace period outlasts the drain and the usage flush after it.
         grace = re.search(r"stop_grace_period:\s*(\d+)s", compose)
         self.assertIsNotNone(grace)
-        self.assertGreater(int(grace.group(1)) * 1000, drain_timeout_ms(cfg))
+        self.assertGreater(int(grace.group(1)) * 1000, 2 * drain_timeout_ms(cfg))
 
     def test_config_accepted_by_check(self):
         exe = os.path.join(BUILD, "tollgate")
@@ -194,7 +194,7 @@ class Systemd(unittest.TestCase):
     def test_stop_timeout_outlasts_drain(self):
         m = re.search(r"^TimeoutStopSec=(\d+)s?$", self.unit, re.M)
         self.assertIsNotNone(m)
-        self.assertGreater(int(m.group(1)) * 1000, drain_timeout_ms(""))
+        self.assertGreater(int(m.group(1)) * 1000, 2 * drain_timeout_ms(""))
         for line in ("Type=simple", "ExecStart=/usr/bin/tollgate -c /etc/tollgate/tollgate.yaml",
                      "ExecReload=/bin/kill -HUP $MAINPID", "KillSignal=SIGTERM", "NoNewPrivileges=yes",
                      "ProtectSystem=strict", "ReadWritePaths=/var/lib/tollgate", "LimitNOFILE=1048576"):
