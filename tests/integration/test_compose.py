@@ -173,6 +173,8 @@ class Image(unittest.TestCase):
         base = {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}  # in debian:12-slim already
         missing = []
         for soname in needed:
+            if re.match(r"lib(a|ub|l|t)san\.so", soname):
+                continue  # a sanitizer build; the image is built without them
             m = re.search(r"^\s*%s => (\S+)" % re.escape(soname), ldd, re.M)
             if not m:
                 continue
