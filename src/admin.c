@@ -180,9 +180,13 @@ struct tg_admin *tg_admin_create(struct event_base *base, const struct tg_listen
         errno = EDESTADDRREQ;
         goto error;
     }
-    a->listener = evconnlistener_new_bind(
-        base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE,
-        ADMIN_BACKLOG, (const struct sockaddr *)&listen->addr, (int)listen->addrlen);
+    /* SO_REUSEPORT like the workers' listeners: a new tollgate can start beside
+     * the old one during an upgrade (same user only, enforced by the kernel). */
+    a->listener = evconnlistener_new_bind(base, NULL, NULL,
+                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+                                              LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT,
+                                          ADMIN_BACKLOG, (const struct sockaddr *)&listen->addr,
+                                          (int)listen->addrlen);
     if (a->listener == NULL) goto error;
     errpos = "listen";
     if (evhttp_bind_listener(a->http, a->listener) == NULL) {

@@ -19,8 +19,10 @@ typedef bool (*tg_admin_ready_fn)(void *arg, char *why, size_t cap);
  * destroy. Routes: GET|HEAD /metrics (200, Prometheus text 0.0.4), /healthz
  * (200 "ok\n"), /readyz (200 "ready\n" or 503 "not ready: <why>\n"); another
  * path is 404, another method 405, a missing or wrong token 401.
- * Returns NULL with `err` set ("admin.listen 127.0.0.1:9090: bind: Address
- * already in use") when the socket cannot be bound. Main thread only. */
+ * The socket has SO_REUSEPORT, as the workers' listeners do, so that a new
+ * daemon can start beside the old one during an upgrade. Returns NULL with
+ * `err` set ("admin.listen 127.0.0.1:9090: bind: Address already in use")
+ * when the socket cannot be bound. Main thread only. */
 struct tg_admin *tg_admin_create(struct event_base *base, const struct tg_listen *listen,
                                  const char *token, tg_admin_ready_fn ready, void *arg,
                                  char err[TG_ERR_LEN]) TG_WUR;

@@ -280,8 +280,30 @@ static void test_token(void **state)
 
 static void test_bind_error(void **state)
 {
+    /* A port held by another program (without SO_REUSEPORT) cannot be shared. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in held = {.sin_family = AF_INET};
+    held.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t hl = sizeof(held);
+    assert_int_equal(bind(fd, (struct sockaddr *)&held, sizeof(held)), 0);
+    assert_int_equal(listen(fd, 1), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&held, &hl), 0);
+
+    struct tg_listen l = {.text = "127.0.0.1:busy", .addrlen = sizeof(held)};
+    memcpy(&l.addr, &held, sizeof(held));
     struct fixture *f = *state;
-    struct tg_listen l = {.text = "127.0.0.1:busy"};
+    char err[TG_ERR_LEN] = "";
+    struct tg_admin *a = tg_admin_create(f->base, &l, NULL, NULL, NULL, err);
+    close(fd);
+    assert_null(a);
+    assert_string_equal(err, "admin.listen 127.0.0.1:busy: bind: Address already in use");
+}
+
+/* An upgrade starts the new daemon while the old one still listens. */
+static void test_second_admin_can_share_port(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_listen l = {.text = "127.0.0.1:same"};
     struct sockaddr_in *sin = (struct sockaddr_in *)&l.addr;
     sin->sin_family = AF_INET;
     sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -289,8 +311,12 @@ static void test_bind_error(void **state)
     l.addrlen = sizeof(*sin);
     char err[TG_ERR_LEN] = "";
     struct tg_admin *a = tg_admin_create(f->base, &l, NULL, NULL, NULL, err);
-    assert_null(a);
-    assert_string_equal(err, "admin.listen 127.0.0.1:busy: bind: Address already in use");
+    if (a == NULL) fail_msg("%s", err);
+    assert_int_equal(tg_admin_port(a), f->port);
+    tg_admin_destroy(a);
+    struct exchange *x = get(f, "/healthz", NULL);
+    assert_int_equal(x->status, 200);
+    free(x);
 }
 
 int main(void)
@@ -302,6 +328,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_found_and_method, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bind_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_second_admin_can_share_port, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
