@@ -549,8 +549,6 @@ static bool jelement(struct jit *it, const char **v, const char **ve)
     return true;
 }
 
-#define KEY_IS(k, kl, lit) ((kl) == sizeof(lit) - 1 && memcmp((k), (lit), sizeof(lit) - 1) == 0)
-
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9') return c - '0';
@@ -570,6 +568,36 @@ static long hex4(const char *s, size_t n)
     }
     return v;
 }
+
+/* A key (raw bytes between its quotes) equals the ASCII `lit` once its escapes are decoded. */
+static bool key_is(const char *k, size_t kl, const char *lit, size_t ll)
+{
+    if (kl == ll && memcmp(k, lit, ll) == 0) return true;
+    if (kl <= ll || !memchr(k, '\\', kl)) return false;
+    size_t i = 0, j = 0;
+    while (i < kl) {
+        long c = (unsigned char)k[i++];
+        if (c == '\\') {
+            if (i >= kl) return false;
+            char e = k[i++];
+            static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+            const char *f = e == 'u' ? NULL : memchr(from, e, sizeof from - 1);
+            if (e == 'u') {
+                c = hex4(k + i, kl - i);
+                if (c < 0 || c > 0x7f) return false;
+                i += 4;
+            } else if (f) {
+                c = to[f - from];
+            } else {
+                return false;
+            }
+        }
+        if (j >= ll || lit[j++] != c) return false;
+    }
+    return j == ll;
+}
+
+#define KEY_IS(k, kl, lit) key_is((k), (kl), (lit), sizeof(lit) - 1)
 
 /* Code points of the JSON string [v, ve) (quotes included), escapes decoded. */
 static int64_t jstr_chars(const char *v, const char *ve)
@@ -603,11 +631,14 @@ static int64_t jstr_chars(const char *v, const char *ve)
 static bool jint(const char *v, const char *ve, int64_t *out)
 {
     int64_t x = 0;
+    bool neg = v < ve && *v == '-';
+    v += neg;
     if (v >= ve || *v < '0' || *v > '9') return false;
     for (; v < ve && *v >= '0' && *v <= '9'; v++) {
         x = x * 10 + (*v - '0');
         if (x > MAX_USAGE_TOKENS) x = MAX_USAGE_TOKENS;
     }
+    if (neg && x != 0) return false;
     *out = x;
     return true;
 }
