@@ -83,6 +83,9 @@ struct tg_scan {
     size_t len, cap;
     bool overflow;
     struct tg_usage usage;
+    /* private to the scanner */
+    unsigned char nl; /* SSE: where the last byte left the current line */
+    bool passthrough; /* SSE: the pending event outgrew the buffer; emitted as it arrives */
 };
 
 void tg_scan_init(struct tg_scan *s, bool sse, bool strip_usage, tg_scan_emit_fn emit,
