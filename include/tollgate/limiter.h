@@ -54,6 +54,9 @@ struct tg_limiter;
 
 struct tg_limiter_ops {
     const char *name; /* "local", "redis" */
+    /* Returns 0 and calls `cb` exactly once (maybe before returning), unless
+     * the check is cancelled first. `req` is copied; what it points to must
+     * stay valid until the callback or the cancel. */
     int (*check)(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
                  void *arg);
     /* delta_u[i] = actual − estimate for req->b[i]; positive charges, negative refunds. */
@@ -75,15 +78,51 @@ struct tg_bucket {
     int64_t updated_ms;
 };
 
-/* Capacity and refill of a limit in micro-units; `divisor` divides the rate
- * (limiter.expected_gateways in fallback). */
+/* A bucket never seen (or whose Redis key expired): full at any time. */
+#define TG_BUCKET_FULL ((struct tg_bucket){INT64_MAX, 0})
+
+/* One bucket's numbers for one call, exactly as they are passed to the Lua
+ * scripts: capacity and cost in micro-units, refill `rate` units per `per_ms`. */
+struct tg_bucket_param {
+    int64_t cap_u;
+    double rate;
+    int64_t per_ms;
+    int64_t cost_u; /* cost of a check; for a settle, the delta (actual − estimate) */
+};
+
+/* Capacity of a limit in micro-units: burst (or rate when burst is unset) × 1e6. */
 int64_t tg_bucket_capacity_u(const struct tg_limit *l);
+/* Fills `p` for limit `l` with `divisor` (>= 1) dividing rate and capacity
+ * (limiter.expected_gateways in fallback) and the given cost or delta. */
+void tg_bucket_param_init(struct tg_bucket_param *p, const struct tg_limit *l, int divisor,
+                          int64_t cost_u);
 /* Level after refilling from b->updated_ms to now_ms (now earlier than updated
  * counts as no time passed), capped at capacity. */
 int64_t tg_bucket_refill(const struct tg_bucket *b, int64_t now_ms, double rate, int64_t per_ms,
                          int64_t cap_u);
-/* Milliseconds until `level_u` reaches `target_u` at this rate (0 if already). */
+/* Milliseconds until `level_u` reaches `target_u` at this rate (0 if already):
+ * the least whole ms after which tg_bucket_refill has added enough. */
 int64_t tg_bucket_time_to(int64_t level_u, int64_t target_u, double rate, int64_t per_ms);
+/* The all-or-nothing check over n buckets, the C twin of src/lua/bucket.lua:
+ * refills every *b[i] to now_ms into level_u[i]; if every level >= its cost,
+ * charges them all (level_u[i] and *b[i] become level − cost, updated now_ms)
+ * and returns -1; otherwise leaves every *b[i] untouched and returns the index
+ * of the first bucket whose level is below its cost. */
+int tg_bucket_check(struct tg_bucket *const *b, const struct tg_bucket_param *p, size_t n,
+                    int64_t now_ms, int64_t *level_u);
+/* Settles one bucket, the C twin of src/lua/settle.lua: level = min(cap,
+ * refill − p->cost_u) (a charge may leave debt), updated = now_ms. Returns the level. */
+int64_t tg_bucket_settle(struct tg_bucket *b, const struct tg_bucket_param *p, int64_t now_ms);
+/* Fills `res` from the levels after a check (charged when denied < 0, refilled
+ * otherwise): status, denied, per bucket limit/remaining (clamped at 0)/time to
+ * full, and for a denial retry_ms = the longest wait of any bucket below its cost. */
+void tg_limiter_result_fill(const struct tg_bucket_param *p, const int64_t *level_u, size_t n,
+                            int denied, struct tg_limit_result *res);
+/* If some bucket's cost exceeds its capacity, fills `res` as TG_LIMIT_TOO_LARGE
+ * (denied = the first such bucket; every b[i].limit_u set, nothing else read)
+ * and returns true; returns false otherwise. Backends call it before touching
+ * any state. */
+bool tg_limiter_too_large(const struct tg_limit_req *req, struct tg_limit_result *res);
 
 /* The process-wide in-process limiter (limiter_local.c); buckets are keyed by
  * tenant and limit name so they survive config reloads. `divisor` >= 1 divides
@@ -94,6 +133,10 @@ struct tg_limiter *tg_limiter_local_create(int divisor);
  * `fallback` (ref) answers when Redis fails and on_redis_error is allow. */
 struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct tg_config *cfg,
                                            struct tg_limiter *fallback);
+/* Tests only: every later script call of this Redis limiter passes `now_ms` as
+ * a fixed clock (the extra last ARGV) instead of the server's TIME; a negative
+ * value goes back to TIME. Production never calls it. No-op on other backends. */
+void tg_limiter_redis_set_clock(struct tg_limiter *l, int64_t now_ms);
 
 /* Fills `req` with every bucket of `tenant` that applies to a request of this
  * cost and model: requests limits always; tokens/video limits when their cost
@@ -105,8 +148,8 @@ void tg_limiter_plan(const struct tg_tenant *tenant, const struct tg_cost *cost,
  * "Name: value\r\n" lines: x-ratelimit-{limit,remaining,reset}-{requests,tokens,
  * video-seconds} for the tightest bucket of each unit, RateLimit-Policy and
  * RateLimit (IETF draft), and for a denial Retry-After (whole seconds, rounded
- * up) and retry-after-ms. Returns the length written (truncated at cap-1, NUL
- * terminated). */
+ * up) and retry-after-ms. Nothing for TOO_LARGE and ERROR (no bucket was read).
+ * Returns the length written (truncated at cap-1, NUL terminated). */
 size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg_limit_result *res,
                                  char *out, size_t cap);
 
@@ -114,8 +157,9 @@ size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg
  * {"error":{"message":"Rate limit reached for tokens per minute (tpm) for tenant
  * acme: limit 200000, remaining 120, requested 4096. Please try again in
  * 1.574s.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}
- * (TOO_LARGE: code "limit_exceeds_capacity", type "invalid_request_error").
- * Returns the length written. */
+ * (TOO_LARGE: code "limit_exceeds_capacity", type "invalid_request_error";
+ * ERROR: code "rate_limiter_unavailable", type "server_error"; ALLOWED: "").
+ * Returns the length written (truncated at cap-1, NUL terminated). */
 size_t tg_limiter_format_error(const struct tg_limit_req *req, const struct tg_limit_result *res,
                                char *out, size_t cap);
 
@@ -132,6 +176,16 @@ static inline void tg_limiter_settle(struct tg_limiter *l, const struct tg_limit
                                      const int64_t *delta_u)
 {
     l->ops->settle(l, req, delta_u);
+}
+
+static inline void tg_limiter_cancel(struct tg_limiter *l, void *arg)
+{
+    l->ops->cancel(l, arg);
+}
+
+static inline bool tg_limiter_ready(struct tg_limiter *l)
+{
+    return l->ops->ready(l);
 }
 
 static inline void tg_limiter_destroy(struct tg_limiter *l)

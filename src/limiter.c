@@ -1,0 +1,377 @@
+/* Limiter planning, the token-bucket math (C twin of the Lua scripts), the rate-limit headers and error bodies. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include "tollgate/limiter.h"
+
+/* Beyond this a wait is "never" (about 31 years); keeps conversions defined. */
+#define NEVER_MS 1000000000000LL
+
+int64_t tg_bucket_capacity_u(const struct tg_limit *l)
+{
+    double burst = l->burst > 0 ? l->burst : l->rate;
+    return (int64_t)llround(burst * (double)TG_MICRO);
+}
+
+void tg_bucket_param_init(struct tg_bucket_param *p, const struct tg_limit *l, int divisor,
+                          int64_t cost_u)
+{
+    if (divisor < 1) divisor = 1;
+    p->cap_u = tg_bucket_capacity_u(l) / divisor;
+    p->rate = l->rate / divisor;
+    p->per_ms = l->per_ms > 0 ? l->per_ms : 1000;
+    p->cost_u = cost_u;
+}
+
+/* Keep every operation here in the order of refill() in the Lua scripts: the
+ * doubles then round identically and C and Redis agree to the micro-unit. */
+int64_t tg_bucket_refill(const struct tg_bucket *b, int64_t now_ms, double rate, int64_t per_ms,
+                         int64_t cap_u)
+{
+    if (b->level_u >= cap_u) return cap_u;
+    int64_t elapsed = now_ms - b->updated_ms;
+    if (elapsed < 0) elapsed = 0;
+    double level = (double)b->level_u + floor((double)elapsed * rate * 1e6 / (double)per_ms);
+    if (level >= (double)cap_u) return cap_u;
+    return (int64_t)level;
+}
+
+static double added(int64_t ms, double rate, int64_t per_ms)
+{
+    return floor((double)ms * rate * 1e6 / (double)per_ms);
+}
+
+int64_t tg_bucket_time_to(int64_t level_u, int64_t target_u, double rate, int64_t per_ms)
+{
+    if (level_u >= target_u) return 0;
+    if (!(rate > 0) || per_ms <= 0) return NEVER_MS;
+    double need = (double)target_u - (double)level_u;
+    double t = ceil(need * (double)per_ms / (rate * 1e6));
+    if (!(t < (double)NEVER_MS)) return NEVER_MS;
+    int64_t ms = (int64_t)t;
+    while (added(ms, rate, per_ms) < need) ms++;
+    while (ms > 0 && added(ms - 1, rate, per_ms) >= need) ms--;
+    return ms;
+}
+
+int tg_bucket_check(struct tg_bucket *const *b, const struct tg_bucket_param *p, size_t n,
+                    int64_t now_ms, int64_t *level_u)
+{
+    int denied = -1;
+    for (size_t i = 0; i < n; i++) {
+        level_u[i] = tg_bucket_refill(b[i], now_ms, p[i].rate, p[i].per_ms, p[i].cap_u);
+        if (denied < 0 && level_u[i] < p[i].cost_u) denied = (int)i;
+    }
+    if (denied >= 0) return denied;
+    for (size_t i = 0; i < n; i++) {
+        level_u[i] -= p[i].cost_u;
+        b[i]->level_u = level_u[i];
+        b[i]->updated_ms = now_ms;
+    }
+    return -1;
+}
+
+int64_t tg_bucket_settle(struct tg_bucket *b, const struct tg_bucket_param *p, int64_t now_ms)
+{
+    int64_t level = tg_bucket_refill(b, now_ms, p->rate, p->per_ms, p->cap_u) - p->cost_u;
+    if (level > p->cap_u) level = p->cap_u;
+    b->level_u = level;
+    b->updated_ms = now_ms;
+    return level;
+}
+
+void tg_limiter_result_fill(const struct tg_bucket_param *p, const int64_t *level_u, size_t n,
+                            int denied, struct tg_limit_result *res)
+{
+    res->status = denied < 0 ? TG_LIMIT_ALLOWED : TG_LIMIT_DENIED;
+    res->denied = denied < 0 ? -1 : denied;
+    res->retry_ms = 0;
+    res->fallback = false;
+    res->n = n;
+    for (size_t i = 0; i < n; i++) {
+        res->b[i].limit_u = p[i].cap_u;
+        res->b[i].remaining_u = level_u[i] > 0 ? level_u[i] : 0;
+        res->b[i].reset_ms = tg_bucket_time_to(level_u[i], p[i].cap_u, p[i].rate, p[i].per_ms);
+        if (denied >= 0 && level_u[i] < p[i].cost_u) {
+            int64_t w = tg_bucket_time_to(level_u[i], p[i].cost_u, p[i].rate, p[i].per_ms);
+            if (w > res->retry_ms) res->retry_ms = w;
+        }
+    }
+}
+
+bool tg_limiter_too_large(const struct tg_limit_req *req, struct tg_limit_result *res)
+{
+    int bad = -1;
+    for (size_t i = 0; i < req->n; i++) {
+        res->b[i].limit_u = tg_bucket_capacity_u(req->b[i].limit);
+        res->b[i].remaining_u = 0;
+        res->b[i].reset_ms = 0;
+        if (bad < 0 && req->b[i].cost_u > res->b[i].limit_u) bad = (int)i;
+    }
+    if (bad < 0) return false;
+    res->status = TG_LIMIT_TOO_LARGE;
+    res->denied = bad;
+    res->retry_ms = 0;
+    res->fallback = false;
+    res->n = req->n;
+    return true;
+}
+
+static bool model_listed(const struct tg_limit *l, const char *model)
+{
+    for (size_t i = 0; i < l->nmodels; i++)
+        if (strcmp(l->models[i], model) == 0) return true;
+    return false;
+}
+
+void tg_limiter_plan(const struct tg_tenant *tenant, const struct tg_cost *cost,
+                     const char *model, struct tg_limit_req *req)
+{
+    req->tenant = tenant->name;
+    req->fallback = false;
+    req->n = 0;
+    for (size_t i = 0; i < tenant->nlimits && req->n < TG_MAX_BUCKETS; i++) {
+        const struct tg_limit *l = &tenant->limits[i];
+        int64_t c = cost->u[l->unit];
+        if (l->unit != TG_UNIT_REQUESTS && c <= 0) continue;
+        if (l->nmodels > 0 && !model_listed(l, model ? model : "")) continue;
+        req->b[req->n].limit = l;
+        req->b[req->n].cost_u = c;
+        req->n++;
+    }
+}
+
+/* snprintf appender into the caller's buffer: truncates at cap-1, stays NUL terminated. */
+struct out {
+    char *p;
+    size_t cap, len;
+};
+
+static void out_init(struct out *o, char *p, size_t cap)
+{
+    o->p = p;
+    o->cap = cap;
+    o->len = 0;
+    if (cap) p[0] = '\0';
+}
+
+TG_PRINTF(2, 3) static void put(struct out *o, const char *fmt, ...)
+{
+    if (o->len + 1 >= o->cap) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(o->p + o->len, o->cap - o->len, fmt, ap);
+    va_end(ap);
+    if (k < 0) return;
+    o->len += (size_t)k;
+    if (o->len > o->cap - 1) o->len = o->cap - 1;
+}
+
+static void put_char(struct out *o, char c)
+{
+    if (o->len + 1 >= o->cap) return;
+    o->p[o->len++] = c;
+    o->p[o->len] = '\0';
+}
+
+/* The inside of a JSON string. */
+static void put_json(struct out *o, const char *s)
+{
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            put_char(o, '\\');
+            put_char(o, (char)c);
+        } else if (c < 0x20) {
+            put(o, "\\u%04x", c);
+        } else {
+            put_char(o, (char)c);
+        }
+    }
+}
+
+/* An HTTP structured-field String (RFC 8941): printable ASCII, \ and " escaped. */
+static void put_sf_string(struct out *o, const char *s)
+{
+    put_char(o, '"');
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') put_char(o, '\\');
+        put_char(o, c >= 0x20 && c < 0x7f ? (char)c : '?');
+    }
+    put_char(o, '"');
+}
+
+static long long whole_units(int64_t u)
+{
+    return u > 0 ? (long long)(u / TG_MICRO) : 0;
+}
+
+/* Units for prose: whole, or with two decimals (floored) for fractional video seconds. */
+static void put_units(struct out *o, int64_t u, enum tg_unit unit)
+{
+    if (u < 0) u = 0;
+    if (unit == TG_UNIT_VIDEO_SECONDS && u % TG_MICRO >= TG_MICRO / 100)
+        put(o, "%lld.%02lld", (long long)(u / TG_MICRO), (long long)(u % TG_MICRO / 10000));
+    else
+        put(o, "%lld", (long long)(u / TG_MICRO));
+}
+
+size_t tg_limiter_format_duration(int64_t ms, char *out, size_t cap)
+{
+    struct out o;
+    out_init(&o, out, cap);
+    if (ms <= 0) {
+        put(&o, "0s");
+        return o.len;
+    }
+    if (ms < 1000) {
+        put(&o, "%lldms", (long long)ms);
+        return o.len;
+    }
+    long long h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, f = ms % 1000;
+    if (h) put(&o, "%lldh", h);
+    if (h || m) put(&o, "%lldm", m);
+    if (f == 0) {
+        put(&o, "%llds", s);
+    } else {
+        char frac[4];
+        snprintf(frac, sizeof(frac), "%03lld", f);
+        for (int i = 2; i > 0 && frac[i] == '0'; i--) frac[i] = '\0';
+        put(&o, "%lld.%ss", s, frac);
+    }
+    return o.len;
+}
+
+static const char *const unit_header[TG_UNIT_COUNT] = {"requests", "tokens", "video-seconds"};
+static const char *const unit_prose[TG_UNIT_COUNT] = {"requests", "tokens", "video seconds"};
+
+static void put_period(struct out *o, int64_t per_ms)
+{
+    switch (per_ms) {
+    case 1000: put(o, "second"); break;
+    case 60000: put(o, "minute"); break;
+    case 3600000: put(o, "hour"); break;
+    case 86400000: put(o, "day"); break;
+    default: {
+        char d[32];
+        tg_limiter_format_duration(per_ms, d, sizeof(d));
+        put(o, "%s", d);
+    }
+    }
+}
+
+/* Fraction of the bucket left; the tightest bucket has the least. */
+static double fraction_left(const struct tg_bucket_state *s)
+{
+    return s->limit_u > 0 ? (double)s->remaining_u / (double)s->limit_u : 0;
+}
+
+static long long ceil_seconds(int64_t ms)
+{
+    return ms > 0 ? (long long)((ms + 999) / 1000) : 0;
+}
+
+size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg_limit_result *res,
+                                 char *out, size_t cap)
+{
+    struct out o;
+    out_init(&o, out, cap);
+    if (res->status != TG_LIMIT_ALLOWED && res->status != TG_LIMIT_DENIED) return 0;
+    size_t n = req->n < res->n ? req->n : res->n;
+    char dur[32];
+    int tightest = -1;
+    for (int u = 0; u < TG_UNIT_COUNT; u++) {
+        int t = -1;
+        for (size_t i = 0; i < n; i++) {
+            if ((int)req->b[i].limit->unit != u) continue;
+            if (t < 0 || fraction_left(&res->b[i]) < fraction_left(&res->b[t])) t = (int)i;
+        }
+        if (t < 0) continue;
+        if (tightest < 0 || fraction_left(&res->b[t]) < fraction_left(&res->b[tightest]))
+            tightest = t;
+        const struct tg_bucket_state *s = &res->b[t];
+        tg_limiter_format_duration(s->reset_ms, dur, sizeof(dur));
+        put(&o,
+            "x-ratelimit-limit-%s: %lld\r\nx-ratelimit-remaining-%s: %lld\r\n"
+            "x-ratelimit-reset-%s: %s\r\n",
+            unit_header[u], whole_units(s->limit_u), unit_header[u], whole_units(s->remaining_u),
+            unit_header[u], dur);
+    }
+    if (n == 0) return o.len;
+    put(&o, "RateLimit-Policy: ");
+    for (size_t i = 0; i < n; i++) {
+        const struct tg_limit *l = req->b[i].limit;
+        if (i) put(&o, ", ");
+        put_sf_string(&o, l->name);
+        put(&o, ";q=%lld;w=%lld", whole_units(res->b[i].limit_u), ceil_seconds(l->per_ms));
+    }
+    put(&o, "\r\n");
+    int shown = res->status == TG_LIMIT_DENIED && res->denied >= 0 && (size_t)res->denied < n
+                    ? res->denied
+                    : tightest;
+    put(&o, "RateLimit: ");
+    put_sf_string(&o, req->b[shown].limit->name);
+    put(&o, ";r=%lld;t=%lld\r\n", whole_units(res->b[shown].remaining_u),
+        ceil_seconds(res->b[shown].reset_ms));
+    if (res->status == TG_LIMIT_DENIED) {
+        long long secs = ceil_seconds(res->retry_ms);
+        put(&o, "Retry-After: %lld\r\nretry-after-ms: %lld\r\n", secs > 0 ? secs : 1,
+            (long long)res->retry_ms);
+    }
+    return o.len;
+}
+
+/* "tokens per minute (tpm) for tenant acme" */
+static void put_limit_prose(struct out *o, const struct tg_limit_req *req, const struct tg_limit *l)
+{
+    put(o, "%s per ", unit_prose[l->unit < TG_UNIT_COUNT ? l->unit : 0]);
+    put_period(o, l->per_ms);
+    put(o, " (");
+    put_json(o, l->name);
+    put(o, ") for tenant ");
+    put_json(o, req->tenant);
+}
+
+size_t tg_limiter_format_error(const struct tg_limit_req *req, const struct tg_limit_result *res,
+                               char *out, size_t cap)
+{
+    struct out o;
+    out_init(&o, out, cap);
+    int d = res->denied;
+    bool have = d >= 0 && (size_t)d < req->n && (size_t)d < res->n;
+    if (res->status == TG_LIMIT_ERROR ||
+        ((res->status == TG_LIMIT_DENIED || res->status == TG_LIMIT_TOO_LARGE) && !have)) {
+        put(&o, "{\"error\":{\"message\":\"The rate limiter is unavailable; please try again "
+                "later.\",\"type\":\"server_error\",\"param\":null,"
+                "\"code\":\"rate_limiter_unavailable\"}}");
+        return o.len;
+    }
+    if (res->status != TG_LIMIT_DENIED && res->status != TG_LIMIT_TOO_LARGE) return 0;
+    const struct tg_limit *l = req->b[d].limit;
+    const struct tg_bucket_state *s = &res->b[d];
+    bool too_large = res->status == TG_LIMIT_TOO_LARGE;
+    put(&o, "{\"error\":{\"message\":\"%s", too_large ? "Request too large for " : "Rate limit reached for ");
+    put_limit_prose(&o, req, l);
+    put(&o, ": limit ");
+    put_units(&o, s->limit_u, l->unit);
+    if (!too_large) {
+        put(&o, ", remaining ");
+        put_units(&o, s->remaining_u, l->unit);
+    }
+    put(&o, ", requested ");
+    put_units(&o, req->b[d].cost_u, l->unit);
+    if (too_large) {
+        put(&o, ". A request must not cost more than the limit.\","
+                "\"type\":\"invalid_request_error\",\"param\":null,"
+                "\"code\":\"limit_exceeds_capacity\"}}");
+    } else {
+        char dur[32];
+        tg_limiter_format_duration(res->retry_ms, dur, sizeof(dur));
+        put(&o, ". Please try again in %s.\",\"type\":\"%s\",\"param\":null,"
+                "\"code\":\"rate_limit_exceeded\"}}",
+            dur, tg_unit_name(l->unit));
+    }
+    return o.len;
+}

@@ -1,0 +1,868 @@
+/* The Redis limiter of one worker: EVALSHA of the embedded scripts over hiredis async, with deadlines, reconnects, settle batching and the failure policy. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libevent.h>
+#include <openssl/evp.h>
+#include "tollgate/limiter.h"
+#include "tollgate/log.h"
+#include "tollgate/metrics.h"
+
+extern const char tg_lua_bucket[];
+extern const char tg_lua_settle[];
+
+#define MAX_INFLIGHT_CHECKS 1024
+#define SETTLE_MAX_KEYS 128
+#define SETTLE_FLUSH_MS 2
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 2000
+#define CONNECT_TIMEOUT_MIN_MS 500 /* connect + AUTH/SELECT/SCRIPT LOAD */
+#define MAX_RESENDS 2              /* NOSCRIPT retries of one call */
+
+enum conn_state { ST_DOWN, ST_CONNECTING, ST_UP };
+enum op_kind { OP_CHECK, OP_SETTLE, OP_SETUP, OP_LOAD };
+enum script { SC_BUCKET, SC_SETTLE, SC_COUNT };
+
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+
+/* One command awaiting its reply; hiredis's privdata. */
+struct op {
+    struct op *prev, *next; /* in-flight FIFO (oldest first), or the free list */
+    struct rl *rl;
+    enum op_kind kind;
+    enum script script; /* EVALSHA / SCRIPT LOAD of which script */
+    bool cancelled;
+    bool last_setup; /* its reply completes the handshake */
+    int resends;
+    int64_t deadline_ms;
+    struct buf cmd; /* the command in RESP, kept to resend after NOSCRIPT */
+    /* OP_CHECK */
+    double start_s;
+    tg_limiter_cb cb;
+    void *arg;
+    struct tg_limit_req req; /* copy; what it points to is the caller's until cb/cancel */
+    struct tg_bucket_param p[TG_MAX_BUCKETS];
+    uint8_t unit[TG_MAX_BUCKETS];
+    uint32_t key_off[TG_MAX_BUCKETS], key_len[TG_MAX_BUCKETS]; /* keys inside cmd */
+    size_t tenant_len;
+    /* OP_SETTLE */
+    size_t nkeys;
+};
+
+/* One coalesced settle: key and tag ("{tenant}") live in rl->arena. */
+struct pending_settle {
+    uint64_t hash, tag_hash;
+    uint32_t key_off, key_len, tag_off, tag_len;
+    struct tg_bucket_param p; /* p.cost_u = summed delta */
+};
+
+struct rl {
+    struct tg_limiter base;
+    struct event_base *evb;
+    struct tg_limiter *fallback; /* (ref) */
+    char ip[INET6_ADDRSTRLEN];
+    int port;
+    char *password;
+    int db;
+    int timeout_ms;
+    char *prefix;
+    size_t prefix_len;
+    bool deny; /* on_redis_error: deny */
+    char sha[SC_COUNT][41];
+
+    redisAsyncContext *ac; /* NULL while down */
+    enum conn_state state;
+    bool down_logged;
+    bool loading[SC_COUNT];
+    int backoff_ms;
+    uint64_t rnd;
+    int64_t fixed_clock_ms; /* < 0: the server's TIME */
+    bool destroying;
+
+    struct op *head, *tail;
+    size_t inflight_checks;
+    struct op *free_ops;
+    struct event *deadline_ev, *reconnect_ev, *flush_ev;
+    int64_t timer_at_ms; /* when deadline_ev fires */
+
+    struct pending_settle ps[SETTLE_MAX_KEYS];
+    size_t nps;
+    struct buf arena;
+};
+
+static const char *const script_text[SC_COUNT] = {tg_lua_bucket, tg_lua_settle};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void count_error(const char *kind, double n)
+{
+    tg_metrics_add(TG_M_REDIS_ERRORS, (const char *const[]){kind}, n);
+}
+
+static uint64_t fnv(const char *s, size_t len)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* ---- RESP building into a reusable buffer ---- */
+
+static bool buf_reserve(struct buf *b, size_t more)
+{
+    if (b->len + more <= b->cap) return true;
+    size_t ncap = b->cap ? b->cap : 256;
+    while (ncap < b->len + more) ncap *= 2;
+    char *p = realloc(b->p, ncap);
+    if (!p) return false;
+    b->p = p;
+    b->cap = ncap;
+    return true;
+}
+
+/* Appends; on OOM sets len past cap so that the command is refused later. */
+static void buf_add(struct buf *b, const void *s, size_t len)
+{
+    if (b->len > b->cap || !buf_reserve(b, len)) {
+        b->len = b->cap + 1;
+        return;
+    }
+    memcpy(b->p + b->len, s, len);
+    b->len += len;
+}
+
+static bool buf_ok(const struct buf *b)
+{
+    return b->len <= b->cap;
+}
+
+static void resp_head(struct buf *b, char type, size_t n)
+{
+    char t[32];
+    int k = snprintf(t, sizeof(t), "%c%zu\r\n", type, n);
+    buf_add(b, t, (size_t)k);
+}
+
+static void resp_bulk(struct buf *b, const char *s, size_t len)
+{
+    resp_head(b, '$', len);
+    buf_add(b, s, len);
+    buf_add(b, "\r\n", 2);
+}
+
+static void resp_int(struct buf *b, int64_t v)
+{
+    char t[24];
+    int k = snprintf(t, sizeof(t), "%lld", (long long)v);
+    resp_bulk(b, t, (size_t)k);
+}
+
+/* %.17g reads back as the same double in Lua's tonumber. */
+static void resp_double(struct buf *b, double v)
+{
+    char t[32];
+    int k = snprintf(t, sizeof(t), "%.17g", v);
+    resp_bulk(b, t, (size_t)k);
+}
+
+/* ---- ops and the in-flight FIFO ---- */
+
+static struct op *op_get(struct rl *rl)
+{
+    struct op *op = rl->free_ops;
+    if (op) {
+        rl->free_ops = op->next;
+    } else {
+        op = calloc(1, sizeof(*op));
+        if (!op) return NULL;
+    }
+    struct buf cmd = op->cmd;
+    memset(op, 0, offsetof(struct op, cmd));
+    op->cmd = cmd;
+    op->cmd.len = 0;
+    op->rl = rl;
+    return op;
+}
+
+static void op_put(struct rl *rl, struct op *op)
+{
+    op->next = rl->free_ops;
+    rl->free_ops = op;
+}
+
+static void list_remove(struct rl *rl, struct op *op)
+{
+    if (op->prev) op->prev->next = op->next;
+    else rl->head = op->next;
+    if (op->next) op->next->prev = op->prev;
+    else rl->tail = op->prev;
+    op->prev = op->next = NULL;
+    if (op->kind == OP_CHECK) rl->inflight_checks--;
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *priv);
+
+static void arm_deadline(struct rl *rl, int64_t at_ms, int64_t now_ms)
+{
+    int64_t in = at_ms > now_ms ? at_ms - now_ms : 0;
+    struct timeval tv = {(time_t)(in / 1000), (suseconds_t)(in % 1000) * 1000};
+    rl->timer_at_ms = at_ms;
+    evtimer_add(rl->deadline_ev, &tv);
+}
+
+/* Queues op->cmd on the connection and starts its deadline. */
+static int send_op(struct rl *rl, struct op *op, int timeout_ms)
+{
+    if (!rl->ac || !buf_ok(&op->cmd) ||
+        redisAsyncFormattedCommand(rl->ac, on_reply, op, op->cmd.p, op->cmd.len) != REDIS_OK)
+        return -1;
+    int64_t now = tg_now_mono_ms();
+    op->deadline_ms = now + timeout_ms;
+    op->prev = rl->tail;
+    op->next = NULL;
+    if (rl->tail) rl->tail->next = op;
+    else rl->head = op;
+    rl->tail = op;
+    if (op->kind == OP_CHECK) rl->inflight_checks++;
+    if (!evtimer_pending(rl->deadline_ev, NULL) || rl->timer_at_ms > op->deadline_ms)
+        arm_deadline(rl, op->deadline_ms, now);
+    return 0;
+}
+
+/* ---- the failure policy ---- */
+
+struct trampoline {
+    tg_limiter_cb cb;
+    void *arg;
+};
+
+static void fallback_done(void *arg, const struct tg_limit_result *res)
+{
+    struct trampoline *t = arg;
+    struct tg_limit_result r = *res;
+    r.fallback = true;
+    t->cb(t->arg, &r);
+}
+
+/* Answers a check without Redis: deny → ERROR; allow → the fallback limiter
+ * (which answers synchronously), marked fallback. */
+static void answer_by_policy(struct rl *rl, const struct tg_limit_req *req, tg_limiter_cb cb,
+                             void *arg)
+{
+    if (rl->deny) {
+        struct tg_limit_result res = {.status = TG_LIMIT_ERROR, .denied = -1};
+        cb(arg, &res);
+    } else if (rl->fallback) {
+        struct trampoline t = {cb, arg};
+        tg_limiter_check(rl->fallback, req, fallback_done, &t);
+    } else {
+        struct tg_limit_result res = {.status = TG_LIMIT_ALLOWED, .denied = -1, .fallback = true};
+        cb(arg, &res);
+    }
+}
+
+/* ---- connection state ---- */
+
+static void connect_redis(struct rl *rl);
+
+static void schedule_reconnect(struct rl *rl)
+{
+    if (rl->destroying || evtimer_pending(rl->reconnect_ev, NULL)) return;
+    rl->rnd ^= rl->rnd << 13;
+    rl->rnd ^= rl->rnd >> 7;
+    rl->rnd ^= rl->rnd << 17;
+    int half = rl->backoff_ms / 2;
+    int delay = half + (int)(rl->rnd % (uint64_t)(half + 1)); /* equal jitter */
+    struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
+    evtimer_add(rl->reconnect_ev, &tv);
+    rl->backoff_ms = rl->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : rl->backoff_ms * 2;
+}
+
+/* Forgets the connection (whoever frees it) and plans a reconnect. */
+static void mark_down(struct rl *rl, const char *kind, const char *detail)
+{
+    if (rl->state == ST_DOWN) return;
+    rl->ac = NULL;
+    rl->state = ST_DOWN;
+    rl->loading[SC_BUCKET] = rl->loading[SC_SETTLE] = false;
+    count_error(kind, 1);
+    if (!rl->down_logged && !rl->destroying) {
+        tg_log_warn("redis %s:%d unavailable (%s%s%s): answering checks by on_redis_error=%s",
+                    rl->ip, rl->port, kind, detail ? ": " : "", detail ? detail : "",
+                    rl->deny ? "deny" : "allow");
+        rl->down_logged = true;
+    }
+    schedule_reconnect(rl);
+}
+
+/* Drops the connection now: every pending callback runs with reply == NULL.
+ * From inside a hiredis reply callback, hiredis defers the free until it returns. */
+static void kill_connection(struct rl *rl, const char *kind, const char *detail)
+{
+    redisAsyncContext *ac = rl->ac;
+    mark_down(rl, kind, detail);
+    if (ac) redisAsyncFree(ac);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct rl *rl = arg;
+    if (!rl->head) return;
+    int64_t now = tg_now_mono_ms();
+    if (rl->head->deadline_ms <= now) kill_connection(rl, "timeout", NULL);
+    else arm_deadline(rl, rl->head->deadline_ms, now);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rl *rl = ac->data;
+    /* On failure hiredis frees the context right after this returns (never free it here). */
+    if (status != REDIS_OK && rl->ac == ac) mark_down(rl, "connect", ac->errstr);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct rl *rl = ac->data;
+    if (rl->ac == ac) mark_down(rl, "connect", status == REDIS_OK ? "closed" : ac->errstr);
+}
+
+static int send_setup(struct rl *rl, enum op_kind kind, enum script sc, const char *const *argv,
+                      size_t argc, bool last)
+{
+    struct op *op = op_get(rl);
+    if (!op) return -1;
+    op->kind = kind;
+    op->script = sc;
+    op->last_setup = last;
+    resp_head(&op->cmd, '*', argc);
+    for (size_t i = 0; i < argc; i++) resp_bulk(&op->cmd, argv[i], strlen(argv[i]));
+    int timeout = rl->timeout_ms > CONNECT_TIMEOUT_MIN_MS ? rl->timeout_ms : CONNECT_TIMEOUT_MIN_MS;
+    if (kind == OP_LOAD) timeout = rl->timeout_ms;
+    if (send_op(rl, op, timeout) != 0) {
+        op_put(rl, op);
+        return -1;
+    }
+    return 0;
+}
+
+static int send_script_load(struct rl *rl, enum op_kind kind, enum script sc, bool last)
+{
+    const char *argv[] = {"SCRIPT", "LOAD", script_text[sc]};
+    return send_setup(rl, kind, sc, argv, 3, last);
+}
+
+static void connect_redis(struct rl *rl)
+{
+    redisAsyncContext *ac = redisAsyncConnect(rl->ip, rl->port);
+    if (!ac || ac->err) {
+        rl->state = ST_CONNECTING; /* so that mark_down counts and logs it */
+        mark_down(rl, "connect", ac ? ac->errstr : "out of memory");
+        if (ac) redisAsyncFree(ac);
+        return;
+    }
+    ac->data = rl;
+    if (redisLibeventAttach(ac, rl->evb) != REDIS_OK) {
+        rl->state = ST_CONNECTING;
+        mark_down(rl, "connect", "libevent attach");
+        redisAsyncFree(ac);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rl->ac = ac;
+    rl->state = ST_CONNECTING;
+    char db[16];
+    snprintf(db, sizeof(db), "%d", rl->db);
+    int rc = 0;
+    if (rl->password[0])
+        rc |= send_setup(rl, OP_SETUP, SC_BUCKET, (const char *const[]){"AUTH", rl->password}, 2,
+                         false);
+    if (rl->db != 0)
+        rc |= send_setup(rl, OP_SETUP, SC_BUCKET, (const char *const[]){"SELECT", db}, 2, false);
+    rc |= send_script_load(rl, OP_SETUP, SC_BUCKET, false);
+    rc |= send_script_load(rl, OP_SETUP, SC_SETTLE, true);
+    if (rc != 0) kill_connection(rl, "connect", "out of memory");
+}
+
+static void on_reconnect(evutil_socket_t fd, short what, void *arg)
+{
+    connect_redis(arg);
+}
+
+/* ---- settles: coalesced per key, flushed as pipelined EVALSHA calls ---- */
+
+static void flush_settles(struct rl *rl);
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    flush_settles(arg);
+}
+
+/* Adds `delta` (p->cost_u) for `key`, whose hash tag is key[tag_off, +tag_len). */
+static void settle_add(struct rl *rl, const char *key, size_t key_len, size_t tag_off,
+                       size_t tag_len, const struct tg_bucket_param *p)
+{
+    uint64_t h = fnv(key, key_len);
+    for (size_t i = 0; i < rl->nps; i++) {
+        struct pending_settle *ps = &rl->ps[i];
+        if (ps->hash == h && ps->key_len == key_len &&
+            memcmp(rl->arena.p + ps->key_off, key, key_len) == 0) {
+            int64_t sum = ps->p.cost_u + p->cost_u;
+            ps->p = *p;
+            ps->p.cost_u = sum;
+            return;
+        }
+    }
+    size_t off = rl->arena.len;
+    buf_add(&rl->arena, key, key_len);
+    if (!buf_ok(&rl->arena)) {
+        rl->arena.len = off;
+        count_error("settle_dropped", 1);
+        return;
+    }
+    struct pending_settle *ps = &rl->ps[rl->nps++];
+    ps->hash = h;
+    ps->key_off = (uint32_t)off;
+    ps->key_len = (uint32_t)key_len;
+    ps->tag_off = (uint32_t)(off + tag_off);
+    ps->tag_len = (uint32_t)tag_len;
+    ps->tag_hash = fnv(key + tag_off, tag_len);
+    ps->p = *p;
+    if (rl->nps == SETTLE_MAX_KEYS) {
+        flush_settles(rl);
+    } else if (rl->nps == 1) {
+        struct timeval tv = {0, SETTLE_FLUSH_MS * 1000};
+        evtimer_add(rl->flush_ev, &tv);
+    }
+}
+
+static bool same_tag(const struct rl *rl, const struct pending_settle *a,
+                     const struct pending_settle *b)
+{
+    return a->tag_hash == b->tag_hash && a->tag_len == b->tag_len &&
+           memcmp(rl->arena.p + a->tag_off, rl->arena.p + b->tag_off, a->tag_len) == 0;
+}
+
+/* One EVALSHA settle per tenant (hash tag) with all of its keys. */
+static void flush_settles(struct rl *rl)
+{
+    evtimer_del(rl->flush_ev);
+    bool done[SETTLE_MAX_KEYS] = {false};
+    size_t group[SETTLE_MAX_KEYS];
+    for (size_t i = 0; i < rl->nps; i++) {
+        if (done[i] || rl->ps[i].p.cost_u == 0) continue;
+        size_t k = 0;
+        for (size_t j = i; j < rl->nps; j++) {
+            if (done[j] || rl->ps[j].p.cost_u == 0 || !same_tag(rl, &rl->ps[i], &rl->ps[j]))
+                continue;
+            done[j] = true;
+            group[k++] = j;
+        }
+        struct op *op = rl->state == ST_UP ? op_get(rl) : NULL;
+        if (!op) {
+            count_error("settle_dropped", (double)k);
+            continue;
+        }
+        op->kind = OP_SETTLE;
+        op->script = SC_SETTLE;
+        op->nkeys = k;
+        struct buf *b = &op->cmd;
+        resp_head(b, '*', 3 + 5 * k + (rl->fixed_clock_ms >= 0));
+        resp_bulk(b, "EVALSHA", 7);
+        resp_bulk(b, rl->sha[SC_SETTLE], 40);
+        resp_int(b, (int64_t)k);
+        for (size_t g = 0; g < k; g++) {
+            const struct pending_settle *ps = &rl->ps[group[g]];
+            resp_bulk(b, rl->arena.p + ps->key_off, ps->key_len);
+        }
+        for (size_t g = 0; g < k; g++) {
+            const struct tg_bucket_param *p = &rl->ps[group[g]].p;
+            resp_int(b, p->cap_u);
+            resp_double(b, p->rate);
+            resp_int(b, p->per_ms);
+            resp_int(b, p->cost_u);
+        }
+        if (rl->fixed_clock_ms >= 0) resp_int(b, rl->fixed_clock_ms);
+        if (send_op(rl, op, rl->timeout_ms) != 0) {
+            count_error("settle_dropped", (double)k);
+            op_put(rl, op);
+        }
+    }
+    rl->nps = 0;
+    rl->arena.len = 0;
+}
+
+/* An abandoned check that Redis allowed: give back all but the requests units,
+ * as for a request that never reached the upstream. */
+static void refund_cancelled(struct rl *rl, struct op *op)
+{
+    for (size_t i = 0; i < op->req.n; i++) {
+        if (op->unit[i] == TG_UNIT_REQUESTS || op->p[i].cost_u == 0) continue;
+        struct tg_bucket_param p = op->p[i];
+        p.cost_u = -p.cost_u;
+        settle_add(rl, op->cmd.p + op->key_off[i], op->key_len[i], rl->prefix_len,
+                   op->tenant_len + 2, &p);
+    }
+}
+
+/* ---- replies ---- */
+
+static bool is_noscript(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_ERROR && r->str && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+/* Loads the script again (once per NOSCRIPT wave) and resends the same call
+ * after it on the same pipeline. Returns 0 if resent. */
+static int resend_after_noscript(struct rl *rl, struct op *op)
+{
+    count_error("noscript", 1);
+    if (++op->resends > MAX_RESENDS || rl->state != ST_UP) return -1;
+    if (!rl->loading[op->script]) {
+        if (send_script_load(rl, OP_LOAD, op->script, false) != 0) return -1;
+        rl->loading[op->script] = true;
+    }
+    return send_op(rl, op, rl->timeout_ms);
+}
+
+static bool parse_check(const struct op *op, const redisReply *r, struct tg_limit_result *res)
+{
+    size_t n = op->req.n;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 + n) return false;
+    for (size_t i = 0; i < r->elements; i++)
+        if (r->element[i]->type != REDIS_REPLY_INTEGER) return false;
+    long long denied = r->element[1]->integer;
+    if ((r->element[0]->integer == 1) != (denied == 0) || denied < 0 || denied > (long long)n)
+        return false;
+    int64_t level[TG_MAX_BUCKETS];
+    for (size_t i = 0; i < n; i++) level[i] = r->element[3 + i]->integer;
+    tg_limiter_result_fill(op->p, level, n, (int)denied - 1, res);
+    return true;
+}
+
+static void finish_check(struct rl *rl, struct op *op, const redisReply *r)
+{
+    if (r && is_noscript(r)) {
+        if (op->cancelled) {
+            count_error("noscript", 1);
+        } else if (resend_after_noscript(rl, op) == 0) {
+            return;
+        }
+    }
+    struct tg_limit_result res;
+    bool answered = false;
+    if (r && !is_noscript(r)) {
+        answered = parse_check(op, r, &res);
+        if (!answered) count_error("reply", 1);
+    }
+    tg_limiter_cb cb = op->cb;
+    void *arg = op->arg;
+    bool cancelled = op->cancelled || rl->destroying;
+    if (answered) {
+        tg_metrics_observe(TG_M_LIMITER_DURATION, (const char *const[]){"redis"},
+                           now_s() - op->start_s);
+        if (cancelled && res.status == TG_LIMIT_ALLOWED && !rl->destroying)
+            refund_cancelled(rl, op);
+        op_put(rl, op);
+        if (!cancelled) cb(arg, &res);
+        return;
+    }
+    if (!cancelled) {
+        struct tg_limit_req req = op->req;
+        op_put(rl, op);
+        answer_by_policy(rl, &req, cb, arg);
+    } else {
+        op_put(rl, op);
+    }
+}
+
+static void finish_settle(struct rl *rl, struct op *op, const redisReply *r)
+{
+    if (r && is_noscript(r) && resend_after_noscript(rl, op) == 0) return;
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        if (r && !is_noscript(r)) count_error("reply", 1);
+        if (!rl->destroying) count_error("settle_dropped", (double)op->nkeys);
+    }
+    op_put(rl, op);
+}
+
+static void finish_setup(struct rl *rl, struct op *op, redisAsyncContext *ac, const redisReply *r)
+{
+    bool last = op->last_setup;
+    enum op_kind kind = op->kind;
+    enum script sc = op->script;
+    op_put(rl, op);
+    if (!r || ac != rl->ac) return;
+    if (kind == OP_LOAD) rl->loading[sc] = false;
+    if (r->type == REDIS_REPLY_ERROR) {
+        count_error("reply", 1);
+        if (kind == OP_SETUP) {
+            char detail[160];
+            snprintf(detail, sizeof(detail), "%.*s", (int)(r->len < 150 ? r->len : 150), r->str);
+            kill_connection(rl, "connect", detail);
+        }
+        return;
+    }
+    if (last && rl->state == ST_CONNECTING) {
+        rl->state = ST_UP;
+        rl->backoff_ms = BACKOFF_MIN_MS;
+        if (rl->down_logged) tg_log_info("redis %s:%d up", rl->ip, rl->port);
+        rl->down_logged = false;
+    }
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct op *op = priv;
+    struct rl *rl = op->rl;
+    redisReply *r = reply;
+    list_remove(rl, op);
+    if (!r && ac == rl->ac) mark_down(rl, "connect", ac->errstr ? ac->errstr : "closed");
+    switch (op->kind) {
+    case OP_CHECK: finish_check(rl, op, r); break;
+    case OP_SETTLE: finish_settle(rl, op, r); break;
+    case OP_SETUP:
+    case OP_LOAD: finish_setup(rl, op, ac, r); break;
+    }
+}
+
+/* ---- the ops table ---- */
+
+/* Writes the check's EVALSHA into op->cmd, noting where each key is. */
+static void build_check(struct rl *rl, struct op *op)
+{
+    const struct tg_limit_req *req = &op->req;
+    size_t n = req->n;
+    struct buf *b = &op->cmd;
+    op->tenant_len = strlen(req->tenant);
+    resp_head(b, '*', 3 + 5 * n + (rl->fixed_clock_ms >= 0));
+    resp_bulk(b, "EVALSHA", 7);
+    resp_bulk(b, rl->sha[SC_BUCKET], 40);
+    resp_int(b, (int64_t)n);
+    for (size_t i = 0; i < n; i++) {
+        const char *name = req->b[i].limit->name;
+        size_t nlen = strlen(name);
+        size_t klen = rl->prefix_len + op->tenant_len + 3 + nlen;
+        resp_head(b, '$', klen);
+        op->key_off[i] = (uint32_t)b->len;
+        op->key_len[i] = (uint32_t)klen;
+        buf_add(b, rl->prefix, rl->prefix_len);
+        buf_add(b, "{", 1);
+        buf_add(b, req->tenant, op->tenant_len);
+        buf_add(b, "}:", 2);
+        buf_add(b, name, nlen);
+        buf_add(b, "\r\n", 2);
+    }
+    for (size_t i = 0; i < n; i++) {
+        resp_int(b, op->p[i].cap_u);
+        resp_double(b, op->p[i].rate);
+        resp_int(b, op->p[i].per_ms);
+        resp_int(b, op->p[i].cost_u);
+    }
+    if (rl->fixed_clock_ms >= 0) resp_int(b, rl->fixed_clock_ms);
+}
+
+static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
+                    void *arg)
+{
+    struct rl *rl = (struct rl *)l;
+    struct tg_limit_result res;
+    if (tg_limiter_too_large(req, &res)) {
+        cb(arg, &res);
+        return 0;
+    }
+    if (req->n == 0) {
+        res = (struct tg_limit_result){.status = TG_LIMIT_ALLOWED, .denied = -1};
+        cb(arg, &res);
+        return 0;
+    }
+    struct op *op = NULL;
+    if (rl->state == ST_UP && rl->inflight_checks < MAX_INFLIGHT_CHECKS) op = op_get(rl);
+    if (!op) {
+        answer_by_policy(rl, req, cb, arg);
+        return 0;
+    }
+    op->kind = OP_CHECK;
+    op->script = SC_BUCKET;
+    op->start_s = now_s();
+    op->cb = cb;
+    op->arg = arg;
+    op->req.tenant = req->tenant;
+    op->req.fallback = false;
+    op->req.n = req->n;
+    memcpy(op->req.b, req->b, req->n * sizeof(req->b[0]));
+    for (size_t i = 0; i < req->n; i++) {
+        tg_bucket_param_init(&op->p[i], req->b[i].limit, 1, req->b[i].cost_u);
+        op->unit[i] = (uint8_t)req->b[i].limit->unit;
+    }
+    build_check(rl, op);
+    if (send_op(rl, op, rl->timeout_ms) != 0) {
+        op_put(rl, op);
+        answer_by_policy(rl, req, cb, arg);
+    }
+    return 0;
+}
+
+static void rl_settle(struct tg_limiter *l, const struct tg_limit_req *req, const int64_t *delta_u)
+{
+    struct rl *rl = (struct rl *)l;
+    if (req->fallback) {
+        if (rl->fallback) tg_limiter_settle(rl->fallback, req, delta_u);
+        return;
+    }
+    size_t tlen = strlen(req->tenant);
+    char stack[512];
+    for (size_t i = 0; i < req->n; i++) {
+        if (delta_u[i] == 0) continue;
+        const char *name = req->b[i].limit->name;
+        size_t nlen = strlen(name), klen = rl->prefix_len + tlen + 3 + nlen;
+        char *key = klen <= sizeof(stack) ? stack : malloc(klen);
+        if (!key) {
+            count_error("settle_dropped", 1);
+            continue;
+        }
+        memcpy(key, rl->prefix, rl->prefix_len);
+        key[rl->prefix_len] = '{';
+        memcpy(key + rl->prefix_len + 1, req->tenant, tlen);
+        memcpy(key + rl->prefix_len + 1 + tlen, "}:", 2);
+        memcpy(key + rl->prefix_len + 3 + tlen, name, nlen);
+        struct tg_bucket_param p;
+        tg_bucket_param_init(&p, req->b[i].limit, 1, delta_u[i]);
+        settle_add(rl, key, klen, rl->prefix_len, tlen + 2, &p);
+        if (key != stack) free(key);
+    }
+}
+
+static void rl_cancel(struct tg_limiter *l, void *arg)
+{
+    struct rl *rl = (struct rl *)l;
+    for (struct op *op = rl->head; op; op = op->next)
+        if (op->kind == OP_CHECK && op->arg == arg) op->cancelled = true;
+}
+
+static bool rl_ready(struct tg_limiter *l)
+{
+    struct rl *rl = (struct rl *)l;
+    return rl->state == ST_UP || !rl->deny;
+}
+
+static void free_buf(struct buf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+static void rl_destroy(struct tg_limiter *l)
+{
+    struct rl *rl = (struct rl *)l;
+    if (rl->nps) flush_settles(rl);
+    rl->destroying = true;
+    if (rl->ac) {
+        redisAsyncContext *ac = rl->ac;
+        if (rl->state == ST_UP) redisAsyncHandleWrite(ac); /* best effort: last settles */
+        if (rl->ac == ac) {
+            rl->ac = NULL;
+            rl->state = ST_DOWN;
+            redisAsyncFree(ac); /* pending callbacks run with NULL and call no one */
+        }
+    }
+    if (rl->deadline_ev) event_free(rl->deadline_ev);
+    if (rl->reconnect_ev) event_free(rl->reconnect_ev);
+    if (rl->flush_ev) event_free(rl->flush_ev);
+    for (struct op *op = rl->free_ops, *next; op; op = next) {
+        next = op->next;
+        free_buf(&op->cmd);
+        free(op);
+    }
+    free_buf(&rl->arena);
+    free(rl->password);
+    free(rl->prefix);
+    free(rl);
+}
+
+static const struct tg_limiter_ops redis_ops = {
+    .name = "redis",
+    .check = rl_check,
+    .settle = rl_settle,
+    .cancel = rl_cancel,
+    .ready = rl_ready,
+    .destroy = rl_destroy,
+};
+
+void tg_limiter_redis_set_clock(struct tg_limiter *l, int64_t now_ms)
+{
+    if (l && l->ops == &redis_ops) ((struct rl *)l)->fixed_clock_ms = now_ms < 0 ? -1 : now_ms;
+}
+
+static void sha1_hex(const char *s, char out[41])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(s, strlen(s), md, &len, EVP_sha1(), NULL);
+    for (unsigned i = 0; i < 20; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* The address to connect to, as the IP string hiredis 0.14 wants. */
+static void address_of(const struct tg_config *cfg, char *ip, size_t iplen, int *port)
+{
+    const struct sockaddr_storage *a = &cfg->limiter.redis.addr;
+    *port = cfg->limiter.redis.port;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)a;
+        inet_ntop(AF_INET, &in->sin_addr, ip, (socklen_t)iplen);
+        *port = ntohs(in->sin_port);
+    } else if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)a;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, (socklen_t)iplen);
+        *port = ntohs(in6->sin6_port);
+    } else {
+        snprintf(ip, iplen, "%s", cfg->limiter.redis.host ? cfg->limiter.redis.host : "127.0.0.1");
+    }
+}
+
+struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct tg_config *cfg,
+                                           struct tg_limiter *fallback)
+{
+    struct rl *rl = calloc(1, sizeof(*rl));
+    if (!rl) return NULL;
+    rl->base.ops = &redis_ops;
+    rl->evb = base;
+    rl->fallback = fallback;
+    address_of(cfg, rl->ip, sizeof(rl->ip), &rl->port);
+    rl->password = strdup(cfg->limiter.redis.password ? cfg->limiter.redis.password : "");
+    rl->prefix = strdup(cfg->limiter.redis.key_prefix ? cfg->limiter.redis.key_prefix
+                                                      : TG_DEFAULT_REDIS_KEY_PREFIX);
+    rl->db = cfg->limiter.redis.db;
+    rl->timeout_ms =
+        cfg->limiter.redis.timeout_ms > 0 ? cfg->limiter.redis.timeout_ms : TG_DEFAULT_REDIS_TIMEOUT_MS;
+    rl->deny = cfg->limiter.on_redis_error == TG_REDIS_ERROR_DENY;
+    rl->fixed_clock_ms = -1;
+    rl->backoff_ms = BACKOFF_MIN_MS;
+    rl->rnd = (uint64_t)(uintptr_t)rl ^ ((uint64_t)tg_now_mono_ms() << 20) ^ 0x9e3779b97f4a7c15ULL;
+    rl->deadline_ev = evtimer_new(base, on_deadline, rl);
+    rl->reconnect_ev = evtimer_new(base, on_reconnect, rl);
+    rl->flush_ev = evtimer_new(base, on_flush, rl);
+    if (!rl->password || !rl->prefix || !rl->deadline_ev || !rl->reconnect_ev || !rl->flush_ev) {
+        rl_destroy(&rl->base);
+        return NULL;
+    }
+    rl->prefix_len = strlen(rl->prefix);
+    for (int i = 0; i < SC_COUNT; i++) sha1_hex(script_text[i], rl->sha[i]);
+    connect_redis(rl);
+    return &rl->base;
+}
