@@ -42,6 +42,7 @@ struct fsink {
     size_t batch_off;       /* bytes of batch already written */
     size_t batch_left;      /* batch.len - batch_off, as the writer last saw it */
     bool idle, stop, reopen;
+    uint64_t failures;      /* failed write attempts so far */
     bool accepting;         /* read without the lock */
 };
 
@@ -163,6 +164,7 @@ static void *writer_main(void *arg)
         set_accepting(f);
         pthread_cond_broadcast(&f->drained);
         if (e == 0) continue;
+        f->failures++;
         size_t n = count_lines(f->batch.p + f->batch_off, f->batch_left);
         if (!counted) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_error, (double)n);
         counted = true;
@@ -228,13 +230,17 @@ static bool file_accepting(struct tg_sink *s)
     return __atomic_load_n(&((struct fsink *)s)->accepting, __ATOMIC_RELAXED);
 }
 
+/* Waits until everything queued is written, or the timeout passes, or a
+ * write attempt made after the call began fails (the writer retries at once
+ * when woken: a disk that is still failing ends the wait). */
 static void file_flush(struct tg_sink *s, int timeout_ms)
 {
     struct fsink *f = (struct fsink *)s;
     int64_t deadline = tg_now_mono_ms() + timeout_ms;
     pthread_mutex_lock(&f->mu);
+    uint64_t failures = f->failures;
     pthread_cond_signal(&f->wake);
-    while (f->pending.len + f->batch_left > 0 || !f->idle) {
+    while ((f->pending.len + f->batch_left > 0 || !f->idle) && f->failures == failures) {
         int64_t left = deadline - tg_now_mono_ms();
         if (left <= 0) break;
         wait_ms(&f->drained, &f->mu, (int)left);

@@ -72,8 +72,8 @@ int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const cha
 int tg_spool_next(struct tg_spool *sp, struct tg_spool_rec *rec, char err[TG_ERR_LEN]) TG_WUR;
 
 /* Acknowledges one handed-out record (delivered, or written again to the
- * tail). A segment whose records are all acknowledged is deleted. Acks for
- * segments that drop_oldest already deleted are ignored. */
+ * tail); each exactly once. A segment whose records are all acknowledged is
+ * deleted. Acks for segments that drop_oldest already deleted are ignored. */
 void tg_spool_ack(struct tg_spool *sp, struct tg_spool_pos pos);
 
 /* fdatasyncs the segment being written. Returns 0 or -1 with err set. */
