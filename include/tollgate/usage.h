@@ -71,6 +71,10 @@ struct tg_sink *tg_sink_kafka_create(const struct tg_config *cfg, struct event_b
                                      char err[TG_ERR_LEN]) TG_WUR;
 struct tg_sink *tg_sink_none_create(void);
 
+/* Creates directory `dir` and its missing parents (mode 0755). Returns 0, or -1
+ * with errno set. Used by the file sink and the spool. */
+int tg_usage_mkdirs(const char *dir) TG_WUR;
+
 /* Builds the JSON of `r` and submits it. Returns the sink's result. */
 int tg_usage_emit(struct tg_sink *s, const struct tg_usage_record *r);
 

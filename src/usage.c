@@ -1,0 +1,477 @@
+/* Usage records: the hand-written JSON serialiser, request ids, sink dispatch and the "none" sink. */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include "tollgate/log.h"
+#include "tollgate/metrics.h"
+#include "tollgate/usage.h"
+
+/* ---- JSON ---- */
+
+/* Fixed text of a record (keys, numbers, punctuation) stays well under this;
+ * strings add at most 6 output bytes per input byte (\u00XX). */
+#define JSON_FIXED_MAX 1024
+#define JSON_ESC_MAX 6
+
+static const char hexdig[] = "0123456789abcdef";
+
+static char *put_lit(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+#define PUT(p, lit) ((p) = put_lit((p), (lit), sizeof(lit) - 1))
+
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) *p++ = tmp[--n];
+    return p;
+}
+
+static char *put_i64(char *p, int64_t v)
+{
+    if (v < 0) {
+        *p++ = '-';
+        return put_u64(p, (uint64_t)0 - (uint64_t)v);
+    }
+    return put_u64(p, (uint64_t)v);
+}
+
+/* Micro-units as units: "4108", "0.5", "1.000001" (at most 6 decimals, no
+ * trailing zeros). */
+static char *put_micro(char *p, int64_t v)
+{
+    uint64_t a = (uint64_t)v;
+    if (v < 0) {
+        *p++ = '-';
+        a = (uint64_t)0 - a;
+    }
+    p = put_u64(p, a / (uint64_t)TG_MICRO);
+    uint64_t f = a % (uint64_t)TG_MICRO;
+    if (f == 0) return p;
+    char d[6];
+    for (int i = 5; i >= 0; i--) {
+        d[i] = (char)('0' + f % 10);
+        f /= 10;
+    }
+    int n = 6;
+    while (d[n - 1] == '0') n--;
+    *p++ = '.';
+    return put_lit(p, d, (size_t)n);
+}
+
+static int64_t to_micro(double v)
+{
+    if (!isfinite(v) || fabs(v) > 9e12) return 0;
+    return llround(v * (double)TG_MICRO);
+}
+
+/* A duration with exactly one decimal: "123.4". */
+static char *put_fixed1(char *p, double v)
+{
+    if (!isfinite(v) || fabs(v) > 9e15) v = 0;
+    long long t = llround(v * 10.0);
+    if (t < 0) {
+        *p++ = '-';
+        t = -t;
+    }
+    p = put_u64(p, (uint64_t)t / 10);
+    *p++ = '.';
+    *p++ = (char)('0' + t % 10);
+    return p;
+}
+
+static char *put_2(char *p, unsigned v)
+{
+    *p++ = (char)('0' + v / 10 % 10);
+    *p++ = (char)('0' + v % 10);
+    return p;
+}
+
+/* "2026-11-24T11:00:00.123Z" from Unix milliseconds, without gmtime's locale
+ * machinery (days to civil date: H. Hinnant's algorithm). */
+static char *put_ts(char *p, int64_t ms)
+{
+    int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
+    unsigned msec = (unsigned)(ms - secs * 1000);
+    int64_t days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
+    unsigned sod = (unsigned)(secs - days * 86400);
+    int64_t z = days + 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    unsigned doe = (unsigned)(z - era * 146097);
+    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t y = (int64_t)yoe + era * 400;
+    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    unsigned mp = (5 * doy + 2) / 153;
+    unsigned d = doy - (153 * mp + 2) / 5 + 1;
+    unsigned m = mp < 10 ? mp + 3 : mp - 9;
+    y += m <= 2;
+    if (y < 0 || y > 9999) y = 0;
+    *p++ = '"';
+    p = put_2(p, (unsigned)(y / 100));
+    p = put_2(p, (unsigned)(y % 100));
+    *p++ = '-';
+    p = put_2(p, m);
+    *p++ = '-';
+    p = put_2(p, d);
+    *p++ = 'T';
+    p = put_2(p, sod / 3600);
+    *p++ = ':';
+    p = put_2(p, sod / 60 % 60);
+    *p++ = ':';
+    p = put_2(p, sod % 60);
+    *p++ = '.';
+    *p++ = (char)('0' + msec / 100);
+    p = put_2(p, msec % 100);
+    PUT(p, "Z\"");
+    return p;
+}
+
+/* Length of the well-formed UTF-8 sequence at s (Unicode table 3-7), or 0;
+ * *bad gets how many bytes form the maximal invalid subpart to replace. */
+static size_t utf8_seq(const unsigned char *s, size_t n, size_t *bad)
+{
+    unsigned c = s[0];
+    size_t need;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) need = 1;
+    else if (c == 0xE0) need = 2, lo = 0xA0;
+    else if (c >= 0xE1 && c <= 0xEC) need = 2;
+    else if (c == 0xED) need = 2, hi = 0x9F;
+    else if (c >= 0xEE && c <= 0xEF) need = 2;
+    else if (c == 0xF0) need = 3, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3) need = 3;
+    else if (c == 0xF4) need = 3, hi = 0x8F;
+    else {
+        *bad = 1;
+        return 0;
+    }
+    for (size_t i = 1; i <= need; i++) {
+        if (i >= n || s[i] < lo || s[i] > hi) {
+            *bad = i;
+            return 0;
+        }
+        lo = 0x80, hi = 0xBF;
+    }
+    return need + 1;
+}
+
+/* A JSON string: quotes and backslashes escaped, control characters as
+ * \u00XX, valid UTF-8 as is, each invalid sequence as U+FFFD. */
+static char *put_str(char *p, const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    *p++ = '"';
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+            *p++ = (char)c;
+            i++;
+        } else if (c == '"' || c == '\\') {
+            *p++ = '\\';
+            *p++ = (char)c;
+            i++;
+        } else if (c < 0x20) {
+            PUT(p, "\\u00");
+            *p++ = hexdig[c >> 4];
+            *p++ = hexdig[c & 15];
+            i++;
+        } else {
+            size_t bad;
+            size_t k = utf8_seq(s + i, n - i, &bad);
+            if (k) {
+                p = put_lit(p, (const char *)s + i, k);
+                i += k;
+            } else {
+                PUT(p, "\xEF\xBF\xBD");
+                i += bad;
+            }
+        }
+    }
+    *p++ = '"';
+    return p;
+}
+
+static char *put_str_or_null(char *p, const char *s, size_t n, bool null)
+{
+    if (null) {
+        PUT(p, "null");
+        return p;
+    }
+    return put_str(p, s, n);
+}
+
+static char *put_bool(char *p, bool b)
+{
+    if (b) PUT(p, "true");
+    else PUT(p, "false");
+    return p;
+}
+
+static char *put_cost(char *p, const struct tg_cost *c)
+{
+    *p++ = '{';
+    bool first = true;
+    for (int u = 0; u < TG_UNIT_COUNT; u++) {
+        if (c->u[u] == 0) continue;
+        if (!first) *p++ = ',';
+        first = false;
+        const char *name = tg_unit_name((enum tg_unit)u);
+        *p++ = '"';
+        p = put_lit(p, name, strlen(name));
+        PUT(p, "\":");
+        p = put_micro(p, c->u[u]);
+    }
+    *p++ = '}';
+    return p;
+}
+
+static const char *const decision_names[] = {"allowed", "limited", "rejected", "error"};
+
+static size_t opt_len(const char *s)
+{
+    return s ? strlen(s) : 0;
+}
+
+char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len)
+{
+    size_t idl = strnlen(r->id, sizeof(r->id));
+    size_t keyl = strnlen(r->key, sizeof(r->key));
+    size_t tl = opt_len(r->tenant), rl = opt_len(r->route), ml = opt_len(r->model);
+    size_t ul = opt_len(r->upstream), ll = opt_len(r->limit);
+    size_t cap = JSON_FIXED_MAX + JSON_ESC_MAX * (idl + keyl + tl + rl + ml + ul + ll);
+    char *buf = malloc(cap);
+    if (buf == NULL) return NULL;
+    char *p = buf;
+
+    PUT(p, "{\"v\":1,\"id\":");
+    p = put_str(p, r->id, idl);
+    PUT(p, ",\"ts\":");
+    p = put_ts(p, r->ts_ms);
+    PUT(p, ",\"tenant\":");
+    p = put_str_or_null(p, r->tenant, tl, r->tenant == NULL);
+    PUT(p, ",\"key\":");
+    p = put_str_or_null(p, r->key, keyl, keyl == 0);
+    PUT(p, ",\"route\":");
+    p = put_str_or_null(p, r->route, rl, r->route == NULL);
+    PUT(p, ",\"model\":");
+    p = put_str_or_null(p, r->model, ml, ml == 0);
+    PUT(p, ",\"upstream\":");
+    p = put_str_or_null(p, r->upstream, ul, r->upstream == NULL);
+    PUT(p, ",\"status\":");
+    p = put_i64(p, r->status);
+    PUT(p, ",\"stream\":");
+    p = put_bool(p, r->stream);
+    PUT(p, ",\"decision\":\"");
+    const char *d = (unsigned)r->decision < TG_ARRAY_LEN(decision_names)
+                        ? decision_names[r->decision]
+                        : "error";
+    p = put_lit(p, d, strlen(d));
+    PUT(p, "\",\"limit\":");
+    p = put_str_or_null(p, r->limit, ll, r->limit == NULL);
+    PUT(p, ",\"fallback\":");
+    p = put_bool(p, r->fallback);
+    PUT(p, ",\"usage\":{\"prompt_tokens\":");
+    p = put_i64(p, r->usage.prompt_tokens);
+    PUT(p, ",\"completion_tokens\":");
+    p = put_i64(p, r->usage.completion_tokens);
+    PUT(p, ",\"total_tokens\":");
+    p = put_i64(p, r->usage.total_tokens);
+    PUT(p, ",\"video_seconds\":");
+    p = put_micro(p, to_micro(r->usage.video_seconds));
+    PUT(p, ",\"width\":");
+    p = put_i64(p, r->usage.width);
+    PUT(p, ",\"height\":");
+    p = put_i64(p, r->usage.height);
+    PUT(p, "},\"cost\":{\"estimated\":");
+    p = put_cost(p, &r->estimated);
+    PUT(p, ",\"actual\":");
+    p = put_cost(p, &r->actual);
+    PUT(p, "},\"latency_ms\":");
+    p = put_fixed1(p, r->latency_ms);
+    PUT(p, ",\"upstream_ms\":");
+    if (r->upstream_ms < 0 || isnan(r->upstream_ms)) PUT(p, "null");
+    else p = put_fixed1(p, r->upstream_ms);
+    PUT(p, ",\"bytes_in\":");
+    p = put_i64(p, r->bytes_in);
+    PUT(p, ",\"bytes_out\":");
+    p = put_i64(p, r->bytes_out);
+    *p++ = '}';
+    *p = '\0';
+    *len = (size_t)(p - buf);
+    return buf;
+}
+
+/* ---- request ids ---- */
+
+/* Per thread: two 64-bit random words drawn once, and a counter. The high
+ * half is word A plus the counter times an odd constant, the low half a
+ * bijective mix of word B plus the counter: distinct for every id of a thread,
+ * and across threads and processes as distinct as two random 128-bit draws. */
+static unsigned long fork_generation;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static __thread struct {
+    uint64_t a, b, n;
+    unsigned long generation;
+    bool seeded;
+} idstate;
+
+static void on_fork_child(void)
+{
+    __atomic_add_fetch(&fork_generation, 1, __ATOMIC_RELAXED);
+}
+
+static void register_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static void seed_ids(void)
+{
+    uint64_t w[2];
+    if (getrandom(w, sizeof(w), 0) != (ssize_t)sizeof(w)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        w[0] = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)getpid());
+        w[1] = mix64(w[0] ^ (uint64_t)(uintptr_t)&idstate ^ (uint64_t)gettid());
+    }
+    idstate.a = w[0];
+    idstate.b = w[1];
+    idstate.n = 0;
+    idstate.generation = __atomic_load_n(&fork_generation, __ATOMIC_RELAXED);
+    idstate.seeded = true;
+}
+
+static void put_hex64(char *out, uint64_t v)
+{
+    for (int i = 15; i >= 0; i--) {
+        out[i] = hexdig[v & 15];
+        v >>= 4;
+    }
+}
+
+void tg_usage_new_id(char out[TG_REQUEST_ID_LEN])
+{
+    if (!idstate.seeded ||
+        idstate.generation != __atomic_load_n(&fork_generation, __ATOMIC_RELAXED)) {
+        pthread_once(&fork_once, register_fork_handler);
+        seed_ids();
+    }
+    uint64_t n = ++idstate.n;
+    put_hex64(out, idstate.a + n * 0x9e3779b97f4a7c15ULL);
+    put_hex64(out + 16, mix64(idstate.b + n));
+    out[32] = '\0';
+}
+
+/* ---- sinks ---- */
+
+int tg_usage_mkdirs(const char *dir)
+{
+    char tmp[4096];
+    size_t n = strlen(dir);
+    if (n == 0 || n >= sizeof(tmp)) {
+        errno = n ? ENAMETOOLONG : ENOENT;
+        return -1;
+    }
+    memcpy(tmp, dir, n + 1);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
+    return 0;
+}
+
+struct tg_sink *tg_sink_create(const struct tg_config *cfg, struct event_base *base,
+                               char err[TG_ERR_LEN])
+{
+    switch (cfg->usage.sink) {
+    case TG_SINK_FILE:
+        return tg_sink_file_create(cfg, err);
+    case TG_SINK_KAFKA:
+        return tg_sink_kafka_create(cfg, base, err);
+    case TG_SINK_NONE:
+        return tg_sink_none_create();
+    }
+    snprintf(err, TG_ERR_LEN, "usage.sink: unknown sink %d", (int)cfg->usage.sink);
+    return NULL;
+}
+
+static const struct tg_sink_ops none_ops;
+
+int tg_usage_emit(struct tg_sink *s, const struct tg_usage_record *r)
+{
+    if (s->ops == &none_ops) return 0;
+    size_t len;
+    char *json = tg_usage_to_json(r, &len);
+    if (json == NULL) {
+        tg_metrics_add(TG_M_USAGE_RECORDS, (const char *[]){s->ops->name, "error"}, 1);
+        tg_log_error("usage record %.*s: out of memory, record lost", 32, r->id);
+        return -1;
+    }
+    return s->ops->submit(s, json, len, r->tenant ? r->tenant : "");
+}
+
+/* The "none" sink: takes records and discards them (tg_usage_emit does not even build them). */
+static int none_submit(struct tg_sink *s, char *json, size_t len, const char *key)
+{
+    free(json);
+    return 0;
+}
+
+static bool none_accepting(struct tg_sink *s)
+{
+    return true;
+}
+
+static void none_flush(struct tg_sink *s, int timeout_ms)
+{
+}
+
+static void none_reopen(struct tg_sink *s)
+{
+}
+
+static void none_destroy(struct tg_sink *s)
+{
+    free(s);
+}
+
+static const struct tg_sink_ops none_ops = {
+    .name = "none",
+    .submit = none_submit,
+    .accepting = none_accepting,
+    .flush = none_flush,
+    .reopen = none_reopen,
+    .destroy = none_destroy,
+};
+
+struct tg_sink *tg_sink_none_create(void)
+{
+    struct tg_sink *s = malloc(sizeof(*s));
+    if (s) s->ops = &none_ops;
+    return s;
+}
