@@ -18,13 +18,13 @@ static bool verbose;
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-    if (verbose)
-        fprintf(stderr, "kafka_broker: %d %s: %s\n", level, fac, buf);
+    if (verbose) fprintf(stderr, "kafka_broker: %d %s: %s\n", level, fac, buf);
 }
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: kafka_broker --topic T [--topic T2 ...] [--partitions 3] [--brokers 1] [--verbose]\n"
+    fprintf(stderr, "usage: kafka_broker --topic T [--topic T2 ...] [--partitions 3] [--brokers 1] "
+                    "[--verbose]\n"
                     "  prints BOOTSTRAP host:port,... when ready; SIGUSR1 takes every broker down\n"
                     "  (prints DOWN), SIGUSR2 brings them up (prints UP), SIGTERM/SIGINT exit\n");
 }
@@ -35,7 +35,8 @@ static void set_all(rd_kafka_mock_cluster_t *mc, int brokers, bool up)
         rd_kafka_resp_err_t err =
             up ? rd_kafka_mock_broker_set_up(mc, id) : rd_kafka_mock_broker_set_down(mc, id);
         if (err)
-            fprintf(stderr, "kafka_broker: broker %d %s: %s\n", id, up ? "up" : "down", rd_kafka_err2str(err));
+            fprintf(stderr, "kafka_broker: broker %d %s: %s\n", id, up ? "up" : "down",
+                    rd_kafka_err2str(err));
     }
     printf("%s\n", up ? "UP" : "DOWN");
     fflush(stdout);
@@ -78,14 +79,16 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
-    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0 || (sfd = signalfd(-1, &set, SFD_CLOEXEC)) < 0) {
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0 ||
+        (sfd = signalfd(-1, &set, SFD_CLOEXEC)) < 0) {
         fprintf(stderr, "kafka_broker: signalfd: %s\n", strerror(errno));
         goto out;
     }
 
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_conf_set_log_cb(conf, log_cb);
-    if (rd_kafka_conf_set(conf, "client.id", "kafka_broker", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+    if (rd_kafka_conf_set(conf, "client.id", "kafka_broker", errstr, sizeof(errstr)) !=
+        RD_KAFKA_CONF_OK) {
         fprintf(stderr, "kafka_broker: %s\n", errstr);
         rd_kafka_conf_destroy(conf);
         goto out;
@@ -115,8 +118,7 @@ int main(int argc, char **argv)
     for (;;) {
         struct signalfd_siginfo si;
         ssize_t n = read(sfd, &si, sizeof(si));
-        if (n < 0 && errno == EINTR)
-            continue;
+        if (n < 0 && errno == EINTR) continue;
         if (n != (ssize_t)sizeof(si)) {
             fprintf(stderr, "kafka_broker: signalfd read: %s\n", strerror(errno));
             goto out;
@@ -130,11 +132,8 @@ int main(int argc, char **argv)
     }
     rc = 0;
 out:
-    if (mc)
-        rd_kafka_mock_cluster_destroy(mc);
-    if (rk)
-        rd_kafka_destroy(rk);
-    if (sfd >= 0)
-        close(sfd);
+    if (mc) rd_kafka_mock_cluster_destroy(mc);
+    if (rk) rd_kafka_destroy(rk);
+    if (sfd >= 0) close(sfd);
     return rc;
 }

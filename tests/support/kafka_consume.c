@@ -17,7 +17,10 @@ static bool verbose;
 static volatile sig_atomic_t stop;
 static long delivered, failed;
 
-static void on_signal(int sig) { stop = 1; }
+static void on_signal(int sig)
+{
+    stop = 1;
+}
 
 static int64_t now_ms(void)
 {
@@ -28,8 +31,7 @@ static int64_t now_ms(void)
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-    if (verbose)
-        fprintf(stderr, "kafka_consume: %d %s: %s\n", level, fac, buf);
+    if (verbose) fprintf(stderr, "kafka_consume: %d %s: %s\n", level, fac, buf);
 }
 
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -63,12 +65,9 @@ static rd_kafka_t *client(rd_kafka_type_t type, const char *bootstrap, char *err
     struct {
         const char *k, *v;
     } props[] = {
-        {"bootstrap.servers", bootstrap},
-        {"group.id", group},
-        {"auto.offset.reset", "earliest"},
-        {"enable.auto.commit", "false"},
-        {"enable.partition.eof", "false"},
-        {"topic.metadata.refresh.interval.ms", "1000"},
+        {"bootstrap.servers", bootstrap},  {"group.id", group},
+        {"auto.offset.reset", "earliest"}, {"enable.auto.commit", "false"},
+        {"enable.partition.eof", "false"}, {"topic.metadata.refresh.interval.ms", "1000"},
     };
     size_t np = type == RD_KAFKA_CONSUMER ? sizeof(props) / sizeof(props[0]) : 1;
     for (size_t i = 0; i < np; i++) {
@@ -77,11 +76,9 @@ static rd_kafka_t *client(rd_kafka_type_t type, const char *bootstrap, char *err
             return NULL;
         }
     }
-    if (type == RD_KAFKA_PRODUCER)
-        rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+    if (type == RD_KAFKA_PRODUCER) rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
     rd_kafka_t *rk = rd_kafka_new(type, conf, errstr, errlen);
-    if (!rk)
-        rd_kafka_conf_destroy(conf);
+    if (!rk) rd_kafka_conf_destroy(conf);
     return rk;
 }
 
@@ -108,10 +105,9 @@ static int produce(const char *bootstrap, const char *topic, int timeout_ms)
         rd_kafka_resp_err_t err;
         do {
             err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, klen),
-                                    RD_KAFKA_V_VALUE((void *)val, vlen), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                    RD_KAFKA_V_END);
-            if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-                rd_kafka_poll(rk, 100);
+                                    RD_KAFKA_V_VALUE((void *)val, vlen),
+                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+            if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) rd_kafka_poll(rk, 100);
         } while (err == RD_KAFKA_RESP_ERR__QUEUE_FULL);
         if (err) {
             fprintf(stderr, "kafka_consume: produce: %s\n", rd_kafka_err2str(err));
@@ -143,8 +139,8 @@ static int assign_all(rd_kafka_t *rk, const char *topic, int64_t deadline)
             int n = md->topics[0].partition_cnt;
             rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(n);
             for (int i = 0; i < n && i < MAX_PARTITIONS; i++)
-                rd_kafka_topic_partition_list_add(parts, topic, md->topics[0].partitions[i].id)->offset =
-                    RD_KAFKA_OFFSET_BEGINNING;
+                rd_kafka_topic_partition_list_add(parts, topic, md->topics[0].partitions[i].id)
+                    ->offset = RD_KAFKA_OFFSET_BEGINNING;
             err = rd_kafka_assign(rk, parts);
             rd_kafka_topic_partition_list_destroy(parts);
             rd_kafka_metadata_destroy(md);
@@ -155,8 +151,7 @@ static int assign_all(rd_kafka_t *rk, const char *topic, int64_t deadline)
             fprintf(stderr, "kafka_consume: assign: %s\n", rd_kafka_err2str(err));
             break;
         }
-        if (md)
-            rd_kafka_metadata_destroy(md);
+        if (md) rd_kafka_metadata_destroy(md);
         usleep(100 * 1000);
     }
     rd_kafka_topic_destroy(rkt);
@@ -175,17 +170,14 @@ static int consume(const char *bootstrap, const char *topic, long want, int time
     long got = 0;
     int64_t last = now_ms();
     if (assign_all(rk, topic, last + timeout_ms) != 0) {
-        if (verbose)
-            fprintf(stderr, "kafka_consume: no metadata for %s\n", topic);
+        if (verbose) fprintf(stderr, "kafka_consume: no metadata for %s\n", topic);
         goto out;
     }
     while (!stop && (want <= 0 || got < want) && now_ms() - last < timeout_ms) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
-        if (!m)
-            continue;
+        if (!m) continue;
         if (m->err) {
-            if (verbose)
-                fprintf(stderr, "kafka_consume: %s\n", rd_kafka_message_errstr(m));
+            if (verbose) fprintf(stderr, "kafka_consume: %s\n", rd_kafka_message_errstr(m));
         } else {
             fwrite(m->key ? m->key : "", 1, m->key ? m->key_len : 0, stdout);
             fputc('\t', stdout);
@@ -198,8 +190,7 @@ static int consume(const char *bootstrap, const char *topic, long want, int time
         rd_kafka_message_destroy(m);
     }
 out:
-    if (verbose)
-        fprintf(stderr, "kafka_consume: %ld message(s)\n", got);
+    if (verbose) fprintf(stderr, "kafka_consume: %ld message(s)\n", got);
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     return 0;
@@ -235,5 +226,6 @@ int main(int argc, char **argv)
     }
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
-    return producing ? produce(bootstrap, topic, timeout_ms) : consume(bootstrap, topic, n, timeout_ms);
+    return producing ? produce(bootstrap, topic, timeout_ms)
+                     : consume(bootstrap, topic, n, timeout_ms);
 }

@@ -1,4 +1,26 @@
-/* Mock OpenAI-compatible model server for tests and the demo, with fault knobs in request headers. */
+/* Mock OpenAI-compatible model server for tests and the demo, with fault knobs. */
+/*
+ * mock_model --listen HOST:PORT [--threads N] [--quiet]   (port 0: any; prints LISTENING <port>)
+ *
+ * POST /v1/chat/completions, /v1/completions  OpenAI shape; prompt_tokens = ceil(chars of the
+ *      message contents (or prompt) / 4); completion_tokens = x-mock-completion-tokens (30),
+ *      capped by max_completion_tokens or max_tokens (finish_reason "length"); the content is
+ *      "tok " per token. "stream": true gives SSE (chunked): one event per token, a finish
+ *      event, a usage-only event ("choices": []) if stream_options.include_usage, data: [DONE].
+ * POST /v1/embeddings  8-dim vectors per input, usage {prompt_tokens, total_tokens}
+ * POST /v1/videos      {"id":"video_mock<n>","object":"video","status":"queued",...} echoing
+ *      seconds (default "4") and size (default "720x1280") from a JSON or multipart body
+ * GET  /v1/models
+ * Knobs (request headers): x-mock-delay-ms (before the head), x-mock-chunk-delay-ms (between
+ *      SSE events), x-mock-status (that status + OpenAI error body), x-mock-completion-tokens,
+ *      x-mock-reset-after-chunks N (RST after N SSE events; on a non-stream request RST instead
+ *      of replying), x-mock-hang (never reply), x-mock-close (reply, then close),
+ *      x-mock-chunked (chunked JSON reply), x-mock-header "Name: value" (added to the reply;
+ *      repeatable).
+ * Control (not counted): GET /__last (the last model request: method, path, query, headers,
+ *      header_list, body), GET /__stats {requests, connections, open_connections, cancelled},
+ *      POST /__reset. A connection whose first request is a control one is not counted.
+ */
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -25,7 +47,7 @@
 #include <http_parser.h>
 #include <jansson.h>
 
-#define MAX_BODY (64u << 20)     /* larger request bodies get 413 */
+#define MAX_BODY (64u << 20) /* larger request bodies get 413 */
 #define MAX_THREADS 64
 #define STREAM_BATCH (64 * 1024) /* bytes queued per turn when streaming without delay */
 #define EMBED_DIMS 8
@@ -46,8 +68,7 @@ static void sb_add(struct sbuf *b, const char *d, size_t n)
         while (cap < b->len + n + 1)
             cap *= 2;
         char *p = realloc(b->p, cap);
-        if (!p)
-            abort();
+        if (!p) abort();
         b->p = p;
         b->cap = cap;
     }
@@ -56,7 +77,10 @@ static void sb_add(struct sbuf *b, const char *d, size_t n)
     b->p[b->len] = '\0';
 }
 
-static void sb_adds(struct sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
+static void sb_adds(struct sbuf *b, const char *s)
+{
+    sb_add(b, s, strlen(s));
+}
 
 /* ---- one parsed request ---- */
 
@@ -84,8 +108,7 @@ static void req_reset(struct req *r)
 
 static void req_free(struct req *r)
 {
-    if (!r)
-        return;
+    if (!r) return;
     free(r->url.p);
     free(r->hbuf.p);
     free(r->body.p);
@@ -96,8 +119,7 @@ static void req_free(struct req *r)
 static struct req *req_new(void)
 {
     struct req *r = calloc(1, sizeof(*r));
-    if (!r)
-        abort();
+    if (!r) abort();
     req_reset(r);
     return r;
 }
@@ -122,15 +144,13 @@ static long req_header_long(const struct req *r, const char *name, long dflt)
     size_t len;
     const char *v = req_header(r, name, &len);
     char tmp[32];
-    if (!v || len == 0 || len >= sizeof(tmp))
-        return dflt;
+    if (!v || len == 0 || len >= sizeof(tmp)) return dflt;
     memcpy(tmp, v, len);
     tmp[len] = '\0';
     char *end;
     errno = 0;
     long x = strtol(tmp, &end, 10);
-    if (errno || *end != '\0')
-        return dflt;
+    if (errno || *end != '\0') return dflt;
     return x;
 }
 
@@ -138,8 +158,7 @@ static bool req_header_true(const struct req *r, const char *name)
 {
     size_t len;
     const char *v = req_header(r, name, &len);
-    if (!v)
-        return false;
+    if (!v) return false;
     return !(len == 1 && (v[0] == '0')) && !(len == 5 && strncasecmp(v, "false", 5) == 0);
 }
 
@@ -176,13 +195,13 @@ struct conn {
     http_parser parser;
     struct req *req;
     enum conn_state state;
-    bool msg_done;     /* parser paused on a complete message */
-    bool in_flight;    /* a counted request whose reply is not fully sent */
-    bool close_after;  /* close once the reply is flushed */
-    bool reset_after;  /* reset once what is queued is flushed */
-    bool raw_stream;   /* HTTP/1.0 client: stream without chunk framing */
-    bool used;         /* has carried a request */
-    bool control;      /* its first request was a /__ one: not counted in the stats */
+    bool msg_done;    /* parser paused on a complete message */
+    bool in_flight;   /* a counted request whose reply is not fully sent */
+    bool close_after; /* close once the reply is flushed */
+    bool reset_after; /* reset once what is queued is flushed */
+    bool raw_stream;  /* HTTP/1.0 client: stream without chunk framing */
+    bool used;        /* has carried a request */
+    bool control;     /* its first request was a /__ one: not counted in the stats */
     struct event *timer;
     struct plan plan;
     long ev_sent, ev_total;
@@ -211,16 +230,12 @@ static void conn_free(struct conn *c)
         c->prev->next = c->next;
     else
         w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    if (c->timer)
-        event_free(c->timer);
-    if (c->bev)
-        bufferevent_free(c->bev);
+    if (c->next) c->next->prev = c->prev;
+    if (c->timer) event_free(c->timer);
+    if (c->bev) bufferevent_free(c->bev);
     req_free(c->req);
     free(c->plan.extra.p);
-    if (!c->control)
-        atomic_fetch_sub(&st_open, 1);
+    if (!c->control) atomic_fetch_sub(&st_open, 1);
     free(c);
 }
 
@@ -248,8 +263,7 @@ static void conn_reset(struct conn *c)
 {
     struct linger lg = {1, 0};
     evutil_socket_t fd = bufferevent_getfd(c->bev);
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     conn_free(c);
 }
 
@@ -276,15 +290,13 @@ static long utf8_chars(const char *s, size_t n)
 {
     long c = 0;
     for (size_t i = 0; i < n; i++)
-        if (((unsigned char)s[i] & 0xC0) != 0x80)
-            c++;
+        if (((unsigned char)s[i] & 0xC0) != 0x80) c++;
     return c;
 }
 
 static long text_chars(const json_t *v)
 {
-    if (json_is_string(v))
-        return utf8_chars(json_string_value(v), json_string_length(v));
+    if (json_is_string(v)) return utf8_chars(json_string_value(v), json_string_length(v));
     long c = 0;
     if (json_is_array(v)) {
         size_t i;
@@ -302,10 +314,8 @@ static long text_chars(const json_t *v)
 
 static long json_long(const json_t *v, long dflt)
 {
-    if (json_is_integer(v))
-        return (long)json_integer_value(v);
-    if (json_is_real(v))
-        return (long)json_real_value(v);
+    if (json_is_integer(v)) return (long)json_integer_value(v);
+    if (json_is_real(v)) return (long)json_real_value(v);
     return dflt;
 }
 
@@ -331,19 +341,15 @@ static bool form_field(const struct sbuf *body, const char *field, char *dst, si
 {
     char pat[64];
     snprintf(pat, sizeof(pat), "name=\"%s\"", field);
-    if (!body->p)
-        return false;
+    if (!body->p) return false;
     const char *p = memmem(body->p, body->len, pat, strlen(pat));
-    if (!p)
-        return false;
+    if (!p) return false;
     const char *end = body->p + body->len;
     const char *v = memmem(p, (size_t)(end - p), "\r\n\r\n", 4);
-    if (!v)
-        return false;
+    if (!v) return false;
     v += 4;
     const char *e = memmem(v, (size_t)(end - v), "\r\n", 2);
-    if (!e)
-        e = end;
+    if (!e) e = end;
     json_escape(dst, cap, v, (size_t)(e - v));
     return true;
 }
@@ -353,22 +359,38 @@ static bool form_field(const struct sbuf *body, const char *field, char *dst, si
 static const char *reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Payload Too Large";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Status";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 413:
+        return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Status";
     }
 }
 
@@ -379,9 +401,9 @@ static void write_head(struct conn *c, int status, const char *ctype, long clen)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     bool http10 = c->req->major == 1 && c->req->minor == 0;
-    if (clen == -1 && http10)
-        c->close_after = true;
-    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status, reason(status), ctype);
+    if (clen == -1 && http10) c->close_after = true;
+    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status, reason(status),
+                        ctype);
     if (clen >= 0)
         evbuffer_add_printf(out, "Content-Length: %ld\r\n", clen);
     else if (clen == -1 && !http10)
@@ -390,8 +412,7 @@ static void write_head(struct conn *c, int status, const char *ctype, long clen)
         evbuffer_add(out, "Connection: close\r\n", 19);
     else if (http10)
         evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    if (c->plan.extra.len)
-        evbuffer_add(out, c->plan.extra.p, c->plan.extra.len);
+    if (c->plan.extra.len) evbuffer_add(out, c->plan.extra.p, c->plan.extra.len);
     evbuffer_add(out, "\r\n", 2);
     c->raw_stream = clen == -1 && http10;
 }
@@ -438,9 +459,10 @@ static void write_error(struct conn *c, int status, const char *msg)
                                        : "invalid_request_error";
     char esc[512], body[1024];
     json_escape(esc, sizeof(esc), msg, strlen(msg));
-    int n = snprintf(body, sizeof(body),
-                     "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"mock_%d\"}}",
-                     esc, type, status);
+    int n = snprintf(
+        body, sizeof(body),
+        "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"mock_%d\"}}", esc,
+        type, status);
     write_json(c, status, body, (size_t)n);
 }
 
@@ -448,8 +470,7 @@ static void write_dynamic_json(struct conn *c, int status, json_t *obj)
 {
     char *s = json_dumps(obj, JSON_COMPACT);
     json_decref(obj);
-    if (!s)
-        abort();
+    if (!s) abort();
     write_json(c, status, s, strlen(s));
     free(s);
 }
@@ -468,7 +489,9 @@ static void reply_completion(struct conn *c)
     struct sbuf b = {0};
     char head[1024], usage[160];
     bool chat = p->kind == K_CHAT;
-    snprintf(head, sizeof(head), "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":[{\"index\":0,",
+    snprintf(head, sizeof(head),
+             "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":[{"
+             "\"index\":0,",
              c->id, chat ? "chat.completion" : "text_completion", c->created, p->model);
     sb_adds(&b, head);
     sb_adds(&b, chat ? "\"message\":{\"role\":\"assistant\",\"content\":\"" : "\"text\":\"");
@@ -498,16 +521,19 @@ static void reply_embeddings(struct conn *c)
     char tmp[1024];
     sb_adds(&b, "{\"object\":\"list\",\"data\":[");
     for (long i = 0; i < p->inputs; i++) {
-        snprintf(tmp, sizeof(tmp), "%s{\"object\":\"embedding\",\"index\":%ld,\"embedding\":[", i ? "," : "", i);
+        snprintf(tmp, sizeof(tmp), "%s{\"object\":\"embedding\",\"index\":%ld,\"embedding\":[",
+                 i ? "," : "", i);
         sb_adds(&b, tmp);
         for (int d = 0; d < EMBED_DIMS; d++) {
-            snprintf(tmp, sizeof(tmp), "%s%.4f", d ? "," : "", ((double)((i + 1) * (d + 1) % 17) - 8.0) / 16.0);
+            snprintf(tmp, sizeof(tmp), "%s%.4f", d ? "," : "",
+                     ((double)((i + 1) * (d + 1) % 17) - 8.0) / 16.0);
             sb_adds(&b, tmp);
         }
         sb_adds(&b, "]}");
     }
-    snprintf(tmp, sizeof(tmp), "],\"model\":\"%s\",\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld}}",
-             p->model, p->prompt_tokens, p->prompt_tokens);
+    snprintf(tmp, sizeof(tmp),
+             "],\"model\":\"%s\",\"usage\":{\"prompt_tokens\":%ld,\"total_tokens\":%ld}}", p->model,
+             p->prompt_tokens, p->prompt_tokens);
     sb_adds(&b, tmp);
     write_json(c, 200, b.p, b.len);
     free(b.p);
@@ -515,13 +541,16 @@ static void reply_embeddings(struct conn *c)
 
 static void reply_models(struct conn *c)
 {
-    static const char *const names[] = {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "sora-2"};
+    static const char *const names[] = {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small",
+                                        "sora-2"};
     struct sbuf b = {0};
     char tmp[256];
     sb_adds(&b, "{\"object\":\"list\",\"data\":[");
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        snprintf(tmp, sizeof(tmp), "%s{\"id\":\"%s\",\"object\":\"model\",\"created\":1700000000,\"owned_by\":\"mock\"}",
-                 i ? "," : "", names[i]);
+        snprintf(
+            tmp, sizeof(tmp),
+            "%s{\"id\":\"%s\",\"object\":\"model\",\"created\":1700000000,\"owned_by\":\"mock\"}",
+            i ? "," : "", names[i]);
         sb_adds(&b, tmp);
     }
     sb_adds(&b, "]}");
@@ -533,10 +562,11 @@ static void reply_video(struct conn *c)
 {
     const struct plan *p = &c->plan;
     char body[1024];
-    int n = snprintf(body, sizeof(body),
-                     "{\"id\":\"%s\",\"object\":\"video\",\"model\":\"%s\",\"status\":\"queued\",\"progress\":0,"
-                     "\"created_at\":%ld,\"seconds\":\"%s\",\"size\":\"%s\"}",
-                     c->id, p->model, c->created, p->seconds, p->size);
+    int n = snprintf(
+        body, sizeof(body),
+        "{\"id\":\"%s\",\"object\":\"video\",\"model\":\"%s\",\"status\":\"queued\",\"progress\":0,"
+        "\"created_at\":%ld,\"seconds\":\"%s\",\"size\":\"%s\"}",
+        c->id, p->model, c->created, p->seconds, p->size);
     write_json(c, 200, body, (size_t)n);
 }
 
@@ -566,24 +596,34 @@ static void stream_event(struct conn *c, long k)
     if (k < p->completion_tokens) {
         if (chat)
             n = snprintf(ev, sizeof(ev),
-                         "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":[{\"index\":0,"
-                         "\"delta\":{%s\"content\":\"tok \"},\"logprobs\":null,\"finish_reason\":null}]%s}\n\n",
-                         c->id, obj, c->created, p->model, k == 0 ? "\"role\":\"assistant\"," : "", unull);
+                         "data: "
+                         "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\","
+                         "\"choices\":[{\"index\":0,"
+                         "\"delta\":{%s\"content\":\"tok "
+                         "\"},\"logprobs\":null,\"finish_reason\":null}]%s}\n\n",
+                         c->id, obj, c->created, p->model, k == 0 ? "\"role\":\"assistant\"," : "",
+                         unull);
         else
             n = snprintf(ev, sizeof(ev),
-                         "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":[{\"index\":0,"
+                         "data: "
+                         "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\","
+                         "\"choices\":[{\"index\":0,"
                          "\"text\":\"tok \",\"logprobs\":null,\"finish_reason\":null}]%s}\n\n",
                          c->id, obj, c->created, p->model, unull);
     } else if (k == p->completion_tokens) {
         n = snprintf(ev, sizeof(ev),
-                     "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":[{\"index\":0,"
+                     "data: "
+                     "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\","
+                     "\"choices\":[{\"index\":0,"
                      "%s,\"logprobs\":null,\"finish_reason\":\"%s\"}]%s}\n\n",
                      c->id, obj, c->created, p->model, chat ? "\"delta\":{}" : "\"text\":\"\"",
                      p->finish_length ? "length" : "stop", unull);
     } else if (p->include_usage && k == p->completion_tokens + 1) {
         usage_json(usage, sizeof(usage), p);
         n = snprintf(ev, sizeof(ev),
-                     "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":[],\"usage\":%s}\n\n",
+                     "data: "
+                     "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\","
+                     "\"choices\":[],\"usage\":%s}\n\n",
                      c->id, obj, c->created, p->model, usage);
     } else {
         n = snprintf(ev, sizeof(ev), "data: [DONE]\n\n");
@@ -593,8 +633,7 @@ static void stream_event(struct conn *c, long k)
 
 static void stream_finish(struct conn *c)
 {
-    if (!c->raw_stream)
-        evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+    if (!c->raw_stream) evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
     finish(c);
 }
 
@@ -611,12 +650,12 @@ static void stream_step(struct conn *c)
         }
         stream_event(c, c->ev_sent++);
         if (c->plan.chunk_delay_ms > 0 && c->ev_sent < c->ev_total) {
-            struct timeval tv = {c->plan.chunk_delay_ms / 1000, (c->plan.chunk_delay_ms % 1000) * 1000};
+            struct timeval tv = {c->plan.chunk_delay_ms / 1000,
+                                 (c->plan.chunk_delay_ms % 1000) * 1000};
             evtimer_add(c->timer, &tv);
             return;
         }
-        if (evbuffer_get_length(out) >= STREAM_BATCH)
-            return;
+        if (evbuffer_get_length(out) >= STREAM_BATCH) return;
     }
     if (c->plan.reset_after >= 0 && c->ev_sent >= c->plan.reset_after) {
         c->reset_after = true;
@@ -653,10 +692,17 @@ static void start_reply(struct conn *c)
             reply_completion(c);
         }
         break;
-    case K_EMBEDDINGS: reply_embeddings(c); break;
-    case K_MODELS: reply_models(c); break;
-    case K_VIDEOS: reply_video(c); break;
-    case K_ERROR: break;
+    case K_EMBEDDINGS:
+        reply_embeddings(c);
+        break;
+    case K_MODELS:
+        reply_models(c);
+        break;
+    case K_VIDEOS:
+        reply_video(c);
+        break;
+    case K_ERROR:
+        break;
     }
 }
 
@@ -694,8 +740,10 @@ static void plan_model_request(struct conn *c, enum kind kind, const char *endpo
         }
     }
     long n = atomic_fetch_add(&st_seq, 1) + 1;
-    const char *prefix = kind == K_CHAT ? "chatcmpl-mock" : kind == K_COMPLETIONS ? "cmpl-mock"
-                         : kind == K_VIDEOS ? "video_mock" : "mock";
+    const char *prefix = kind == K_CHAT          ? "chatcmpl-mock"
+                         : kind == K_COMPLETIONS ? "cmpl-mock"
+                         : kind == K_VIDEOS      ? "video_mock"
+                                                 : "mock";
     snprintf(c->id, sizeof(c->id), "%s%ld", prefix, n);
     c->created = (long)time(NULL);
 
@@ -705,8 +753,7 @@ static void plan_model_request(struct conn *c, enum kind kind, const char *endpo
         snprintf(p->errmsg, sizeof(p->errmsg), "mock status %ld on %s", status, endpoint);
         return;
     }
-    if (kind == K_MODELS)
-        return;
+    if (kind == K_MODELS) return;
 
     json_t *root = NULL;
     if (r->body.len) {
@@ -768,24 +815,24 @@ static void plan_model_request(struct conn *c, enum kind kind, const char *endpo
     if (kind == K_CHAT) {
         size_t i;
         const json_t *m;
-        json_array_foreach(json_object_get(root, "messages"), i, m) chars += text_chars(json_object_get(m, "content"));
+        json_array_foreach(json_object_get(root, "messages"), i, m) chars +=
+            text_chars(json_object_get(m, "content"));
     } else {
         chars = text_chars(json_object_get(root, "prompt"));
     }
     p->prompt_tokens = (chars + 3) / 4;
     long ct = req_header_long(r, "x-mock-completion-tokens", DEFAULT_COMPLETION_TOKENS);
-    if (ct < 0)
-        ct = 0;
+    if (ct < 0) ct = 0;
     long cap = json_long(json_object_get(root, "max_completion_tokens"), -1);
-    if (cap < 0)
-        cap = json_long(json_object_get(root, "max_tokens"), -1);
+    if (cap < 0) cap = json_long(json_object_get(root, "max_tokens"), -1);
     if (cap >= 0 && ct > cap) {
         ct = cap;
         p->finish_length = true;
     }
     p->completion_tokens = ct;
     p->stream = json_is_true(json_object_get(root, "stream"));
-    p->include_usage = json_is_true(json_object_get(json_object_get(root, "stream_options"), "include_usage"));
+    p->include_usage =
+        json_is_true(json_object_get(json_object_get(root, "stream_options"), "include_usage"));
     json_decref(root);
 }
 
@@ -799,9 +846,11 @@ static json_t *last_json(const struct req *r)
     http_parser_url_init(&u);
     if (http_parser_parse_url(url, r->url.len, r->method == HTTP_CONNECT, &u) == 0) {
         if (u.field_set & (1 << UF_PATH))
-            snprintf(path, sizeof(path), "%.*s", (int)u.field_data[UF_PATH].len, url + u.field_data[UF_PATH].off);
+            snprintf(path, sizeof(path), "%.*s", (int)u.field_data[UF_PATH].len,
+                     url + u.field_data[UF_PATH].off);
         if (u.field_set & (1 << UF_QUERY))
-            snprintf(query, sizeof(query), "%.*s", (int)u.field_data[UF_QUERY].len, url + u.field_data[UF_QUERY].off);
+            snprintf(query, sizeof(query), "%.*s", (int)u.field_data[UF_QUERY].len,
+                     url + u.field_data[UF_QUERY].off);
     } else {
         snprintf(path, sizeof(path), "%s", url);
     }
@@ -822,8 +871,7 @@ static json_t *last_json(const struct req *r)
         }
         name[nl] = '\0';
         json_t *val = json_stringn(r->hbuf.p + x->val_off, x->val_len);
-        if (!val)
-            val = json_string("<invalid utf-8>");
+        if (!val) val = json_string("<invalid utf-8>");
         json_t *pair = json_array();
         json_array_append_new(pair, json_stringn(r->hbuf.p + x->name_off, x->name_len));
         json_array_append(pair, val);
@@ -852,8 +900,7 @@ static json_t *last_json(const struct req *r)
 /* Handles the test-control endpoints under /__; returns false if the path is not one. */
 static bool dispatch_control(struct conn *c, const char *path, size_t plen)
 {
-    if (plen < 3 || memcmp(path, "/__", 3) != 0)
-        return false;
+    if (plen < 3 || memcmp(path, "/__", 3) != 0) return false;
     if (!c->used) {
         /* connections that only talk to the control endpoints are not counted */
         c->control = true;
@@ -863,10 +910,11 @@ static bool dispatch_control(struct conn *c, const char *path, size_t plen)
     c->used = true;
     if (plen == 8 && memcmp(path, "/__stats", 8) == 0) {
         char body[256];
-        int n = snprintf(body, sizeof(body),
-                         "{\"requests\":%ld,\"connections\":%ld,\"open_connections\":%ld,\"cancelled\":%ld}",
-                         atomic_load(&st_requests), atomic_load(&st_connections), atomic_load(&st_open),
-                         atomic_load(&st_cancelled));
+        int n = snprintf(
+            body, sizeof(body),
+            "{\"requests\":%ld,\"connections\":%ld,\"open_connections\":%ld,\"cancelled\":%ld}",
+            atomic_load(&st_requests), atomic_load(&st_connections), atomic_load(&st_open),
+            atomic_load(&st_cancelled));
         write_json(c, 200, body, (size_t)n);
     } else if (plen == 8 && memcmp(path, "/__reset", 8) == 0) {
         atomic_store(&st_requests, 0);
@@ -880,8 +928,7 @@ static bool dispatch_control(struct conn *c, const char *path, size_t plen)
     } else if (plen == 7 && memcmp(path, "/__last", 7) == 0) {
         json_t *o = NULL;
         pthread_mutex_lock(&last_lock);
-        if (last_req)
-            o = last_json(last_req);
+        if (last_req) o = last_json(last_req);
         pthread_mutex_unlock(&last_lock);
         if (o)
             write_dynamic_json(c, 200, o);
@@ -903,8 +950,7 @@ static void dispatch(struct conn *c)
     c->close_after = !r->keep_alive;
     c->reset_after = false;
 
-    if (dispatch_control(c, url, plen))
-        return;
+    if (dispatch_control(c, url, plen)) return;
 
     atomic_fetch_add(&st_requests, 1);
     c->in_flight = true;
@@ -914,15 +960,16 @@ static void dispatch(struct conn *c)
         enum kind kind;
         int method;
     } routes[] = {
-        {"/v1/chat/completions", K_CHAT, HTTP_POST},     {"/v1/completions", K_COMPLETIONS, HTTP_POST},
-        {"/v1/embeddings", K_EMBEDDINGS, HTTP_POST},     {"/v1/models", K_MODELS, HTTP_GET},
+        {"/v1/chat/completions", K_CHAT, HTTP_POST}, {"/v1/completions", K_COMPLETIONS, HTTP_POST},
+        {"/v1/embeddings", K_EMBEDDINGS, HTTP_POST}, {"/v1/models", K_MODELS, HTTP_GET},
         {"/v1/videos", K_VIDEOS, HTTP_POST},
     };
     bool found = false;
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         if (strlen(routes[i].path) == plen && memcmp(url, routes[i].path, plen) == 0) {
             found = true;
-            if (r->method != routes[i].method && !(routes[i].method == HTTP_GET && r->method == HTTP_HEAD)) {
+            if (r->method != routes[i].method &&
+                !(routes[i].method == HTTP_GET && r->method == HTTP_HEAD)) {
                 p->kind = K_ERROR;
                 p->status = 405;
                 snprintf(p->errmsg, sizeof(p->errmsg), "method %s not allowed on %s",
@@ -937,10 +984,10 @@ static void dispatch(struct conn *c)
     if (!found) {
         p->kind = K_ERROR;
         p->status = 404;
-        snprintf(p->errmsg, sizeof(p->errmsg), "no such endpoint: %.*s", (int)(plen > 100 ? 100 : plen), url);
+        snprintf(p->errmsg, sizeof(p->errmsg), "no such endpoint: %.*s",
+                 (int)(plen > 100 ? 100 : plen), url);
     }
-    if (p->close)
-        c->close_after = true;
+    if (p->close) c->close_after = true;
 
     /* keep the request as the last one seen; take the previous one for reuse */
     struct req *old;
@@ -948,8 +995,7 @@ static void dispatch(struct conn *c)
     old = last_req;
     last_req = r;
     pthread_mutex_unlock(&last_lock);
-    if (!old)
-        old = req_new();
+    if (!old) old = req_new();
     struct req *mine = old;
     req_reset(mine);
     mine->major = r->major;
@@ -991,8 +1037,7 @@ static int on_header_field(http_parser *hp, const char *at, size_t n)
         if (r->nhdr == r->hcap) {
             r->hcap = r->hcap ? r->hcap * 2 : 16;
             r->hdrs = realloc(r->hdrs, r->hcap * sizeof(*r->hdrs));
-            if (!r->hdrs)
-                abort();
+            if (!r->hdrs) abort();
         }
         struct hdr *h = &r->hdrs[r->nhdr++];
         h->name_off = r->hbuf.len;
@@ -1009,8 +1054,7 @@ static int on_header_field(http_parser *hp, const char *at, size_t n)
 static int on_header_value(http_parser *hp, const char *at, size_t n)
 {
     struct req *r = ((struct conn *)hp->data)->req;
-    if (r->nhdr == 0)
-        return 0;
+    if (r->nhdr == 0) return 0;
     struct hdr *h = &r->hdrs[r->nhdr - 1];
     if (r->last_cb != 2) {
         h->val_off = r->hbuf.len;
@@ -1036,8 +1080,7 @@ static int on_headers_complete(http_parser *hp)
 static int on_body(http_parser *hp, const char *at, size_t n)
 {
     struct req *r = ((struct conn *)hp->data)->req;
-    if (r->body.len + n > MAX_BODY)
-        return 1;
+    if (r->body.len + n > MAX_BODY) return 1;
     sb_add(&r->body, at, n);
     return 0;
 }
@@ -1071,8 +1114,7 @@ static void conn_parse(struct conn *c)
     struct evbuffer *in = bufferevent_get_input(c->bev);
     while (c->state == C_READ && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) break;
         size_t n = http_parser_execute(&c->parser, &settings, v.iov_base, v.iov_len);
         evbuffer_drain(in, n);
         enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
@@ -1118,30 +1160,27 @@ static void reply_done(struct conn *c)
 static void read_cb(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
-    if (c->state == C_READ)
-        conn_parse(c);
+    if (c->state == C_READ) conn_parse(c);
 }
 
 static void write_cb(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
-    if (c->state == C_STREAM && !evtimer_pending(c->timer, NULL))
-        stream_step(c);
-    if (c->state == C_FLUSH && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        reply_done(c);
+    if (c->state == C_STREAM && !evtimer_pending(c->timer, NULL)) stream_step(c);
+    if (c->state == C_FLUSH && evbuffer_get_length(bufferevent_get_output(bev)) == 0) reply_done(c);
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        if (c->in_flight)
-            atomic_fetch_add(&st_cancelled, 1);
+        if (c->in_flight) atomic_fetch_add(&st_cancelled, 1);
         conn_free(c);
     }
 }
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int socklen, void *arg)
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg)
 {
     struct worker *w = arg;
     struct conn *c = calloc(1, sizeof(*c));
@@ -1157,12 +1196,9 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     c->req = req_new();
     c->plan.reset_after = -1;
     if (!c->bev || !c->timer) {
-        if (!c->bev)
-            evutil_closesocket(fd);
-        if (c->timer)
-            event_free(c->timer);
-        if (c->bev)
-            bufferevent_free(c->bev);
+        if (!c->bev) evutil_closesocket(fd);
+        if (c->timer) event_free(c->timer);
+        if (c->bev) bufferevent_free(c->bev);
         req_free(c->req);
         free(c);
         return;
@@ -1170,8 +1206,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     c->next = w->conns;
-    if (w->conns)
-        w->conns->prev = c;
+    if (w->conns) w->conns->prev = c;
     w->conns = c;
     atomic_fetch_add(&st_connections, 1);
     atomic_fetch_add(&st_open, 1);
@@ -1198,10 +1233,8 @@ static void worker_cleanup(struct worker *w)
 {
     while (w->conns)
         conn_free(w->conns);
-    if (w->listener)
-        evconnlistener_free(w->listener);
-    if (w->base)
-        event_base_free(w->base);
+    if (w->listener) evconnlistener_free(w->listener);
+    if (w->base) event_base_free(w->base);
 }
 
 /* HOST:PORT or [V6HOST]:PORT, numeric only; port 0 is allowed (evutil's parser refuses it). */
@@ -1209,14 +1242,12 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, int *len)
 {
     char host[128];
     const char *colon = strrchr(s, ':');
-    if (!colon || (size_t)(colon - s) >= sizeof(host))
-        return -1;
+    if (!colon || (size_t)(colon - s) >= sizeof(host)) return -1;
     memcpy(host, s, (size_t)(colon - s));
     host[colon - s] = '\0';
     char *end;
     long port = strtol(colon + 1, &end, 10);
-    if (*end || end == colon + 1 || port < 0 || port > 65535)
-        return -1;
+    if (*end || end == colon + 1 || port < 0 || port > 65535) return -1;
     memset(ss, 0, sizeof(*ss));
     size_t hl = strlen(host);
     if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
@@ -1269,13 +1300,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
     struct event *sigterm = NULL, *sigint = NULL;
-    unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | (nworkers > 1 ? LEV_OPT_REUSEABLE_PORT : 0);
+    unsigned flags =
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | (nworkers > 1 ? LEV_OPT_REUSEABLE_PORT : 0);
     for (int i = 0; i < nworkers; i++) {
         struct worker *w = &workers[i];
         w->base = event_base_new();
-        if (!w->base)
-            goto out;
-        w->listener = evconnlistener_new_bind(w->base, accept_cb, w, flags, 1024, (struct sockaddr *)&ss, sslen);
+        if (!w->base) goto out;
+        w->listener = evconnlistener_new_bind(w->base, accept_cb, w, flags, 1024,
+                                              (struct sockaddr *)&ss, sslen);
         if (!w->listener) {
             fprintf(stderr, "mock_model: cannot listen on %s: %s\n", listen_at, strerror(errno));
             goto out;
@@ -1289,8 +1321,7 @@ int main(int argc, char **argv)
     }
     sigterm = evsignal_new(workers[0].base, SIGTERM, stop_cb, NULL);
     sigint = evsignal_new(workers[0].base, SIGINT, stop_cb, NULL);
-    if (!sigterm || !sigint || evsignal_add(sigterm, NULL) || evsignal_add(sigint, NULL))
-        goto out;
+    if (!sigterm || !sigint || evsignal_add(sigterm, NULL) || evsignal_add(sigint, NULL)) goto out;
     int port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                         : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     printf("LISTENING %d\n", port);
@@ -1304,10 +1335,8 @@ int main(int argc, char **argv)
         pthread_join(workers[i].thread, NULL);
     rc = 0;
 out:
-    if (sigterm)
-        event_free(sigterm);
-    if (sigint)
-        event_free(sigint);
+    if (sigterm) event_free(sigterm);
+    if (sigint) event_free(sigint);
     for (int i = 0; i < nworkers; i++)
         worker_cleanup(&workers[i]);
     req_free(last_req);
