@@ -86,8 +86,7 @@ static struct tg_bucket *lookup(struct stripe *s, uint64_t hash, const char *ten
     return &e->b;
 }
 
-/* Locks the stripes of every bucket of `req` in ascending order (no deadlock)
- * and finds the buckets. Returns false (nothing locked) when out of memory. */
+/* The buckets of one request, with their stripes locked. */
 struct locked {
     unsigned stripes[TG_MAX_BUCKETS];
     size_t nstripes;
@@ -99,14 +98,17 @@ static void unlock_all(struct local *lc, struct locked *k)
     for (size_t i = k->nstripes; i-- > 0;) pthread_mutex_unlock(&lc->s[k->stripes[i]].mu);
 }
 
+/* Locks the stripes of every bucket of `req` in ascending order (no deadlock)
+ * and finds the buckets. Returns false (nothing locked) when out of memory. */
 static bool lock_buckets(struct local *lc, const struct tg_limit_req *req, struct locked *k)
 {
     uint64_t hash[TG_MAX_BUCKETS];
+    size_t nlen[TG_MAX_BUCKETS];
     size_t tlen = strlen(req->tenant);
     k->nstripes = 0;
     for (size_t i = 0; i < req->n; i++) {
-        const char *name = req->b[i].limit->name;
-        hash[i] = key_hash(req->tenant, tlen, name, strlen(name));
+        nlen[i] = strlen(req->b[i].limit->name);
+        hash[i] = key_hash(req->tenant, tlen, req->b[i].limit->name, nlen[i]);
         unsigned st = stripe_of(hash[i]);
         size_t j = k->nstripes;
         while (j > 0 && k->stripes[j - 1] > st) j--;
@@ -117,9 +119,8 @@ static bool lock_buckets(struct local *lc, const struct tg_limit_req *req, struc
     }
     for (size_t i = 0; i < k->nstripes; i++) pthread_mutex_lock(&lc->s[k->stripes[i]].mu);
     for (size_t i = 0; i < req->n; i++) {
-        const char *name = req->b[i].limit->name;
-        k->b[i] = lookup(&lc->s[stripe_of(hash[i])], hash[i], req->tenant, tlen, name,
-                         strlen(name));
+        k->b[i] = lookup(&lc->s[stripe_of(hash[i])], hash[i], req->tenant, tlen,
+                         req->b[i].limit->name, nlen[i]);
         if (!k->b[i]) {
             unlock_all(lc, k);
             return false;

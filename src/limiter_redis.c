@@ -327,17 +327,23 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     else arm_deadline(rl, rl->head->deadline_ms, now);
 }
 
+/* hiredis 0.14 copies the error into ac->errstr only after onConnect: read the inner context. */
+static const char *error_of(const redisAsyncContext *ac)
+{
+    return ac->c.err ? ac->c.errstr : "closed";
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     struct rl *rl = ac->data;
     /* On failure hiredis frees the context right after this returns (never free it here). */
-    if (status != REDIS_OK && rl->ac == ac) mark_down(rl, "connect", ac->errstr);
+    if (status != REDIS_OK && rl->ac == ac) mark_down(rl, "connect", error_of(ac));
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct rl *rl = ac->data;
-    if (rl->ac == ac) mark_down(rl, "connect", status == REDIS_OK ? "closed" : ac->errstr);
+    if (rl->ac == ac) mark_down(rl, "connect", error_of(ac));
 }
 
 static int send_setup(struct rl *rl, enum op_kind kind, enum script sc, const char *const *argv,
@@ -370,7 +376,7 @@ static void connect_redis(struct rl *rl)
     redisAsyncContext *ac = redisAsyncConnect(rl->ip, rl->port);
     if (!ac || ac->err) {
         rl->state = ST_CONNECTING; /* so that mark_down counts and logs it */
-        mark_down(rl, "connect", ac ? ac->errstr : "out of memory");
+        mark_down(rl, "connect", ac ? error_of(ac) : "out of memory");
         if (ac) redisAsyncFree(ac);
         return;
     }
@@ -631,7 +637,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     struct rl *rl = op->rl;
     redisReply *r = reply;
     list_remove(rl, op);
-    if (!r && ac == rl->ac) mark_down(rl, "connect", ac->errstr ? ac->errstr : "closed");
+    if (!r && ac == rl->ac) mark_down(rl, "connect", error_of(ac));
     switch (op->kind) {
     case OP_CHECK: finish_check(rl, op, r); break;
     case OP_SETTLE: finish_settle(rl, op, r); break;

@@ -14,6 +14,7 @@ local now
 if ARGV[4 * n + 1] then
     now = tonumber(ARGV[4 * n + 1])
 else
+    if redis.replicate_commands then redis.replicate_commands() end -- TIME, then writes (Redis < 5)
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end

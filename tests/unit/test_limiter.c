@@ -1,0 +1,604 @@
+/* Tests of the limiter: bucket math, plan, the local backend, headers and error bodies. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include "tollgate/limiter.h"
+
+#define U TG_MICRO
+#define MINUTE 60000
+#define DAY 86400000
+
+static struct tg_limit mk(const char *name, enum tg_unit unit, double rate, int64_t per_ms,
+                          double burst)
+{
+    return (struct tg_limit){.name = (char *)name, .unit = unit, .rate = rate, .per_ms = per_ms,
+                             .burst = burst};
+}
+
+/* ---- pure math ---- */
+
+static void test_capacity(void **state)
+{
+    struct tg_limit a = mk("a", TG_UNIT_TOKENS, 600, MINUTE, 0);
+    struct tg_limit b = mk("b", TG_UNIT_TOKENS, 600, MINUTE, 50);
+    struct tg_limit c = mk("c", TG_UNIT_VIDEO_SECONDS, 1, DAY, 0.25);
+    assert_int_equal(tg_bucket_capacity_u(&a), 600 * U);
+    assert_int_equal(tg_bucket_capacity_u(&b), 50 * U);
+    assert_int_equal(tg_bucket_capacity_u(&c), 250000);
+    struct tg_bucket_param p;
+    tg_bucket_param_init(&p, &a, 4, 7);
+    assert_int_equal(p.cap_u, 150 * U);
+    assert_true(p.rate == 150.0);
+    assert_int_equal(p.per_ms, MINUTE);
+    assert_int_equal(p.cost_u, 7);
+}
+
+static void test_refill(void **state)
+{
+    const int64_t cap = 10 * U;
+    struct tg_bucket b = {0, 1000};
+    /* 1 unit per second: 500 ms add half a unit */
+    assert_int_equal(tg_bucket_refill(&b, 1500, 1, 1000, cap), 500000);
+    /* capped */
+    assert_int_equal(tg_bucket_refill(&b, 1000 + 60000, 1, 1000, cap), cap);
+    /* time going backwards counts as no time */
+    assert_int_equal(tg_bucket_refill(&b, 10, 1, 1000, cap), 0);
+    /* above capacity (a reload lowered the burst) → capacity */
+    b = (struct tg_bucket){20 * U, 1000};
+    assert_int_equal(tg_bucket_refill(&b, 1000, 1, 1000, cap), cap);
+    /* never seen = full */
+    b = TG_BUCKET_FULL;
+    assert_int_equal(tg_bucket_refill(&b, 0, 1, 1000, cap), cap);
+    /* debt refills like any level; fractional rates floor to the micro-unit */
+    b = (struct tg_bucket){-3 * U, 0};
+    assert_int_equal(tg_bucket_refill(&b, 1000, 1, 1000, cap), -2 * U);
+    b = (struct tg_bucket){0, 0};
+    assert_int_equal(tg_bucket_refill(&b, 1, 7.3, 1000, cap), 7300);
+    assert_int_equal(tg_bucket_refill(&b, 1, 1, 3, cap), 333333);
+    /* a huge gap does not overflow */
+    assert_int_equal(tg_bucket_refill(&b, INT64_MAX / 2, 1e9, 1, cap), cap);
+}
+
+static void test_time_to(void **state)
+{
+    assert_int_equal(tg_bucket_time_to(5 * U, 5 * U, 1, 1000), 0);
+    assert_int_equal(tg_bucket_time_to(6 * U, 5 * U, 1, 1000), 0);
+    assert_int_equal(tg_bucket_time_to(0, U, 1, 1000), 1000);
+    assert_int_equal(tg_bucket_time_to(-2 * U, U, 1, 1000), 3000);
+    /* 3 per second: 333 ms add 999000, 334 ms add 1002000 */
+    assert_int_equal(tg_bucket_time_to(0, U, 3, 1000), 334);
+    /* the answer is exactly when refill gets there */
+    for (int64_t need = 1; need < 5 * U; need += 123457) {
+        int64_t t = tg_bucket_time_to(0, need, 7.3, 1000);
+        struct tg_bucket b = {0, 0};
+        assert_true(tg_bucket_refill(&b, t, 7.3, 1000, 100 * U) >= need);
+        assert_true(tg_bucket_refill(&b, t - 1, 7.3, 1000, 100 * U) < need);
+    }
+    /* 200000 per minute, 4096 tokens from 0 */
+    assert_int_equal(tg_bucket_time_to(0, 4096 * U, 200000, MINUTE), 1229);
+}
+
+static void test_check_all_or_nothing(void **state)
+{
+    struct tg_bucket a = TG_BUCKET_FULL, b = TG_BUCKET_FULL;
+    struct tg_bucket *bs[] = {&a, &b};
+    struct tg_bucket_param p[] = {{10 * U, 1, 1000, 2 * U}, {3 * U, 1, 60000, 2 * U}};
+    int64_t level[2];
+    assert_int_equal(tg_bucket_check(bs, p, 2, 1000, level), -1);
+    assert_int_equal(level[0], 8 * U);
+    assert_int_equal(level[1], 1 * U);
+    assert_int_equal(a.level_u, 8 * U);
+    assert_int_equal(b.updated_ms, 1000);
+    /* B has 1 (+ a little refill), not 2: denied by B, A keeps 8 and its time */
+    assert_int_equal(tg_bucket_check(bs, p, 2, 1500, level), 1);
+    assert_int_equal(level[0], 8 * U + 500000);
+    assert_int_equal(level[1], U + 8333);
+    assert_int_equal(a.level_u, 8 * U);
+    assert_int_equal(a.updated_ms, 1000);
+    assert_int_equal(b.level_u, U);
+    assert_int_equal(b.updated_ms, 1000);
+
+    struct tg_limit_result res;
+    tg_limiter_result_fill(p, level, 2, 1, &res);
+    assert_int_equal(res.status, TG_LIMIT_DENIED);
+    assert_int_equal(res.denied, 1);
+    assert_int_equal(res.n, 2);
+    assert_int_equal(res.b[1].remaining_u, U + 8333);
+    assert_int_equal(res.b[1].limit_u, 3 * U);
+    /* B needs 991667 more at 1/60000 per ms: 59501 ms */
+    assert_int_equal(res.retry_ms, tg_bucket_time_to(U + 8333, 2 * U, 1, 60000));
+    assert_int_equal(res.retry_ms, 59501);
+    assert_int_equal(res.b[0].reset_ms, 1500);
+}
+
+static void test_settle_math(void **state)
+{
+    struct tg_bucket b = {4 * U, 0};
+    struct tg_bucket_param refund = {10 * U, 1, 1000, -100 * U};
+    assert_int_equal(tg_bucket_settle(&b, &refund, 0), 10 * U); /* never above capacity */
+    struct tg_bucket_param charge = {10 * U, 1, 1000, 25 * U};
+    assert_int_equal(tg_bucket_settle(&b, &charge, 1000), -15 * U); /* debt */
+    assert_int_equal(b.updated_ms, 1000);
+    /* debt is honoured: a check for 1 unit passes only once it is paid back */
+    struct tg_bucket *bs[] = {&b};
+    struct tg_bucket_param p = {10 * U, 1, 1000, U};
+    int64_t level;
+    assert_int_equal(tg_bucket_check(bs, &p, 1, 2000, &level), 0);
+    assert_int_equal(level, -14 * U);
+    struct tg_limit_result res;
+    tg_limiter_result_fill(&p, &level, 1, 0, &res);
+    assert_int_equal(res.b[0].remaining_u, 0); /* never below 0 in replies */
+    assert_int_equal(res.retry_ms, 15000);
+    assert_int_equal(res.b[0].reset_ms, 24000);
+    assert_int_equal(tg_bucket_check(bs, &p, 1, 1000 + 15999, &level), 0);
+    assert_int_equal(level, 999000);
+    assert_int_equal(tg_bucket_check(bs, &p, 1, 1000 + 16000, &level), -1);
+    assert_int_equal(level, 0);
+}
+
+/* ---- plan ---- */
+
+static void test_plan(void **state)
+{
+    char *models[] = {"gpt-4o"};
+    struct tg_limit limits[] = {
+        mk("rpm", TG_UNIT_REQUESTS, 600, MINUTE, 0),
+        mk("tpm", TG_UNIT_TOKENS, 200000, MINUTE, 0),
+        mk("vsd", TG_UNIT_VIDEO_SECONDS, 3600, DAY, 0),
+        mk("gpt4o-tpm", TG_UNIT_TOKENS, 50000, MINUTE, 0),
+    };
+    limits[3].models = models;
+    limits[3].nmodels = 1;
+    struct tg_tenant t = {.name = "acme", .limits = limits, .nlimits = 4};
+    struct tg_limit_req req;
+    struct tg_cost chat = {{U, 4108 * U, 0}};
+    tg_limiter_plan(&t, &chat, "gpt-4o", &req);
+    assert_string_equal(req.tenant, "acme");
+    assert_false(req.fallback);
+    assert_int_equal(req.n, 3);
+    assert_ptr_equal(req.b[0].limit, &limits[0]);
+    assert_int_equal(req.b[0].cost_u, U);
+    assert_ptr_equal(req.b[1].limit, &limits[1]);
+    assert_int_equal(req.b[1].cost_u, 4108 * U);
+    assert_ptr_equal(req.b[2].limit, &limits[3]);
+
+    tg_limiter_plan(&t, &chat, "gpt-4o-mini", &req);
+    assert_int_equal(req.n, 2);
+    assert_ptr_equal(req.b[1].limit, &limits[1]);
+    tg_limiter_plan(&t, &chat, NULL, &req);
+    assert_int_equal(req.n, 2);
+
+    struct tg_cost video = {{U, 0, 5333333}};
+    tg_limiter_plan(&t, &video, "sora-2", &req);
+    assert_int_equal(req.n, 2);
+    assert_ptr_equal(req.b[0].limit, &limits[0]);
+    assert_ptr_equal(req.b[1].limit, &limits[2]);
+    assert_int_equal(req.b[1].cost_u, 5333333);
+
+    struct tg_cost models_only = {{U, 0, 0}};
+    tg_limiter_plan(&t, &models_only, "gpt-4o", &req);
+    assert_int_equal(req.n, 1);
+}
+
+/* ---- the local backend ---- */
+
+struct answer {
+    int calls;
+    struct tg_limit_result res;
+};
+
+static void on_answer(void *arg, const struct tg_limit_result *res)
+{
+    struct answer *a = arg;
+    a->calls++;
+    a->res = *res;
+}
+
+static struct tg_limit_result check(struct tg_limiter *l, const struct tg_limit_req *req)
+{
+    struct answer a = {0};
+    assert_int_equal(tg_limiter_check(l, req, on_answer, &a), 0);
+    assert_int_equal(a.calls, 1); /* synchronous, exactly once */
+    return a.res;
+}
+
+static struct tg_limit_req req2(const char *tenant, const struct tg_limit *a, int64_t ca,
+                                const struct tg_limit *b, int64_t cb)
+{
+    struct tg_limit_req r = {.tenant = tenant, .n = b ? 2 : 1};
+    r.b[0] = (struct tg_bucket_ref){a, ca};
+    if (b) r.b[1] = (struct tg_bucket_ref){b, cb};
+    return r;
+}
+
+static void test_local_all_or_nothing(void **state)
+{
+    /* 1 unit per day refills ~0.0116 micro-units per ms: nothing visible here */
+    struct tg_limit a = mk("a", TG_UNIT_TOKENS, 1, DAY, 10);
+    struct tg_limit b = mk("b", TG_UNIT_TOKENS, 1, DAY, 3);
+    struct tg_limiter *l = tg_limiter_local_create(1);
+    assert_string_equal(l->ops->name, "local");
+    assert_true(tg_limiter_ready(l));
+    struct tg_limit_req r = req2("acme", &a, 2 * U, &b, 2 * U);
+    struct tg_limit_result res = check(l, &r);
+    assert_int_equal(res.status, TG_LIMIT_ALLOWED);
+    assert_int_equal(res.denied, -1);
+    assert_false(res.fallback);
+    assert_int_equal(res.b[0].remaining_u / U, 8);
+    assert_int_equal(res.b[1].remaining_u / U, 1);
+    res = check(l, &r);
+    assert_int_equal(res.status, TG_LIMIT_DENIED);
+    assert_int_equal(res.denied, 1);
+    assert_true(res.retry_ms > DAY / 2); /* a day per unit */
+    /* A was not charged by the denied check */
+    struct tg_limit_req ra = req2("acme", &a, 8 * U, NULL, 0);
+    res = check(l, &ra);
+    assert_int_equal(res.status, TG_LIMIT_ALLOWED);
+    assert_int_equal(res.b[0].remaining_u / U, 0);
+    /* another tenant has its own buckets */
+    struct tg_limit_req other = req2("globex", &a, 10 * U, NULL, 0);
+    assert_int_equal(check(l, &other).status, TG_LIMIT_ALLOWED);
+    tg_limiter_cancel(l, &r); /* no-op */
+    tg_limiter_destroy(l);
+}
+
+static void test_local_too_large(void **state)
+{
+    struct tg_limit a = mk("rpm", TG_UNIT_REQUESTS, 1, DAY, 5);
+    struct tg_limit t = mk("tpm", TG_UNIT_TOKENS, 1, DAY, 100);
+    struct tg_limiter *l = tg_limiter_local_create(1);
+    struct tg_limit_req r = req2("acme", &a, U, &t, 101 * U);
+    struct tg_limit_result res = check(l, &r);
+    assert_int_equal(res.status, TG_LIMIT_TOO_LARGE);
+    assert_int_equal(res.denied, 1);
+    assert_int_equal(res.b[1].limit_u, 100 * U);
+    /* nothing was touched, not even the requests bucket */
+    r.b[1].cost_u = 100 * U;
+    res = check(l, &r);
+    assert_int_equal(res.status, TG_LIMIT_ALLOWED);
+    assert_int_equal(res.b[0].remaining_u / U, 4);
+    assert_int_equal(res.b[1].remaining_u / U, 0);
+    tg_limiter_destroy(l);
+}
+
+static void test_local_settle(void **state)
+{
+    struct tg_limit t = mk("tpm", TG_UNIT_TOKENS, 1, DAY, 100);
+    struct tg_limiter *l = tg_limiter_local_create(1);
+    struct tg_limit_req r = req2("acme", &t, 60 * U, NULL, 0);
+    assert_int_equal(check(l, &r).status, TG_LIMIT_ALLOWED); /* 40 left */
+    int64_t refund = -80 * U;                                 /* more than was taken */
+    tg_limiter_settle(l, &r, &refund);
+    r.b[0].cost_u = 100 * U;
+    struct tg_limit_result res = check(l, &r); /* full again, not 120 */
+    assert_int_equal(res.status, TG_LIMIT_ALLOWED);
+    assert_int_equal(res.b[0].remaining_u / U, 0);
+    int64_t charge = 30 * U; /* into debt: -30 */
+    tg_limiter_settle(l, &r, &charge);
+    r.b[0].cost_u = 0;
+    res = check(l, &r);
+    assert_int_equal(res.status, TG_LIMIT_DENIED); /* even a zero cost waits out the debt */
+    assert_int_equal(res.b[0].remaining_u, 0);
+    assert_true(res.retry_ms > 29LL * DAY);
+    tg_limiter_destroy(l);
+}
+
+static void test_local_reload_keeps_level(void **state)
+{
+    struct tg_limit v1 = mk("tpm", TG_UNIT_TOKENS, 1, DAY, 100);
+    struct tg_limit v2 = mk("tpm", TG_UNIT_TOKENS, 1, DAY, 50); /* reloaded: smaller burst */
+    struct tg_limiter *l = tg_limiter_local_create(1);
+    struct tg_limit_req r = req2("acme", &v1, 70 * U, NULL, 0);
+    assert_int_equal(check(l, &r).status, TG_LIMIT_ALLOWED); /* 30 left */
+    r = req2("acme", &v2, 10 * U, NULL, 0);
+    struct tg_limit_result res = check(l, &r);
+    assert_int_equal(res.status, TG_LIMIT_ALLOWED);
+    assert_int_equal(res.b[0].limit_u, 50 * U);
+    assert_int_equal(res.b[0].remaining_u / U, 20);
+    tg_limiter_destroy(l);
+}
+
+static void test_local_divisor(void **state)
+{
+    struct tg_limit t = mk("tpm", TG_UNIT_TOKENS, 200000, MINUTE, 0);
+    struct tg_limiter *l = tg_limiter_local_create(4);
+    struct tg_limit_req r = req2("acme", &t, 60000 * U, NULL, 0);
+    struct tg_limit_result res = check(l, &r);
+    /* fits the real bucket, not this gateway's quarter: a 429, not a 400 */
+    assert_int_equal(res.status, TG_LIMIT_DENIED);
+    assert_int_equal(res.b[0].limit_u, 50000 * U);
+    r.b[0].cost_u = 40000 * U;
+    res = check(l, &r);
+    assert_int_equal(res.status, TG_LIMIT_ALLOWED);
+    assert_int_equal(res.b[0].limit_u, 50000 * U);
+    assert_true(res.b[0].remaining_u >= 10000 * U && res.b[0].remaining_u < 10100 * U);
+    /* reset: 40000 tokens at 50000 per minute = 48 s */
+    assert_true(res.b[0].reset_ms > 47000 && res.b[0].reset_ms <= 48000);
+    r.b[0].cost_u = 200001 * U;
+    assert_int_equal(check(l, &r).status, TG_LIMIT_TOO_LARGE);
+    tg_limiter_destroy(l);
+}
+
+/* Threads hammer one pair of buckets, half of them naming the pair in the
+ * other order (different stripes, opposite order: no deadlock). */
+struct hammer {
+    struct tg_limiter *l;
+    const struct tg_limit *x, *y;
+    bool reversed;
+    int admitted;
+};
+
+static void *hammer_thread(void *arg)
+{
+    struct hammer *h = arg;
+    struct tg_limit_req r = h->reversed ? req2("acme", h->y, U, h->x, U)
+                                        : req2("acme", h->x, U, h->y, U);
+    for (int i = 0; i < 20000; i++) {
+        struct answer a = {0};
+        (void)tg_limiter_check(h->l, &r, on_answer, &a);
+        if (a.res.status == TG_LIMIT_ALLOWED) h->admitted++;
+    }
+    return NULL;
+}
+
+static void test_local_threads(void **state)
+{
+    /* 3000 units, refilling 3000 per hour (< 1 per second) */
+    struct tg_limit x = mk("x", TG_UNIT_REQUESTS, 3000, 3600000, 0);
+    struct tg_limit y = mk("y", TG_UNIT_TOKENS, 3000, 3600000, 0);
+    struct tg_limiter *l = tg_limiter_local_create(1);
+    struct hammer h[4];
+    pthread_t th[4];
+    int64_t t0 = tg_now_mono_ms();
+    for (int i = 0; i < 4; i++) {
+        h[i] = (struct hammer){l, &x, &y, i % 2 == 1, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, hammer_thread, &h[i]), 0);
+    }
+    int total = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        total += h[i].admitted;
+    }
+    double secs = (double)(tg_now_mono_ms() - t0) / 1000.0;
+    int refill = (int)(secs * 3000.0 / 3600.0) + 1;
+    assert_true(total >= 3000);
+    assert_true(total <= 3000 + refill);
+    /* both buckets saw exactly the same charges */
+    struct tg_limit_req r = req2("acme", &x, 0, &y, 0);
+    struct tg_limit_result res = check(l, &r);
+    assert_int_equal(res.b[0].remaining_u, res.b[1].remaining_u);
+    tg_limiter_destroy(l);
+}
+
+/* ---- headers and bodies ---- */
+
+static struct tg_limit hl[3];
+static struct tg_limit_req hreq;
+
+static void header_fixture(struct tg_limit_result *res)
+{
+    hl[0] = mk("rpm", TG_UNIT_REQUESTS, 600, MINUTE, 0);
+    hl[1] = mk("tpm", TG_UNIT_TOKENS, 200000, MINUTE, 0);
+    hl[2] = mk("gpt4o-tpm", TG_UNIT_TOKENS, 50000, MINUTE, 0);
+    hreq = (struct tg_limit_req){.tenant = "acme", .n = 3};
+    hreq.b[0] = (struct tg_bucket_ref){&hl[0], U};
+    hreq.b[1] = (struct tg_bucket_ref){&hl[1], 4096 * U};
+    hreq.b[2] = (struct tg_bucket_ref){&hl[2], 4096 * U};
+    *res = (struct tg_limit_result){.status = TG_LIMIT_ALLOWED, .denied = -1, .n = 3};
+    res->b[0] = (struct tg_bucket_state){600 * U, 599 * U + 999999, 100};
+    res->b[1] = (struct tg_bucket_state){200000 * U, 195904 * U, 1229};
+    res->b[2] = (struct tg_bucket_state){50000 * U, 45904 * U + 500000, 4915};
+}
+
+static void test_headers_allowed(void **state)
+{
+    struct tg_limit_result res;
+    header_fixture(&res);
+    char out[1024];
+    size_t n = tg_limiter_format_headers(&hreq, &res, out, sizeof(out));
+    const char *want = "x-ratelimit-limit-requests: 600\r\n"
+                       "x-ratelimit-remaining-requests: 599\r\n"
+                       "x-ratelimit-reset-requests: 100ms\r\n"
+                       "x-ratelimit-limit-tokens: 50000\r\n"
+                       "x-ratelimit-remaining-tokens: 45904\r\n"
+                       "x-ratelimit-reset-tokens: 4.915s\r\n"
+                       "RateLimit-Policy: \"rpm\";q=600;w=60, \"tpm\";q=200000;w=60, "
+                       "\"gpt4o-tpm\";q=50000;w=60\r\n"
+                       "RateLimit: \"gpt4o-tpm\";r=45904;t=5\r\n";
+    assert_string_equal(out, want);
+    assert_int_equal(n, strlen(want));
+    /* truncated, still terminated */
+    n = tg_limiter_format_headers(&hreq, &res, out, 20);
+    assert_int_equal(n, 19);
+    assert_string_equal(out, "x-ratelimit-limit-r");
+    assert_int_equal(tg_limiter_format_headers(&hreq, &res, out, 0), 0);
+}
+
+static void test_headers_denied(void **state)
+{
+    struct tg_limit_result res;
+    header_fixture(&res);
+    res.status = TG_LIMIT_DENIED;
+    res.denied = 1;
+    res.retry_ms = 1574;
+    res.b[1].remaining_u = 120 * U;
+    res.b[1].reset_ms = 59964;
+    char out[1024];
+    tg_limiter_format_headers(&hreq, &res, out, sizeof(out));
+    const char *want = "x-ratelimit-limit-requests: 600\r\n"
+                       "x-ratelimit-remaining-requests: 599\r\n"
+                       "x-ratelimit-reset-requests: 100ms\r\n"
+                       "x-ratelimit-limit-tokens: 200000\r\n"
+                       "x-ratelimit-remaining-tokens: 120\r\n"
+                       "x-ratelimit-reset-tokens: 59.964s\r\n"
+                       "RateLimit-Policy: \"rpm\";q=600;w=60, \"tpm\";q=200000;w=60, "
+                       "\"gpt4o-tpm\";q=50000;w=60\r\n"
+                       "RateLimit: \"tpm\";r=120;t=60\r\n"
+                       "Retry-After: 2\r\n"
+                       "retry-after-ms: 1574\r\n";
+    assert_string_equal(out, want);
+    /* a wait under a second still says 1 */
+    res.retry_ms = 17;
+    tg_limiter_format_headers(&hreq, &res, out, sizeof(out));
+    assert_non_null(strstr(out, "Retry-After: 1\r\nretry-after-ms: 17\r\n"));
+}
+
+static void test_headers_video_and_none(void **state)
+{
+    struct tg_limit v = mk("vsd", TG_UNIT_VIDEO_SECONDS, 3600, DAY, 0);
+    struct tg_limit_req r = req2("acme", &v, 5333333, NULL, 0);
+    struct tg_limit_result res = {.status = TG_LIMIT_ALLOWED, .denied = -1, .n = 1};
+    res.b[0] = (struct tg_bucket_state){3600 * U, 3594666667, 128000};
+    char out[512];
+    tg_limiter_format_headers(&r, &res, out, sizeof(out));
+    assert_string_equal(out, "x-ratelimit-limit-video-seconds: 3600\r\n"
+                             "x-ratelimit-remaining-video-seconds: 3594\r\n"
+                             "x-ratelimit-reset-video-seconds: 2m8s\r\n"
+                             "RateLimit-Policy: \"vsd\";q=3600;w=86400\r\n"
+                             "RateLimit: \"vsd\";r=3594;t=128\r\n");
+    res.status = TG_LIMIT_TOO_LARGE;
+    assert_int_equal(tg_limiter_format_headers(&r, &res, out, sizeof(out)), 0);
+    assert_string_equal(out, "");
+    res.status = TG_LIMIT_ERROR;
+    assert_int_equal(tg_limiter_format_headers(&r, &res, out, sizeof(out)), 0);
+}
+
+/* Parses `body` and returns error.message (valid until json_decref). */
+static json_t *parse_error(const char *body, const char **message, const char *type,
+                           const char *code)
+{
+    json_error_t jerr;
+    json_t *j = json_loads(body, 0, &jerr);
+    assert_non_null(j);
+    json_t *e = json_object_get(j, "error");
+    assert_true(json_is_object(e));
+    assert_string_equal(json_string_value(json_object_get(e, "type")), type);
+    assert_string_equal(json_string_value(json_object_get(e, "code")), code);
+    assert_true(json_is_null(json_object_get(e, "param")));
+    *message = json_string_value(json_object_get(e, "message"));
+    assert_non_null(*message);
+    return j;
+}
+
+static void test_error_denied(void **state)
+{
+    struct tg_limit_result res;
+    header_fixture(&res);
+    res.status = TG_LIMIT_DENIED;
+    res.denied = 1;
+    res.retry_ms = 1574;
+    res.b[1].remaining_u = 120 * U + 700000;
+    char out[1024];
+    size_t n = tg_limiter_format_error(&hreq, &res, out, sizeof(out));
+    const char *want =
+        "{\"error\":{\"message\":\"Rate limit reached for tokens per minute (tpm) for tenant "
+        "acme: limit 200000, remaining 120, requested 4096. Please try again in 1.574s.\","
+        "\"type\":\"tokens\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}";
+    assert_string_equal(out, want);
+    assert_int_equal(n, strlen(want));
+    const char *msg;
+    json_t *j = parse_error(out, &msg, "tokens", "rate_limit_exceeded");
+    json_decref(j);
+
+    /* names that need escaping stay valid JSON */
+    hreq.tenant = "ac\"me\\\n";
+    tg_limiter_format_error(&hreq, &res, out, sizeof(out));
+    j = parse_error(out, &msg, "tokens", "rate_limit_exceeded");
+    assert_non_null(strstr(msg, "for tenant ac\"me\\\n: limit"));
+    json_decref(j);
+}
+
+static void test_error_video(void **state)
+{
+    struct tg_limit v = mk("vsd", TG_UNIT_VIDEO_SECONDS, 3600, DAY, 0);
+    struct tg_limit_req r = req2("acme", &v, 6400000, NULL, 0);
+    struct tg_limit_result res = {.status = TG_LIMIT_DENIED, .denied = 0, .retry_ms = 360000,
+                                  .n = 1};
+    res.b[0] = (struct tg_bucket_state){3600 * U, 1256000, 86000000};
+    char out[1024];
+    tg_limiter_format_error(&r, &res, out, sizeof(out));
+    assert_string_equal(out, "{\"error\":{\"message\":\"Rate limit reached for video seconds per "
+                             "day (vsd) for tenant acme: limit 3600, remaining 1.25, requested "
+                             "6.40. Please try again in 6m0s.\",\"type\":\"video_seconds\","
+                             "\"param\":null,\"code\":\"rate_limit_exceeded\"}}");
+}
+
+static void test_error_too_large_and_unavailable(void **state)
+{
+    struct tg_limit t = mk("tpm", TG_UNIT_TOKENS, 200000, MINUTE, 0);
+    struct tg_limit_req r = req2("acme", &t, 250000 * U, NULL, 0);
+    struct tg_limit_result res;
+    assert_true(tg_limiter_too_large(&r, &res));
+    char out[1024];
+    tg_limiter_format_error(&r, &res, out, sizeof(out));
+    assert_string_equal(out, "{\"error\":{\"message\":\"Request too large for tokens per minute "
+                             "(tpm) for tenant acme: limit 200000, requested 250000. A request "
+                             "must not cost more than the limit.\",\"type\":"
+                             "\"invalid_request_error\",\"param\":null,"
+                             "\"code\":\"limit_exceeds_capacity\"}}");
+    const char *msg;
+    json_decref(parse_error(out, &msg, "invalid_request_error", "limit_exceeds_capacity"));
+
+    res = (struct tg_limit_result){.status = TG_LIMIT_ERROR, .denied = -1};
+    tg_limiter_format_error(&r, &res, out, sizeof(out));
+    assert_string_equal(out, "{\"error\":{\"message\":\"The rate limiter is unavailable; please "
+                             "try again later.\",\"type\":\"server_error\",\"param\":null,"
+                             "\"code\":\"rate_limiter_unavailable\"}}");
+    json_decref(parse_error(out, &msg, "server_error", "rate_limiter_unavailable"));
+
+    res = (struct tg_limit_result){.status = TG_LIMIT_ALLOWED, .denied = -1};
+    assert_int_equal(tg_limiter_format_error(&r, &res, out, sizeof(out)), 0);
+    assert_string_equal(out, "");
+    r.b[0].cost_u = 200000 * U;
+    assert_false(tg_limiter_too_large(&r, &res));
+}
+
+static void test_duration(void **state)
+{
+    static const struct {
+        int64_t ms;
+        const char *s;
+    } table[] = {
+        {-5, "0s"},       {0, "0s"},           {17, "17ms"},         {120, "120ms"},
+        {999, "999ms"},   {1000, "1s"},        {1500, "1.5s"},       {1574, "1.574s"},
+        {1050, "1.05s"},  {59999, "59.999s"},  {60000, "1m0s"},      {90500, "1m30.5s"},
+        {360000, "6m0s"}, {3600000, "1h0m0s"}, {3723000, "1h2m3s"},  {86400000, "24h0m0s"},
+    };
+    char out[32];
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+        size_t n = tg_limiter_format_duration(table[i].ms, out, sizeof(out));
+        assert_string_equal(out, table[i].s);
+        assert_int_equal(n, strlen(table[i].s));
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_capacity),
+        cmocka_unit_test(test_refill),
+        cmocka_unit_test(test_time_to),
+        cmocka_unit_test(test_check_all_or_nothing),
+        cmocka_unit_test(test_settle_math),
+        cmocka_unit_test(test_plan),
+        cmocka_unit_test(test_local_all_or_nothing),
+        cmocka_unit_test(test_local_too_large),
+        cmocka_unit_test(test_local_settle),
+        cmocka_unit_test(test_local_reload_keeps_level),
+        cmocka_unit_test(test_local_divisor),
+        cmocka_unit_test(test_local_threads),
+        cmocka_unit_test(test_headers_allowed),
+        cmocka_unit_test(test_headers_denied),
+        cmocka_unit_test(test_headers_video_and_none),
+        cmocka_unit_test(test_error_denied),
+        cmocka_unit_test(test_error_video),
+        cmocka_unit_test(test_error_too_large_and_unavailable),
+        cmocka_unit_test(test_duration),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
