@@ -82,6 +82,10 @@ static struct {
 } acc = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .fd = -1};
 
 #define ACCESS_MAX_PENDING (16u * 1024 * 1024)
+/* The writer wakes when this much is queued, or after ACCESS_FLUSH_MS: never
+ * once per line, which would cost a thread switch per request. */
+#define ACCESS_WAKE_BYTES (64u * 1024)
+#define ACCESS_FLUSH_MS 20
 
 static int open_path(const char *path)
 {
@@ -96,6 +100,16 @@ static void *access_writer(void *arg)
     pthread_mutex_lock(&acc.mu);
     for (;;) {
         while (acc.len == 0 && !acc.stop && !acc.reopen) pthread_cond_wait(&acc.cv, &acc.mu);
+        if (acc.len < ACCESS_WAKE_BYTES && !acc.stop && !acc.reopen) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += ACCESS_FLUSH_MS * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&acc.cv, &acc.mu, &ts);
+        }
         if (acc.reopen) {
             acc.reopen = false;
             int fd = open_path(acc.path);
@@ -171,7 +185,8 @@ void tg_log_access(const char *line, size_t len)
     }
     memcpy(acc.buf + acc.len, line, len);
     acc.buf[acc.len + len] = '\n';
-    bool wake = acc.len == 0;
+    bool wake = acc.len == 0 ||
+                (acc.len < ACCESS_WAKE_BYTES && acc.len + len + 1 >= ACCESS_WAKE_BYTES);
     acc.len += len + 1;
     pthread_mutex_unlock(&acc.mu);
     if (wake) pthread_cond_signal(&acc.cv);

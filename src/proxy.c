@@ -805,7 +805,8 @@ static void send_resp_head(struct tg_conn *c)
     if (um->status >= 500) r->upstream_failed = true;
     bool sse = header_starts(um, "content-type", "text/event-stream");
     if (r->route->cost != TG_COST_REQUESTS && !um->done) {
-        tg_scan_init(&r->scan, sse, r->strip_usage && sse, on_scan_emit, c);
+        bool strip = r->strip_usage && sse;
+        tg_scan_init(&r->scan, sse, strip, strip ? on_scan_emit : NULL, c);
         r->scanning = true;
     }
     bool until_close = !um->chunked && um->content_length < 0 && !um->done;
