@@ -22,8 +22,11 @@ const struct tg_tenant *tg_auth_lookup(const struct tg_config *cfg, const char *
                                        size_t len, uint8_t digest[32]);
 
 /* Inserts a digest into the config's key table (used by the config loader).
- * Returns 0, or -1 if the digest is already present. */
+ * Returns 0, -1 if the digest is already present, -2 if out of memory. */
 int tg_auth_insert(struct tg_config *cfg, const uint8_t digest[32], struct tg_tenant *tenant,
                    bool was_plain) TG_WUR;
+
+/* The key with this digest, or NULL. */
+const struct tg_key *tg_auth_find(const struct tg_config *cfg, const uint8_t digest[32]);
 
 #endif

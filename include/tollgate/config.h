@@ -31,6 +31,17 @@
 #define TG_DEFAULT_CONNECT_TIMEOUT_MS 2000
 #define TG_DEFAULT_RESPONSE_TIMEOUT_MS 600000
 #define TG_DEFAULT_MAX_CONNECTIONS 256
+#define TG_DEFAULT_ADMIN_TOKEN ""
+#define TG_DEFAULT_ACCESS_PATH ""
+#define TG_DEFAULT_LIMITER_BACKEND "local"
+#define TG_DEFAULT_ON_REDIS_ERROR "allow"
+#define TG_DEFAULT_REDIS_PASSWORD ""
+#define TG_DEFAULT_REDIS_DB 0
+#define TG_DEFAULT_USAGE_SINK "file"
+#define TG_DEFAULT_SPOOL_FSYNC "interval"
+#define TG_DEFAULT_SPOOL_FULL "reject"
+#define TG_DEFAULT_TLS_VERIFY true
+#define TG_DEFAULT_MAX_WAIT_MS 0
 #define TG_MAX_LIMITS_PER_TENANT 32
 
 enum tg_log_level { TG_LOG_DEBUG, TG_LOG_INFO, TG_LOG_WARN, TG_LOG_ERROR };
@@ -41,6 +52,10 @@ enum tg_spool_fsync { TG_SPOOL_FSYNC_ALWAYS, TG_SPOOL_FSYNC_INTERVAL };
 enum tg_spool_full { TG_SPOOL_FULL_REJECT, TG_SPOOL_FULL_DROP_OLDEST };
 /* How a route is charged: `cost:` of a route. */
 enum tg_cost_model { TG_COST_REQUESTS, TG_COST_TOKENS, TG_COST_VIDEO };
+
+/* Private to src/config.c: the memory and the name index behind one config. */
+struct tg_arena;
+struct tg_strset;
 
 struct tg_kv {
     char *key;
@@ -171,6 +186,8 @@ struct tg_config {
     size_t nkeys;
     size_t nplain_keys;  /* keys written in plain text (--check warns) */
     int refs;            /* atomic */
+    struct tg_strset *tenant_index; /* tenant name -> index, for tg_config_tenant */
+    struct tg_arena *arena;         /* owns every string and array above except `keys` */
 };
 
 /* Loads and validates FILE. Returns a config with one reference, or NULL with
@@ -194,6 +211,14 @@ const struct tg_route *tg_config_route(const struct tg_config *cfg, const char *
 
 /* The tenant by name, or NULL. */
 const struct tg_tenant *tg_config_tenant(const struct tg_config *cfg, const char *name);
+
+/* Compares two configs over the settings that a reload cannot apply (listen
+ * addresses, workers, limiter backend and Redis, usage sink, ...; the tables in
+ * src/config.c mark them and docs/configuration.md lists them). Returns 0 when
+ * none differ, else 1 with `what` set to the key path of the first that does,
+ * e.g. "server.listen". */
+int tg_config_restart_needed(const struct tg_config *old, const struct tg_config *cur,
+                             char what[TG_ERR_LEN]);
 
 /* Writes the effective routes, tenants and limits (never keys) to `out`, as
  * `tollgate --check` prints them, with a warning line per plain-text key. */
