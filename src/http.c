@@ -141,7 +141,7 @@ void tg_http_feed_eof(struct tg_http_msg *m)
 
 bool tg_http_name_is(const char *name, size_t len, const char *lit)
 {
-    return strlen(lit) == len && strncasecmp(name, lit, len) == 0;
+    return strncasecmp(name, lit, len) == 0 && lit[len] == '\0';
 }
 
 const char *tg_http_header(const struct tg_http_msg *m, const char *name, size_t *vlen)
@@ -159,12 +159,14 @@ const char *tg_http_header(const struct tg_http_msg *m, const char *name, size_t
 
 bool tg_http_is_hop_by_hop(const char *name, size_t len)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "te", "trailer",
-                                      "transfer-encoding", "upgrade", "proxy-connection",
-                                      "proxy-authenticate", "proxy-authorization"};
-    for (size_t i = 0; i < TG_ARRAY_LEN(hop); i++)
-        if (tg_http_name_is(name, len, hop[i])) return true;
-    return len > 6 && strncasecmp(name, "proxy-", 6) == 0;
+    switch (len) {
+    case 2: return tg_http_name_is(name, len, "te");
+    case 7: return tg_http_name_is(name, len, "trailer") || tg_http_name_is(name, len, "upgrade");
+    case 10:
+        return tg_http_name_is(name, len, "connection") || tg_http_name_is(name, len, "keep-alive");
+    case 17: return tg_http_name_is(name, len, "transfer-encoding");
+    default: return len > 6 && strncasecmp(name, "proxy-", 6) == 0;
+    }
 }
 
 const char *tg_http_reason(int status)

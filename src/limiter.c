@@ -156,16 +156,69 @@ static void out_init(struct out *o, char *p, size_t cap)
     if (cap) p[0] = '\0';
 }
 
+/* True when `fmt` uses only %s, %lld and %%: the fast path below handles those. */
+static bool simple_format(const char *fmt)
+{
+    for (const char *f = fmt; *f; f++) {
+        if (*f != '%') continue;
+        if (f[1] == 's' || f[1] == '%') f++;
+        else if (f[1] == 'l' && f[2] == 'l' && f[3] == 'd') f += 3;
+        else return false;
+    }
+    return true;
+}
+
+static void put_bytes(struct out *o, const char *s, size_t n)
+{
+    if (o->len + n + 1 > o->cap) n = o->cap - o->len - 1;
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+/* Appends formatted text. Headers are formatted on every request, so the
+ * common conversions avoid vsnprintf. */
 TG_PRINTF(2, 3) static void put(struct out *o, const char *fmt, ...)
 {
     if (o->len + 1 >= o->cap) return;
     va_list ap;
     va_start(ap, fmt);
-    int k = vsnprintf(o->p + o->len, o->cap - o->len, fmt, ap);
+    if (!simple_format(fmt)) {
+        int k = vsnprintf(o->p + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (k < 0) return;
+        o->len += (size_t)k;
+        if (o->len > o->cap - 1) o->len = o->cap - 1;
+        return;
+    }
+    for (const char *f = fmt; *f && o->len + 1 < o->cap;) {
+        const char *pct = strchr(f, '%');
+        size_t lit = pct ? (size_t)(pct - f) : strlen(f);
+        put_bytes(o, f, lit);
+        if (pct == NULL) break;
+        f = pct + 1;
+        if (*f == '%') {
+            put_bytes(o, "%", 1);
+            f++;
+        } else if (*f == 's') {
+            const char *sv = va_arg(ap, const char *);
+            put_bytes(o, sv, strlen(sv));
+            f++;
+        } else {
+            long long v = va_arg(ap, long long);
+            char digits[24];
+            size_t nd = 0;
+            unsigned long long uv = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+            do {
+                digits[sizeof(digits) - 1 - nd++] = (char)('0' + uv % 10);
+                uv /= 10;
+            } while (uv);
+            if (v < 0) digits[sizeof(digits) - 1 - nd++] = '-';
+            put_bytes(o, digits + sizeof(digits) - nd, nd);
+            f += 3;
+        }
+    }
     va_end(ap);
-    if (k < 0) return;
-    o->len += (size_t)k;
-    if (o->len > o->cap - 1) o->len = o->cap - 1;
+    o->p[o->len] = '\0';
 }
 
 static void put_char(struct out *o, char c)

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <openssl/crypto.h>
 #include "tollgate/auth.h"
 #include "tollgate/cost.h"
 #include "tollgate/http.h"
@@ -87,10 +88,90 @@ struct tg_conn {
     bool keep_alive;
     bool http10;
     struct tg_req req;
+    /* The last key this connection authenticated with, so that a keep-alive
+     * client is not hashed again on every request. */
+    struct tg_config *auth_cfg; /* a reference, so that the tenant stays valid */
+    const struct tg_tenant *auth_tenant;
+    uint8_t auth_digest[32];
+    uint8_t auth_len;
+    char auth_val[160];
     struct tg_conn *prev, *next;
 };
 
 static const char *const side_client[] = {"client"};
+
+/* Builds a message head in a stack buffer and hands libevent one piece
+ * (spilling into the evbuffer only for very long heads). */
+struct headbuf {
+    struct evbuffer *out;
+    size_t len, total;
+    char p[4096];
+};
+
+static void hb_init(struct headbuf *hb, struct evbuffer *out)
+{
+    hb->out = out;
+    hb->len = hb->total = 0;
+}
+
+static void hb_add(struct headbuf *hb, const char *s, size_t n)
+{
+    hb->total += n;
+    if (hb->len + n > sizeof(hb->p)) {
+        evbuffer_add(hb->out, hb->p, hb->len);
+        hb->len = 0;
+        if (n > sizeof(hb->p)) {
+            evbuffer_add(hb->out, s, n);
+            return;
+        }
+    }
+    memcpy(hb->p + hb->len, s, n);
+    hb->len += n;
+}
+
+static void hb_str(struct headbuf *hb, const char *s)
+{
+    hb_add(hb, s, strlen(s));
+}
+
+static void hb_int(struct headbuf *hb, long long v)
+{
+    char d[24];
+    size_t n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        d[sizeof(d) - 1 - n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) d[sizeof(d) - 1 - n++] = '-';
+    hb_add(hb, d + sizeof(d) - n, n);
+}
+
+static void hb_header(struct headbuf *hb, const char *name, size_t nlen, const char *value,
+                      size_t vlen)
+{
+    hb_add(hb, name, nlen);
+    hb_add(hb, ": ", 2);
+    hb_add(hb, value, vlen);
+    hb_add(hb, "\r\n", 2);
+}
+
+/* Writes what is buffered; returns the head's whole length. */
+static size_t hb_flush(struct headbuf *hb)
+{
+    if (hb->len) evbuffer_add(hb->out, hb->p, hb->len);
+    hb->len = 0;
+    return hb->total;
+}
+
+static void hb_status_line(struct headbuf *hb, int status)
+{
+    hb_add(hb, "HTTP/1.1 ", 9);
+    hb_int(hb, status);
+    hb_add(hb, " ", 1);
+    hb_str(hb, tg_http_reason(status));
+    hb_add(hb, "\r\n", 2);
+}
 
 static int64_t now_us(void)
 {
@@ -176,6 +257,7 @@ static void conn_free(struct tg_conn *c)
     free(r->head);
     free(r->body);
     free(r->uhead);
+    if (c->auth_cfg) tg_config_unref(c->auth_cfg);
     if (c->prev) c->prev->next = c->next;
     else w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -242,13 +324,15 @@ static size_t json_escape(char *out, size_t cap, const char *s)
     return n;
 }
 
-static void add_common_headers(struct tg_conn *c, struct evbuffer *out, bool close)
+static void add_common_headers(struct tg_conn *c, struct headbuf *hb, bool close)
 {
     struct tg_req *r = &c->req;
-    evbuffer_add_printf(out, "x-request-id: %s\r\n", r->id);
-    if (r->rl_len) evbuffer_add(out, r->rl, r->rl_len);
-    if (close) evbuffer_add(out, "Connection: close\r\n", 19);
-    else if (c->http10) evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    hb_add(hb, "x-request-id: ", 14);
+    hb_str(hb, r->id);
+    hb_add(hb, "\r\n", 2);
+    if (r->rl_len) hb_add(hb, r->rl, r->rl_len);
+    if (close) hb_add(hb, "Connection: close\r\n", 19);
+    else if (c->http10) hb_add(hb, "Connection: keep-alive\r\n", 24);
 }
 
 /* Answers the current request with an OpenAI-shaped error (or a ready body). */
@@ -256,18 +340,18 @@ static void reply_json(struct tg_conn *c, int status, const char *body, size_t b
                        enum tg_decision decision)
 {
     struct tg_req *r = &c->req;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
     if (!c->keep_alive || c->w->draining) close = true;
     c->keep_alive = c->keep_alive && !close;
-    size_t before = evbuffer_get_length(out);
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                        "Content-Length: %zu\r\n",
-                        status, tg_http_reason(status), blen);
-    add_common_headers(c, out, close);
-    evbuffer_add(out, "\r\n", 2);
-    evbuffer_add(out, body, blen);
-    r->bytes_out += (int64_t)(evbuffer_get_length(out) - before);
+    struct headbuf hb;
+    hb_init(&hb, bufferevent_get_output(c->bev));
+    hb_status_line(&hb, status);
+    hb_add(&hb, "Content-Type: application/json\r\nContent-Length: ", 48);
+    hb_int(&hb, (long long)blen);
+    hb_add(&hb, "\r\n", 2);
+    add_common_headers(c, &hb, close);
+    hb_add(&hb, "\r\n", 2);
+    hb_add(&hb, body, blen);
+    r->bytes_out += (int64_t)hb_flush(&hb);
     r->status = status;
     r->resp_started = true;
     req_finish(c, decision);
@@ -397,7 +481,23 @@ static void on_head(struct tg_conn *c)
     }
     size_t alen = 0;
     const char *auth = tg_http_header(m, "authorization", &alen);
-    r->tenant = auth ? tg_auth_lookup(r->cfg, auth, alen, r->key_digest) : NULL;
+    if (auth && c->auth_cfg == r->cfg && alen == c->auth_len &&
+        CRYPTO_memcmp(auth, c->auth_val, alen) == 0) {
+        r->tenant = c->auth_tenant;
+        memcpy(r->key_digest, c->auth_digest, sizeof(r->key_digest));
+    } else {
+        r->tenant = auth ? tg_auth_lookup(r->cfg, auth, alen, r->key_digest) : NULL;
+        if (r->tenant && alen <= sizeof(c->auth_val)) {
+            if (c->auth_cfg != r->cfg) {
+                if (c->auth_cfg) tg_config_unref(c->auth_cfg);
+                c->auth_cfg = tg_config_ref(r->cfg);
+            }
+            c->auth_tenant = r->tenant;
+            c->auth_len = (uint8_t)alen;
+            memcpy(c->auth_val, auth, alen);
+            memcpy(c->auth_digest, r->key_digest, sizeof(c->auth_digest));
+        }
+    }
     if (r->tenant == NULL) {
         reply_error(c, 401, "invalid_request_error", "invalid_api_key", NULL,
                     auth ? "Incorrect API key provided."
@@ -690,10 +790,15 @@ static void write_request(struct tg_conn *c)
     struct tg_req *r = &c->req;
     const struct tg_upstream *u = r->route->upstream;
     struct tg_http_msg *m = &r->msg;
-    struct evbuffer *out = bufferevent_get_output(tg_upconn_bev(r->up));
-    evbuffer_add_printf(out, "%s %s%.*s HTTP/1.1\r\nHost: %s\r\n",
-                        http_method_str((enum http_method)m->parser.method), u->base_path,
-                        (int)m->url_len, m->url, u->host_header);
+    struct headbuf hb;
+    hb_init(&hb, bufferevent_get_output(tg_upconn_bev(r->up)));
+    hb_str(&hb, http_method_str((enum http_method)m->parser.method));
+    hb_add(&hb, " ", 1);
+    hb_str(&hb, u->base_path);
+    hb_add(&hb, m->url, m->url_len);
+    hb_add(&hb, " HTTP/1.1\r\nHost: ", 17);
+    hb_str(&hb, u->host_header);
+    hb_add(&hb, "\r\n", 2);
     const char *xff = NULL;
     size_t xff_len = 0;
     for (size_t i = 0; i < m->nheaders; i++) {
@@ -712,24 +817,31 @@ static void write_request(struct tg_conn *c)
         bool configured = false;
         for (size_t k = 0; k < u->nheaders && !configured; k++)
             configured = tg_http_name_is(h->name, h->nlen, u->headers[k].key);
-        if (configured) continue;
-        evbuffer_add(out, h->name, h->nlen);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->vlen);
-        evbuffer_add(out, "\r\n", 2);
+        if (!configured) hb_header(&hb, h->name, h->nlen, h->value, h->vlen);
     }
-    if (xff) evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, c->peer);
-    else evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", c->peer);
-    evbuffer_add_printf(out, "x-request-id: %s\r\n", r->id);
+    hb_add(&hb, "X-Forwarded-For: ", 17);
+    if (xff) {
+        hb_add(&hb, xff, xff_len);
+        hb_add(&hb, ", ", 2);
+    }
+    hb_str(&hb, c->peer);
+    hb_add(&hb, "\r\nx-request-id: ", 16);
+    hb_str(&hb, r->id);
+    hb_add(&hb, "\r\n", 2);
     for (size_t k = 0; k < u->nheaders; k++)
-        evbuffer_add_printf(out, "%s: %s\r\n", u->headers[k].key, u->headers[k].value);
+        hb_header(&hb, u->headers[k].key, strlen(u->headers[k].key), u->headers[k].value,
+                  strlen(u->headers[k].value));
     const char *body = r->fwd_body ? r->fwd_body : r->body;
     size_t blen = r->fwd_body ? r->fwd_len : r->body_len;
     if (blen > 0 || m->parser.method == HTTP_POST || m->parser.method == HTTP_PUT ||
-        m->parser.method == HTTP_PATCH)
-        evbuffer_add_printf(out, "Content-Length: %zu\r\n", blen);
-    evbuffer_add(out, "\r\n", 2);
-    if (blen) evbuffer_add(out, body, blen);
+        m->parser.method == HTTP_PATCH) {
+        hb_add(&hb, "Content-Length: ", 16);
+        hb_int(&hb, (long long)blen);
+        hb_add(&hb, "\r\n", 2);
+    }
+    hb_add(&hb, "\r\n", 2);
+    if (blen) hb_add(&hb, body, blen);
+    hb_flush(&hb);
 }
 
 static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool timeout)
@@ -818,25 +930,22 @@ static void send_resp_head(struct tg_conn *c)
         if (c->http10) close = true;
     }
     c->keep_alive = !close;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    size_t before = evbuffer_get_length(out);
-    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", um->status, tg_http_reason(um->status));
+    struct headbuf hb;
+    hb_init(&hb, bufferevent_get_output(c->bev));
+    hb_status_line(&hb, um->status);
     for (size_t i = 0; i < um->nheaders; i++) {
         const struct tg_http_header *h = &um->headers[i];
         if (tg_http_is_hop_by_hop(h->name, h->nlen) ||
             tg_http_name_is(h->name, h->nlen, "x-request-id") ||
             (r->out_mode == OUT_REFRAME && tg_http_name_is(h->name, h->nlen, "content-length")))
             continue;
-        evbuffer_add(out, h->name, h->nlen);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->vlen);
-        evbuffer_add(out, "\r\n", 2);
+        hb_header(&hb, h->name, h->nlen, h->value, h->vlen);
     }
     if (r->out_chunked || (r->out_mode == OUT_PASS && um->chunked))
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-    add_common_headers(c, out, close);
-    evbuffer_add(out, "\r\n", 2);
-    r->bytes_out += (int64_t)(evbuffer_get_length(out) - before);
+        hb_add(&hb, "Transfer-Encoding: chunked\r\n", 28);
+    add_common_headers(c, &hb, close);
+    hb_add(&hb, "\r\n", 2);
+    r->bytes_out += (int64_t)hb_flush(&hb);
     r->resp_started = true;
 }
 
