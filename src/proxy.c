@@ -196,6 +196,23 @@ static void arm_timer(struct tg_conn *c, int ms)
     evtimer_add(c->timer, &tv);
 }
 
+/* Writes what is queued for a plain TCP socket at once. EV_WRITE stays off
+ * unless a write is partial: no epoll_ctl pair per reply. TLS connections
+ * write through their bufferevent. */
+static void flush_out(struct bufferevent *bev, bool plain)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (evbuffer_get_length(out) == 0) return;
+    if (plain) {
+        /* A socket bufferevent keeps its output's start frozen except while
+         * it writes itself; it does the same around this write. */
+        evbuffer_unfreeze(out, 1);
+        evbuffer_write(out, bufferevent_getfd(bev));
+        evbuffer_freeze(out, 1);
+    }
+    if (evbuffer_get_length(out) > 0) bufferevent_enable(bev, EV_WRITE);
+}
+
 /* ---- connection lifecycle ---- */
 
 void tg_proxy_accept(struct tg_worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
@@ -228,7 +245,8 @@ void tg_proxy_accept(struct tg_worker *w, evutil_socket_t fd, const struct socka
     tg_metrics_add(TG_M_CONNECTIONS, side_client, 1);
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_WRITE, CLIENT_LOW_WATER, 0);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_disable(c->bev, EV_WRITE); /* on by default; see flush_out */
+    bufferevent_enable(c->bev, EV_READ);
     c->state = C_IDLE;
     arm_timer(c, w->cfg->server.header_timeout_ms);
 }
@@ -273,10 +291,12 @@ static void conn_close_after_write(struct tg_conn *c)
     c->state = C_CLOSING;
     bufferevent_disable(c->bev, EV_READ);
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    flush_out(c->bev, true);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
         conn_free(c);
         return;
     }
+    bufferevent_enable(c->bev, EV_WRITE);
     arm_timer(c, c->w->cfg->server.idle_timeout_ms);
 }
 
@@ -352,6 +372,7 @@ static void reply_json(struct tg_conn *c, int status, const char *body, size_t b
     hb_add(&hb, "\r\n", 2);
     hb_add(&hb, body, blen);
     r->bytes_out += (int64_t)hb_flush(&hb);
+    flush_out(c->bev, true);
     r->status = status;
     r->resp_started = true;
     req_finish(c, decision);
@@ -517,7 +538,10 @@ static void on_head(struct tg_conn *c)
     }
     if (m->expect_continue && body_pending &&
         evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+    {
         evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        flush_out(c->bev, true);
+    }
     if (m->content_length > 0 && (size_t)m->content_length + 1 > r->body_cap) {
         char *nb = realloc(r->body, (size_t)m->content_length + 1);
         if (nb) {
@@ -864,8 +888,10 @@ static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool tim
     int ms = r->route->upstream->response_timeout_ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     bufferevent_set_timeouts(ub, &tv, NULL);
+    bufferevent_disable(ub, EV_WRITE);
+    bufferevent_enable(ub, EV_READ);
     write_request(c);
-    bufferevent_enable(ub, EV_READ | EV_WRITE);
+    flush_out(ub, !tg_upconn_tls(up));
 }
 
 /* ---- the reply ---- */
@@ -957,6 +983,7 @@ static void resp_complete(struct tg_conn *c)
         evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
         r->bytes_out += 5;
     }
+    flush_out(c->bev, true);
     struct tg_upconn *up = r->up;
     r->up = NULL;
     bufferevent_setcb(tg_upconn_bev(up), NULL, NULL, NULL, NULL);
@@ -998,6 +1025,7 @@ static void pump_body(struct tg_conn *c)
         resp_complete(c);
         return;
     }
+    flush_out(c->bev, true);
     if (evbuffer_get_length(out) > CLIENT_HIGH_WATER && !r->paused) {
         r->paused = true;
         bufferevent_disable(ub, EV_READ);
@@ -1048,6 +1076,7 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
 
 static void up_write_cb(struct bufferevent *bev, void *arg)
 {
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) bufferevent_disable(bev, EV_WRITE);
 }
 
 /* The upstream connection ended or failed while serving this request. */
@@ -1105,10 +1134,12 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 {
     struct tg_conn *c = arg;
     struct tg_req *r = &c->req;
+    bool drained = evbuffer_get_length(bufferevent_get_output(bev)) == 0;
     if (c->state == C_CLOSING) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) conn_free(c);
+        if (drained) conn_free(c);
         return;
     }
+    if (drained) bufferevent_disable(bev, EV_WRITE);
     if (r->paused && r->up) {
         r->paused = false;
         bufferevent_enable(tg_upconn_bev(r->up), EV_READ);

@@ -13,6 +13,9 @@
 
 /* Past this many queued bytes the sink stops accepting (the proxy answers 503). */
 #define FILE_MAX_PENDING (64u * 1024 * 1024)
+/* The writer waits this long after a wake-up, or until this much is queued. */
+#define FILE_BATCH_MS 5
+#define FILE_BATCH_BYTES (256 * 1024)
 /* Only requests already admitted add past the bound; this catches a caller
  * that ignores accepting(). */
 #define FILE_HARD_MAX (2 * FILE_MAX_PENDING)
@@ -147,6 +150,10 @@ static void *writer_main(void *arg)
             pthread_cond_broadcast(&f->drained);
             pthread_cond_wait(&f->wake, &f->mu);
             f->idle = false;
+            /* Gather more records before writing: one write (and one wake-up)
+             * per batch, not per request. */
+            if (!f->stop && f->pending.len < FILE_BATCH_BYTES)
+                wait_ms(&f->wake, &f->mu, FILE_BATCH_MS);
             continue;
         }
         pthread_mutex_unlock(&f->mu);

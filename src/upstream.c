@@ -94,6 +94,11 @@ bool tg_upconn_reused(const struct tg_upconn *c)
     return c->reused;
 }
 
+bool tg_upconn_tls(const struct tg_upconn *c)
+{
+    return c->pool->tls;
+}
+
 static void conn_close(struct tg_upconn *c)
 {
     struct tg_pool *p = c->pool;
@@ -248,7 +253,8 @@ void tg_pool_acquire(struct tg_pool *p, tg_pool_cb cb, void *arg)
         p->idle = c->next;
         c->next = NULL;
         c->reused = true;
-        bufferevent_set_timeouts(c->bev, NULL, NULL);
+        /* The idle timeout stays until the caller sets its own: clearing it
+         * would delete and re-add the read event (two epoll_ctl calls). */
         bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
         cb(arg, c, NULL, false);
         return;

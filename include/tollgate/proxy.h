@@ -68,5 +68,6 @@ bool tg_pool_matches(const struct tg_pool *p, const struct tg_upstream *u);
 void tg_pool_rebind(struct tg_pool *p, const struct tg_upstream *u);
 struct bufferevent *tg_upconn_bev(struct tg_upconn *c);
 bool tg_upconn_reused(const struct tg_upconn *c);
+bool tg_upconn_tls(const struct tg_upconn *c);
 
 #endif
