@@ -1077,6 +1077,20 @@ static int set_route_upstream(struct loader *ld, const struct directive *d, uint
     return 0;
 }
 
+/* `name:` of a tenant, registered at once: before its keys, whose errors name tenants. */
+static int set_tenant_name(struct loader *ld, const struct directive *d, uint32_t id, void *base)
+{
+    struct tg_tenant *t = base;
+    if (set_name(ld, d, id, base) < 0) return -1;
+    t->index = ld->item;
+    bool added;
+    const struct strset_slot *e =
+        strset_add(ld->cfg->tenant_index, t->name, strlen(t->name), (uint32_t)ld->item, &added);
+    if (!e) return fail_at(ld, 1, 1, "out of memory");
+    if (!added) return fail(ld, id, "tenant %s is already defined at tenants[%u]", t->name, e->val);
+    return 0;
+}
+
 /* `keys:` of a tenant (the directive's base is the tenant). Plain keys are hashed here;
  * only digests are kept, and errors never show a key. */
 static int set_keys(struct loader *ld, const struct directive *d, uint32_t id, void *base)
@@ -1269,21 +1283,6 @@ static int check_route(struct loader *ld, const struct section *sec, uint32_t ma
     return 0;
 }
 
-static int check_tenant(struct loader *ld, const struct section *sec, uint32_t map,
-                        const uint32_t *seen, void *base)
-{
-    struct tg_tenant *t = base;
-    t->index = ld->item;
-    bool added;
-    const struct strset_slot *e =
-        strset_add(ld->cfg->tenant_index, t->name, strlen(t->name), (uint32_t)ld->item, &added);
-    if (!e) return fail_at(ld, 1, 1, "out of memory");
-    if (!added)
-        return fail_key(ld, sec, seen, map, "name", "tenant %s is already defined at tenants[%u]",
-                        t->name, e->val);
-    return 0;
-}
-
 static int check_limit(struct loader *ld, const struct section *sec, uint32_t map,
                        const uint32_t *seen, void *base)
 {
@@ -1470,12 +1469,12 @@ static const struct section limit_section = SECTION(limit_keys, check_limit);
 
 #define TEN(f) offsetof(struct tg_tenant, f)
 static const struct directive tenant_keys[] = {
-    {KEY("name", N_SCALAR, set_name, TEN(name)), .store = ST_STR, .required = true},
+    {KEY("name", N_SCALAR, set_tenant_name, TEN(name)), .store = ST_STR, .required = true},
     {KEY("keys", N_SEQ, set_keys, 0)}, /* into the config's key table */
     {KEY("limits", N_SEQ, set_list, TEN(limits)), .off_n = TEN(nlimits), .sub = &limit_section,
      .item_size = sizeof(struct tg_limit), .max = TG_MAX_LIMITS_PER_TENANT},
 };
-static const struct section tenant_section = SECTION(tenant_keys, check_tenant);
+static const struct section tenant_section = SECTION(tenant_keys, NULL);
 
 static const struct section server_section = SECTION(server_keys, check_server);
 static const struct section admin_section = SECTION(admin_keys, NULL);
