@@ -501,8 +501,8 @@ static int compose(struct loader *ld, const char *text, size_t len)
     int rc = -1, ndocs = 0;
     d->root = NONE;
     d->budget = ALIAS_BUDGET + 8 * (uint64_t)len;
-    d->cap_hint = 64 + len / 4; /* a node takes 4 bytes of YAML or more: no regrowth (pages of
-                                 * memory not reached are never touched) */
+    d->cap_hint = 64 + len / 4; /* typical YAML spends 4 bytes or more per node, so `nodes`
+                                 * seldom grows; pages it never reaches are never touched */
     if (!yaml_parser_initialize(&p)) return fail_at(ld, 1, 1, "out of memory");
     yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
     for (bool done = false; !done;) {
