@@ -117,16 +117,19 @@ static bool is_blank(char c)
     return c == ' ' || c == '\t';
 }
 
-const struct tg_tenant *tg_auth_lookup(const struct tg_config *cfg, const char *header,
-                                       size_t len, uint8_t digest[32])
+const struct tg_tenant *tg_auth_lookup(const struct tg_config *cfg, const char *header, size_t len,
+                                       uint8_t digest[32])
 {
     if (!header || cfg->nkeys == 0) return NULL;
     const char *p = header, *end = header + len;
-    while (p < end && is_blank(*p)) p++;
-    while (end > p && is_blank(end[-1])) end--;
+    while (p < end && is_blank(*p))
+        p++;
+    while (end > p && is_blank(end[-1]))
+        end--;
     if (end - p < 7 || strncasecmp(p, "bearer", 6) != 0 || !is_blank(p[6])) return NULL;
     p += 7;
-    while (p < end && is_blank(*p)) p++;
+    while (p < end && is_blank(*p))
+        p++;
     if (p == end) return NULL;
     for (const char *q = p; q < end; q++) {
         if (is_blank(*q)) return NULL;

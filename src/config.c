@@ -16,15 +16,15 @@
 #include "tollgate/config.h"
 
 /* Limits of the loader itself (the defaults of the settings are in config.h). */
-#define MAX_DEPTH 64                  /* nesting of mappings and sequences */
+#define MAX_DEPTH 64 /* nesting of mappings and sequences */
 #define MAX_FILE_BYTES (256 << 20)
-#define ALIAS_BUDGET 1000000          /* nodes aliases may add beyond 8 per input byte */
-#define MAX_DIRECTIVES 16             /* keys of the largest section */
+#define ALIAS_BUDGET 1000000 /* nodes aliases may add beyond 8 per input byte */
+#define MAX_DIRECTIVES 16    /* keys of the largest section */
 #define MAX_WORKERS 1024
 #define MAX_MS_HOUR 3600000
 #define MAX_MS_DAY 86400000
 #define MAX_TOKENS 100000000
-#define MAX_RATE 1000000000000LL      /* 1e12 units: keeps micro-units within int64 */
+#define MAX_RATE 1000000000000LL /* 1e12 units: keeps micro-units within int64 */
 #define MAX_BODY_BYTES (1LL << 40)
 #define MIN_SPOOL_BYTES (1LL << 20)
 #define MAX_SPOOL_BYTES (1LL << 50)
@@ -102,7 +102,8 @@ struct tg_strset {
 static uint32_t hash_str(const char *s, size_t len)
 {
     uint32_t h = 2166136261u;
-    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
     return h;
 }
 
@@ -115,8 +116,7 @@ static struct strset_slot *strset_probe(struct strset_slot *slots, size_t cap, c
     }
 }
 
-static const struct strset_slot *strset_find(const struct tg_strset *set, const char *s,
-                                             size_t len)
+static const struct strset_slot *strset_find(const struct tg_strset *set, const char *s, size_t len)
 {
     if (!set || set->cap == 0) return NULL;
     const struct strset_slot *e = strset_probe(set->slots, set->cap, s, len, hash_str(s, len));
@@ -162,9 +162,9 @@ enum { N_SCALAR = 1, N_SEQ, N_MAP };
 
 struct node {
     uint8_t type;
-    bool plain;      /* plain scalar: "", "~" and "null" mean null */
-    bool open;       /* collection still being composed: an alias to it is a cycle */
-    uint32_t line;   /* 0-based, as libyaml marks are */
+    bool plain;    /* plain scalar: "", "~" and "null" mean null */
+    bool open;     /* collection still being composed: an alias to it is a cycle */
+    uint32_t line; /* 0-based, as libyaml marks are */
     uint32_t col;
     uint32_t n;      /* scalar length, or number of children (two per mapping pair) */
     uint32_t weight; /* nodes this one stands for, aliases expanded */
@@ -189,7 +189,7 @@ struct doc {
     struct tg_strset anchors;
     struct tg_arena *mem;
     uint32_t root;
-    uint64_t budget;  /* most nodes the root may stand for */
+    uint64_t budget; /* most nodes the root may stand for */
     size_t cap_hint; /* first size of `nodes` */
 };
 
@@ -240,7 +240,9 @@ static size_t path_index(struct loader *ld, size_t i)
     size_t mark = ld->plen;
     char digits[24], *p = digits + sizeof(digits);
     *--p = ']';
-    do *--p = (char)('0' + i % 10); while ((i /= 10) > 0);
+    do {
+        *--p = (char)('0' + i % 10);
+    } while ((i /= 10) > 0);
     *--p = '[';
     path_append(ld, p, (size_t)(digits + sizeof(digits) - p));
     return mark;
@@ -295,7 +297,8 @@ static int fail_got(struct loader *ld, uint32_t id, const char *s, size_t n, con
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
     bool show = n <= 40;
-    for (size_t i = 0; show && i < n; i++) show = isprint((unsigned char)s[i]);
+    for (size_t i = 0; show && i < n; i++)
+        show = isprint((unsigned char)s[i]);
     return show ? fail(ld, id, "%s (got \"%.*s\")", why, (int)n, s) : fail(ld, id, "%s", why);
 }
 
@@ -329,8 +332,8 @@ static uint32_t doc_add(struct loader *ld, int type, const yaml_mark_t *m)
         d->cap = cap;
     }
     uint32_t id = (uint32_t)d->nnodes++;
-    d->nodes[id] = (struct node){.type = (uint8_t)type, .line = (uint32_t)m->line,
-                                 .col = (uint32_t)m->column, .weight = 1};
+    d->nodes[id] = (struct node){
+        .type = (uint8_t)type, .line = (uint32_t)m->line, .col = (uint32_t)m->column, .weight = 1};
     return id;
 }
 
@@ -423,7 +426,8 @@ static int on_end(struct loader *ld)
     if (n && !kids) return fail_at(ld, 1, 1, "out of memory");
     if (n) memcpy(kids, d->kids + fr.kid0, n * sizeof(*kids));
     uint64_t weight = 1;
-    for (size_t i = 0; i < n; i++) weight += d->nodes[kids[i]].weight;
+    for (size_t i = 0; i < n; i++)
+        weight += d->nodes[kids[i]].weight;
     d->nkids = fr.kid0;
     d->depth--;
     if (weight > d->budget) {
@@ -497,8 +501,8 @@ static int compose(struct loader *ld, const char *text, size_t len)
     int rc = -1, ndocs = 0;
     d->root = NONE;
     d->budget = ALIAS_BUDGET + 8 * (uint64_t)len;
-    d->cap_hint = 64 + len / 4; /* a node takes 4 bytes of YAML or more: no regrowth (pages of
-                                 * memory not reached are never touched) */
+    d->cap_hint = 64 + len / 4; /* typical YAML spends 4 bytes or more per node, so `nodes`
+                                 * seldom grows; pages it never reaches are never touched */
     if (!yaml_parser_initialize(&p)) return fail_at(ld, 1, 1, "out of memory");
     yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
     for (bool done = false; !done;) {
@@ -558,15 +562,16 @@ static bool is_null(const struct node *nd)
 {
     if (nd->type != N_SCALAR || !nd->plain) return false;
     const char *s = nd->u.str;
-    return nd->n == 0 || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 ||
-           strcmp(s, "Null") == 0 || strcmp(s, "NULL") == 0;
+    return nd->n == 0 || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 || strcmp(s, "Null") == 0 ||
+           strcmp(s, "NULL") == 0;
 }
 
 static int buf_put(struct loader *ld, size_t *o, const char *s, size_t n)
 {
     if (*o + n + 1 > ld->buf_cap) {
         size_t cap = ld->buf_cap ? ld->buf_cap : 256;
-        while (cap < *o + n + 1) cap *= 2;
+        while (cap < *o + n + 1)
+            cap *= 2;
         char *buf = realloc(ld->buf, cap);
         if (!buf) return fail_at(ld, 1, 1, "out of memory");
         ld->buf = buf;
@@ -607,7 +612,8 @@ static const char *expand(struct loader *ld, uint32_t id, size_t *len)
         if (!close) return fail(ld, id, "unterminated ${ (write $$ for a literal $)"), NULL;
         size_t nlen = (size_t)(close - name);
         bool ok = nlen > 0 && nlen < 128 && !isdigit((unsigned char)name[0]);
-        for (size_t j = 0; ok && j < nlen; j++) ok = isalnum((unsigned char)name[j]) || name[j] == '_';
+        for (size_t j = 0; ok && j < nlen; j++)
+            ok = isalnum((unsigned char)name[j]) || name[j] == '_';
         if (!ok) return fail(ld, id, "bad environment variable name in ${...}"), NULL;
         char var[128];
         memcpy(var, name, nlen);
@@ -633,17 +639,28 @@ typedef int (*check_fn)(struct loader *ld, const struct section *sec, uint32_t m
                         const uint32_t *seen, void *base);
 
 /* How a directive's value is stored: how its default is written and reloads compare it. */
-enum store { ST_NONE, ST_INT, ST_I64, ST_DBL, ST_BOOL, ST_ENUM, ST_STR, ST_LISTEN, ST_KV, ST_SECTION };
+enum store {
+    ST_NONE,
+    ST_INT,
+    ST_I64,
+    ST_DBL,
+    ST_BOOL,
+    ST_ENUM,
+    ST_STR,
+    ST_LISTEN,
+    ST_KV,
+    ST_SECTION
+};
 
 struct directive {
     const char *name;
-    int node;        /* expected node type */
+    int node; /* expected node type */
     setter_fn set;
-    size_t off;      /* target, from the base the section fills */
-    size_t off_n;    /* element count of a list or map */
+    size_t off;   /* target, from the base the section fills */
+    size_t off_n; /* element count of a list or map */
     enum store store;
-    int64_t defi;    /* defaults: ST_INT, ST_I64, ST_BOOL */
-    double defd;     /* ST_DBL */
+    int64_t defi;     /* defaults: ST_INT, ST_I64, ST_BOOL */
+    double defd;      /* ST_DBL */
     const char *defs; /* ST_STR, ST_LISTEN, ST_ENUM (a choice) */
     int64_t min, max; /* bounds of numbers (min exclusive when min_excl); max items of lists */
     bool min_excl;
@@ -743,17 +760,25 @@ static int set_bool(struct loader *ld, const struct directive *d, uint32_t id, v
     return 0;
 }
 
-static int set_enum(struct loader *ld, const struct directive *d, uint32_t id, void *base)
+/* The index of scalar `id` among `choices`, or -1 with the error filled. */
+static int parse_choice(struct loader *ld, uint32_t id, const char *const *choices)
 {
     size_t n;
     const char *s = expand(ld, id, &n);
     if (!s) return -1;
-    int v = choice_index(d->choices, s);
+    int v = choice_index(choices, s);
     if (v < 0) {
         char list[TG_ERR_LEN];
-        join_choices(d->choices, list, sizeof(list));
+        join_choices(choices, list, sizeof(list));
         return fail(ld, id, "must be one of %s", list);
     }
+    return v;
+}
+
+static int set_enum(struct loader *ld, const struct directive *d, uint32_t id, void *base)
+{
+    int v = parse_choice(ld, id, d->choices);
+    if (v < 0) return -1;
     *FIELD(base, d, int) = v;
     return 0;
 }
@@ -894,12 +919,13 @@ static int kv_map(struct loader *ld, const struct directive *d, uint32_t id, voi
             fail(ld, v, "expected a scalar, got a %s", type_name(N(ld, v)->type));
             goto out;
         }
+        vn = 0;
         if (!(s = is_null(N(ld, v)) ? "" : expand(ld, v, &vn))) goto out;
-        if (is_null(N(ld, v))) vn = 0;
         if (!(kv[i].value = ld_strdup(ld, s, vn))) goto out;
         if (http) {
             bool ok = kn > 0;
-            for (size_t j = 0; ok && j < kn; j++) ok = is_tchar(kv[i].key[j]);
+            for (size_t j = 0; ok && j < kn; j++)
+                ok = is_tchar(kv[i].key[j]);
             if (!ok) {
                 fail(ld, k, "not a valid header name");
                 goto out;
@@ -940,7 +966,8 @@ static int parse_port(const char *s, size_t n, int min)
 {
     if (n == 0 || n > 5 || strspn(s, "0123456789") < n) return -1;
     int port = 0;
-    for (size_t i = 0; i < n; i++) port = port * 10 + (s[i] - '0');
+    for (size_t i = 0; i < n; i++)
+        port = port * 10 + (s[i] - '0');
     return port >= min && port <= 65535 ? port : -1;
 }
 
@@ -1024,18 +1051,22 @@ static const int64_t per_ms[] = {1000, 60000, 3600000, 86400000};
 
 static int set_per(struct loader *ld, const struct directive *d, uint32_t id, void *base)
 {
-    int v;
-    struct directive as_enum = *d;
-    as_enum.off = 0;
-    as_enum.choices = per_names;
-    if (set_enum(ld, &as_enum, id, &v) < 0) return -1;
+    int v = parse_choice(ld, id, per_names);
+    if (v < 0) return -1;
     *FIELD(base, d, int64_t) = per_ms[v];
     return 0;
 }
 
+static const char *per_name(int64_t ms)
+{
+    for (size_t i = 0; i < TG_ARRAY_LEN(per_ms); i++) {
+        if (per_ms[i] == ms) return per_names[i];
+    }
+    return "?";
+}
+
 /* `upstream:` of a route: upstreams are loaded first (root table order). */
-static int set_route_upstream(struct loader *ld, const struct directive *d, uint32_t id,
-                              void *base)
+static int set_route_upstream(struct loader *ld, const struct directive *d, uint32_t id, void *base)
 {
     size_t n;
     const char *s = expand(ld, id, &n);
@@ -1043,6 +1074,20 @@ static int set_route_upstream(struct loader *ld, const struct directive *d, uint
     const struct strset_slot *e = strset_find(&ld->upstream_names, s, n);
     if (!e) return fail_got(ld, id, s, n, "no upstream has this name");
     *FIELD(base, d, struct tg_upstream *) = &ld->cfg->upstreams[e->val];
+    return 0;
+}
+
+/* `name:` of a tenant, registered at once: before its keys, whose errors name tenants. */
+static int set_tenant_name(struct loader *ld, const struct directive *d, uint32_t id, void *base)
+{
+    struct tg_tenant *t = base;
+    if (set_name(ld, d, id, base) < 0) return -1;
+    t->index = ld->item;
+    bool added;
+    const struct strset_slot *e =
+        strset_add(ld->cfg->tenant_index, t->name, strlen(t->name), (uint32_t)ld->item, &added);
+    if (!e) return fail_at(ld, 1, 1, "out of memory");
+    if (!added) return fail(ld, id, "tenant %s is already defined at tenants[%u]", t->name, e->val);
     return 0;
 }
 
@@ -1073,7 +1118,8 @@ static int set_keys(struct loader *ld, const struct directive *d, uint32_t id, v
         if (rc == -2) return fail_at(ld, 1, 1, "out of memory");
         if (rc < 0) {
             const struct tg_tenant *other = tg_auth_find(ld->cfg, digest)->tenant;
-            if (other == t) return fail(ld, kid, "the same key is listed twice for tenant %s", t->name);
+            if (other == t)
+                return fail(ld, kid, "the same key is listed twice for tenant %s", t->name);
             return fail(ld, kid, "the same key is also given to tenant %s", other->name);
         }
         path_pop(ld, mark);
@@ -1152,7 +1198,8 @@ static int check_kafka(struct loader *ld, const struct section *sec, uint32_t ma
     struct tg_config *c = base;
     if (c->usage.sink != TG_SINK_KAFKA) return 0;
     if (!c->usage.kafka.brokers[0])
-        return fail_key(ld, sec, seen, map, "brokers", "must not be empty when usage.sink is kafka");
+        return fail_key(ld, sec, seen, map, "brokers",
+                        "must not be empty when usage.sink is kafka");
     if (!c->usage.kafka.topic[0])
         return fail_key(ld, sec, seen, map, "topic", "must not be empty when usage.sink is kafka");
     if (!c->usage.kafka.spool_dir[0])
@@ -1185,7 +1232,8 @@ static int parse_url(struct loader *ld, uint32_t id, struct tg_upstream *u)
     for (size_t i = 0; i < plen; i++) {
         if (!isgraph((unsigned char)path[i])) goto bad;
     }
-    while (plen > 0 && path[plen - 1] == '/') plen--;
+    while (plen > 0 && path[plen - 1] == '/')
+        plen--;
     bool v6 = strchr(host, ':') != NULL;
     char hh[300];
     if (u->port == def_port)
@@ -1211,8 +1259,8 @@ static int check_upstream(struct loader *ld, const struct section *sec, uint32_t
         strset_add(&ld->upstream_names, u->name, strlen(u->name), (uint32_t)ld->item, &added);
     if (!e) return fail_at(ld, 1, 1, "out of memory");
     if (!added)
-        return fail_key(ld, sec, seen, map, "name", "upstream %s is already defined at upstreams[%u]",
-                        u->name, e->val);
+        return fail_key(ld, sec, seen, map, "name",
+                        "upstream %s is already defined at upstreams[%u]", u->name, e->val);
     size_t mark = path_key(ld, "url", 3);
     if (parse_url(ld, seen_node(sec, seen, "url", map), u) < 0) return -1;
     path_pop(ld, mark);
@@ -1235,21 +1283,6 @@ static int check_route(struct loader *ld, const struct section *sec, uint32_t ma
     return 0;
 }
 
-static int check_tenant(struct loader *ld, const struct section *sec, uint32_t map,
-                        const uint32_t *seen, void *base)
-{
-    struct tg_tenant *t = base;
-    t->index = ld->item;
-    bool added;
-    const struct strset_slot *e = strset_add(ld->cfg->tenant_index, t->name, strlen(t->name),
-                                             (uint32_t)ld->item, &added);
-    if (!e) return fail_at(ld, 1, 1, "out of memory");
-    if (!added)
-        return fail_key(ld, sec, seen, map, "name", "tenant %s is already defined at tenants[%u]",
-                        t->name, e->val);
-    return 0;
-}
-
 static int check_limit(struct loader *ld, const struct section *sec, uint32_t map,
                        const uint32_t *seen, void *base)
 {
@@ -1258,11 +1291,13 @@ static int check_limit(struct loader *ld, const struct section *sec, uint32_t ma
     for (size_t i = 0; i < ld->item; i++) {
         if (strcmp(all[i].name, l->name) == 0)
             return fail_key(ld, sec, seen, map, "name",
-                            "limit %s is already defined in this tenant at limits[%zu]", l->name, i);
+                            "limit %s is already defined in this tenant at limits[%zu]", l->name,
+                            i);
     }
     if (l->burst == 0) l->burst = l->rate;
     if (l->unit == TG_UNIT_REQUESTS && l->burst < 1)
-        return fail_key(ld, sec, seen, map, seen_node(sec, seen, "burst", NONE) != NONE ? "burst" : "rate",
+        return fail_key(ld, sec, seen, map,
+                        seen_node(sec, seen, "burst", NONE) != NONE ? "burst" : "rate",
                         "a requests limit needs a burst of at least 1 (one request costs 1)");
     return 0;
 }
@@ -1286,7 +1321,13 @@ _Static_assert(TG_LOG_ERROR == 3 && TG_LIMITER_REDIS == 1 && TG_REDIS_ERROR_DENY
 
 #define KEY(n, type, setter, offset) .name = n, .node = type, .set = setter, .off = offset
 #define CFG(f) offsetof(struct tg_config, f)
-#define SECTION(keys, check) {keys, TG_ARRAY_LEN(keys), check}
+/* A section's table, checked at compile time to fit apply_section's arrays. */
+#define SECTION(keys, check)                                                                       \
+    {                                                                                              \
+        keys,                                                                                      \
+            TG_ARRAY_LEN(keys) + 0 * sizeof(char[TG_ARRAY_LEN(keys) <= MAX_DIRECTIVES ? 1 : -1]),  \
+            check                                                                                  \
+    }
 
 static const struct directive server_keys[] = {
     {KEY("listen", N_SCALAR, set_listen, CFG(server.listen)), .store = ST_LISTEN,
@@ -1339,16 +1380,15 @@ static const struct directive limiter_keys[] = {
     {KEY("redis", N_MAP, set_section, 0), .store = ST_SECTION, .sub = &redis_section},
     {KEY("on_redis_error", N_SCALAR, set_enum, CFG(limiter.on_redis_error)), .store = ST_ENUM,
      .defs = TG_DEFAULT_ON_REDIS_ERROR, .choices = on_error_names},
-    {KEY("expected_gateways", N_SCALAR, set_int, CFG(limiter.expected_gateways)),
-     .store = ST_INT, .defi = TG_DEFAULT_EXPECTED_GATEWAYS, .min = 1, .max = 1000},
+    {KEY("expected_gateways", N_SCALAR, set_int, CFG(limiter.expected_gateways)), .store = ST_INT,
+     .defi = TG_DEFAULT_EXPECTED_GATEWAYS, .min = 1, .max = 1000},
 };
 
 static const struct directive costs_keys[] = {
     {KEY("chars_per_token", N_SCALAR, set_int, CFG(costs.chars_per_token)), .store = ST_INT,
      .defi = TG_DEFAULT_CHARS_PER_TOKEN, .min = 1, .max = 1000, .reload_safe = true},
-    {KEY("default_max_tokens", N_SCALAR, set_int, CFG(costs.default_max_tokens)),
-     .store = ST_INT, .defi = TG_DEFAULT_MAX_TOKENS, .min = 1, .max = MAX_TOKENS,
-     .reload_safe = true},
+    {KEY("default_max_tokens", N_SCALAR, set_int, CFG(costs.default_max_tokens)), .store = ST_INT,
+     .defi = TG_DEFAULT_MAX_TOKENS, .min = 1, .max = MAX_TOKENS, .reload_safe = true},
 };
 
 static const struct directive file_keys[] = {
@@ -1368,9 +1408,8 @@ static const struct directive kafka_keys[] = {
      .defs = TG_DEFAULT_SPOOL_FSYNC, .choices = fsync_names},
     {KEY("spool_fsync_interval_ms", N_SCALAR, set_int, CFG(usage.kafka.spool_fsync_interval_ms)),
      .store = ST_INT, .defi = TG_DEFAULT_SPOOL_FSYNC_INTERVAL_MS, .min = 1, .max = 60000},
-    {KEY("spool_max_bytes", N_SCALAR, set_i64, CFG(usage.kafka.spool_max_bytes)),
-     .store = ST_I64, .defi = TG_DEFAULT_SPOOL_MAX_BYTES, .min = MIN_SPOOL_BYTES,
-     .max = MAX_SPOOL_BYTES},
+    {KEY("spool_max_bytes", N_SCALAR, set_i64, CFG(usage.kafka.spool_max_bytes)), .store = ST_I64,
+     .defi = TG_DEFAULT_SPOOL_MAX_BYTES, .min = MIN_SPOOL_BYTES, .max = MAX_SPOOL_BYTES},
     {KEY("spool_full", N_SCALAR, set_enum, CFG(usage.kafka.spool_full)), .store = ST_ENUM,
      .defs = TG_DEFAULT_SPOOL_FULL, .choices = full_names},
     {KEY("properties", N_MAP, set_props, CFG(usage.kafka.properties)), .store = ST_KV,
@@ -1430,12 +1469,12 @@ static const struct section limit_section = SECTION(limit_keys, check_limit);
 
 #define TEN(f) offsetof(struct tg_tenant, f)
 static const struct directive tenant_keys[] = {
-    {KEY("name", N_SCALAR, set_name, TEN(name)), .store = ST_STR, .required = true},
+    {KEY("name", N_SCALAR, set_tenant_name, TEN(name)), .store = ST_STR, .required = true},
     {KEY("keys", N_SEQ, set_keys, 0)}, /* into the config's key table */
     {KEY("limits", N_SEQ, set_list, TEN(limits)), .off_n = TEN(nlimits), .sub = &limit_section,
      .item_size = sizeof(struct tg_limit), .max = TG_MAX_LIMITS_PER_TENANT},
 };
-static const struct section tenant_section = SECTION(tenant_keys, check_tenant);
+static const struct section tenant_section = SECTION(tenant_keys, NULL);
 
 static const struct section server_section = SECTION(server_keys, check_server);
 static const struct section admin_section = SECTION(admin_keys, NULL);
@@ -1455,8 +1494,8 @@ static const struct directive root_keys[] = {
      .sub = &upstream_section, .item_size = sizeof(struct tg_upstream), .reload_safe = true},
     {KEY("routes", N_SEQ, set_list, CFG(routes)), .off_n = CFG(nroutes), .sub = &route_section,
      .item_size = sizeof(struct tg_route), .reload_safe = true},
-    {KEY("tenants", N_SEQ, set_list, CFG(tenants)), .off_n = CFG(ntenants),
-     .sub = &tenant_section, .item_size = sizeof(struct tg_tenant), .reload_safe = true},
+    {KEY("tenants", N_SEQ, set_list, CFG(tenants)), .off_n = CFG(ntenants), .sub = &tenant_section,
+     .item_size = sizeof(struct tg_tenant), .reload_safe = true},
 };
 static const struct section root_section = SECTION(root_keys, NULL);
 
@@ -1507,14 +1546,16 @@ static void join_keys(const struct section *sec, char *out, size_t cap)
 static int apply_section(struct loader *ld, const struct section *sec, uint32_t map, void *base)
 {
     uint32_t seen[MAX_DIRECTIVES], key_at[MAX_DIRECTIVES];
-    for (size_t i = 0; i < sec->nkeys; i++) seen[i] = NONE;
+    for (size_t i = 0; i < sec->nkeys; i++)
+        seen[i] = NONE;
     if (map != NONE && is_null(N(ld, map))) map = NONE;
     if (map != NONE && N(ld, map)->type != N_MAP)
         return fail(ld, map, "expected a mapping, got a %s", type_name(N(ld, map)->type));
     for (size_t p = 0; map != NONE && p < N(ld, map)->n; p += 2) {
         uint32_t k = N(ld, map)->u.kids[p];
         const struct node *kn = N(ld, k);
-        if (kn->type != N_SCALAR) return fail(ld, k, "keys must be scalars, got a %s", type_name(kn->type));
+        if (kn->type != N_SCALAR)
+            return fail(ld, k, "keys must be scalars, got a %s", type_name(kn->type));
         size_t i = 0;
         while (i < sec->nkeys && !(strlen(sec->keys[i].name) == kn->n &&
                                    memcmp(sec->keys[i].name, kn->u.str, kn->n) == 0))
@@ -1695,8 +1736,7 @@ static bool differs(const struct directive *d, const void *a, const void *b)
         size_t n = *(const size_t *)(const void *)((const char *)a + d->off_n);
         if (n != *(const size_t *)(const void *)((const char *)b + d->off_n)) return true;
         for (size_t i = 0; i < n; i++) {
-            if (strcmp(x[i].key, y[i].key) != 0 || strcmp(x[i].value, y[i].value) != 0)
-                return true;
+            if (strcmp(x[i].key, y[i].key) != 0 || strcmp(x[i].value, y[i].value) != 0) return true;
         }
         return false;
     }
@@ -1707,8 +1747,8 @@ static bool differs(const struct directive *d, const void *a, const void *b)
     return false;
 }
 
-static int diff_section(const struct section *sec, const void *a, const void *b,
-                        const char *prefix, char what[TG_ERR_LEN])
+static int diff_section(const struct section *sec, const void *a, const void *b, const char *prefix,
+                        char what[TG_ERR_LEN])
 {
     for (size_t i = 0; i < sec->nkeys; i++) {
         const struct directive *d = &sec->keys[i];
@@ -1795,7 +1835,8 @@ void tg_config_print(const struct tg_config *cfg, FILE *out)
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const struct tg_route *r = &cfg->routes[i];
         fprintf(out, "route %s -> %s, cost %s", r->path, r->upstream->name, cost_names[r->cost]);
-        if (r->cost == TG_COST_TOKENS) fprintf(out, ", default max tokens %d", r->default_max_tokens);
+        if (r->cost == TG_COST_TOKENS)
+            fprintf(out, ", default max tokens %d", r->default_max_tokens);
         if (r->max_wait_ms > 0) fprintf(out, ", waits up to %d ms", r->max_wait_ms);
         fputc('\n', out);
     }
@@ -1816,8 +1857,7 @@ void tg_config_print(const struct tg_config *cfg, FILE *out)
             const struct tg_limit *l = &t->limits[j];
             fprintf(out, "  limit %s: ", l->name);
             print_rate(out, l->rate);
-            fprintf(out, " %s per %s, burst ", tg_unit_name(l->unit),
-                    per_names[l->per_ms == 1000 ? 0 : l->per_ms == 60000 ? 1 : l->per_ms == 3600000 ? 2 : 3]);
+            fprintf(out, " %s per %s, burst ", tg_unit_name(l->unit), per_name(l->per_ms));
             print_rate(out, l->burst);
             for (size_t m = 0; m < l->nmodels; m++)
                 fprintf(out, "%s%s", m ? ", " : ", models ", l->models[m]);

@@ -36,7 +36,9 @@ static void test_parse_and_format(void **state)
 {
     uint8_t d[32], e[32];
     char hex[72];
-    assert_int_equal(tg_auth_parse("sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD", d), 0);
+    assert_int_equal(
+        tg_auth_parse("sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD", d),
+        0);
     tg_auth_hash("abc", 3, e);
     assert_memory_equal(d, e, 32);
     tg_auth_format(d, hex);
@@ -57,7 +59,8 @@ static void test_parse_and_format(void **state)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(tg_auth_parse(bad[i], e), -1);
-        for (size_t j = 0; j < 32; j++) assert_int_equal(e[j], 0x5a);
+        for (size_t j = 0; j < 32; j++)
+            assert_int_equal(e[j], 0x5a);
     }
 }
 
@@ -127,23 +130,24 @@ static void test_lookup(void **state)
     assert_non_null(t);
     assert_string_equal(t->name, "globex");
 
-    const char *same[] = {"bearer sk-globex", "BEARER sk-globex", "Bearer    sk-globex",
+    const char *same[] = {"bearer sk-globex",     "BEARER sk-globex",  "Bearer    sk-globex",
                           "  Bearer sk-globex  ", "Bearer\tsk-globex", "bEaReR \t sk-globex\t"};
     for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++) {
         t = lookup(cfg, same[i]);
         assert_non_null(t);
         assert_string_equal(t->name, "globex");
     }
-    const char *refused[] = {"",
-                             "Bearer",
-                             "Bearer ",
-                             "Bearersk-globex",
-                             "Basic sk-globex",
-                             "sk-globex",
-                             "Bearer sk-globex extra",
-                             "Bearer sk-globe",
-                             "Bearer sk-globex2",
-                             "Bearer sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"};
+    const char *refused[] = {
+        "",
+        "Bearer",
+        "Bearer ",
+        "Bearersk-globex",
+        "Basic sk-globex",
+        "sk-globex",
+        "Bearer sk-globex extra",
+        "Bearer sk-globe",
+        "Bearer sk-globex2",
+        "Bearer sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"};
     for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
         memset(digest, 0x5a, sizeof(digest));
         assert_null(tg_auth_lookup(cfg, refused[i], strlen(refused[i]), digest));

@@ -294,8 +294,8 @@ static void test_urls(void **state)
         assert_int_equal(port_of(&u->addr), cases[i].port);
         tg_config_unref(cfg);
     }
-    const char *bad[] = {"http://", "http://:80", "http://h:0", "http://h:x", "http://u:p@h",
-                         "http://h/a b", "ws://h", "http://[::1", "http://h#f"};
+    const char *bad[] = {"http://",      "http://:80", "http://h:0",  "http://h:x", "http://u:p@h",
+                         "http://h/a b", "ws://h",     "http://[::1", "http://h#f"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char yaml[256], err[TG_ERR_LEN];
         snprintf(yaml, sizeof(yaml), "upstreams: [{name: u, url: \"%s\"}]\n", bad[i]);
@@ -306,8 +306,10 @@ static void test_urls(void **state)
     }
     /* name resolution failures name the host; the resolver's wording varies */
     char err[TG_ERR_LEN];
-    assert_null(load_text("upstreams:\n  - name: u\n    url: http://no-such-host.invalid:81/\n", err));
-    assert_non_null(strstr(err, "t.yaml:3:10: upstreams[0].url: cannot resolve \"no-such-host.invalid\": "));
+    assert_null(
+        load_text("upstreams:\n  - name: u\n    url: http://no-such-host.invalid:81/\n", err));
+    assert_non_null(
+        strstr(err, "t.yaml:3:10: upstreams[0].url: cannot resolve \"no-such-host.invalid\": "));
 }
 
 static const char routes_yaml[] =
@@ -365,10 +367,10 @@ static void test_env_expansion(void **state)
     setenv("TG_T_EMPTY", "", 1);
     setenv("TG_T_PORT", "6380", 1);
     unsetenv("TG_T_UNSET");
-    struct tg_config *cfg = must_load_text(
-        "admin: { token: \"x${TG_T_A}y$${TG_T_A}$$z$ ${TG_T_EMPTY}|$\" }\n"
-        "limiter: { redis: { port: \"${TG_T_PORT}\", key_prefix: '${TG_T_A}:' } }\n"
-        "upstreams: [{name: u, url: \"http://127.0.0.1:${TG_T_PORT}\"}]\n");
+    struct tg_config *cfg =
+        must_load_text("admin: { token: \"x${TG_T_A}y$${TG_T_A}$$z$ ${TG_T_EMPTY}|$\" }\n"
+                       "limiter: { redis: { port: \"${TG_T_PORT}\", key_prefix: '${TG_T_A}:' } }\n"
+                       "upstreams: [{name: u, url: \"http://127.0.0.1:${TG_T_PORT}\"}]\n");
     assert_string_equal(cfg->admin.token, "xalphay${TG_T_A}$z$ |$");
     assert_int_equal(cfg->limiter.redis.port, 6380);
     assert_string_equal(cfg->limiter.redis.key_prefix, "alpha:");
@@ -403,21 +405,25 @@ static void test_numbers_and_booleans(void **state)
     assert_int_equal(cfg->tenants[0].limits[0].per_ms, 3600000);
     tg_config_unref(cfg);
 
-    const char *bad_ints[] = {"1.0", " 1", "1 ", "0x10", "+", "", "1e3", "9223372036854775808", "-1"};
+    const char *bad_ints[] = {"1.0", " 1", "1 ", "0x10", "+", "", "1e3", "9223372036854775808",
+                              "-1"};
     for (size_t i = 0; i < sizeof(bad_ints) / sizeof(bad_ints[0]); i++) {
         char yaml[128], err[TG_ERR_LEN];
         snprintf(yaml, sizeof(yaml), "server: {workers: \"%s\"}\n", bad_ints[i]);
         assert_null(load_text(yaml, err));
-        assert_non_null(strstr(err, "t.yaml:1:19: server.workers: must be an integer from 0 to 1024"));
+        assert_non_null(
+            strstr(err, "t.yaml:1:19: server.workers: must be an integer from 0 to 1024"));
     }
     const char *bad_rates[] = {"inf", "nan", "0x1p3", "-1", "1e13", "1,5", "1.5.5"};
     for (size_t i = 0; i < sizeof(bad_rates) / sizeof(bad_rates[0]); i++) {
         char yaml[160], err[TG_ERR_LEN];
-        snprintf(yaml, sizeof(yaml),
-                 "tenants: [{name: t, limits: [{name: a, unit: tokens, rate: \"%s\", per: day}]}]\n",
-                 bad_rates[i]);
+        snprintf(
+            yaml, sizeof(yaml),
+            "tenants: [{name: t, limits: [{name: a, unit: tokens, rate: \"%s\", per: day}]}]\n",
+            bad_rates[i]);
         assert_null(load_text(yaml, err));
-        assert_non_null(strstr(err, "rate: must be a number greater than 0 and at most 1000000000000"));
+        assert_non_null(
+            strstr(err, "rate: must be a number greater than 0 and at most 1000000000000"));
     }
 }
 
@@ -440,8 +446,8 @@ static void test_io_errors(void **state)
 {
     char err[TG_ERR_LEN];
     assert_null(tg_config_load("/nonexistent/tollgate.yaml", err));
-    assert_string_equal(err,
-                        "/nonexistent/tollgate.yaml:1:1: (root): cannot read: No such file or directory");
+    assert_string_equal(
+        err, "/nonexistent/tollgate.yaml:1:1: (root): cannot read: No such file or directory");
     assert_null(tg_config_load(TG_FIXTURES, err));
     assert_non_null(strstr(err, ":1:1: (root): cannot read: Is a directory"));
 }
@@ -488,13 +494,14 @@ static void test_restart_needed(void **state)
                    "tenants: [{name: b, keys: [k2]}]\n",
                    0, "");
     assert_restart(base, "server: {listen: \"127.0.0.1:8081\"}\n", 1, "server.listen");
-    assert_restart(base,
-                   "server: {listen: \"127.0.0.1:8080\"}\nusage: {kafka: {properties: {acks: 1}}}\n",
-                   1, "usage.kafka.properties");
-    assert_restart(base,
-                   "server: {listen: \"127.0.0.1:8080\"}\nusage: {kafka: {properties: {acks: all}}}\n"
-                   "limiter: {redis: {port: 6380}}\n",
-                   1, "limiter.redis.port");
+    assert_restart(
+        base, "server: {listen: \"127.0.0.1:8080\"}\nusage: {kafka: {properties: {acks: 1}}}\n", 1,
+        "usage.kafka.properties");
+    assert_restart(
+        base,
+        "server: {listen: \"127.0.0.1:8080\"}\nusage: {kafka: {properties: {acks: all}}}\n"
+        "limiter: {redis: {port: 6380}}\n",
+        1, "limiter.redis.port");
     assert_restart(base,
                    "server: {listen: \"127.0.0.1:8080\"}\nusage: {sink: none, kafka: {properties: "
                    "{acks: all}}}\n",
