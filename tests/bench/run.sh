@@ -24,41 +24,36 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 UP=$(free_port); NGX=$(free_port); TG=$(free_port); TGA=$(free_port); RP=$(free_port)
 BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1764000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}'
 
-mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<NGINX
+# Two nginx processes, one worker each: the upstream (return 200 with a chat
+# completion) and the proxy being compared (proxy_pass with keep-alive).
+nginx_conf() { # $1 = dir, $2 = server block
+  mkdir -p "$1"
+  cat > "$1/nginx.conf" <<NGINX
 worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
 daemon off;
 events { worker_connections 20000; }
 http {
   access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fcgi;
+  uwsgi_temp_path $1/uwsgi;
+  scgi_temp_path $1/scgi;
   upstream model { server 127.0.0.1:$UP; keepalive 128; }
-  server {
-    listen 127.0.0.1:$UP reuseport;
-    keepalive_requests 1000000;
-    location / { default_type application/json; return 200 '$BODY'; }
-  }
-  server {
-    listen 127.0.0.1:$NGX;
-    keepalive_requests 1000000;
-    location / {
-      proxy_pass http://model;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering on;
-    }
-  }
+  $2
 }
 NGINX
-# The upstream and the proxy are one nginx with one worker: each benchmark
-# target proxies to the same upstream server block.
-nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$WORK/nginx/stderr" &
+}
+nginx_conf "$WORK/upstream" "server { listen 127.0.0.1:$UP; keepalive_requests 1000000;
+    location / { default_type application/json; return 200 '$BODY'; } }"
+nginx_conf "$WORK/proxy" "server { listen 127.0.0.1:$NGX; keepalive_requests 1000000;
+    location / { proxy_pass http://model; proxy_http_version 1.1;
+                 proxy_set_header Connection \"\"; } }"
+nginx -c "$WORK/upstream/nginx.conf" -p "$WORK/upstream" 2>"$WORK/upstream/stderr" &
+PIDS+=($!)
+nginx -c "$WORK/proxy/nginx.conf" -p "$WORK/proxy" 2>"$WORK/proxy/stderr" &
 PIDS+=($!)
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
   >"$WORK/redis.log" 2>&1 &
