@@ -242,6 +242,7 @@ def test_reload_new_key_keeps_buckets_and_bad_file_keeps_config():
     # The bucket was not reset: 3 before + the slow one + this one.
     assert r.headers["x-ratelimit-remaining-requests"] == "5", r.headers
     assert "configuration reloaded" in tg.stderr
+    assert "restart" not in tg.stderr, tg.stderr_tail(3)
 
     # A broken file: refused with file:line:column, counted, and the old config still serves.
     bad = config_text(tg, cfg2).replace("rate: 10", "rate: ten")
@@ -256,14 +257,23 @@ def test_reload_new_key_keeps_buckets_and_bad_file_keeps_config():
     assert r.status == 200 and r.headers["x-ratelimit-remaining-requests"] == "4"
     assert reloads(tg, "ok") == 1
 
-    # Fixed again: the next reload is ok; the key removed stops working.
-    cfg3 = h.deep_merge(cfg, {"tenants": [{"name": "acme", "keys": ["sk-new"], "limits": limits}]})
+    # Fixed again: the next reload is ok; the key removed stops working. A setting only a
+    # restart applies is named in the log and keeps its running value; the rest applies.
+    cfg3 = h.deep_merge(cfg, {"tenants": [{"name": "acme", "keys": ["sk-new"], "limits": limits}],
+                              "server": {"workers": 1, "max_body_bytes": 64},
+                              "usage": {"file": {"path": "var/elsewhere.jsonl"}}})
     tg.reload(config_text(tg, cfg3))
     h.wait_until(lambda: reloads(tg, "ok") == 2, 3, what="second reload ok counted")
     h.wait_until(lambda: tg.request("GET", "/v1/models", headers=auth()).status == 401, 3,
                  what="the removed key is refused")
     r = tg.request("GET", "/v1/models", headers=auth("sk-new"))
     assert r.status == 200 and r.headers["x-ratelimit-remaining-requests"] == "3"
+    assert re.search(r"WARN reload: usage\.file\.path changed.*restart", tg.stderr), tg.stderr_tail(3)
+    assert "server.max_body_bytes" not in tg.stderr
+    assert tg.request("POST", CHAT, headers=auth("sk-new"), json=chat_body()).status == 413
+    h.wait_until(lambda: r.headers["x-request-id"] in {x["id"] for x in h.read_jsonl(tg.usage_path)}, 3,
+                 what="the record in the old usage file")
+    assert not os.path.exists(os.path.join(h.tmpdir(), "var", "elsewhere.jsonl"))
     assert tg.alive()
 
 
