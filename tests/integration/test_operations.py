@@ -288,7 +288,13 @@ def test_sigterm_drains_request_in_flight():
     c = h.Conn(tg.port)
     c.send_request("POST", CHAT, headers=auth(**{"x-mock-delay-ms": "1500", "x-request-id": "draining-1"}),
                    json=chat_body())
-    h.wait_until(lambda: mock.stats()["requests"] == 2, 3, what="the request reached the upstream")
+    # A stream in flight finishes too (10 events 100 ms apart).
+    s = h.stream(tg.port, "POST", CHAT, headers=auth(**{"x-mock-chunk-delay-ms": "100",
+                                                         "x-mock-completion-tokens": "8",
+                                                         "x-request-id": "draining-2"}),
+                 json=chat_body(stream=True))
+    assert s.response.status == 200
+    h.wait_until(lambda: mock.stats()["requests"] == 3, 3, what="the requests reached the upstream")
     t0 = time.monotonic()
     tg.send_signal(signal.SIGTERM)
     # New connections are refused at once; an idle keep-alive connection is closed.
@@ -297,15 +303,21 @@ def test_sigterm_drains_request_in_flight():
     idle.close()
     r = tg.admin("/readyz")
     assert r.status == 503 and "draining" in r.text, r.text
+    events = list(s.events())
+    s.close()
+    assert len(events) == 10 and events[-1].done
     resp = c.read_response("POST")
     c.close()
     assert resp.status == 200 and resp.json()["usage"]["completion_tokens"] == 30
     assert tg.wait(5) == 0
     took = time.monotonic() - t0
     assert took < 3.0, took
-    rec = [r for r in h.read_jsonl(tg.usage_path) if r["id"] == "draining-1"]
-    assert len(rec) == 1 and rec[0]["status"] == 200 and rec[0]["decision"] == "allowed", rec
-    assert rec[0]["usage"]["total_tokens"] == 33
+    recs = {r["id"]: r for r in h.read_jsonl(tg.usage_path)}
+    assert len(recs) == 3
+    rec = recs["draining-1"]
+    assert (rec["status"], rec["decision"], rec["usage"]["total_tokens"]) == (200, "allowed", 33), rec
+    rec = recs["draining-2"]
+    assert (rec["status"], rec["decision"], rec["usage"]["completion_tokens"]) == (200, "allowed", 8), rec
 
 
 def test_sigterm_with_hanging_request_exits_within_drain_timeout():
