@@ -196,6 +196,11 @@ int main(int argc, char **argv)
     struct daemon d = {0};
     bool check = false;
     int ch;
+    /* Until the loop's handlers are installed, a reload or reopen signal (systemd reload,
+     * logrotate) must not kill a process that is still loading its configuration or
+     * replaying its spool: it is ignored (the file just loaded is the current one). */
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (ch) {

@@ -311,7 +311,7 @@ def test_sigterm_drains_request_in_flight():
     assert resp.status == 200 and resp.json()["usage"]["completion_tokens"] == 30
     assert tg.wait(5) == 0
     took = time.monotonic() - t0
-    assert took < 3.0, took
+    assert took < 4.0, took
     recs = {r["id"]: r for r in h.read_jsonl(tg.usage_path)}
     assert len(recs) == 3
     rec = recs["draining-1"]
@@ -330,7 +330,7 @@ def test_sigterm_with_hanging_request_exits_within_drain_timeout():
     tg.send_signal(signal.SIGTERM)
     assert tg.wait(5) == 0
     took = time.monotonic() - t0
-    assert 0.35 <= took < 2.0, took
+    assert 0.35 <= took < 3.0, took
     # The client sees its connection end, not a hang.
     try:
         got = c.read_response("POST")
