@@ -27,7 +27,7 @@ def records(tg, n, timeout=5.0):
 
 
 def metric_lines(text):
-    """{'name{labels}': value} of a /metrics page, and the raw text."""
+    """{"name{labels}": value} of a /metrics page."""
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
