@@ -340,7 +340,7 @@ def test_sigterm_with_hanging_request_exits_within_drain_timeout():
     c.close()
     assert "drain timeout" in tg.stderr
     rec = [r for r in h.read_jsonl(tg.usage_path) if r["id"] == "hung-1"]
-    assert len(rec) == 1 and rec[0]["decision"] == "error", rec
+    assert len(rec) == 1 and (rec[0]["status"], rec[0]["decision"]) == (503, "error"), rec
 
 
 # ---------------------------------------------------------------------------
