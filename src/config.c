@@ -1335,20 +1335,20 @@ static const struct directive server_keys[] = {
     {KEY("workers", N_SCALAR, set_int, CFG(server.workers)), .store = ST_INT,
      .defi = TG_DEFAULT_WORKERS, .min = 0, .max = MAX_WORKERS},
     {KEY("max_body_bytes", N_SCALAR, set_i64, CFG(server.max_body_bytes)), .store = ST_I64,
-     .defi = TG_DEFAULT_MAX_BODY_BYTES, .min = 1, .max = MAX_BODY_BYTES},
+     .defi = TG_DEFAULT_MAX_BODY_BYTES, .min = 1, .max = MAX_BODY_BYTES, .reload_safe = true},
     {KEY("header_timeout_ms", N_SCALAR, set_int, CFG(server.header_timeout_ms)), .store = ST_INT,
-     .defi = TG_DEFAULT_HEADER_TIMEOUT_MS, .min = 1, .max = MAX_MS_HOUR},
+     .defi = TG_DEFAULT_HEADER_TIMEOUT_MS, .min = 1, .max = MAX_MS_HOUR, .reload_safe = true},
     {KEY("idle_timeout_ms", N_SCALAR, set_int, CFG(server.idle_timeout_ms)), .store = ST_INT,
-     .defi = TG_DEFAULT_IDLE_TIMEOUT_MS, .min = 1, .max = MAX_MS_DAY},
+     .defi = TG_DEFAULT_IDLE_TIMEOUT_MS, .min = 1, .max = MAX_MS_DAY, .reload_safe = true},
     {KEY("drain_timeout_ms", N_SCALAR, set_int, CFG(server.drain_timeout_ms)), .store = ST_INT,
-     .defi = TG_DEFAULT_DRAIN_TIMEOUT_MS, .min = 0, .max = MAX_MS_HOUR},
+     .defi = TG_DEFAULT_DRAIN_TIMEOUT_MS, .min = 0, .max = MAX_MS_HOUR, .reload_safe = true},
 };
 
 static const struct directive admin_keys[] = {
     {KEY("listen", N_SCALAR, set_listen, CFG(admin.listen)), .store = ST_LISTEN,
      .defs = TG_DEFAULT_ADMIN_LISTEN},
     {KEY("token", N_SCALAR, set_str, CFG(admin.token)), .store = ST_STR,
-     .defs = TG_DEFAULT_ADMIN_TOKEN},
+     .defs = TG_DEFAULT_ADMIN_TOKEN, .reload_safe = true},
 };
 
 static const struct directive log_keys[] = {

@@ -252,7 +252,16 @@ static void put_value(struct evbuffer *out, double v)
     else if (isinf(v)) evbuffer_add_printf(out, " %cInf\n", v > 0 ? '+' : '-');
     else if (fabs(v) < 9007199254740992.0 && v == (double)(int64_t)v)
         evbuffer_add_printf(out, " %lld\n", (long long)v);
-    else evbuffer_add_printf(out, " %.17g\n", v);
+    else {
+        /* The shortest form that reads back as the same double: 0.00086, not
+         * 0.00086000000000000009. */
+        char buf[32];
+        for (int prec = 15; prec <= 17; prec++) {
+            snprintf(buf, sizeof(buf), "%.*g", prec, v);
+            if (strtod(buf, NULL) == v) break;
+        }
+        evbuffer_add_printf(out, " %s\n", buf);
+    }
 }
 
 /* HELP text escapes backslash and newline (text format 0.0.4). */
