@@ -317,6 +317,7 @@ void tg_proxy_close_all(struct tg_worker *w)
         struct tg_conn *c = w->conns;
         if (c->req.active && c->state == C_WORK) {
             c->state = C_CLOSING;
+            if (!c->req.resp_started) c->req.upstream_failed = true; /* costs its request unit */
             c->req.status = c->req.status ? c->req.status : 503;
             req_finish(c, TG_DECISION_ERROR);
         }
@@ -1206,7 +1207,7 @@ static void settle(struct tg_conn *c, enum tg_decision decision, struct tg_cost 
 
 static const char *const decision_names[] = {"allowed", "limited", "rejected", "error"};
 
-static void count(struct tg_conn *c, const struct tg_usage_record *rec)
+static void count(struct tg_conn *c, const struct tg_usage_record *rec, bool admitted)
 {
     struct tg_req *r = &c->req;
     char code[8];
@@ -1221,9 +1222,7 @@ static void count(struct tg_conn *c, const struct tg_usage_record *rec)
         const char *up_labels[] = {rec->upstream};
         tg_metrics_observe(TG_M_UPSTREAM_DURATION, up_labels, rec->upstream_ms / 1000.0);
     }
-    if (tenant == NULL ||
-        (rec->decision != TG_DECISION_ALLOWED && rec->decision != TG_DECISION_ERROR))
-        return;
+    if (tenant == NULL || !admitted) return;
     for (int u = 0; u < TG_UNIT_COUNT; u++) {
         const char *unit = tg_unit_name((enum tg_unit)u);
         if (rec->estimated.u[u]) {
@@ -1305,7 +1304,8 @@ static void req_finish(struct tg_conn *c, enum tg_decision decision)
     rec.fallback = r->lres.fallback;
     if (r->scanning) rec.usage = r->scan.usage;
     rec.estimated = r->est;
-    if (r->charged) settle(c, decision, &rec.actual);
+    bool admitted = r->charged;
+    if (admitted) settle(c, decision, &rec.actual);
     rec.latency_ms = (double)(t_end - r->t0_us) / 1000.0;
     rec.upstream_ms = r->tup_us ? (double)(t_end - r->tup_us) / 1000.0 : -1;
     rec.bytes_in = r->bytes_in;
@@ -1313,7 +1313,7 @@ static void req_finish(struct tg_conn *c, enum tg_decision decision)
     if (tg_usage_emit(w->sink, &rec) != 0)
         tg_log_error("request %s tenant %s: usage record could not be kept", rec.id,
                      rec.tenant ? rec.tenant : "-");
-    count(c, &rec);
+    count(c, &rec, admitted);
     access_log(&rec);
     req_release(c);
 
