@@ -1,5 +1,7 @@
 /* Entry point: command line, start-up, signals (reload, drain, log reopen) and shutdown. */
+#include <errno.h>
 #include <getopt.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,6 +132,13 @@ static int run(struct daemon *d)
     struct event *sigs[4] = {0};
     const char *errpos = "";
     signal(SIGPIPE, SIG_IGN);
+    /* Every client and upstream connection is a descriptor: use all we may. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &nofile) != 0)
+            tg_log_warn("cannot raise the open-files limit: %s", strerror(errno));
+    }
     tg_log_set_level(d->cfg->log.level);
     errpos = "access log";
     if (tg_log_access_open(d->cfg->log.access_path, err) != 0) goto error;

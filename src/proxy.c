@@ -77,7 +77,59 @@ struct tg_req {
     int status;
     int64_t bytes_in, bytes_out, up_bytes;
     bool active; /* counted in worker inflight */
+    struct tg_req *next_free;
 };
+
+/* Request state comes from a per-worker free list: an idle keep-alive
+ * connection holds none of it. */
+#define REQ_POOL_MAX 1024
+#define REQ_KEEP_BUFFER (64 * 1024)
+
+static struct tg_req *req_get(struct tg_worker *w)
+{
+    struct tg_req *r = w->free_reqs;
+    if (r) {
+        w->free_reqs = r->next_free;
+        w->nfree_reqs--;
+        r->next_free = NULL;
+        return r;
+    }
+    return calloc(1, sizeof(*r));
+}
+
+static void req_free(struct tg_req *r)
+{
+    free(r->head);
+    free(r->body);
+    free(r->uhead);
+    free(r);
+}
+
+static void req_put(struct tg_worker *w, struct tg_req *r)
+{
+    if (w->nfree_reqs >= REQ_POOL_MAX) {
+        req_free(r);
+        return;
+    }
+    if (r->body_cap > REQ_KEEP_BUFFER) {
+        free(r->body);
+        r->body = NULL;
+        r->body_cap = 0;
+    }
+    r->next_free = w->free_reqs;
+    w->free_reqs = r;
+    w->nfree_reqs++;
+}
+
+void tg_proxy_free_pool(struct tg_worker *w)
+{
+    while (w->free_reqs) {
+        struct tg_req *r = w->free_reqs;
+        w->free_reqs = r->next_free;
+        req_free(r);
+    }
+    w->nfree_reqs = 0;
+}
 
 struct tg_conn {
     struct tg_worker *w;
@@ -87,7 +139,7 @@ struct tg_conn {
     enum conn_state state;
     bool keep_alive;
     bool http10;
-    struct tg_req req;
+    struct tg_req *req; /* while a request is under way; from the worker's pool */
     /* The last key this connection authenticated with, so that a keep-alive
      * client is not hashed again on every request. */
     struct tg_config *auth_cfg; /* a reference, so that the tenant stays valid */
@@ -251,9 +303,19 @@ void tg_proxy_accept(struct tg_worker *w, evutil_socket_t fd, const struct socka
     arm_timer(c, w->cfg->server.header_timeout_ms);
 }
 
+/* Ends the request state of a connection and returns it to the pool. */
 static void req_release(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
+    if (r == NULL) return;
+    if (r->checking) c->w->limiter->ops->cancel(c->w->limiter, c);
+    if (r->acquiring && r->pool) tg_pool_cancel(r->pool, c);
+    if (r->up) {
+        bufferevent_setcb(tg_upconn_bev(r->up), NULL, NULL, NULL, NULL);
+        tg_pool_release(r->up, false);
+    }
+    r->checking = r->acquiring = false;
+    r->up = NULL;
     if (r->scanning) tg_scan_deinit(&r->scan);
     r->scanning = false;
     free(r->fwd_body);
@@ -262,19 +324,14 @@ static void req_release(struct tg_conn *c)
     r->cfg = NULL;
     if (r->active) __atomic_fetch_sub(&c->w->inflight, 1, __ATOMIC_RELAXED);
     r->active = false;
+    c->req = NULL;
+    req_put(c->w, r);
 }
 
 static void conn_free(struct tg_conn *c)
 {
     struct tg_worker *w = c->w;
-    struct tg_req *r = &c->req;
-    if (r->checking) w->limiter->ops->cancel(w->limiter, c);
-    if (r->acquiring && r->pool) tg_pool_cancel(r->pool, c);
-    if (r->up) tg_pool_release(r->up, false);
     req_release(c);
-    free(r->head);
-    free(r->body);
-    free(r->uhead);
     if (c->auth_cfg) tg_config_unref(c->auth_cfg);
     if (c->prev) c->prev->next = c->next;
     else w->conns = c->next;
@@ -315,10 +372,10 @@ void tg_proxy_close_all(struct tg_worker *w)
 {
     while (w->conns) {
         struct tg_conn *c = w->conns;
-        if (c->req.active && c->state == C_WORK) {
+        if (c->req && c->req->active && c->state == C_WORK) {
             c->state = C_CLOSING;
-            if (!c->req.resp_started) c->req.upstream_failed = true; /* costs its request unit */
-            c->req.status = c->req.status ? c->req.status : 503;
+            if (!c->req->resp_started) c->req->upstream_failed = true; /* costs its request unit */
+            c->req->status = c->req->status ? c->req->status : 503;
             req_finish(c, TG_DECISION_ERROR);
         }
         conn_free(c);
@@ -347,7 +404,7 @@ static size_t json_escape(char *out, size_t cap, const char *s)
 
 static void add_common_headers(struct tg_conn *c, struct headbuf *hb, bool close)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     hb_add(hb, "x-request-id: ", 14);
     hb_str(hb, r->id);
     hb_add(hb, "\r\n", 2);
@@ -360,7 +417,7 @@ static void add_common_headers(struct tg_conn *c, struct headbuf *hb, bool close
 static void reply_json(struct tg_conn *c, int status, const char *body, size_t blen, bool close,
                        enum tg_decision decision)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     if (!c->keep_alive || c->w->draining) close = true;
     c->keep_alive = c->keep_alive && !close;
     struct headbuf hb;
@@ -410,10 +467,12 @@ static bool sane_request_id(const char *v, size_t len)
     return true;
 }
 
-static void req_begin(struct tg_conn *c)
+static bool req_begin(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
     struct tg_worker *w = c->w;
+    struct tg_req *r = req_get(w);
+    if (r == NULL) return false;
+    c->req = r;
     r->cfg = tg_config_ref(w->cfg);
     r->t0_us = now_us();
     r->ts_ms = tg_now_wall_ms();
@@ -444,12 +503,13 @@ static void req_begin(struct tg_conn *c)
     r->tup_us = 0;
     r->active = true;
     __atomic_fetch_add(&w->inflight, 1, __ATOMIC_RELAXED);
+    return true;
 }
 
 static void on_req_body(void *arg, const char *data, size_t len)
 {
     struct tg_conn *c = arg;
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     if (r->body_too_large) return;
     if ((int64_t)(r->body_len + len) > r->cfg->server.max_body_bytes) {
         r->body_too_large = true;
@@ -476,7 +536,7 @@ static void read_body(struct tg_conn *c);
 /* Called with a parsed head: route, authenticate, check size; then read the body. */
 static void on_head(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     struct tg_http_msg *m = &r->msg;
     c->keep_alive = m->keep_alive;
     c->http10 = m->parser.http_major == 1 && m->parser.http_minor == 0;
@@ -574,12 +634,15 @@ static void read_head(struct tg_conn *c)
             len--;
         }
         if (len == 0) return;
+        if (!req_begin(c)) {
+            conn_free(c);
+            return;
+        }
         c->state = C_HEAD;
-        req_begin(c);
         evtimer_del(c->timer);
-        arm_timer(c, c->req.cfg->server.header_timeout_ms);
+        arm_timer(c, c->req->cfg->server.header_timeout_ms);
     }
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     struct evbuffer_ptr pos = evbuffer_search(in, "\r\n\r\n", 4, NULL);
     if (pos.pos < 0 || pos.pos + 4 > TG_HTTP_MAX_HEAD) {
         if (len > TG_HTTP_MAX_HEAD || (pos.pos >= 0 && pos.pos + 4 > TG_HTTP_MAX_HEAD)) {
@@ -625,7 +688,7 @@ static void read_head(struct tg_conn *c)
 /* Feeds buffered body bytes to the parser. */
 static void read_body(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer_iovec v[8];
     while (evbuffer_get_length(in) > 0 && !r->msg.done) {
@@ -685,7 +748,7 @@ static void on_limit(void *arg, const struct tg_limit_result *res);
 
 static void run_check(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     r->checking = true;
     r->t_lim_us = now_us();
     if (tg_limiter_check(c->w->limiter, &r->lreq, on_limit, c) != 0 && r->checking) {
@@ -696,7 +759,7 @@ static void run_check(struct tg_conn *c)
 
 static void on_request_complete(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     struct tg_config *cfg = r->cfg;
     c->state = C_WORK;
     evtimer_del(c->timer);
@@ -727,7 +790,7 @@ static void on_request_complete(struct tg_conn *c)
 static void on_limit(void *arg, const struct tg_limit_result *res)
 {
     struct tg_conn *c = arg;
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     r->checking = false;
     r->lres = *res;
     r->lreq.fallback = res->fallback;
@@ -773,7 +836,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         return;
     case C_HEAD:
     case C_BODY:
-        if (c->req.id[0] == '\0') tg_usage_new_id(c->req.id);
+        if (c->req->id[0] == '\0') tg_usage_new_id(c->req->id);
         reply_error(c, 408, "invalid_request_error", "request_timeout", NULL,
                     "The request was not received in time.", true, TG_DECISION_REJECTED);
         return;
@@ -797,7 +860,7 @@ static struct tg_pool *pool_for(struct tg_worker *w, const struct tg_upstream *u
 
 static void start_forward(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     r->pool = pool_for(c->w, r->route->upstream);
     if (r->pool == NULL) {
         r->upstream_failed = true;
@@ -812,7 +875,7 @@ static void start_forward(struct tg_conn *c)
 
 static void write_request(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     const struct tg_upstream *u = r->route->upstream;
     struct tg_http_msg *m = &r->msg;
     struct headbuf hb;
@@ -872,7 +935,7 @@ static void write_request(struct tg_conn *c)
 static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool timeout)
 {
     struct tg_conn *c = arg;
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     r->acquiring = false;
     if (up == NULL) {
         tg_log_warn("request %s tenant %s: %s", r->id, r->tenant->name, err);
@@ -899,7 +962,7 @@ static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool tim
 
 static void out_data(struct tg_conn *c, const char *data, size_t len)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     if (len == 0) return;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     if (r->out_chunked) {
@@ -923,7 +986,7 @@ static void on_scan_emit(void *arg, const char *data, size_t len)
 static void on_resp_body(void *arg, const char *data, size_t len)
 {
     struct tg_conn *c = arg;
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     if (r->scanning) tg_scan_feed(&r->scan, data, len);
     if (r->out_mode == OUT_REFRAME && !(r->scanning && r->scan.strip_usage)) out_data(c, data, len);
 }
@@ -938,7 +1001,7 @@ static bool header_starts(const struct tg_http_msg *m, const char *name, const c
 
 static void send_resp_head(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     struct tg_http_msg *um = &r->umsg;
     r->status = um->status;
     if (um->status >= 500) r->upstream_failed = true;
@@ -978,7 +1041,7 @@ static void send_resp_head(struct tg_conn *c)
 
 static void resp_complete(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     if (r->scanning) tg_scan_finish(&r->scan);
     if (r->out_chunked) {
         evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
@@ -995,7 +1058,7 @@ static void resp_complete(struct tg_conn *c)
 /* Moves reply bytes from the upstream to the client, parsing as they pass. */
 static void pump_body(struct tg_conn *c)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     struct bufferevent *ub = tg_upconn_bev(r->up);
     struct evbuffer *in = bufferevent_get_input(ub);
     struct evbuffer *out = bufferevent_get_output(c->bev);
@@ -1036,7 +1099,7 @@ static void pump_body(struct tg_conn *c)
 static void up_read_cb(struct bufferevent *bev, void *arg)
 {
     struct tg_conn *c = arg;
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     if (!r->resp_head) {
         struct evbuffer *in = bufferevent_get_input(bev);
         struct evbuffer_ptr pos = evbuffer_search(in, "\r\n\r\n", 4, NULL);
@@ -1084,7 +1147,7 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
 static void up_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct tg_conn *c = arg;
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     if ((what & BEV_EVENT_EOF) && r->resp_head && !r->umsg.done) {
         pump_body(c);
         if (r->up == NULL) return; /* completed */
@@ -1134,14 +1197,14 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
 static void client_write_cb(struct bufferevent *bev, void *arg)
 {
     struct tg_conn *c = arg;
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     bool drained = evbuffer_get_length(bufferevent_get_output(bev)) == 0;
     if (c->state == C_CLOSING) {
         if (drained) conn_free(c);
         return;
     }
     if (drained) bufferevent_disable(bev, EV_WRITE);
-    if (r->paused && r->up) {
+    if (r && r->paused && r->up) {
         r->paused = false;
         bufferevent_enable(tg_upconn_bev(r->up), EV_READ);
         pump_body(c);
@@ -1151,8 +1214,8 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct tg_conn *c = arg;
-    struct tg_req *r = &c->req;
-    if (r->active && c->state == C_WORK) {
+    struct tg_req *r = c->req;
+    if (r && r->active && c->state == C_WORK) {
         /* The client went away mid-request: cancel upstream work and record it. */
         if (r->checking) {
             c->w->limiter->ops->cancel(c->w->limiter, c);
@@ -1183,7 +1246,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
  * its request unit. */
 static void settle(struct tg_conn *c, enum tg_decision decision, struct tg_cost *actual)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     const struct tg_usage *usage = r->scanning ? &r->scan.usage : NULL;
     bool reported = usage && (usage->have_tokens || usage->have_video);
     bool nothing_delivered = r->status == 499 && !r->resp_started;
@@ -1209,7 +1272,7 @@ static const char *const decision_names[] = {"allowed", "limited", "rejected", "
 
 static void count(struct tg_conn *c, const struct tg_usage_record *rec, bool admitted)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     char code[8];
     snprintf(code, sizeof(code), "%d", rec->status);
     const char *tenant = rec->tenant;
@@ -1276,7 +1339,7 @@ static void access_log(const struct tg_usage_record *rec)
 /* Every request ends here exactly once, whatever its outcome. */
 static void req_finish(struct tg_conn *c, enum tg_decision decision)
 {
-    struct tg_req *r = &c->req;
+    struct tg_req *r = c->req;
     struct tg_worker *w = c->w;
     int64_t t_end = now_us();
     struct tg_usage_record rec;

@@ -259,6 +259,7 @@ void tg_server_destroy(struct tg_server *s)
         if (s->started && w->thread) pthread_join(w->thread, NULL);
         if (w->listener) evconnlistener_free(w->listener);
         tg_proxy_close_all(w);
+        tg_proxy_free_pool(w);
         for (size_t k = 0; k < w->npools; k++) tg_pool_retire(w->pools[k]);
         free(w->pools);
         if (w->own_limiter) tg_limiter_destroy(w->limiter);

@@ -11,6 +11,7 @@
 #include "tollgate/usage.h"
 
 struct tg_conn;
+struct tg_req;
 struct tg_pool;
 struct tg_server;
 
@@ -31,6 +32,8 @@ struct tg_worker {
     size_t npools;
     SSL_CTX *ssl_verify, *ssl_noverify;
     struct tg_conn *conns;         /* every open client connection */
+    struct tg_req *free_reqs;      /* request state kept for reuse */
+    int nfree_reqs;
     int inflight;                  /* read by other threads with __atomic */
     int wake_fd;                   /* eventfd: main -> worker messages */
     struct event *wake;
@@ -47,6 +50,8 @@ void tg_proxy_accept(struct tg_worker *w, evutil_socket_t fd, const struct socka
 void tg_proxy_close_idle(struct tg_worker *w);
 /* Closes every client connection (end of drain). */
 void tg_proxy_close_all(struct tg_worker *w);
+/* Frees the worker's pool of request state (at shutdown). */
+void tg_proxy_free_pool(struct tg_worker *w);
 
 /* Upstream connection pools (upstream.c). */
 struct tg_upconn;

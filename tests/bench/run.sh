@@ -141,3 +141,46 @@ if [ -z "${QUICK:-}" ]; then
     row "tollgate redis limiter + kafka sink (1 worker)" "$RPS" "$P99"
   fi
 fi
+
+# Memory: 10,000 idle keep-alive client connections (one worker).
+start_tollgate redis file 1 ""
+IDLE_RSS=$(python3 - "$TG" "$TGPID" <<'PY'
+import resource, socket, sys, time
+port, pid = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+def rss():
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+before = rss()
+socks = []
+for i in range(10000):
+    s = socket.create_connection(("127.0.0.1", port))
+    socks.append(s)
+time.sleep(1.0)
+after = rss()
+print("%d %d" % (before, after))
+PY
+)
+stop_tollgate
+read -r RSS0 RSS1 <<<"$IDLE_RSS"
+printf "10,000 idle keep-alive connections: RSS %.1f MiB (%.1f MiB before them)\n" \
+  "$(echo "$RSS1/1024" | bc -l)" "$(echo "$RSS0/1024" | bc -l)"
+
+# Configuration size: 100,000 tenants (one key and two limits each).
+python3 - "$WORK/big.yaml" "$UP" <<'PY'
+import sys
+path, up = sys.argv[1], sys.argv[2]
+with open(path, "w") as f:
+    f.write('upstreams:\n  - { name: model, url: "http://127.0.0.1:%s" }\n' % up)
+    f.write("routes:\n  - { path: /v1/chat/completions, upstream: model, cost: tokens }\ntenants:\n")
+    for i in range(100000):
+        f.write("  - name: t%d\n    keys: [\"sk-tenant-%d\"]\n    limits:\n"
+                "      - { name: rpm, unit: requests, rate: 600, per: minute }\n"
+                "      - { name: tpm, unit: tokens, rate: 200000, per: minute }\n" % (i, i))
+PY
+T0=$(date +%s.%N)
+"$BUILD/tollgate" --check -c "$WORK/big.yaml" > /dev/null
+T1=$(date +%s.%N)
+printf "100,000 tenants: tollgate --check loads and prints the config in %.2f s\n" "$(echo "$T1-$T0" | bc -l)"
+
