@@ -56,6 +56,8 @@ struct ksink {
     rd_kafka_resp_err_t last_fail;
     int64_t last_fail_log_ms;
     int64_t last_err_log_ms; /* atomic: any thread */
+    int64_t last_drop_log_ms;
+    uint64_t dropped_unlogged; /* atomic: any thread adds, the main thread logs */
 };
 
 static const char *const lbl_delivered[] = {"kafka", "delivered"};
@@ -91,8 +93,7 @@ static int spool_record(struct ksink *ks, const void *key, size_t klen, const vo
     int rc = tg_spool_append(ks->spool, key, klen, data, len, &dropped, err);
     if (dropped) {
         tg_metrics_add(TG_M_USAGE_RECORDS, lbl_dropped, (double)dropped);
-        tg_log_error("usage spool full (drop_oldest): deleted the oldest %llu records",
-                     (unsigned long long)dropped);
+        __atomic_add_fetch(&ks->dropped_unlogged, dropped, __ATOMIC_RELAXED);
     }
     if (rc < 0) {
         tg_metrics_add(TG_M_USAGE_RECORDS, lbl_error, 1);
@@ -223,6 +224,12 @@ static void publish_counts(struct ksink *ks)
     if (ks->n_replayed) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_replayed, (double)ks->n_replayed);
     if (ks->n_spooled) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_spooled, (double)ks->n_spooled);
     ks->n_delivered = ks->n_replayed = ks->n_spooled = 0;
+    uint64_t dropped = __atomic_load_n(&ks->dropped_unlogged, __ATOMIC_RELAXED);
+    if (dropped && log_due(&ks->last_drop_log_ms)) {
+        __atomic_sub_fetch(&ks->dropped_unlogged, dropped, __ATOMIC_RELAXED);
+        tg_log_error("usage spool full (drop_oldest): deleted the oldest %llu records",
+                     (unsigned long long)dropped);
+    }
     if (ks->n_failed && log_due(&ks->last_fail_log_ms)) {
         tg_log_warn("kafka: %llu records not delivered (%s); kept in the spool",
                     (unsigned long long)ks->n_failed, rd_kafka_err2str(ks->last_fail));
