@@ -1,4 +1,5 @@
-/* The file sink: records appended as JSON lines by a writer thread; failed writes are kept and retried. */
+/* The file sink: records appended as JSON lines by a writer thread; failed writes are kept and
+ * retried. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -36,14 +37,15 @@ struct fsink {
     pthread_cond_t drained; /* flush(): the writer finished a batch */
     pthread_t thread;
     char *path;
-    int fd;                 /* owned by the writer once it runs */
-    struct buf pending;     /* appended by submit() */
-    struct buf batch;       /* being written by the writer */
-    size_t batch_off;       /* bytes of batch already written */
-    size_t batch_left;      /* batch.len - batch_off, as the writer last saw it */
+    int fd;             /* owned by the writer once it runs */
+    struct buf pending; /* appended by submit() */
+    struct buf batch;   /* being written by the writer */
+    size_t batch_off;   /* bytes of batch already written */
+    size_t batch_left;  /* batch.len - batch_off, as the writer last saw it */
     bool idle, stop, reopen;
-    uint64_t failures;      /* failed write attempts so far */
-    bool accepting;         /* read without the lock */
+    uint64_t failures; /* failed write attempts so far */
+    int64_t last_drop_log_ms;
+    bool accepting; /* read without the lock */
 };
 
 static const char *const lbl_written[] = {"file", "written"};
@@ -123,8 +125,8 @@ static void wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int ms)
 static void *writer_main(void *arg)
 {
     struct fsink *f = arg;
-    int backoff = 0;        /* ms; 0 while writes succeed */
-    bool counted = false;   /* the current batch's failure is already counted */
+    int backoff = 0;      /* ms; 0 while writes succeed */
+    bool counted = false; /* the current batch's failure is already counted */
     pthread_mutex_lock(&f->mu);
     for (;;) {
         if (f->reopen) {
@@ -199,7 +201,8 @@ static int file_submit(struct tg_sink *s, char *json, size_t len, const char *ke
         rc = -1;
     } else if (need > f->pending.cap) {
         size_t ncap = f->pending.cap ? f->pending.cap : 4096;
-        while (ncap < need) ncap *= 2;
+        while (ncap < need)
+            ncap *= 2;
         char *np = realloc(f->pending.p, ncap);
         if (np == NULL) {
             rc = -1;
@@ -219,7 +222,10 @@ static int file_submit(struct tg_sink *s, char *json, size_t len, const char *ke
     pthread_mutex_unlock(&f->mu);
     if (rc < 0) {
         tg_metrics_add(TG_M_USAGE_RECORDS, lbl_dropped, 1);
-        tg_log_error("usage file %s: %zu bytes queued, record dropped", f->path, queued);
+        if (tg_usage_log_due(&f->last_drop_log_ms))
+            tg_log_error("usage file %s: %zu bytes queued and the sink was not accepting: "
+                         "records dropped (see tollgate_usage_records_total)",
+                         f->path, queued);
     }
     free(json);
     return rc;

@@ -1,4 +1,5 @@
-/* The Kafka sink: an idempotent librdkafka producer driven from the main loop, backed by the disk spool. */
+/* The Kafka sink: an idempotent librdkafka producer driven from the main loop, backed by the disk
+ * spool. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -23,8 +24,6 @@
 #define KAFKA_DESTROY_FLUSH_MS 5000
 /* After a purge, how long to keep polling for the purged delivery reports. */
 #define KAFKA_PURGE_POLL_MS 1000
-/* Repeated failures are logged at most this often. */
-#define KAFKA_LOG_EVERY_MS 1000
 
 /* The per-record context of a replayed record: where it sits in the spool.
  * Live records carry no context (opaque NULL): they are not in the spool. */
@@ -41,15 +40,15 @@ struct ksink {
     rd_kafka_topic_t *rkt;
     struct event_base *evb; /* (ref) the main loop */
     struct event *ev_dr, *ev_tick;
-    int pipefd[2];          /* librdkafka writes to [1] when reports are queued */
+    int pipefd[2]; /* librdkafka writes to [1] when reports are queued */
     struct tg_spool *spool;
     char *brokers, *topic;
     struct tg_kv *props;
     size_t nprops;
-    int healthy;            /* atomic: the last delivery succeeded */
-    bool fatal;             /* main thread: the producer must be replaced */
+    int healthy; /* atomic: the last delivery succeeded */
+    bool fatal;  /* main thread: the producer must be replaced */
     /* Main thread only: */
-    int inflight;           /* replays produced and not yet reported */
+    int inflight;             /* replays produced and not yet reported */
     struct tg_spool_rec next; /* read from the spool, not yet produced */
     bool have_next;
     uint64_t n_delivered, n_replayed, n_spooled, n_failed;
@@ -75,15 +74,6 @@ static TG_PRINTF(2, 3) void set_err(char err[TG_ERR_LEN], const char *fmt, ...)
     va_end(ap);
 }
 
-/* True at most once per KAFKA_LOG_EVERY_MS for this clock. Any thread. */
-static bool log_due(int64_t *last)
-{
-    int64_t now = tg_now_mono_ms(), prev = __atomic_load_n(last, __ATOMIC_RELAXED);
-    if (prev != 0 && now - prev < KAFKA_LOG_EVERY_MS) return false;
-    return __atomic_compare_exchange_n(last, &prev, now, false, __ATOMIC_RELAXED,
-                                       __ATOMIC_RELAXED);
-}
-
 /* Writes one record to the spool; counts and logs what it cost. Any thread. */
 static int spool_record(struct ksink *ks, const void *key, size_t klen, const void *data,
                         size_t len)
@@ -97,7 +87,7 @@ static int spool_record(struct ksink *ks, const void *key, size_t klen, const vo
     }
     if (rc < 0) {
         tg_metrics_add(TG_M_USAGE_RECORDS, lbl_error, 1);
-        if (log_due(&ks->last_err_log_ms))
+        if (tg_usage_log_due(&ks->last_err_log_ms))
             tg_log_error("usage record lost: Kafka cannot take it and %s", err);
     }
     return rc;
@@ -204,7 +194,7 @@ static int producer_new(struct ksink *ks, char err[TG_ERR_LEN])
     ks->rkt = rd_kafka_topic_new(ks->rk, ks->topic, NULL);
     if (ks->rkt == NULL) {
         set_err(err, "usage.kafka.topic: %s: %s", ks->topic,
-                 rd_kafka_err2str(rd_kafka_last_error()));
+                rd_kafka_err2str(rd_kafka_last_error()));
         rd_kafka_destroy(ks->rk);
         ks->rk = NULL;
         goto error;
@@ -225,12 +215,12 @@ static void publish_counts(struct ksink *ks)
     if (ks->n_spooled) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_spooled, (double)ks->n_spooled);
     ks->n_delivered = ks->n_replayed = ks->n_spooled = 0;
     uint64_t dropped = __atomic_load_n(&ks->dropped_unlogged, __ATOMIC_RELAXED);
-    if (dropped && log_due(&ks->last_drop_log_ms)) {
+    if (dropped && tg_usage_log_due(&ks->last_drop_log_ms)) {
         __atomic_sub_fetch(&ks->dropped_unlogged, dropped, __ATOMIC_RELAXED);
         tg_log_error("usage spool full (drop_oldest): deleted the oldest %llu records",
                      (unsigned long long)dropped);
     }
-    if (ks->n_failed && log_due(&ks->last_fail_log_ms)) {
+    if (ks->n_failed && tg_usage_log_due(&ks->last_fail_log_ms)) {
         tg_log_warn("kafka: %llu records not delivered (%s); kept in the spool",
                     (unsigned long long)ks->n_failed, rd_kafka_err2str(ks->last_fail));
         ks->n_failed = 0;
@@ -270,7 +260,7 @@ static void producer_replace(struct ksink *ks)
     producer_destroy(ks);
     ks->fatal = false;
     ks->inflight = 0;
-    if (producer_new(ks, err) < 0 && log_due(&ks->last_err_log_ms))
+    if (producer_new(ks, err) < 0 && tg_usage_log_due(&ks->last_err_log_ms))
         tg_log_error("kafka: cannot recreate the producer: %s; records go to the spool", err);
     pthread_rwlock_unlock(&ks->lock);
 }
@@ -285,7 +275,8 @@ static void replay(struct ksink *ks)
     while (ks->inflight < max) {
         if (!ks->have_next) {
             int r = tg_spool_next(ks->spool, &ks->next, err);
-            if (r < 0 && log_due(&ks->last_err_log_ms)) tg_log_error("kafka replay: %s", err);
+            if (r < 0 && tg_usage_log_due(&ks->last_err_log_ms))
+                tg_log_error("kafka replay: %s", err);
             if (r <= 0) return;
             ks->have_next = true;
         }
@@ -346,11 +337,10 @@ static int kafka_submit(struct tg_sink *s, char *json, size_t len, const char *k
         rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__STATE;
         pthread_rwlock_rdlock(&ks->lock);
         if (ks->rk)
-            e = rd_kafka_producev(ks->rk, RD_KAFKA_V_RKT(ks->rkt),
-                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
-                                  RD_KAFKA_V_VALUE(json, len),
-                                  RD_KAFKA_V_KEY(klen ? key : NULL, klen),
-                                  RD_KAFKA_V_OPAQUE(NULL), RD_KAFKA_V_END);
+            e = rd_kafka_producev(
+                ks->rk, RD_KAFKA_V_RKT(ks->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                RD_KAFKA_V_VALUE(json, len), RD_KAFKA_V_KEY(klen ? key : NULL, klen),
+                RD_KAFKA_V_OPAQUE(NULL), RD_KAFKA_V_END);
         pthread_rwlock_unlock(&ks->lock);
         if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
     }
@@ -380,9 +370,7 @@ static void kafka_flush(struct tg_sink *s, int timeout_ms)
     update_gauges(ks);
 }
 
-static void kafka_reopen(struct tg_sink *s)
-{
-}
+static void kafka_reopen(struct tg_sink *s) {}
 
 static void kafka_destroy(struct tg_sink *s)
 {

@@ -12,12 +12,12 @@
 #define TG_SPOOL_MAX_RECORD (64u * 1024 * 1024)
 
 struct tg_spool_opts {
-    const char *dir;          /* created (with parents) if missing */
+    const char *dir; /* created (with parents) if missing */
     enum tg_spool_fsync fsync;
-    int fsync_interval_ms;    /* TG_SPOOL_FSYNC_INTERVAL: a thread fdatasyncs this often */
-    int64_t max_bytes;        /* spool_max_bytes */
-    enum tg_spool_full full;  /* what happens at max_bytes */
-    int64_t segment_bytes;    /* 0: derived from max_bytes as above */
+    int fsync_interval_ms;   /* TG_SPOOL_FSYNC_INTERVAL: a thread fdatasyncs this often */
+    int64_t max_bytes;       /* spool_max_bytes */
+    enum tg_spool_full full; /* what happens at max_bytes */
+    int64_t segment_bytes;   /* 0: derived from max_bytes as above */
 };
 
 /* Where a record is: its segment's number and byte offset in it. */
@@ -63,8 +63,8 @@ void tg_spool_close(struct tg_spool *sp);
  * false; in drop_oldest mode the oldest segments are deleted first and the
  * number of records they held is added to *dropped (may be NULL). Returns 0,
  * or -1 with `err` set if it could not be written. Any thread. */
-int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const char *data,
-                    size_t len, uint64_t *dropped, char err[TG_ERR_LEN]) TG_WUR;
+int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const char *data, size_t len,
+                    uint64_t *dropped, char err[TG_ERR_LEN]) TG_WUR;
 
 /* Hands out the next unread record in append order. Returns 1 with *rec
  * filled (free rec->data), 0 when every record has been handed out, -1 with
