@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -416,6 +417,11 @@ struct tg_spool *tg_spool_open(const struct tg_spool_opts *opts, char err[TG_ERR
         set_err(err, "spool %s: %s", sp->dir, strerror(errno));
         goto error;
     }
+    if (flock(sp->dirfd, LOCK_EX | LOCK_NB) < 0) {
+        set_err(err, "spool %s: %s", sp->dir,
+                errno == EWOULDBLOCK ? "in use by another process" : strerror(errno));
+        goto error;
+    }
     if (load_dir(sp, err) < 0) goto error;
     if (sp->nsegs) sp->cur_seq = sp->segs[0].seq;
     update_full(sp);
@@ -457,7 +463,7 @@ void tg_spool_close(struct tg_spool *sp)
 }
 
 int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const char *data, size_t len,
-                    uint64_t *dropped, char err[TG_ERR_LEN])
+                    bool defer_sync, uint64_t *dropped, char err[TG_ERR_LEN])
 {
     if (dropped) *dropped = 0;
     if (klen > 0xFFFF || len + klen > TG_SPOOL_MAX_RECORD) {
@@ -501,7 +507,7 @@ int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const cha
     sp->unread++;
     sp->dirty = true;
     rc = 0;
-    if (sp->opts.fsync == TG_SPOOL_FSYNC_ALWAYS) {
+    if (sp->opts.fsync == TG_SPOOL_FSYNC_ALWAYS && !defer_sync) {
         if (fdatasync(sp->wfd) < 0) {
             set_err(err, "spool %s: fdatasync: %s", sp->dir, strerror(errno));
             rc = -1;

@@ -63,7 +63,7 @@ static void append_n(struct tg_spool *sp, int from, int n, uint64_t *dropped)
         payload(i, buf, sizeof(buf));
         snprintf(key, sizeof(key), "tenant-%d", i % 3);
         uint64_t d = 0;
-        if (tg_spool_append(sp, key, strlen(key), buf, strlen(buf), &d, err) != 0)
+        if (tg_spool_append(sp, key, strlen(key), buf, strlen(buf), false, &d, err) != 0)
             fail_msg("append %d: %s", i, err);
         if (dropped) *dropped += d;
     }
@@ -117,6 +117,11 @@ static void test_append_iterate_ack(void **state)
     struct fixture *f = *state;
     struct tg_spool *sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 0);
     expect_end(sp);
+    /* one process per spool directory */
+    struct tg_spool_opts o = {.dir = f->dir, .max_bytes = 1 << 20};
+    char lerr[TG_ERR_LEN];
+    assert_null(tg_spool_open(&o, lerr));
+    assert_non_null(strstr(lerr, "in use by another process"));
     append_n(sp, 0, 10, NULL);
     assert_int_equal(stats(sp).records, 10);
     assert_int_equal(stats(sp).unread, 10);
@@ -348,11 +353,12 @@ static void test_fsync_always_and_limits(void **state)
     assert_non_null(sp);
     append_n(sp, 0, 3, NULL);
     char *big = calloc(1, TG_SPOOL_MAX_RECORD + 1);
-    assert_int_equal(tg_spool_append(sp, "k", 1, big, TG_SPOOL_MAX_RECORD + 1, NULL, err), -1);
+    assert_int_equal(tg_spool_append(sp, "k", 1, big, TG_SPOOL_MAX_RECORD + 1, false, NULL, err),
+                     -1);
     assert_non_null(strstr(err, "too large"));
     free(big);
     /* an empty key is fine */
-    assert_int_equal(tg_spool_append(sp, NULL, 0, "x", 1, NULL, err), 0);
+    assert_int_equal(tg_spool_append(sp, NULL, 0, "x", 1, true, NULL, err), 0);
     for (int i = 0; i < 3; i++)
         expect_next(sp, i);
     struct tg_spool_rec rec;
