@@ -171,6 +171,8 @@ static void test_write_error(void **state)
     struct worker w = {s, 5};
     assert_null(emit_many(&w));
     bool counted = wait_metric("error", err0 + 5, 3000);
+    usleep(400000); /* retries (100, 200 ms) fail again: each record counts once */
+    double errors = records_metric("error") - err0;
     assert_true(s->ops->accepting(s));
 
     /* 1 MiB records until past the 64 MiB bound: all kept, then refused */
@@ -193,6 +195,7 @@ static void test_write_error(void **state)
     unlink(logpath);
     assert_true(got > 0);
     assert_true(counted);
+    assert_true(errors == 5);
     assert_true(refused);
     assert_true(big >= 63 && big <= 65); /* 64 MiB */
     assert_non_null(strstr(buf, "usage file /dev/full: write: No space left on device"));
