@@ -56,6 +56,7 @@ struct ksink {
     uint64_t n_delivered, n_replayed, n_spooled, n_failed;
     rd_kafka_resp_err_t last_fail;
     int64_t last_fail_log_ms;
+    int64_t last_warn_log_ms;
     int64_t last_err_log_ms; /* atomic: any thread */
     int64_t last_drop_log_ms;
     uint64_t dropped_unlogged; /* atomic: any thread adds, the main thread logs */
@@ -141,9 +142,10 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         ks->fatal = true;
         __atomic_store_n(&ks->healthy, 0, __ATOMIC_RELAXED);
     } else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
-        tg_log_warn("kafka: all brokers are down (%s); records go to the spool", reason);
         __atomic_store_n(&ks->healthy, 0, __ATOMIC_RELAXED);
-    } else {
+        if (tg_usage_log_due(&ks->last_warn_log_ms))
+            tg_log_warn("kafka: all brokers are down (%s); records go to the spool", reason);
+    } else if (tg_usage_log_due(&ks->last_warn_log_ms)) {
         tg_log_warn("kafka: %s: %s", rd_kafka_err2str((rd_kafka_resp_err_t)err), reason);
     }
 }
