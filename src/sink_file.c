@@ -1,4 +1,5 @@
-/* The file sink: records appended as JSON lines by a writer thread; failed writes are kept and retried. */
+/* The file sink: records appended as JSON lines by a writer thread; failed writes are kept and
+ * retried. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -39,14 +40,15 @@ struct fsink {
     pthread_cond_t drained; /* flush(): the writer finished a batch */
     pthread_t thread;
     char *path;
-    int fd;                 /* owned by the writer once it runs */
-    struct buf pending;     /* appended by submit() */
-    struct buf batch;       /* being written by the writer */
-    size_t batch_off;       /* bytes of batch already written */
-    size_t batch_left;      /* batch.len - batch_off, as the writer last saw it */
+    int fd;             /* owned by the writer once it runs */
+    struct buf pending; /* appended by submit() */
+    struct buf batch;   /* being written by the writer */
+    size_t batch_off;   /* bytes of batch already written */
+    size_t batch_left;  /* batch.len - batch_off, as the writer last saw it */
     bool idle, stop, reopen;
-    uint64_t failures;      /* failed write attempts so far */
-    bool accepting;         /* read without the lock */
+    uint64_t failures; /* failed write attempts so far */
+    int64_t last_drop_log_ms;
+    bool accepting; /* read without the lock */
 };
 
 static const char *const lbl_written[] = {"file", "written"};
@@ -123,11 +125,31 @@ static void wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int ms)
     pthread_cond_timedwait(cv, mu, &ts);
 }
 
+/* While a batch keeps failing: moves what is pending behind its unwritten
+ * part, so that every queued record is tried (and counted) on the retry.
+ * Returns 0, or -1 (out of memory: the pending records wait). */
+static int merge(struct fsink *f)
+{
+    size_t left = f->batch.len - f->batch_off, need = left + f->pending.len;
+    if (need > f->batch.cap) {
+        char *np = realloc(f->batch.p, need);
+        if (np == NULL) return -1;
+        f->batch.p = np;
+        f->batch.cap = need;
+    }
+    memmove(f->batch.p, f->batch.p + f->batch_off, left);
+    memcpy(f->batch.p + left, f->pending.p, f->pending.len);
+    f->batch.len = need;
+    f->batch_left = need;
+    f->pending.len = 0;
+    return 0;
+}
+
 static void *writer_main(void *arg)
 {
     struct fsink *f = arg;
-    int backoff = 0;        /* ms; 0 while writes succeed */
-    bool counted = false;   /* the current batch's failure is already counted */
+    int backoff = 0;       /* ms; 0 while writes succeed */
+    size_t counted_to = 0; /* failed records of the batch up to here are counted */
     pthread_mutex_lock(&f->mu);
     for (;;) {
         if (f->reopen) {
@@ -142,7 +164,10 @@ static void *writer_main(void *arg)
             f->pending = t;
             f->batch_off = 0;
             f->batch_left = f->batch.len;
-            counted = false;
+            counted_to = 0;
+        } else if (f->batch.len > 0 && f->pending.len > 0 && merge(f) == 0) {
+            counted_to = counted_to > f->batch_off ? counted_to - f->batch_off : 0;
+            f->batch_off = 0;
         }
         if (f->batch.len == 0) {
             if (f->stop) break;
@@ -172,14 +197,18 @@ static void *writer_main(void *arg)
         pthread_cond_broadcast(&f->drained);
         if (e == 0) continue;
         f->failures++;
-        size_t n = count_lines(f->batch.p + f->batch_off, f->batch_left);
-        if (!counted) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_error, (double)n);
-        counted = true;
+        size_t from = counted_to > f->batch_off ? counted_to : f->batch_off;
+        size_t n = count_lines(f->batch.p + from, f->batch.len - from);
+        if (n) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_error, (double)n);
+        counted_to = f->batch.len;
         if (f->stop) break;
         backoff = backoff ? (backoff * 2 > FILE_RETRY_MAX_MS ? FILE_RETRY_MAX_MS : backoff * 2)
                           : FILE_RETRY_MIN_MS;
         tg_log_error("usage file %s: write: %s; %zu records kept, retrying in %d ms", f->path,
-                     strerror(e), n + count_lines(f->pending.p, f->pending.len), backoff);
+                     strerror(e),
+                     count_lines(f->batch.p + f->batch_off, f->batch_left) +
+                         count_lines(f->pending.p, f->pending.len),
+                     backoff);
         wait_ms(&f->wake, &f->mu, backoff);
     }
     size_t lost = count_lines(f->batch.p + f->batch_off, f->batch.len - f->batch_off) +
@@ -206,7 +235,8 @@ static int file_submit(struct tg_sink *s, char *json, size_t len, const char *ke
         rc = -1;
     } else if (need > f->pending.cap) {
         size_t ncap = f->pending.cap ? f->pending.cap : 4096;
-        while (ncap < need) ncap *= 2;
+        while (ncap < need)
+            ncap *= 2;
         char *np = realloc(f->pending.p, ncap);
         if (np == NULL) {
             rc = -1;
@@ -226,7 +256,10 @@ static int file_submit(struct tg_sink *s, char *json, size_t len, const char *ke
     pthread_mutex_unlock(&f->mu);
     if (rc < 0) {
         tg_metrics_add(TG_M_USAGE_RECORDS, lbl_dropped, 1);
-        tg_log_error("usage file %s: %zu bytes queued, record dropped", f->path, queued);
+        if (tg_usage_log_due(&f->last_drop_log_ms))
+            tg_log_error("usage file %s: %zu bytes queued and the sink was not accepting: "
+                         "records dropped (see tollgate_usage_records_total)",
+                         f->path, queued);
     }
     free(json);
     return rc;

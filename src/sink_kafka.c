@@ -1,4 +1,5 @@
-/* The Kafka sink: an idempotent librdkafka producer driven from the main loop, backed by the disk spool. */
+/* The Kafka sink: an idempotent librdkafka producer driven from the main loop, backed by the disk
+ * spool. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -23,8 +24,6 @@
 #define KAFKA_DESTROY_FLUSH_MS 5000
 /* After a purge, how long to keep polling for the purged delivery reports. */
 #define KAFKA_PURGE_POLL_MS 1000
-/* Repeated failures are logged at most this often. */
-#define KAFKA_LOG_EVERY_MS 1000
 
 /* The per-record context of a replayed record: where it sits in the spool.
  * Live records carry no context (opaque NULL): they are not in the spool. */
@@ -41,21 +40,26 @@ struct ksink {
     rd_kafka_topic_t *rkt;
     struct event_base *evb; /* (ref) the main loop */
     struct event *ev_dr, *ev_tick;
-    int pipefd[2];          /* librdkafka writes to [1] when reports are queued */
+    int pipefd[2]; /* librdkafka writes to [1] when reports are queued */
     struct tg_spool *spool;
     char *brokers, *topic;
     struct tg_kv *props;
     size_t nprops;
-    int healthy;            /* atomic: the last delivery succeeded */
-    bool fatal;             /* main thread: the producer must be replaced */
+    int healthy; /* atomic: the last delivery succeeded */
+    bool fatal;  /* main thread: the producer must be replaced */
     /* Main thread only: */
-    int inflight;           /* replays produced and not yet reported */
+    int inflight;             /* replays produced and not yet reported */
     struct tg_spool_rec next; /* read from the spool, not yet produced */
     bool have_next;
+    bool unsynced; /* delivery reports spooled records without fdatasync */
+    enum tg_spool_fsync spool_fsync;
     uint64_t n_delivered, n_replayed, n_spooled, n_failed;
     rd_kafka_resp_err_t last_fail;
     int64_t last_fail_log_ms;
+    int64_t last_warn_log_ms;
     int64_t last_err_log_ms; /* atomic: any thread */
+    int64_t last_drop_log_ms;
+    uint64_t dropped_unlogged; /* atomic: any thread adds, the main thread logs */
 };
 
 static const char *const lbl_delivered[] = {"kafka", "delivered"};
@@ -73,30 +77,21 @@ static TG_PRINTF(2, 3) void set_err(char err[TG_ERR_LEN], const char *fmt, ...)
     va_end(ap);
 }
 
-/* True at most once per KAFKA_LOG_EVERY_MS for this clock. Any thread. */
-static bool log_due(int64_t *last)
-{
-    int64_t now = tg_now_mono_ms(), prev = __atomic_load_n(last, __ATOMIC_RELAXED);
-    if (prev != 0 && now - prev < KAFKA_LOG_EVERY_MS) return false;
-    return __atomic_compare_exchange_n(last, &prev, now, false, __ATOMIC_RELAXED,
-                                       __ATOMIC_RELAXED);
-}
-
-/* Writes one record to the spool; counts and logs what it cost. Any thread. */
+/* Writes one record to the spool; counts and logs what it cost. Any thread.
+ * `batch`: from the delivery reports of one poll, synced together after it. */
 static int spool_record(struct ksink *ks, const void *key, size_t klen, const void *data,
-                        size_t len)
+                        size_t len, bool batch)
 {
     char err[TG_ERR_LEN];
     uint64_t dropped = 0;
-    int rc = tg_spool_append(ks->spool, key, klen, data, len, &dropped, err);
+    int rc = tg_spool_append(ks->spool, key, klen, data, len, batch, &dropped, err);
     if (dropped) {
         tg_metrics_add(TG_M_USAGE_RECORDS, lbl_dropped, (double)dropped);
-        tg_log_error("usage spool full (drop_oldest): deleted the oldest %llu records",
-                     (unsigned long long)dropped);
+        __atomic_add_fetch(&ks->dropped_unlogged, dropped, __ATOMIC_RELAXED);
     }
     if (rc < 0) {
         tg_metrics_add(TG_M_USAGE_RECORDS, lbl_error, 1);
-        if (log_due(&ks->last_err_log_ms))
+        if (tg_usage_log_due(&ks->last_err_log_ms))
             tg_log_error("usage record lost: Kafka cannot take it and %s", err);
     }
     return rc;
@@ -126,7 +121,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         }
         /* A failed replay goes to the tail again before its old place is
          * released, so that it is always on disk at least once. */
-        int rc = spool_record(ks, m->key, m->key_len, m->payload, m->len);
+        int rc = spool_record(ks, m->key, m->key_len, m->payload, m->len, true);
+        ks->unsynced = true;
         if (ctx && rc == 0) tg_spool_ack(ks->spool, ctx->pos);
         if (!ctx && rc == 0) ks->n_spooled++;
     }
@@ -146,9 +142,10 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         ks->fatal = true;
         __atomic_store_n(&ks->healthy, 0, __ATOMIC_RELAXED);
     } else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
-        tg_log_warn("kafka: all brokers are down (%s); records go to the spool", reason);
         __atomic_store_n(&ks->healthy, 0, __ATOMIC_RELAXED);
-    } else {
+        if (tg_usage_log_due(&ks->last_warn_log_ms))
+            tg_log_warn("kafka: all brokers are down (%s); records go to the spool", reason);
+    } else if (tg_usage_log_due(&ks->last_warn_log_ms)) {
         tg_log_warn("kafka: %s: %s", rd_kafka_err2str((rd_kafka_resp_err_t)err), reason);
     }
 }
@@ -203,7 +200,7 @@ static int producer_new(struct ksink *ks, char err[TG_ERR_LEN])
     ks->rkt = rd_kafka_topic_new(ks->rk, ks->topic, NULL);
     if (ks->rkt == NULL) {
         set_err(err, "usage.kafka.topic: %s: %s", ks->topic,
-                 rd_kafka_err2str(rd_kafka_last_error()));
+                rd_kafka_err2str(rd_kafka_last_error()));
         rd_kafka_destroy(ks->rk);
         ks->rk = NULL;
         goto error;
@@ -217,13 +214,27 @@ error:
     return -1;
 }
 
+/* After a poll: syncs what the delivery reports spooled (fsync mode always
+ * syncs once per poll, not once per record: these records were answered long
+ * ago, so a batch loses nothing the mode promises), and publishes counts. */
 static void publish_counts(struct ksink *ks)
 {
+    char err[TG_ERR_LEN];
+    if (ks->unsynced && ks->spool_fsync == TG_SPOOL_FSYNC_ALWAYS &&
+        tg_spool_sync(ks->spool, err) < 0 && tg_usage_log_due(&ks->last_err_log_ms))
+        tg_log_error("kafka: %s", err);
+    ks->unsynced = false;
     if (ks->n_delivered) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_delivered, (double)ks->n_delivered);
     if (ks->n_replayed) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_replayed, (double)ks->n_replayed);
     if (ks->n_spooled) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_spooled, (double)ks->n_spooled);
     ks->n_delivered = ks->n_replayed = ks->n_spooled = 0;
-    if (ks->n_failed && log_due(&ks->last_fail_log_ms)) {
+    uint64_t dropped = __atomic_load_n(&ks->dropped_unlogged, __ATOMIC_RELAXED);
+    if (dropped && tg_usage_log_due(&ks->last_drop_log_ms)) {
+        __atomic_sub_fetch(&ks->dropped_unlogged, dropped, __ATOMIC_RELAXED);
+        tg_log_error("usage spool full (drop_oldest): deleted the oldest %llu records",
+                     (unsigned long long)dropped);
+    }
+    if (ks->n_failed && tg_usage_log_due(&ks->last_fail_log_ms)) {
         tg_log_warn("kafka: %llu records not delivered (%s); kept in the spool",
                     (unsigned long long)ks->n_failed, rd_kafka_err2str(ks->last_fail));
         ks->n_failed = 0;
@@ -263,7 +274,7 @@ static void producer_replace(struct ksink *ks)
     producer_destroy(ks);
     ks->fatal = false;
     ks->inflight = 0;
-    if (producer_new(ks, err) < 0 && log_due(&ks->last_err_log_ms))
+    if (producer_new(ks, err) < 0 && tg_usage_log_due(&ks->last_err_log_ms))
         tg_log_error("kafka: cannot recreate the producer: %s; records go to the spool", err);
     pthread_rwlock_unlock(&ks->lock);
 }
@@ -278,7 +289,8 @@ static void replay(struct ksink *ks)
     while (ks->inflight < max) {
         if (!ks->have_next) {
             int r = tg_spool_next(ks->spool, &ks->next, err);
-            if (r < 0 && log_due(&ks->last_err_log_ms)) tg_log_error("kafka replay: %s", err);
+            if (r < 0 && tg_usage_log_due(&ks->last_err_log_ms))
+                tg_log_error("kafka replay: %s", err);
             if (r <= 0) return;
             ks->have_next = true;
         }
@@ -339,17 +351,16 @@ static int kafka_submit(struct tg_sink *s, char *json, size_t len, const char *k
         rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__STATE;
         pthread_rwlock_rdlock(&ks->lock);
         if (ks->rk)
-            e = rd_kafka_producev(ks->rk, RD_KAFKA_V_RKT(ks->rkt),
-                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
-                                  RD_KAFKA_V_VALUE(json, len),
-                                  RD_KAFKA_V_KEY(klen ? key : NULL, klen),
-                                  RD_KAFKA_V_OPAQUE(NULL), RD_KAFKA_V_END);
+            e = rd_kafka_producev(
+                ks->rk, RD_KAFKA_V_RKT(ks->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                RD_KAFKA_V_VALUE(json, len), RD_KAFKA_V_KEY(klen ? key : NULL, klen),
+                RD_KAFKA_V_OPAQUE(NULL), RD_KAFKA_V_END);
         pthread_rwlock_unlock(&ks->lock);
         if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
     }
     /* Queue full, producer broken, or brokers known to be down: to disk now,
      * rather than waiting in memory for message.timeout.ms. */
-    int rc = spool_record(ks, key, klen, json, len);
+    int rc = spool_record(ks, key, klen, json, len, false);
     if (rc == 0) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_spooled, 1);
     free(json);
     return rc;
@@ -373,9 +384,7 @@ static void kafka_flush(struct tg_sink *s, int timeout_ms)
     update_gauges(ks);
 }
 
-static void kafka_reopen(struct tg_sink *s)
-{
-}
+static void kafka_reopen(struct tg_sink *s) {}
 
 static void kafka_destroy(struct tg_sink *s)
 {
@@ -455,6 +464,7 @@ struct tg_sink *tg_sink_kafka_create(const struct tg_config *cfg, struct event_b
         .full = kc->spool_full,
     };
     char serr[TG_ERR_LEN];
+    ks->spool_fsync = so.fsync;
     ks->spool = tg_spool_open(&so, serr);
     if (ks->spool == NULL) {
         set_err(err, "usage.kafka.spool_dir: %s", serr);

@@ -1,4 +1,5 @@
-/* The disk spool: CRC-framed records in append-only segment files, handed out in order and deleted once acknowledged. */
+/* The disk spool: CRC-framed records in append-only segment files, handed out in order and deleted
+ * once acknowledged. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -27,11 +29,11 @@ static const char seg_magic[8] = {'T', 'G', 'S', 'P', 'O', 'O', 'L', '1'};
 
 struct seg {
     uint64_t seq;
-    int64_t size;   /* bytes of the file that hold valid frames */
-    int64_t nrec;   /* records in it */
-    int64_t nread;  /* handed out by tg_spool_next */
+    int64_t size;  /* bytes of the file that hold valid frames */
+    int64_t nrec;  /* records in it */
+    int64_t nread; /* handed out by tg_spool_next */
     int64_t nacked;
-    int rfd;        /* for reading; -1 until the cursor gets here */
+    int rfd; /* for reading; -1 until the cursor gets here */
 };
 
 struct tg_spool {
@@ -41,14 +43,14 @@ struct tg_spool {
     struct tg_spool_opts opts; /* opts.dir points at `dir` */
     struct seg *segs;          /* by seq, oldest first */
     size_t nsegs, cap;
-    int wfd;                   /* the last segment, open for appending; -1 if none */
+    int wfd; /* the last segment, open for appending; -1 if none */
     uint64_t next_seq;
-    uint64_t cur_seq;          /* the read cursor */
+    uint64_t cur_seq; /* the read cursor */
     int64_t cur_off;
     int64_t bytes, records, unread;
     uint64_t dropped, truncated;
-    bool dirty;                /* written since the last fdatasync */
-    bool full;                 /* read without the lock by tg_spool_accepting */
+    bool dirty; /* written since the last fdatasync */
+    bool full;  /* read without the lock by tg_spool_accepting */
     /* fsync every opts.fsync_interval_ms (interval mode) */
     pthread_t syncer;
     pthread_cond_t cv;
@@ -73,7 +75,8 @@ static void crc_init(void)
 {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
         crc_table[i] = c;
     }
 }
@@ -82,7 +85,8 @@ static uint32_t crc_update(uint32_t crc, const void *data, size_t n)
 {
     const unsigned char *p = data;
     crc = ~crc;
-    while (n--) crc = crc_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    while (n--)
+        crc = crc_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
     return ~crc;
 }
 
@@ -336,7 +340,7 @@ static int load_dir(struct tg_spool *sp, char err[TG_ERR_LEN])
         }
         seqs[n++] = seq;
     }
-    qsort(seqs, n, sizeof(*seqs), cmp_u64);
+    if (n) qsort(seqs, n, sizeof(*seqs), cmp_u64);
     for (size_t i = 0; i < n; i++) {
         if (load_seg(sp, seqs[i], err) < 0) goto out;
         if (seqs[i] >= sp->next_seq) sp->next_seq = seqs[i] + 1;
@@ -386,7 +390,8 @@ struct tg_spool *tg_spool_open(const struct tg_spool_opts *opts, char err[TG_ERR
         goto error;
     }
     size_t dl = strlen(sp->dir);
-    while (dl > 1 && sp->dir[dl - 1] == '/') sp->dir[--dl] = '\0';
+    while (dl > 1 && sp->dir[dl - 1] == '/')
+        sp->dir[--dl] = '\0';
     sp->opts = *opts;
     sp->opts.dir = sp->dir;
     if (sp->opts.segment_bytes <= 0) {
@@ -395,7 +400,8 @@ struct tg_spool *tg_spool_open(const struct tg_spool_opts *opts, char err[TG_ERR
         if (seg < TG_SPOOL_MIN_SEGMENT) seg = TG_SPOOL_MIN_SEGMENT;
         sp->opts.segment_bytes = seg;
     }
-    if (sp->opts.fsync_interval_ms <= 0) sp->opts.fsync_interval_ms = TG_DEFAULT_SPOOL_FSYNC_INTERVAL_MS;
+    if (sp->opts.fsync_interval_ms <= 0)
+        sp->opts.fsync_interval_ms = TG_DEFAULT_SPOOL_FSYNC_INTERVAL_MS;
     sp->wfd = -1;
     sp->dirfd = -1;
     sp->next_seq = 1;
@@ -409,6 +415,11 @@ struct tg_spool *tg_spool_open(const struct tg_spool_opts *opts, char err[TG_ERR
     if (tg_usage_mkdirs(sp->dir) < 0 ||
         (sp->dirfd = open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
         set_err(err, "spool %s: %s", sp->dir, strerror(errno));
+        goto error;
+    }
+    if (flock(sp->dirfd, LOCK_EX | LOCK_NB) < 0) {
+        set_err(err, "spool %s: %s", sp->dir,
+                errno == EWOULDBLOCK ? "in use by another process" : strerror(errno));
         goto error;
     }
     if (load_dir(sp, err) < 0) goto error;
@@ -451,13 +462,12 @@ void tg_spool_close(struct tg_spool *sp)
     free(sp);
 }
 
-int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const char *data,
-                    size_t len, uint64_t *dropped, char err[TG_ERR_LEN])
+int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const char *data, size_t len,
+                    bool defer_sync, uint64_t *dropped, char err[TG_ERR_LEN])
 {
     if (dropped) *dropped = 0;
     if (klen > 0xFFFF || len + klen > TG_SPOOL_MAX_RECORD) {
-        set_err(err, "spool %s: record of %zu bytes is too large", sp->dir,
-                 len + klen);
+        set_err(err, "spool %s: record of %zu bytes is too large", sp->dir, len + klen);
         return -1;
     }
     int64_t frame = FRAME_HDR + (int64_t)(len + klen);
@@ -475,7 +485,8 @@ int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const cha
     pthread_mutex_lock(&sp->mu);
     if (sp->opts.full == TG_SPOOL_FULL_DROP_OLDEST) {
         uint64_t before = sp->dropped;
-        while (sp->nsegs > 0 && sp->bytes + frame > sp->opts.max_bytes) remove_seg(sp, 0);
+        while (sp->nsegs > 0 && sp->bytes + frame > sp->opts.max_bytes)
+            remove_seg(sp, 0);
         if (dropped) *dropped = sp->dropped - before;
     }
     struct seg *s = sp->wfd >= 0 ? last_seg(sp) : NULL;
@@ -496,7 +507,7 @@ int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const cha
     sp->unread++;
     sp->dirty = true;
     rc = 0;
-    if (sp->opts.fsync == TG_SPOOL_FSYNC_ALWAYS) {
+    if (sp->opts.fsync == TG_SPOOL_FSYNC_ALWAYS && !defer_sync) {
         if (fdatasync(sp->wfd) < 0) {
             set_err(err, "spool %s: fdatasync: %s", sp->dir, strerror(errno));
             rc = -1;
@@ -514,7 +525,8 @@ out:
 static size_t cursor_seg(struct tg_spool *sp)
 {
     size_t i = 0;
-    while (i < sp->nsegs && sp->segs[i].seq < sp->cur_seq) i++;
+    while (i < sp->nsegs && sp->segs[i].seq < sp->cur_seq)
+        i++;
     if (i < sp->nsegs && sp->segs[i].seq != sp->cur_seq) {
         sp->cur_seq = sp->segs[i].seq;
         sp->cur_off = SEG_HDR;

@@ -1,4 +1,5 @@
-/* Usage records: the hand-written JSON serialiser, request ids, sink dispatch and the "none" sink. */
+/* Usage records: the hand-written JSON serialiser, request ids, sink dispatch and the "none" sink.
+ */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -37,7 +38,8 @@ static char *put_u64(char *p, uint64_t v)
         tmp[n++] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    while (n) *p++ = tmp[--n];
+    while (n)
+        *p++ = tmp[--n];
     return p;
 }
 
@@ -68,7 +70,8 @@ static char *put_micro(char *p, int64_t v)
         f /= 10;
     }
     int n = 6;
-    while (d[n - 1] == '0') n--;
+    while (d[n - 1] == '0')
+        n--;
     *p++ = '.';
     return put_lit(p, d, (size_t)n);
 }
@@ -147,14 +150,22 @@ static size_t utf8_seq(const unsigned char *s, size_t n, size_t *bad)
     unsigned c = s[0];
     size_t need;
     unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) need = 1;
-    else if (c == 0xE0) need = 2, lo = 0xA0;
-    else if (c >= 0xE1 && c <= 0xEC) need = 2;
-    else if (c == 0xED) need = 2, hi = 0x9F;
-    else if (c >= 0xEE && c <= 0xEF) need = 2;
-    else if (c == 0xF0) need = 3, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) need = 3;
-    else if (c == 0xF4) need = 3, hi = 0x8F;
+    if (c >= 0xC2 && c <= 0xDF)
+        need = 1;
+    else if (c == 0xE0)
+        need = 2, lo = 0xA0;
+    else if (c >= 0xE1 && c <= 0xEC)
+        need = 2;
+    else if (c == 0xED)
+        need = 2, hi = 0x9F;
+    else if (c >= 0xEE && c <= 0xEF)
+        need = 2;
+    else if (c == 0xF0)
+        need = 3, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3)
+        need = 3;
+    else if (c == 0xF4)
+        need = 3, hi = 0x8F;
     else {
         *bad = 1;
         return 0;
@@ -217,8 +228,10 @@ static char *put_str_or_null(char *p, const char *s, size_t n, bool null)
 
 static char *put_bool(char *p, bool b)
 {
-    if (b) PUT(p, "true");
-    else PUT(p, "false");
+    if (b)
+        PUT(p, "true");
+    else
+        PUT(p, "false");
     return p;
 }
 
@@ -304,8 +317,10 @@ char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len)
     PUT(p, "},\"latency_ms\":");
     p = put_fixed1(p, r->latency_ms);
     PUT(p, ",\"upstream_ms\":");
-    if (r->upstream_ms < 0 || isnan(r->upstream_ms)) PUT(p, "null");
-    else p = put_fixed1(p, r->upstream_ms);
+    if (r->upstream_ms < 0 || isnan(r->upstream_ms))
+        PUT(p, "null");
+    else
+        p = put_fixed1(p, r->upstream_ms);
     PUT(p, ",\"bytes_in\":");
     p = put_i64(p, r->bytes_in);
     PUT(p, ",\"bytes_out\":");
@@ -422,6 +437,14 @@ struct tg_sink *tg_sink_create(const struct tg_config *cfg, struct event_base *b
 
 static const struct tg_sink_ops none_ops;
 
+bool tg_usage_log_due(int64_t *last_ms)
+{
+    int64_t now = tg_now_mono_ms(), prev = __atomic_load_n(last_ms, __ATOMIC_RELAXED);
+    if (prev != 0 && now - prev < TG_USAGE_LOG_EVERY_MS) return false;
+    return __atomic_compare_exchange_n(last_ms, &prev, now, false, __ATOMIC_RELAXED,
+                                       __ATOMIC_RELAXED);
+}
+
 int tg_usage_emit(struct tg_sink *s, const struct tg_usage_record *r)
 {
     if (s->ops == &none_ops) return 0;
@@ -447,13 +470,9 @@ static bool none_accepting(struct tg_sink *s)
     return true;
 }
 
-static void none_flush(struct tg_sink *s, int timeout_ms)
-{
-}
+static void none_flush(struct tg_sink *s, int timeout_ms) {}
 
-static void none_reopen(struct tg_sink *s)
-{
-}
+static void none_reopen(struct tg_sink *s) {}
 
 static void none_destroy(struct tg_sink *s)
 {

@@ -12,12 +12,12 @@
 #define TG_SPOOL_MAX_RECORD (64u * 1024 * 1024)
 
 struct tg_spool_opts {
-    const char *dir;          /* created (with parents) if missing */
+    const char *dir; /* created (with parents) if missing */
     enum tg_spool_fsync fsync;
-    int fsync_interval_ms;    /* TG_SPOOL_FSYNC_INTERVAL: a thread fdatasyncs this often */
-    int64_t max_bytes;        /* spool_max_bytes */
-    enum tg_spool_full full;  /* what happens at max_bytes */
-    int64_t segment_bytes;    /* 0: derived from max_bytes as above */
+    int fsync_interval_ms;   /* TG_SPOOL_FSYNC_INTERVAL: a thread fdatasyncs this often */
+    int64_t max_bytes;       /* spool_max_bytes */
+    enum tg_spool_full full; /* what happens at max_bytes */
+    int64_t segment_bytes;   /* 0: derived from max_bytes as above */
 };
 
 /* Where a record is: its segment's number and byte offset in it. */
@@ -47,7 +47,8 @@ struct tg_spool_stats {
 
 struct tg_spool;
 
-/* Opens the spool in opts->dir: existing segments are checked frame by frame;
+/* Opens the spool in opts->dir, locking the directory (flock) against a second
+ * process. Existing segments are checked frame by frame;
  * a torn or corrupt tail is truncated (counted in truncated_bytes), never
  * returned. Every surviving record is unread, so a replay starts from the
  * oldest. NULL with `err` set if the directory or a segment cannot be used. */
@@ -58,13 +59,15 @@ struct tg_spool *tg_spool_open(const struct tg_spool_opts *opts, char err[TG_ERR
 void tg_spool_close(struct tg_spool *sp);
 
 /* Appends one record (payload + key) and returns once it is written to the
- * file (fdatasync'd too in fsync mode always). Past max_bytes: in reject mode
- * the record is still written (a slight overshoot) and tg_spool_accepting turns
- * false; in drop_oldest mode the oldest segments are deleted first and the
- * number of records they held is added to *dropped (may be NULL). Returns 0,
- * or -1 with `err` set if it could not be written. Any thread. */
-int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const char *data,
-                    size_t len, uint64_t *dropped, char err[TG_ERR_LEN]) TG_WUR;
+ * file, and in fsync mode always also fdatasync'd, unless `defer_sync` (a
+ * batch: the caller calls tg_spool_sync after its last append). Past
+ * max_bytes: in reject mode the record is still written (a slight overshoot)
+ * and tg_spool_accepting turns false; in drop_oldest mode the oldest segments
+ * are deleted first and the number of records they held is stored in *dropped
+ * (may be NULL). Returns 0, or -1 with `err` set if it could not be written.
+ * Any thread. */
+int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const char *data, size_t len,
+                    bool defer_sync, uint64_t *dropped, char err[TG_ERR_LEN]) TG_WUR;
 
 /* Hands out the next unread record in append order. Returns 1 with *rec
  * filled (free rec->data), 0 when every record has been handed out, -1 with

@@ -75,6 +75,12 @@ struct tg_sink *tg_sink_none_create(void);
  * with errno set. Used by the file sink and the spool. */
 int tg_usage_mkdirs(const char *dir) TG_WUR;
 
+/* For the sinks' repeated failures: true at most once per TG_USAGE_LOG_EVERY_MS
+ * for the clock `*last_ms` (starts at 0), so that a failure per record does
+ * not become a log line per record. Any thread. */
+#define TG_USAGE_LOG_EVERY_MS 1000
+bool tg_usage_log_due(int64_t *last_ms);
+
 /* Builds the JSON of `r` and submits it. Returns the sink's result. */
 int tg_usage_emit(struct tg_sink *s, const struct tg_usage_record *r);
 

@@ -1,4 +1,5 @@
-/* Tests of the disk spool: order, acknowledgement, roll-over, torn tails, reopening, the size cap. */
+/* Tests of the disk spool: order, acknowledgement, roll-over, torn tails, reopening, the size cap.
+ */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -38,8 +39,11 @@ static int teardown(void **state)
 static struct tg_spool *open_spool(const char *dir, int64_t max, enum tg_spool_full full,
                                    int64_t seg)
 {
-    struct tg_spool_opts o = {.dir = dir, .fsync = TG_SPOOL_FSYNC_INTERVAL,
-                              .fsync_interval_ms = 20, .max_bytes = max, .full = full,
+    struct tg_spool_opts o = {.dir = dir,
+                              .fsync = TG_SPOOL_FSYNC_INTERVAL,
+                              .fsync_interval_ms = 20,
+                              .max_bytes = max,
+                              .full = full,
                               .segment_bytes = seg};
     char err[TG_ERR_LEN];
     struct tg_spool *sp = tg_spool_open(&o, err);
@@ -59,7 +63,7 @@ static void append_n(struct tg_spool *sp, int from, int n, uint64_t *dropped)
         payload(i, buf, sizeof(buf));
         snprintf(key, sizeof(key), "tenant-%d", i % 3);
         uint64_t d = 0;
-        if (tg_spool_append(sp, key, strlen(key), buf, strlen(buf), &d, err) != 0)
+        if (tg_spool_append(sp, key, strlen(key), buf, strlen(buf), false, &d, err) != 0)
             fail_msg("append %d: %s", i, err);
         if (dropped) *dropped += d;
     }
@@ -95,7 +99,8 @@ static int count_files(const char *dir)
     DIR *d = opendir(dir);
     int n = 0;
     struct dirent *de;
-    while ((de = readdir(d)) != NULL) n += strstr(de->d_name, ".spool") != NULL;
+    while ((de = readdir(d)) != NULL)
+        n += strstr(de->d_name, ".spool") != NULL;
     closedir(d);
     return n;
 }
@@ -112,15 +117,22 @@ static void test_append_iterate_ack(void **state)
     struct fixture *f = *state;
     struct tg_spool *sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 0);
     expect_end(sp);
+    /* one process per spool directory */
+    struct tg_spool_opts o = {.dir = f->dir, .max_bytes = 1 << 20};
+    char lerr[TG_ERR_LEN];
+    assert_null(tg_spool_open(&o, lerr));
+    assert_non_null(strstr(lerr, "in use by another process"));
     append_n(sp, 0, 10, NULL);
     assert_int_equal(stats(sp).records, 10);
     assert_int_equal(stats(sp).unread, 10);
     assert_int_equal(count_files(f->dir), 1);
     struct tg_spool_pos pos[10];
-    for (int i = 0; i < 10; i++) pos[i] = expect_next(sp, i);
+    for (int i = 0; i < 10; i++)
+        pos[i] = expect_next(sp, i);
     expect_end(sp);
     assert_int_equal(stats(sp).unread, 0);
-    for (int i = 0; i < 9; i++) tg_spool_ack(sp, pos[i]);
+    for (int i = 0; i < 9; i++)
+        tg_spool_ack(sp, pos[i]);
     assert_int_equal(stats(sp).records, 1);
     assert_int_equal(count_files(f->dir), 1);
     tg_spool_ack(sp, pos[9]);
@@ -161,7 +173,8 @@ static void test_rollover(void **state)
     }
     assert_int_not_equal(stat(path, &sb), 0);
     assert_int_equal(count_files(f->dir), (int)st.segments - 1);
-    for (i++; i < 100; i++) expect_next(sp, i);
+    for (i++; i < 100; i++)
+        expect_next(sp, i);
     expect_end(sp);
     tg_spool_close(sp);
 }
@@ -191,7 +204,8 @@ static void test_torn_tail(void **state)
     assert_true(st.truncated_bytes > 0);
     assert_int_equal(file_size(path), four);
     append_n(sp, 5, 1, NULL);
-    for (int i = 0; i < 4; i++) expect_next(sp, i);
+    for (int i = 0; i < 4; i++)
+        expect_next(sp, i);
     expect_next(sp, 5);
     expect_end(sp);
     tg_spool_close(sp);
@@ -259,7 +273,8 @@ static void test_reopen_resume(void **state)
     sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 4096);
     assert_int_equal(stats(sp).records, 60 - second_start);
     append_n(sp, 60, 3, NULL);
-    for (i = second_start; i < 63; i++) expect_next(sp, i);
+    for (i = second_start; i < 63; i++)
+        expect_next(sp, i);
     expect_end(sp);
     tg_spool_close(sp);
 }
@@ -306,7 +321,8 @@ static void test_drop_oldest(void **state)
     assert_true(st.bytes <= 8192);
     assert_int_equal((uint64_t)st.records + dropped, 200);
     /* what is left are the newest records, in order */
-    for (int i = (int)dropped; i < 200; i++) expect_next(sp, i);
+    for (int i = (int)dropped; i < 200; i++)
+        expect_next(sp, i);
     expect_end(sp);
     tg_spool_close(sp);
 }
@@ -337,12 +353,14 @@ static void test_fsync_always_and_limits(void **state)
     assert_non_null(sp);
     append_n(sp, 0, 3, NULL);
     char *big = calloc(1, TG_SPOOL_MAX_RECORD + 1);
-    assert_int_equal(tg_spool_append(sp, "k", 1, big, TG_SPOOL_MAX_RECORD + 1, NULL, err), -1);
+    assert_int_equal(tg_spool_append(sp, "k", 1, big, TG_SPOOL_MAX_RECORD + 1, false, NULL, err),
+                     -1);
     assert_non_null(strstr(err, "too large"));
     free(big);
     /* an empty key is fine */
-    assert_int_equal(tg_spool_append(sp, NULL, 0, "x", 1, NULL, err), 0);
-    for (int i = 0; i < 3; i++) expect_next(sp, i);
+    assert_int_equal(tg_spool_append(sp, NULL, 0, "x", 1, true, NULL, err), 0);
+    for (int i = 0; i < 3; i++)
+        expect_next(sp, i);
     struct tg_spool_rec rec;
     assert_int_equal(tg_spool_next(sp, &rec, err), 1);
     assert_int_equal(rec.klen, 0);

@@ -15,8 +15,12 @@
 
 static int64_t utc_ms(int y, int mo, int d, int h, int mi, int s, int ms)
 {
-    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d,
-                    .tm_hour = h, .tm_min = mi, .tm_sec = s};
+    struct tm tm = {.tm_year = y - 1900,
+                    .tm_mon = mo - 1,
+                    .tm_mday = d,
+                    .tm_hour = h,
+                    .tm_min = mi,
+                    .tm_sec = s};
     return (int64_t)timegm(&tm) * 1000 + ms;
 }
 
@@ -59,15 +63,17 @@ static json_t *roundtrip(const struct tg_usage_record *r, char **text)
     json_error_t e;
     json_t *o = json_loadb(s, len, JSON_REJECT_DUPLICATES, &e);
     if (o == NULL) fail_msg("bad JSON (%s) in: %s", e.text, s);
-    if (text) *text = s;
-    else free(s);
+    if (text)
+        *text = s;
+    else
+        free(s);
     return o;
 }
 
 static const char *const field_order[] = {
-    "v", "id", "ts", "tenant", "key", "route", "model", "upstream", "status", "stream",
-    "decision", "limit", "fallback", "usage", "cost", "latency_ms", "upstream_ms",
-    "bytes_in", "bytes_out"};
+    "v",        "id",         "ts",          "tenant",   "key",      "route",    "model",
+    "upstream", "status",     "stream",      "decision", "limit",    "fallback", "usage",
+    "cost",     "latency_ms", "upstream_ms", "bytes_in", "bytes_out"};
 
 static void check_order(json_t *o)
 {
@@ -218,8 +224,8 @@ static void test_error_video(void **state)
     r.status = 502;
     r.route = "/v1/videos";
     r.model = "sora-2";
-    r.usage = (struct tg_usage){.video_seconds = 1.5, .width = 1280, .height = 720,
-                                .have_video = true};
+    r.usage =
+        (struct tg_usage){.video_seconds = 1.5, .width = 1280, .height = 720, .have_video = true};
     r.estimated = (struct tg_cost){{TG_MICRO, 0, 4 * TG_MICRO + 1}};
     r.actual = (struct tg_cost){{TG_MICRO, 0, TG_MICRO / 2}};
     r.latency_ms = 2500;
@@ -254,8 +260,8 @@ static void test_timestamps(void **state)
     for (size_t i = 0; i < TG_ARRAY_LEN(cases); i++) {
         struct tg_usage_record r;
         base_record(&r);
-        r.ts_ms = utc_ms(cases[i].y, cases[i].mo, cases[i].d, cases[i].h, cases[i].mi,
-                         cases[i].s, cases[i].ms);
+        r.ts_ms = utc_ms(cases[i].y, cases[i].mo, cases[i].d, cases[i].h, cases[i].mi, cases[i].s,
+                         cases[i].ms);
         json_t *o = roundtrip(&r, NULL);
         assert_string_equal(str(o, "ts"), cases[i].want);
         json_decref(o);
@@ -295,7 +301,8 @@ static void test_escaping(void **state)
         snprintf(key, sizeof(key), "%s", cases[i].in);
         if (strcmp(key, cases[i].in) == 0) assert_string_equal(str(o, "key"), cases[i].want);
         if (i == 2) {
-            assert_non_null(strstr(text, "\"tenant\":\"ctl\\u0001\\u001f\\u000a\\u0009\\u000d\x7f\""));
+            assert_non_null(
+                strstr(text, "\"tenant\":\"ctl\\u0001\\u001f\\u000a\\u0009\\u000d\x7f\""));
         }
         free(text);
         json_decref(o);
@@ -306,7 +313,8 @@ static void test_escaping(void **state)
 static void test_worst_case_sizes(void **state)
 {
     char all[256];
-    for (int i = 0; i < 255; i++) all[i] = (char)(i + 1);
+    for (int i = 0; i < 255; i++)
+        all[i] = (char)(i + 1);
     all[255] = '\0';
     size_t n = 100000;
     char *ctl = malloc(n + 1);
@@ -355,7 +363,8 @@ static void test_ids_unique(void **state)
     pthread_t th[ID_THREADS];
     for (size_t t = 0; t < ID_THREADS; t++)
         assert_int_equal(pthread_create(&th[t], NULL, make_ids, (void *)t), 0);
-    for (size_t t = 0; t < ID_THREADS; t++) pthread_join(th[t], NULL);
+    for (size_t t = 0; t < ID_THREADS; t++)
+        pthread_join(th[t], NULL);
     for (size_t i = 0; i < n; i++) {
         assert_int_equal(strlen(ids[i]), 32);
         assert_int_equal(strspn(ids[i], "0123456789abcdef"), 32);
@@ -411,11 +420,11 @@ static void test_none_sink(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_allowed),         cmocka_unit_test(test_limited),
-        cmocka_unit_test(test_rejected),        cmocka_unit_test(test_error_video),
-        cmocka_unit_test(test_timestamps),      cmocka_unit_test(test_escaping),
+        cmocka_unit_test(test_allowed),          cmocka_unit_test(test_limited),
+        cmocka_unit_test(test_rejected),         cmocka_unit_test(test_error_video),
+        cmocka_unit_test(test_timestamps),       cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_worst_case_sizes), cmocka_unit_test(test_ids_unique),
-        cmocka_unit_test(test_ids_after_fork),  cmocka_unit_test(test_none_sink),
+        cmocka_unit_test(test_ids_after_fork),   cmocka_unit_test(test_none_sink),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
