@@ -47,6 +47,7 @@ struct tg_req {
     int64_t ts_ms;
     char *head; /* copy of the request head: header pointers point here */
     size_t head_cap;
+    size_t head_scanned; /* input bytes already searched for the blank line */
     struct tg_http_msg msg;
     char *body;
     size_t body_len, body_cap;
@@ -478,6 +479,7 @@ static bool req_begin(struct tg_conn *c)
     r->ts_ms = tg_now_wall_ms();
     r->id[0] = '\0';
     r->body_len = 0;
+    r->head_scanned = 0;
     r->body_too_large = false;
     r->fwd_len = 0;
     r->route = NULL;
@@ -643,7 +645,12 @@ static void read_head(struct tg_conn *c)
         arm_timer(c, c->req->cfg->server.header_timeout_ms);
     }
     struct tg_req *r = c->req;
-    struct evbuffer_ptr pos = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    /* Resume the search where the last one stopped: a client sending its
+     * head a byte at a time must not cost a rescan per byte. */
+    struct evbuffer_ptr from;
+    evbuffer_ptr_set(in, &from, r->head_scanned > 3 ? r->head_scanned - 3 : 0, EVBUFFER_PTR_SET);
+    struct evbuffer_ptr pos = evbuffer_search(in, "\r\n\r\n", 4, &from);
+    if (pos.pos < 0) r->head_scanned = len;
     if (pos.pos < 0 || pos.pos + 4 > TG_HTTP_MAX_HEAD) {
         if (len > TG_HTTP_MAX_HEAD || (pos.pos >= 0 && pos.pos + 4 > TG_HTTP_MAX_HEAD)) {
             tg_usage_new_id(r->id);
@@ -794,9 +801,7 @@ static void on_limit(void *arg, const struct tg_limit_result *res)
     r->checking = false;
     r->lres = *res;
     r->lreq.fallback = res->fallback;
-    static const char *const backend_local[] = {"local"};
     const char *backend[] = {c->w->limiter->ops->name};
-    (void)backend_local;
     tg_metrics_observe(TG_M_LIMITER_DURATION, backend, (double)(now_us() - r->t_lim_us) / 1e6);
     r->rl_len = tg_limiter_format_headers(&r->lreq, res, r->rl, sizeof(r->rl));
     if (res->status == TG_LIMIT_ALLOWED) {
@@ -1216,20 +1221,9 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
     struct tg_conn *c = arg;
     struct tg_req *r = c->req;
     if (r && r->active && c->state == C_WORK) {
-        /* The client went away mid-request: cancel upstream work and record it. */
-        if (r->checking) {
-            c->w->limiter->ops->cancel(c->w->limiter, c);
-            r->checking = false;
-        }
-        if (r->acquiring) {
-            tg_pool_cancel(r->pool, c);
-            r->acquiring = false;
-        }
-        if (r->up) {
-            bufferevent_setcb(tg_upconn_bev(r->up), NULL, NULL, NULL, NULL);
-            tg_pool_release(r->up, false);
-            r->up = NULL;
-        }
+        /* The client went away mid-request: record it; releasing the request
+         * cancels the limiter check, the wait for a connection or the
+         * upstream request, whichever is under way. */
         if (r->scanning) tg_scan_finish(&r->scan);
         r->status = 499;
         c->keep_alive = false;
