@@ -81,6 +81,7 @@ struct rl {
     redisAsyncContext *ac; /* NULL while down */
     enum conn_state state; /* written by the worker (set_state), read by ready() from any thread */
     bool down_logged;
+    char down_why[160]; /* the reason last logged, so that a new one is logged too */
     bool loading[SC_COUNT];
     int backoff_ms;
     uint64_t rnd;
@@ -297,11 +298,15 @@ static void mark_down(struct rl *rl, const char *kind, const char *detail)
     set_state(rl, ST_DOWN);
     rl->loading[SC_BUCKET] = rl->loading[SC_SETTLE] = false;
     count_error(kind, 1);
-    if (!rl->down_logged && !rl->destroying) {
-        tg_log_warn("redis %s:%d unavailable (%s%s%s): answering checks by on_redis_error=%s",
-                    rl->ip, rl->port, kind, detail ? ": " : "", detail ? detail : "",
-                    rl->deny ? "deny" : "allow");
+    /* Logged once per outage, and again only if the reason changes (refused, then a
+     * wrong password): never per request or per reconnect with the same reason. */
+    char why[sizeof(rl->down_why)];
+    snprintf(why, sizeof(why), "%s%s%s", kind, detail ? ": " : "", detail ? detail : "");
+    if ((!rl->down_logged || strcmp(why, rl->down_why) != 0) && !rl->destroying) {
+        tg_log_warn("redis %s:%d unavailable (%s): answering checks by on_redis_error=%s", rl->ip,
+                    rl->port, why, rl->deny ? "deny" : "allow");
         rl->down_logged = true;
+        memcpy(rl->down_why, why, sizeof(why));
     }
     schedule_reconnect(rl);
 }
