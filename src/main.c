@@ -67,12 +67,9 @@ static void reload(struct daemon *d)
         tg_metrics_add(TG_M_CONFIG_RELOADS, (const char *[]){"error"}, 1);
         return;
     }
-    if (strcmp(cfg->server.listen.text, d->cfg->server.listen.text) != 0 ||
-        strcmp(cfg->admin.listen.text, d->cfg->admin.listen.text) != 0 ||
-        cfg->server.workers != d->cfg->server.workers ||
-        cfg->limiter.backend != d->cfg->limiter.backend || cfg->usage.sink != d->cfg->usage.sink)
-        tg_log_warn("reload: listen addresses, workers, limiter backend and usage sink changes "
-                    "take effect only after a restart");
+    char what[TG_ERR_LEN];
+    if (tg_config_restart_needed(d->cfg, cfg, what))
+        tg_log_warn("reload: %s changed, which takes effect only after a restart", what);
     tg_log_set_level(cfg->log.level);
     tg_admin_set_token(d->admin, cfg->admin.token);
     tg_server_reload(d->server, cfg);

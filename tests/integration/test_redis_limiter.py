@@ -374,6 +374,9 @@ def test_every_key_has_a_ttl_and_idle_tenants_vanish():
     assert chat(tg, max_tokens=100).status == 200
     r = tg.request("POST", "/v1/videos", headers=auth(), json={"model": "sora-2", "prompt": "a cat", "seconds": "4"})
     assert r.status == 200, r.text
+    assert (r.headers["x-ratelimit-limit-video-seconds"], r.headers["x-ratelimit-remaining-video-seconds"]) == \
+        ("100", "96"), r.headers  # 4 s at 720x1280
+    assert DURATION.match(r.headers["x-ratelimit-reset-video-seconds"])
     assert chat(tg, "sk-beta").status == 200
     time.sleep(0.05)
     keys = sorted(redis.cli("KEYS", "*"))
@@ -568,6 +571,31 @@ def test_redis_killed_and_back_on_the_same_port():
     assert r.headers["x-ratelimit-remaining-requests"] == "99"  # a new, full bucket
     assert [chat(tg).status for _ in range(5)] == [200] * 5
     assert tg.admin("/readyz").status == 200
+
+
+def test_reload_keeps_the_bucket_and_names_restart_only_settings():
+    redis = h.RedisServer().start()
+    mock = h.MockModel().start()
+
+    def config(rate, timeout_ms):
+        cfg = h.tollgate_config(mock.url, limiter=limiter(redis, redis={"timeout_ms": timeout_ms}),
+                                tenants=[tenant("acme", TEST_KEY, {"name": "rph", "unit": "requests",
+                                                                   "rate": rate, "per": "hour"})])
+        return cfg
+    tg = h.Tollgate(config(3, 200)).start()
+    wait_ready(tg)
+    assert [chat(tg).headers["x-ratelimit-remaining-requests"] for _ in range(2)] == ["2", "1"]
+    new = config(5, 300)
+    new["server"]["listen"] = "127.0.0.1:%d" % tg.port
+    new["admin"] = {"listen": "127.0.0.1:%d" % tg.admin_port}
+    tg.reload(h.to_yaml(new) + "\n")
+    h.wait_until(lambda: "configuration reloaded" in tg.stderr, 5, what="the reload")
+    # The new capacity applies to the level kept in Redis: 1 left of 3 is 1 left of 5.
+    r = chat(tg)
+    assert (r.status, r.headers["x-ratelimit-limit-requests"], r.headers["x-ratelimit-remaining-requests"]) == \
+        (200, "5", "0"), r.headers
+    assert_openai_error(chat(tg), 429, "rate_limit_exceeded", "requests")
+    assert "reload: limiter.redis.timeout_ms changed, which takes effect only after a restart" in tg.stderr
 
 
 # ---------------------------------------------------------------------------
