@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
@@ -24,9 +23,10 @@ extern const char tg_lua_settle[];
 #define BACKOFF_MAX_MS 2000
 #define CONNECT_TIMEOUT_MIN_MS 500 /* connect + AUTH/SELECT/SCRIPT LOAD */
 #define MAX_RESENDS 2              /* NOSCRIPT retries of one call */
+#define PING_IDLE_MS 1000          /* an idle connection is probed this often */
 
 enum conn_state { ST_DOWN, ST_CONNECTING, ST_UP };
-enum op_kind { OP_CHECK, OP_SETTLE, OP_SETUP, OP_LOAD };
+enum op_kind { OP_CHECK, OP_SETTLE, OP_SETUP, OP_LOAD, OP_PING };
 enum script { SC_BUCKET, SC_SETTLE, SC_COUNT };
 
 struct buf {
@@ -46,7 +46,6 @@ struct op {
     int64_t deadline_ms;
     struct buf cmd; /* the command in RESP, kept to resend after NOSCRIPT */
     /* OP_CHECK */
-    double start_s;
     tg_limiter_cb cb;
     void *arg;
     struct tg_limit_req req; /* copy; what it points to is the caller's until cb/cancel */
@@ -80,8 +79,9 @@ struct rl {
     char sha[SC_COUNT][41];
 
     redisAsyncContext *ac; /* NULL while down */
-    enum conn_state state;
+    enum conn_state state; /* written by the worker (set_state), read by ready() from any thread */
     bool down_logged;
+    char down_why[160]; /* the reason last logged, so that a new one is logged too */
     bool loading[SC_COUNT];
     int backoff_ms;
     uint64_t rnd;
@@ -91,7 +91,7 @@ struct rl {
     struct op *head, *tail;
     size_t inflight_checks;
     struct op *free_ops;
-    struct event *deadline_ev, *reconnect_ev, *flush_ev;
+    struct event *deadline_ev, *reconnect_ev, *flush_ev, *ping_ev;
     int64_t timer_at_ms; /* when deadline_ev fires */
 
     struct pending_settle ps[SETTLE_MAX_KEYS];
@@ -101,11 +101,9 @@ struct rl {
 
 static const char *const script_text[SC_COUNT] = {tg_lua_bucket, tg_lua_settle};
 
-static double now_s(void)
+static void set_state(struct rl *rl, enum conn_state st)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    __atomic_store_n(&rl->state, st, __ATOMIC_RELAXED);
 }
 
 static void count_error(const char *kind, double n)
@@ -297,14 +295,18 @@ static void mark_down(struct rl *rl, const char *kind, const char *detail)
 {
     if (rl->state == ST_DOWN) return;
     rl->ac = NULL;
-    rl->state = ST_DOWN;
+    set_state(rl, ST_DOWN);
     rl->loading[SC_BUCKET] = rl->loading[SC_SETTLE] = false;
     count_error(kind, 1);
-    if (!rl->down_logged && !rl->destroying) {
-        tg_log_warn("redis %s:%d unavailable (%s%s%s): answering checks by on_redis_error=%s",
-                    rl->ip, rl->port, kind, detail ? ": " : "", detail ? detail : "",
-                    rl->deny ? "deny" : "allow");
+    /* Logged once per outage, and again only if the reason changes (refused, then a
+     * wrong password): never per request or per reconnect with the same reason. */
+    char why[sizeof(rl->down_why)];
+    snprintf(why, sizeof(why), "%s%s%s", kind, detail ? ": " : "", detail ? detail : "");
+    if ((!rl->down_logged || strcmp(why, rl->down_why) != 0) && !rl->destroying) {
+        tg_log_warn("redis %s:%d unavailable (%s): answering checks by on_redis_error=%s", rl->ip,
+                    rl->port, why, rl->deny ? "deny" : "allow");
         rl->down_logged = true;
+        memcpy(rl->down_why, why, sizeof(why));
     }
     schedule_reconnect(rl);
 }
@@ -375,14 +377,14 @@ static void connect_redis(struct rl *rl)
 {
     redisAsyncContext *ac = redisAsyncConnect(rl->ip, rl->port);
     if (!ac || ac->err) {
-        rl->state = ST_CONNECTING; /* so that mark_down counts and logs it */
+        set_state(rl, ST_CONNECTING); /* so that mark_down counts and logs it */
         mark_down(rl, "connect", ac ? error_of(ac) : "out of memory");
         if (ac) redisAsyncFree(ac);
         return;
     }
     ac->data = rl;
     if (redisLibeventAttach(ac, rl->evb) != REDIS_OK) {
-        rl->state = ST_CONNECTING;
+        set_state(rl, ST_CONNECTING);
         mark_down(rl, "connect", "libevent attach");
         redisAsyncFree(ac);
         return;
@@ -390,7 +392,7 @@ static void connect_redis(struct rl *rl)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     rl->ac = ac;
-    rl->state = ST_CONNECTING;
+    set_state(rl, ST_CONNECTING);
     char db[16];
     snprintf(db, sizeof(db), "%d", rl->db);
     int rc = 0;
@@ -407,6 +409,21 @@ static void connect_redis(struct rl *rl)
 static void on_reconnect(evutil_socket_t fd, short what, void *arg)
 {
     connect_redis(arg);
+}
+
+/* An idle connection gets a PING under the usual deadline, so that a server
+ * that stopped answering is noticed (and ready() turns false) without traffic.
+ * While commands are in flight, their own deadlines watch the connection. */
+static void on_ping(evutil_socket_t fd, short what, void *arg)
+{
+    struct rl *rl = arg;
+    if (rl->state != ST_UP || rl->head) return;
+    struct op *op = op_get(rl);
+    if (!op) return;
+    op->kind = OP_PING;
+    static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+    buf_add(&op->cmd, ping, sizeof(ping) - 1);
+    if (send_op(rl, op, rl->timeout_ms) != 0) op_put(rl, op);
 }
 
 /* ---- settles: coalesced per key, flushed as pipelined EVALSHA calls ---- */
@@ -579,8 +596,6 @@ static void finish_check(struct rl *rl, struct op *op, const redisReply *r)
     void *arg = op->arg;
     bool cancelled = op->cancelled || rl->destroying;
     if (answered) {
-        tg_metrics_observe(TG_M_LIMITER_DURATION, (const char *const[]){"redis"},
-                           now_s() - op->start_s);
         if (cancelled && res.status == TG_LIMIT_ALLOWED && !rl->destroying)
             refund_cancelled(rl, op);
         op_put(rl, op);
@@ -624,7 +639,7 @@ static void finish_setup(struct rl *rl, struct op *op, redisAsyncContext *ac, co
         return;
     }
     if (last && rl->state == ST_CONNECTING) {
-        rl->state = ST_UP;
+        set_state(rl, ST_UP);
         rl->backoff_ms = BACKOFF_MIN_MS;
         if (rl->down_logged) tg_log_info("redis %s:%d up", rl->ip, rl->port);
         rl->down_logged = false;
@@ -643,6 +658,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case OP_SETTLE: finish_settle(rl, op, r); break;
     case OP_SETUP:
     case OP_LOAD: finish_setup(rl, op, ac, r); break;
+    case OP_PING:
+        if (r && r->type == REDIS_REPLY_ERROR) count_error("reply", 1);
+        op_put(rl, op);
+        break;
     }
 }
 
@@ -704,7 +723,6 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
     }
     op->kind = OP_CHECK;
     op->script = SC_BUCKET;
-    op->start_s = now_s();
     op->cb = cb;
     op->arg = arg;
     op->req.tenant = req->tenant;
@@ -763,7 +781,7 @@ static void rl_cancel(struct tg_limiter *l, void *arg)
 static bool rl_ready(struct tg_limiter *l)
 {
     struct rl *rl = (struct rl *)l;
-    return rl->state == ST_UP || !rl->deny;
+    return __atomic_load_n(&rl->state, __ATOMIC_RELAXED) == ST_UP || !rl->deny;
 }
 
 static void free_buf(struct buf *b)
@@ -783,13 +801,14 @@ static void rl_destroy(struct tg_limiter *l)
         if (rl->state == ST_UP) redisAsyncHandleWrite(ac); /* best effort: last settles */
         if (rl->ac == ac) {
             rl->ac = NULL;
-            rl->state = ST_DOWN;
+            set_state(rl, ST_DOWN);
             redisAsyncFree(ac); /* pending callbacks run with NULL and call no one */
         }
     }
     if (rl->deadline_ev) event_free(rl->deadline_ev);
     if (rl->reconnect_ev) event_free(rl->reconnect_ev);
     if (rl->flush_ev) event_free(rl->flush_ev);
+    if (rl->ping_ev) event_free(rl->ping_ev);
     for (struct op *op = rl->free_ops, *next; op; op = next) {
         next = op->next;
         free_buf(&op->cmd);
@@ -863,12 +882,16 @@ struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct
     rl->deadline_ev = evtimer_new(base, on_deadline, rl);
     rl->reconnect_ev = evtimer_new(base, on_reconnect, rl);
     rl->flush_ev = evtimer_new(base, on_flush, rl);
-    if (!rl->password || !rl->prefix || !rl->deadline_ev || !rl->reconnect_ev || !rl->flush_ev) {
+    rl->ping_ev = event_new(base, -1, EV_PERSIST, on_ping, rl);
+    if (!rl->password || !rl->prefix || !rl->deadline_ev || !rl->reconnect_ev || !rl->flush_ev ||
+        !rl->ping_ev) {
         rl_destroy(&rl->base);
         return NULL;
     }
     rl->prefix_len = strlen(rl->prefix);
     for (int i = 0; i < SC_COUNT; i++) sha1_hex(script_text[i], rl->sha[i]);
+    struct timeval ping_tv = {PING_IDLE_MS / 1000, (PING_IDLE_MS % 1000) * 1000};
+    event_add(rl->ping_ev, &ping_tv);
     connect_redis(rl);
     return &rl->base;
 }

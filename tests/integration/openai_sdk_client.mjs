@@ -1,13 +1,31 @@
 // Drives tollgate with the official OpenAI Node SDK and prints what it saw as JSON.
 // env: TG_BASE (http://127.0.0.1:PORT/v1), TG_KEY
+// Steps: calls without retries until a RateLimitError; waits its retry-after-ms and calls
+// again; spends the bucket again, then calls with maxRetries 3 and lets the SDK retry by
+// itself. `wire` lists every HTTP exchange of that last call as the SDK made it.
 import OpenAI from 'openai';
 
 const base = process.env.TG_BASE;
 const key = process.env.TG_KEY;
-const out = { ok: 0, limited: null, retried_ok: false, sdk_retry_ok: false };
+const out = { ok: 0, limited: null, retried_ok: false, sdk_retry_ok: false, wire: [] };
 const body = { model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }], max_tokens: 5 };
+const header = (h, name) => (h?.get ? h.get(name) : h?.[name]) ?? null;
 
-const noRetry = new OpenAI({ apiKey: key, baseURL: base, maxRetries: 0, timeout: 10000 });
+let log = null; // when set, every exchange is appended to it
+async function loggingFetch(url, init) {
+  const res = await fetch(url, init);
+  if (log) {
+    log.push({
+      t: Date.now(),
+      status: res.status,
+      retry_after_ms: res.headers.get('retry-after-ms'),
+      retry_count: new Headers(init?.headers).get('x-stainless-retry-count'),
+    });
+  }
+  return res;
+}
+
+const noRetry = new OpenAI({ apiKey: key, baseURL: base, maxRetries: 0, timeout: 10000, fetch: loggingFetch });
 for (let i = 0; i < 50 && out.limited === null; i++) {
   try {
     await noRetry.chat.completions.create(body);
@@ -19,8 +37,8 @@ for (let i = 0; i < 50 && out.limited === null; i++) {
         code: err.code,
         type: err.type,
         message: err.message,
-        retry_after: err.headers?.get ? err.headers.get('retry-after') : err.headers?.['retry-after'],
-        retry_after_ms: err.headers?.get ? err.headers.get('retry-after-ms') : err.headers?.['retry-after-ms'],
+        retry_after: header(err.headers, 'retry-after'),
+        retry_after_ms: header(err.headers, 'retry-after-ms'),
       };
     } else {
       out.unexpected = String(err);
@@ -29,7 +47,8 @@ for (let i = 0; i < 50 && out.limited === null; i++) {
   }
 }
 if (out.limited) {
-  await new Promise((r) => setTimeout(r, Number(out.limited.retry_after_ms) + 50));
+  // Timers may fire a millisecond early: wait the advertised time plus 2 ms.
+  await new Promise((r) => setTimeout(r, Number(out.limited.retry_after_ms) + 2));
   try {
     await noRetry.chat.completions.create(body);
     out.retried_ok = true;
@@ -40,7 +59,8 @@ if (out.limited) {
   for (let i = 0; i < 50; i++) {
     try { await noRetry.chat.completions.create(body); } catch (err) { break; }
   }
-  const withRetry = new OpenAI({ apiKey: key, baseURL: base, maxRetries: 3, timeout: 10000 });
+  const withRetry = new OpenAI({ apiKey: key, baseURL: base, maxRetries: 3, timeout: 10000, fetch: loggingFetch });
+  log = out.wire;
   const t0 = Date.now();
   try {
     await withRetry.chat.completions.create(body);
@@ -49,5 +69,6 @@ if (out.limited) {
   } catch (err) {
     out.sdk_retry_error = String(err);
   }
+  log = null;
 }
 console.log(JSON.stringify(out));
