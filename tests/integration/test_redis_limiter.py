@@ -578,10 +578,9 @@ def test_reload_keeps_the_bucket_and_names_restart_only_settings():
     mock = h.MockModel().start()
 
     def config(rate, timeout_ms):
-        cfg = h.tollgate_config(mock.url, limiter=limiter(redis, redis={"timeout_ms": timeout_ms}),
-                                tenants=[tenant("acme", TEST_KEY, {"name": "rph", "unit": "requests",
-                                                                   "rate": rate, "per": "hour"})])
-        return cfg
+        return h.tollgate_config(mock.url, limiter=limiter(redis, redis={"timeout_ms": timeout_ms}),
+                                 tenants=[tenant("acme", TEST_KEY, {"name": "rph", "unit": "requests",
+                                                                    "rate": rate, "per": "hour"})])
     tg = h.Tollgate(config(3, 200)).start()
     wait_ready(tg)
     assert [chat(tg).headers["x-ratelimit-remaining-requests"] for _ in range(2)] == ["2", "1"]
@@ -607,8 +606,7 @@ def headers_and_bodies(backend):
     limits = [{"name": "rpm", "unit": "requests", "rate": 3, "per": "minute"},
               {"name": "tpm", "unit": "tokens", "rate": 1000, "per": "minute"}]
     lim = limiter(redis) if redis else {"backend": "local"}
-    tg = start(redis, mock, [tenant("acme", TEST_KEY, *limits)], lim=lim) if redis else \
-        h.Tollgate(h.tollgate_config(mock.url, limiter=lim, tenants=[tenant("acme", TEST_KEY, *limits)])).start()
+    tg = start(redis, mock, [tenant("acme", TEST_KEY, *limits)], lim=lim)
     policy = '"rpm";q=3;w=60, "tpm";q=1000;w=60'
 
     r = chat(tg, max_tokens=100)  # estimate 103, actual 33
