@@ -17,6 +17,7 @@ extern const char tg_lua_bucket[];
 extern const char tg_lua_settle[];
 
 #define MAX_INFLIGHT_CHECKS 1024
+#define BATCH_MAX_CHECKS 256 /* checks of one tenant in one EVALSHA */
 #define SETTLE_MAX_KEYS 128
 #define SETTLE_FLUSH_MS 2
 #define BACKOFF_MIN_MS 50
@@ -26,7 +27,7 @@ extern const char tg_lua_settle[];
 #define PING_IDLE_MS 1000          /* an idle connection is probed this often */
 
 enum conn_state { ST_DOWN, ST_CONNECTING, ST_UP };
-enum op_kind { OP_CHECK, OP_SETTLE, OP_SETUP, OP_LOAD, OP_PING };
+enum op_kind { OP_CHECK, OP_BATCH, OP_SETTLE, OP_SETUP, OP_LOAD, OP_PING };
 enum script { SC_BUCKET, SC_SETTLE, SC_COUNT };
 
 struct buf {
@@ -44,6 +45,8 @@ struct op {
     bool last_setup; /* its reply completes the handshake */
     int resends;
     int64_t deadline_ms;
+    struct op *mnext;   /* OP_CHECK: next in the queue or in its batch */
+    struct op *members; /* OP_BATCH: its checks, in order */
     struct buf cmd; /* the command in RESP, kept to resend after NOSCRIPT */
     /* OP_CHECK */
     tg_limiter_cb cb;
@@ -52,6 +55,7 @@ struct op {
     struct tg_bucket_param p[TG_MAX_BUCKETS];
     uint8_t unit[TG_MAX_BUCKETS];
     uint32_t key_off[TG_MAX_BUCKETS], key_len[TG_MAX_BUCKETS]; /* keys inside cmd */
+    uint8_t kidx[TG_MAX_BUCKETS]; /* index of each bucket among its batch's keys */
     size_t tenant_len;
     /* OP_SETTLE */
     size_t nkeys;
@@ -89,7 +93,10 @@ struct rl {
     bool destroying;
 
     struct op *head, *tail;
-    size_t inflight_checks;
+    size_t inflight_checks; /* queued or sent, not yet answered */
+    struct op *qhead, *qtail; /* checks waiting for the end of this loop turn */
+    struct event *batch_ev;
+    bool batch_scheduled;
     struct op *free_ops;
     struct event *deadline_ev, *reconnect_ev, *flush_ev, *ping_ev;
     int64_t timer_at_ms; /* when deadline_ev fires */
@@ -209,7 +216,6 @@ static void list_remove(struct rl *rl, struct op *op)
     if (op->next) op->next->prev = op->prev;
     else rl->tail = op->prev;
     op->prev = op->next = NULL;
-    if (op->kind == OP_CHECK) rl->inflight_checks--;
 }
 
 static void on_reply(redisAsyncContext *ac, void *r, void *priv);
@@ -235,7 +241,6 @@ static int send_op(struct rl *rl, struct op *op, int timeout_ms)
     if (rl->tail) rl->tail->next = op;
     else rl->head = op;
     rl->tail = op;
-    if (op->kind == OP_CHECK) rl->inflight_checks++;
     if (!evtimer_pending(rl->deadline_ev, NULL) || rl->timer_at_ms > op->deadline_ms)
         arm_deadline(rl, op->deadline_ms, now);
     return 0;
@@ -562,55 +567,69 @@ static int resend_after_noscript(struct rl *rl, struct op *op)
     return send_op(rl, op, rl->timeout_ms);
 }
 
-static bool parse_check(const struct op *op, const redisReply *r, struct tg_limit_result *res)
+/* Reads one check's answer at element `*at` of a batch reply. */
+static bool parse_check(const struct op *op, const redisReply *r, size_t *at,
+                        struct tg_limit_result *res)
 {
     size_t n = op->req.n;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 + n) return false;
-    for (size_t i = 0; i < r->elements; i++)
-        if (r->element[i]->type != REDIS_REPLY_INTEGER) return false;
-    long long denied = r->element[1]->integer;
-    if ((r->element[0]->integer == 1) != (denied == 0) || denied < 0 || denied > (long long)n)
-        return false;
+    if (*at + 2 + n > r->elements) return false;
+    redisReply **e = r->element + *at;
+    for (size_t i = 0; i < 2 + n; i++)
+        if (e[i]->type != REDIS_REPLY_INTEGER) return false;
+    long long denied = e[1]->integer;
+    if ((e[0]->integer == 1) != (denied == 0) || denied < 0 || denied > (long long)n) return false;
     int64_t level[TG_MAX_BUCKETS];
-    for (size_t i = 0; i < n; i++) level[i] = r->element[3 + i]->integer;
+    for (size_t i = 0; i < n; i++) level[i] = e[2 + i]->integer;
     tg_limiter_result_fill(op->p, level, n, (int)denied - 1, res);
+    *at += 2 + n;
     return true;
 }
 
-static void finish_check(struct rl *rl, struct op *op, const redisReply *r)
+/* Answers one check: from Redis (res != NULL) or by the failure policy. */
+static void answer_check(struct rl *rl, struct op *op, const struct tg_limit_result *res)
 {
-    if (r && is_noscript(r)) {
-        if (op->cancelled) {
-            count_error("noscript", 1);
-        } else if (resend_after_noscript(rl, op) == 0) {
-            return;
-        }
-    }
-    struct tg_limit_result res;
-    bool answered = false;
-    if (r && !is_noscript(r)) {
-        answered = parse_check(op, r, &res);
-        if (!answered) count_error("reply", 1);
-    }
+    rl->inflight_checks--;
     tg_limiter_cb cb = op->cb;
     void *arg = op->arg;
     bool cancelled = op->cancelled || rl->destroying;
-    if (answered) {
-        if (cancelled && res.status == TG_LIMIT_ALLOWED && !rl->destroying)
+    if (res) {
+        if (cancelled && res->status == TG_LIMIT_ALLOWED && !rl->destroying)
             refund_cancelled(rl, op);
         op_put(rl, op);
-        if (!cancelled) cb(arg, &res);
+        if (!cancelled) cb(arg, res);
         return;
     }
-    if (!cancelled) {
-        struct tg_limit_req req = op->req;
-        op_put(rl, op);
-        answer_by_policy(rl, &req, cb, arg);
-    } else {
-        op_put(rl, op);
-    }
+    struct tg_limit_req req = op->req;
+    op_put(rl, op);
+    if (!cancelled) answer_by_policy(rl, &req, cb, arg);
 }
 
+static void finish_batch(struct rl *rl, struct op *batch, const redisReply *r)
+{
+    if (r && is_noscript(r)) {
+        bool live = false;
+        for (struct op *m = batch->members; m; m = m->mnext) live = live || !m->cancelled;
+        if (!live) count_error("noscript", 1);
+        else if (resend_after_noscript(rl, batch) == 0) return;
+    }
+    bool ok = r && !is_noscript(r) && r->type == REDIS_REPLY_ARRAY && r->elements >= 1;
+    size_t at = 1;
+    struct op *m = batch->members;
+    batch->members = NULL;
+    op_put(rl, batch);
+    bool counted = false;
+    while (m) {
+        struct op *next = m->mnext;
+        struct tg_limit_result res;
+        ok = ok && parse_check(m, r, &at, &res);
+        if (!ok && r && !counted) {
+            count_error("reply", 1);
+            counted = true;
+        }
+        answer_check(rl, m, ok ? &res : NULL);
+        m = next;
+    }
+}
 static void finish_settle(struct rl *rl, struct op *op, const redisReply *r)
 {
     if (r && is_noscript(r) && resend_after_noscript(rl, op) == 0) return;
@@ -654,7 +673,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     list_remove(rl, op);
     if (!r && ac == rl->ac) mark_down(rl, "connect", error_of(ac));
     switch (op->kind) {
-    case OP_CHECK: finish_check(rl, op, r); break;
+    case OP_BATCH: finish_batch(rl, op, r); break;
+    case OP_CHECK: break; /* never sent on its own */
     case OP_SETTLE: finish_settle(rl, op, r); break;
     case OP_SETUP:
     case OP_LOAD: finish_setup(rl, op, ac, r); break;
@@ -668,37 +688,108 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 /* ---- the ops table ---- */
 
 /* Writes the check's EVALSHA into op->cmd, noting where each key is. */
-static void build_check(struct rl *rl, struct op *op)
+/* Writes a check's keys into its own buffer (kept for refunds). */
+static void build_keys(struct rl *rl, struct op *op)
 {
     const struct tg_limit_req *req = &op->req;
-    size_t n = req->n;
     struct buf *b = &op->cmd;
     op->tenant_len = strlen(req->tenant);
-    resp_head(b, '*', 3 + 5 * n + (rl->fixed_clock_ms >= 0));
-    resp_bulk(b, "EVALSHA", 7);
-    resp_bulk(b, rl->sha[SC_BUCKET], 40);
-    resp_int(b, (int64_t)n);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < req->n; i++) {
         const char *name = req->b[i].limit->name;
         size_t nlen = strlen(name);
-        size_t klen = rl->prefix_len + op->tenant_len + 3 + nlen;
-        resp_head(b, '$', klen);
         op->key_off[i] = (uint32_t)b->len;
-        op->key_len[i] = (uint32_t)klen;
+        op->key_len[i] = (uint32_t)(rl->prefix_len + op->tenant_len + 3 + nlen);
         buf_add(b, rl->prefix, rl->prefix_len);
         buf_add(b, "{", 1);
         buf_add(b, req->tenant, op->tenant_len);
         buf_add(b, "}:", 2);
         buf_add(b, name, nlen);
-        buf_add(b, "\r\n", 2);
     }
-    for (size_t i = 0; i < n; i++) {
-        resp_int(b, op->p[i].cap_u);
-        resp_double(b, op->p[i].rate);
-        resp_int(b, op->p[i].per_ms);
-        resp_int(b, op->p[i].cost_u);
+}
+
+/* One EVALSHA of src/lua/bucket.lua for the checks of one tenant, in order. */
+static void build_batch(struct rl *rl, struct op *batch)
+{
+    const struct op *kop[TG_MAX_BUCKETS]; /* which check holds each distinct key */
+    uint8_t kb[TG_MAX_BUCKETS];
+    size_t nk = 0, nargs_checks = 0, m = 0;
+    for (struct op *c = batch->members; c; c = c->mnext, m++) {
+        nargs_checks += 1 + 2 * c->req.n;
+        for (size_t i = 0; i < c->req.n; i++) {
+            const char *key = c->cmd.p + c->key_off[i];
+            size_t k = 0;
+            while (k < nk && !(kop[k]->key_len[kb[k]] == c->key_len[i] &&
+                               memcmp(kop[k]->cmd.p + kop[k]->key_off[kb[k]], key,
+                                      c->key_len[i]) == 0))
+                k++;
+            if (k == nk) {
+                kop[nk] = c;
+                kb[nk++] = (uint8_t)i;
+            }
+            c->kidx[i] = (uint8_t)(k + 1);
+        }
     }
+    struct buf *b = &batch->cmd;
+    resp_head(b, '*', 3 + nk + 1 + 3 * nk + 1 + nargs_checks);
+    resp_bulk(b, "EVALSHA", 7);
+    resp_bulk(b, rl->sha[SC_BUCKET], 40);
+    resp_int(b, (int64_t)nk);
+    for (size_t k = 0; k < nk; k++)
+        resp_bulk(b, kop[k]->cmd.p + kop[k]->key_off[kb[k]], kop[k]->key_len[kb[k]]);
     if (rl->fixed_clock_ms >= 0) resp_int(b, rl->fixed_clock_ms);
+    else resp_bulk(b, "", 0);
+    for (size_t k = 0; k < nk; k++) {
+        const struct tg_bucket_param *p = &kop[k]->p[kb[k]];
+        resp_int(b, p->cap_u);
+        resp_double(b, p->rate);
+        resp_int(b, p->per_ms);
+    }
+    resp_int(b, (int64_t)m);
+    for (struct op *c = batch->members; c; c = c->mnext) {
+        resp_int(b, (int64_t)c->req.n);
+        for (size_t i = 0; i < c->req.n; i++) {
+            resp_int(b, c->kidx[i]);
+            resp_int(b, c->p[i].cost_u);
+        }
+    }
+}
+
+/* Checks that arrived in one turn of the loop: one call per tenant. */
+static void on_batch(evutil_socket_t fd, short what, void *arg)
+{
+    struct rl *rl = arg;
+    rl->batch_scheduled = false;
+    while (rl->qhead) {
+        struct op *first = rl->qhead;
+        struct op *batch = rl->state == ST_UP ? op_get(rl) : NULL;
+        if (batch == NULL) {
+            rl->qhead = first->mnext;
+            if (rl->qhead == NULL) rl->qtail = NULL;
+            answer_check(rl, first, NULL);
+            continue;
+        }
+        batch->kind = OP_BATCH;
+        batch->script = SC_BUCKET;
+        /* Take every queued check of the first one's tenant, keeping order. */
+        struct op **tail = &batch->members, **pp = &rl->qhead, *last = NULL;
+        size_t n = 0;
+        while (*pp) {
+            struct op *c = *pp;
+            if (n < BATCH_MAX_CHECKS && strcmp(c->req.tenant, first->req.tenant) == 0) {
+                *pp = c->mnext;
+                c->mnext = NULL;
+                *tail = c;
+                tail = &c->mnext;
+                n++;
+            } else {
+                last = c;
+                pp = &c->mnext;
+            }
+        }
+        rl->qtail = last;
+        build_batch(rl, batch);
+        if (send_op(rl, batch, rl->timeout_ms) != 0) finish_batch(rl, batch, NULL);
+    }
 }
 
 static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
@@ -733,10 +824,14 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
         tg_bucket_param_init(&op->p[i], req->b[i].limit, 1, req->b[i].cost_u);
         op->unit[i] = (uint8_t)req->b[i].limit->unit;
     }
-    build_check(rl, op);
-    if (send_op(rl, op, rl->timeout_ms) != 0) {
-        op_put(rl, op);
-        answer_by_policy(rl, req, cb, arg);
+    build_keys(rl, op);
+    rl->inflight_checks++;
+    if (rl->qtail) rl->qtail->mnext = op;
+    else rl->qhead = op;
+    rl->qtail = op;
+    if (!rl->batch_scheduled) {
+        rl->batch_scheduled = true;
+        event_active(rl->batch_ev, EV_TIMEOUT, 1);
     }
     return 0;
 }
@@ -774,8 +869,12 @@ static void rl_settle(struct tg_limiter *l, const struct tg_limit_req *req, cons
 static void rl_cancel(struct tg_limiter *l, void *arg)
 {
     struct rl *rl = (struct rl *)l;
+    for (struct op *op = rl->qhead; op; op = op->mnext)
+        if (op->arg == arg) op->cancelled = true;
     for (struct op *op = rl->head; op; op = op->next)
-        if (op->kind == OP_CHECK && op->arg == arg) op->cancelled = true;
+        if (op->kind == OP_BATCH)
+            for (struct op *m = op->members; m; m = m->mnext)
+                if (m->arg == arg) m->cancelled = true;
 }
 
 static bool rl_ready(struct tg_limiter *l)
@@ -805,6 +904,12 @@ static void rl_destroy(struct tg_limiter *l)
             redisAsyncFree(ac); /* pending callbacks run with NULL and call no one */
         }
     }
+    while (rl->qhead) {
+        struct op *op = rl->qhead;
+        rl->qhead = op->mnext;
+        op_put(rl, op);
+    }
+    if (rl->batch_ev) event_free(rl->batch_ev);
     if (rl->deadline_ev) event_free(rl->deadline_ev);
     if (rl->reconnect_ev) event_free(rl->reconnect_ev);
     if (rl->flush_ev) event_free(rl->flush_ev);
@@ -883,8 +988,9 @@ struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct
     rl->reconnect_ev = evtimer_new(base, on_reconnect, rl);
     rl->flush_ev = evtimer_new(base, on_flush, rl);
     rl->ping_ev = event_new(base, -1, EV_PERSIST, on_ping, rl);
+    rl->batch_ev = event_new(base, -1, 0, on_batch, rl);
     if (!rl->password || !rl->prefix || !rl->deadline_ev || !rl->reconnect_ev || !rl->flush_ev ||
-        !rl->ping_ev) {
+        !rl->ping_ev || !rl->batch_ev) {
         rl_destroy(&rl->base);
         return NULL;
     }

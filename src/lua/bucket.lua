@@ -1,22 +1,29 @@
--- tollgate: all-or-nothing token-bucket check over every key of one call.
+-- tollgate: a batch of all-or-nothing token-bucket checks of one tenant.
 --
--- KEYS[i]  "<prefix>{<tenant>}:<limit name>" (one hash tag per call). Value: the
---          string "<level_u> <updated_ms>", two decimal integers; level in
---          micro-units, negative = debt. A missing key is a full bucket.
--- ARGV     for KEYS[i], ARGV[4i-3..4i] = capacity_u, rate (units per per_ms,
---          "%.17g"), per_ms, cost_u.
---          ARGV[4n+1], tests only: a fixed clock in ms used instead of TIME.
--- Returns  {allowed 1|0, first denying key (1-based) or 0, now_ms, level_1..level_n}:
---          levels after the check (charged if allowed; refilled, and not stored,
---          if denied). A denial writes nothing at all.
+-- A gateway sends every check of a tenant that arrived in one turn of its event
+-- loop as one call; the checks are judged in order, each all-or-nothing, exactly
+-- as if each had been a call of its own at the same instant.
+--
+-- KEYS[k]  the distinct buckets of the batch, "<prefix>{<tenant>}:<limit name>"
+--          (one hash tag per call). Value: the string "<level_u> <updated_ms>",
+--          two decimal integers; level in micro-units, negative = debt. A missing
+--          key is a full bucket.
+-- ARGV[1]  "" in production; tests only: a fixed clock in ms used instead of TIME.
+-- ARGV     for KEYS[k], ARGV[3k-1..3k+1] = capacity_u, rate (units per per_ms,
+--          "%.17g"), per_ms. Then m = the number of checks, and for each check
+--          nb followed by nb pairs (index into KEYS, cost_u).
+-- Returns  {now_ms, then per check: allowed 1|0, first denying bucket of the
+--          check (1-based) or 0, level_1..level_nb}: the levels after that check
+--          (charged if allowed; refilled, and not stored, if denied). A denied
+--          check writes nothing; a bucket no allowed check charged is not written.
 -- Every written key expires when it would be full again (+ margin).
 -- The C twin is tg_bucket_refill/tg_bucket_check in src/limiter.c: change both
 -- together, operation for operation, or the parity test fails.
 local MARGIN_MS = 1000
-local n = #KEYS
+local nk = #KEYS
 local now
-if ARGV[4 * n + 1] then
-    now = tonumber(ARGV[4 * n + 1])
+if ARGV[1] ~= '' then
+    now = tonumber(ARGV[1])
 else
     if redis.replicate_commands then redis.replicate_commands() end -- TIME, then writes (Redis < 5)
     local t = redis.call('TIME')
@@ -43,19 +50,39 @@ local function store(key, l, cap, rate, per)
     redis.call('SET', key, string.format('%d %d', l, now), 'PX', string.format('%d', ttl))
 end
 
-local level, denied = {}, 0
-for i = 1, n do
-    local a = 4 * i - 4
-    level[i] = refill(KEYS[i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]))
-    if denied == 0 and level[i] < tonumber(ARGV[a + 4]) then denied = i end
+local cap, rate, per, level, dirty = {}, {}, {}, {}, {}
+for k = 1, nk do
+    cap[k] = tonumber(ARGV[3 * k - 1])
+    rate[k] = tonumber(ARGV[3 * k])
+    per[k] = tonumber(ARGV[3 * k + 1])
+    level[k] = refill(KEYS[k], cap[k], rate[k], per[k])
 end
-if denied == 0 then
-    for i = 1, n do
-        local a = 4 * i - 4
-        level[i] = level[i] - tonumber(ARGV[a + 4])
-        store(KEYS[i], level[i], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]))
+
+local out = {now}
+local a = 3 * nk + 2
+local m = tonumber(ARGV[a])
+a = a + 1
+for _ = 1, m do
+    local nb = tonumber(ARGV[a])
+    a = a + 1
+    local idx, cost, denied = {}, {}, 0
+    for i = 1, nb do
+        idx[i] = tonumber(ARGV[a])
+        cost[i] = tonumber(ARGV[a + 1])
+        a = a + 2
+        if denied == 0 and level[idx[i]] < cost[i] then denied = i end
     end
+    if denied == 0 then
+        for i = 1, nb do
+            level[idx[i]] = level[idx[i]] - cost[i]
+            dirty[idx[i]] = true
+        end
+    end
+    out[#out + 1] = denied == 0 and 1 or 0
+    out[#out + 1] = denied
+    for i = 1, nb do out[#out + 1] = level[idx[i]] end
 end
-local out = {denied == 0 and 1 or 0, denied, now}
-for i = 1, n do out[3 + i] = level[i] end
+for k = 1, nk do
+    if dirty[k] then store(KEYS[k], level[k], cap[k], rate[k], per[k]) end
+end
 return out
