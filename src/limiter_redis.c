@@ -539,7 +539,7 @@ static void flush_settles(struct rl *rl)
 static void refund_cancelled(struct rl *rl, struct op *op)
 {
     for (size_t i = 0; i < op->req.n; i++) {
-        if (op->unit[i] == TG_UNIT_REQUESTS || op->p[i].cost_u == 0) continue;
+        if (op->p[i].cost_u == 0) continue;
         struct tg_bucket_param p = op->p[i];
         p.cost_u = -p.cost_u;
         settle_add(rl, op->cmd.p + op->key_off[i], op->key_len[i], rl->prefix_len,
@@ -770,12 +770,19 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
         }
         batch->kind = OP_BATCH;
         batch->script = SC_BUCKET;
+        const char *tenant = first->req.tenant; /* (ref) config memory */
         /* Take every queued check of the first one's tenant, keeping order. */
         struct op **tail = &batch->members, **pp = &rl->qhead, *last = NULL;
         size_t n = 0;
         while (*pp) {
             struct op *c = *pp;
-            if (n < BATCH_MAX_CHECKS && strcmp(c->req.tenant, first->req.tenant) == 0) {
+            if (c->cancelled) { /* abandoned before it was sent: costs nothing */
+                *pp = c->mnext;
+                rl->inflight_checks--;
+                op_put(rl, c);
+                continue;
+            }
+            if (n < BATCH_MAX_CHECKS && strcmp(c->req.tenant, tenant) == 0) {
                 *pp = c->mnext;
                 c->mnext = NULL;
                 *tail = c;
@@ -787,6 +794,10 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
             }
         }
         rl->qtail = last;
+        if (batch->members == NULL) { /* every check of that tenant was abandoned */
+            op_put(rl, batch);
+            continue;
+        }
         build_batch(rl, batch);
         if (send_op(rl, batch, rl->timeout_ms) != 0) finish_batch(rl, batch, NULL);
     }

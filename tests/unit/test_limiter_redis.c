@@ -691,14 +691,23 @@ static void test_cancel_refunds(void **state)
     r.b[1] = (struct tg_bucket_ref){&tpm, 40 * U};
     struct answer a = {0};
     long long calls = evalsha_calls();
+    /* Abandoned before it was sent: no call at all. */
     (void)tg_limiter_check(e.l, &r, on_answer, &a);
+    tg_limiter_cancel(e.l, &a);
+    spin(e.base, 50, NULL, NULL);
+    assert_int_equal(a.calls, 0);
+    assert_int_equal(evalsha_calls(), calls);
+    struct tg_bucket s;
+    assert_false(get_bucket("can:{acme}:rpm", &s));
+    /* Abandoned after it was sent and admitted: everything is given back. */
+    (void)tg_limiter_check(e.l, &r, on_answer, &a);
+    event_base_loop(e.base, EVLOOP_NONBLOCK); /* the batch is formed and queued to Redis */
     tg_limiter_cancel(e.l, &a);
     wait_evalsha(&e, calls + 2); /* the check, then the refund */
     spin(e.base, 20, NULL, NULL);
     assert_int_equal(a.calls, 0);
-    struct tg_bucket s;
     assert_true(get_bucket("can:{acme}:rpm", &s));
-    assert_int_equal(s.level_u, 9 * U); /* the request unit stays spent */
+    assert_int_equal(s.level_u, 10 * U);
     if (get_bucket("can:{acme}:tpm", &s)) assert_int_equal(s.level_u, 100 * U);
     env_close(&e);
 }
