@@ -5,6 +5,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 
 import harness as h
 from harness import TEST_KEY
@@ -13,7 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SKIP = None  # why the SDK cannot run here, once setup_module decided
 
 
-def setup_module():
+def install_sdk():
     """Installs the pinned SDK (tests/integration/package.json) when node_modules is missing."""
     global SKIP
     if not shutil.which("node") or not shutil.which("npm"):
@@ -39,9 +40,6 @@ def run_client(tg):
 
 
 def sdk_against(backend):
-    if SKIP:
-        print("SKIP %s backend: %s" % (backend, SKIP))
-        return
     mock = h.MockModel().start()
     # 3 requests per 2 seconds: rate 90 per minute, burst 3; one request refills in 667 ms.
     limits = [{"name": "rpm", "unit": "requests", "rate": 90, "per": "minute", "burst": 3},
@@ -92,4 +90,11 @@ def test_openai_sdk_redis_backend():
 
 
 if __name__ == "__main__":
+    install_sdk()
+    if SKIP:
+        # CI installs node and npm (scripts/install-deps.sh): there a missing SDK
+        # is a failure. Elsewhere it is reported to CTest as skipped (77).
+        print("SKIP the OpenAI SDK cannot run: %s" % SKIP)
+        print("0 passed, 1 failed" if os.environ.get("CI") == "true" else "0 passed, 0 failed")
+        sys.exit(1 if os.environ.get("CI") == "true" else 77)
     h.main()
