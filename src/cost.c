@@ -830,7 +830,9 @@ static void json_feed(struct tg_scan *s, const char *data, size_t len)
 /* After an overflow: the last `"usage": {...}` member in the kept tail. */
 static void json_tail_usage(struct tg_scan *s)
 {
-    const char *b = s->buf, *e = s->buf + s->len, *p = b, *found = NULL, *fend = NULL;
+    /* exactly the last JSON_TAIL bytes, however the body was split */
+    const char *e = s->buf + s->len, *b = s->len > JSON_TAIL ? e - JSON_TAIL : s->buf;
+    const char *p = b, *found = NULL, *fend = NULL;
     while (p < e && (p = memmem(p, (size_t)(e - p), "\"usage\"", 7)) != NULL) {
         size_t bs = 0;
         while (p - bs > b && p[-1 - (ptrdiff_t)bs] == '\\')

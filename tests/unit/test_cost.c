@@ -584,17 +584,29 @@ static void test_scan_json_overflow(void **state)
         memcpy(p, item, sizeof item - 1), p += sizeof item - 1;
     memcpy(p, tail, sizeof tail - 1);
     size_t chunks[] = {16384, 1000, 70000, 3 * TG_SCAN_MAX_JSON};
-    for (size_t c = 0; c < TG_ARRAY_LEN(chunks); c++) {
-        struct tg_scan s;
-        tg_scan_init(&s, false, false, NULL, NULL);
-        for (size_t i = 0; i < n; i += chunks[c])
-            tg_scan_feed(&s, body + i, n - i < chunks[c] ? n - i : chunks[c]);
-        tg_scan_finish(&s);
-        assert_true(s.overflow);
-        assert_true(s.cap <= 256 * 1024);
-        assert_true(s.usage.have_tokens);
-        assert_int_equal(s.usage.total_tokens, 70000);
-        tg_scan_deinit(&s);
+    for (int variant = 0; variant < 2; variant++) {
+        if (variant == 1) {
+            /* usage 100 KiB before the end: past the kept tail, whatever the pieces */
+            size_t pad = 100 * 1024;
+            body = realloc(body, n + pad + 16);
+            assert_non_null(body);
+            memcpy(body + n - 1, ",\"pad\":\"", 8);
+            memset(body + n + 7, 'x', pad);
+            memcpy(body + n + 7 + pad, "\"}", 2);
+            n += 9 + pad;
+        }
+        for (size_t c = 0; c < TG_ARRAY_LEN(chunks); c++) {
+            struct tg_scan s;
+            tg_scan_init(&s, false, false, NULL, NULL);
+            for (size_t i = 0; i < n; i += chunks[c])
+                tg_scan_feed(&s, body + i, n - i < chunks[c] ? n - i : chunks[c]);
+            tg_scan_finish(&s);
+            assert_true(s.overflow);
+            assert_true(s.cap <= 256 * 1024);
+            assert_int_equal(s.usage.have_tokens, variant == 0);
+            assert_int_equal(s.usage.total_tokens, variant == 0 ? 70000 : 0);
+            tg_scan_deinit(&s);
+        }
     }
     free(body);
 }
