@@ -94,12 +94,13 @@ static int64_t message_chars(json_t *m)
     json_t *v, *tc;
     size_t i;
     int64_t c = 0;
-    json_object_foreach (m, k, v) {
+    json_object_foreach(m, k, v)
+    {
         if (!strcmp(k, "content") || !strcmp(k, "reasoning_content") || !strcmp(k, "refusal"))
             c += text_chars(v);
         if (!strcmp(k, "tool_calls") && json_is_array(v))
-            json_array_foreach (v, i, tc)
-                c += text_chars(json_object_get(json_object_get(tc, "function"), "arguments"));
+            json_array_foreach(v, i, tc) c +=
+                text_chars(json_object_get(json_object_get(tc, "function"), "arguments"));
     }
     return c;
 }
@@ -115,7 +116,8 @@ static void expect_usage(struct expect *x, json_t *v)
     const char *k;
     json_t *uv;
     int64_t p = 0, c = 0, t = -1;
-    json_object_foreach (v, k, uv) {
+    json_object_foreach(v, k, uv)
+    {
         if (json_is_real(uv)) x->inexact = true;
         if (!json_is_integer(uv) || json_integer_value(uv) < 0) continue;
         int64_t n = json_integer_value(uv);
@@ -137,17 +139,20 @@ static bool expect_object(struct expect *x, json_t *root)
     json_t *v, *ch, *cv;
     size_t i;
     bool empty = false, usage = false;
-    json_object_foreach (root, k, v) {
+    json_object_foreach(root, k, v)
+    {
         if (!strcmp(k, "usage") && json_is_object(v)) {
             expect_usage(x, v);
             usage = true;
         } else if (!strcmp(k, "response") && json_is_object(v)) {
-            json_object_foreach (v, ck, cv)
-                if (!strcmp(ck, "usage") && json_is_object(cv)) expect_usage(x, cv);
+            json_object_foreach(v, ck, cv) if (!strcmp(ck, "usage") && json_is_object(cv))
+                expect_usage(x, cv);
         } else if (!strcmp(k, "choices")) {
             empty = json_is_array(v) && json_array_size(v) == 0;
-            json_array_foreach (v, i, ch) {
-                json_object_foreach (ch, ck, cv) {
+            json_array_foreach(v, i, ch)
+            {
+                json_object_foreach(ch, ck, cv)
+                {
                     if (!strcmp(ck, "delta") || !strcmp(ck, "message"))
                         x->u.content_chars += message_chars(cv);
                     else if (!strcmp(ck, "text"))
@@ -253,7 +258,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct out o = {NULL, 0, 0};
         if (expect_sse(in, n, strip, &x, &o)) {
             compare(&x, u);
-            if (strip) CHECK(o.len == whole.out.len && (o.len == 0 || !memcmp(o.buf, whole.out.buf, o.len)));
+            if (strip)
+                CHECK(o.len == whole.out.len &&
+                      (o.len == 0 || !memcmp(o.buf, whole.out.buf, o.len)));
         }
         free(o.buf);
     }
