@@ -446,45 +446,15 @@ static bool check_number(struct jcheck *c)
     return ok;
 }
 
-static bool check_value(struct jcheck *c, int depth)
+static bool check_scalar(struct jcheck *c)
 {
     static const struct {
         const char *text;
         size_t len;
     } literal[] = {{"true", 4}, {"false", 5}, {"null", 4}};
-    if (depth > JSON_MAX_DEPTH) return false;
-    check_ws(c);
-    if (c->p >= c->e) return false;
-    unsigned char open = *c->p;
-    if (open == '{' || open == '[') {
-        unsigned char close = open == '{' ? '}' : ']';
-        c->p++;
-        check_ws(c);
-        if (c->p < c->e && *c->p == close) {
-            c->p++;
-            return true;
-        }
-        for (;;) {
-            if (open == '{') {
-                check_ws(c);
-                if (c->p >= c->e || *c->p != '"' || !check_string(c)) return false;
-                check_ws(c);
-                if (c->p >= c->e || *c->p != ':') return false;
-                c->p++;
-            }
-            if (!check_value(c, depth + 1)) return false;
-            check_ws(c);
-            if (c->p >= c->e) return false;
-            if (*c->p == close) {
-                c->p++;
-                return true;
-            }
-            if (*c->p++ != ',') return false;
-        }
-    }
-    if (open == '"') return check_string(c);
+    if (*c->p == '"') return check_string(c);
     for (size_t i = 0; i < TG_ARRAY_LEN(literal); i++) {
-        if (open == (unsigned char)literal[i].text[0]) {
+        if (*c->p == literal[i].text[0]) {
             if ((size_t)(c->e - c->p) < literal[i].len ||
                 memcmp(c->p, literal[i].text, literal[i].len) != 0)
                 return false;
@@ -495,13 +465,59 @@ static bool check_value(struct jcheck *c, int depth)
     return check_number(c);
 }
 
-/* The whole of body[0..len) is one JSON value (white space around it allowed). */
+/* The whole of body[0..len) is one JSON value (white space around it allowed).
+ * Iterative: the open containers are a bit stack (1 = object). */
 static bool json_valid(const char *body, size_t len)
 {
+    uint8_t objects[JSON_MAX_DEPTH / 8 + 1];
     struct jcheck c = {(const unsigned char *)body, (const unsigned char *)body + len};
-    if (!body || !check_value(&c, 1)) return false;
-    check_ws(&c);
-    return c.p == c.e;
+    enum { VALUE, KEY, AFTER } st = VALUE;
+    int depth = 0; /* open containers; a value is at depth + 1 */
+    if (!body) return false;
+    for (;;) {
+        check_ws(&c);
+        if (c.p >= c.e) return st == AFTER && depth == 0;
+        if (st == VALUE) {
+            if (depth + 1 > JSON_MAX_DEPTH) return false;
+            unsigned char ch = *c.p;
+            if (ch != '{' && ch != '[') {
+                if (!check_scalar(&c)) return false;
+                st = AFTER;
+                continue;
+            }
+            c.p++;
+            check_ws(&c);
+            if (c.p < c.e && *c.p == (ch == '{' ? '}' : ']')) {
+                c.p++;
+                st = AFTER;
+                continue;
+            }
+            if (ch == '{')
+                objects[depth / 8] |= (uint8_t)(1u << (depth % 8));
+            else
+                objects[depth / 8] &= (uint8_t) ~(1u << (depth % 8));
+            depth++;
+            st = ch == '{' ? KEY : VALUE;
+        } else if (st == KEY) {
+            if (*c.p != '"' || !check_string(&c)) return false;
+            check_ws(&c);
+            if (c.p >= c.e || *c.p != ':') return false;
+            c.p++;
+            st = VALUE;
+        } else {
+            if (depth == 0) return false; /* something after the value */
+            bool obj = objects[(depth - 1) / 8] & (1u << ((depth - 1) % 8));
+            if (*c.p == ',') {
+                c.p++;
+                st = obj ? KEY : VALUE;
+            } else if (*c.p == (obj ? '}' : ']')) {
+                c.p++;
+                depth--;
+            } else {
+                return false;
+            }
+        }
+    }
 }
 
 /* ---- request side: the body was validated first, so the reader walks valid JSON ---- */
@@ -1324,7 +1340,10 @@ static size_t event_end(struct tg_scan *s, const char *p, size_t n)
             continue;
         }
         char c = p[i++];
-        if (c == '\n') return i; /* state stays NL_START: a new event begins */
+        if (c == '\n') {
+            s->nl = NL_START; /* a new event begins */
+            return i;
+        }
         s->nl = (c == '\r' && s->nl == NL_START) ? NL_CR : NL_MID;
     }
     return 0;

@@ -34,6 +34,8 @@ struct tg_request_info {
  * embeddings (a body with "input" and no "messages"/"prompt"); video_seconds =
  * seconds * w*h / (1280*720). Returns 0, or -1 with `err` set to a message fit
  * for a client (bad JSON, wrong field type, bad size).
+ * The body must be JSON as jansson reads it (RFC 8259, UTF-8, integers in
+ * int64, depth <= 2048); it is checked and read in place, without building a tree.
  * Text is counted in code points. `prompt`/`input` token-id arrays count as
  * tokens. A video body may also be multipart/form-data (fields model, seconds,
  * size), as OpenAI's SDKs send it; a started second is charged whole. A

@@ -796,6 +796,10 @@ static void test_sse_crlf(void **state)
     r = scan_str(true, true, in);
     check_stream_usage(&r);
     expect_out(&r, EV1 "\r\n\r\n" EV2 "\r\n\r\n" EV3 "\r\n\r\n" EV4 "\r\n\r\n" DONE "\r\n\r\n");
+    /* blank events after a CRLF-ended event stay events of their own */
+    r = scan_str(true, true, EV2 "\r\n\r\n\r\n" USAGE_EV "\r\n\r\n\r\n\n" DONE "\r\n\r\n");
+    assert_int_equal(r.usage.total_tokens, 12);
+    expect_out(&r, EV2 "\r\n\r\n\r\n\r\n\n" DONE "\r\n\r\n");
     /* mixed line ends within one stream */
     in = EV2 "\r\n\n" USAGE_EV "\n\r\n" DONE "\n\n";
     r = scan_str(true, true, in);
