@@ -1,9 +1,10 @@
-/* The cost model: request estimates (jansson), usage read from replies (JSON and SSE), settling. */
+/* The cost model: request estimates, usage read from replies (JSON and SSE), settling. */
+#include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <jansson.h>
 #include "tollgate/cost.h"
 
 #define MAX_N 128
@@ -27,15 +28,6 @@ static const char bad_json_msg[] =
 static int64_t ceil_div(int64_t a, int64_t b)
 {
     return a <= 0 ? 0 : (a + b - 1) / b;
-}
-
-/* Code points in UTF-8 text: every byte that does not continue a sequence. */
-static int64_t utf8_chars(const char *s, size_t n)
-{
-    int64_t c = 0;
-    for (size_t i = 0; i < n; i++)
-        c += ((unsigned char)s[i] & 0xC0) != 0x80;
-    return c;
 }
 
 /* micro-units of `usec` micro-seconds of video at w x h */
@@ -88,311 +80,6 @@ static bool parse_seconds(const char *s, size_t n, double *out)
     return true;
 }
 
-/* ---- request side (jansson) ---- */
-
-static const char *type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a decimal number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "a value";
-}
-
-static int bad_type(char err[TG_ERR_LEN], const char *param, const char *expected,
-                    const json_t *got)
-{
-    snprintf(err, TG_ERR_LEN, "Invalid type for '%s': expected %s, but got %s instead.", param,
-             expected, type_name(got));
-    return -1;
-}
-
-/* A member that is absent or null reads as absent. */
-static json_t *member(json_t *obj, const char *key)
-{
-    json_t *v = json_object_get(obj, key);
-    return v && !json_is_null(v) ? v : NULL;
-}
-
-/* An integer parameter in [lo, hi]; decimals with an integral value are accepted. */
-static int int_param(json_t *obj, const char *key, int64_t lo, int64_t hi, int64_t *out,
-                     char err[TG_ERR_LEN])
-{
-    json_t *v = member(obj, key);
-    int64_t x;
-    if (!v) return 0;
-    if (json_is_integer(v)) {
-        x = json_integer_value(v);
-    } else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
-               fabs(json_real_value(v)) < 9e18) {
-        x = (int64_t)json_real_value(v);
-    } else {
-        return bad_type(err, key, "an integer", v);
-    }
-    if (x < lo) {
-        snprintf(err, TG_ERR_LEN,
-                 "Invalid '%s': integer below minimum value. Expected a value >= %lld, but got "
-                 "%lld instead.",
-                 key, (long long)lo, (long long)x);
-        return -1;
-    }
-    if (x > hi) {
-        snprintf(err, TG_ERR_LEN,
-                 "Invalid '%s': integer above maximum value. Expected a value <= %lld, but got "
-                 "%lld instead.",
-                 key, (long long)hi, (long long)x);
-        return -1;
-    }
-    *out = x;
-    return 1;
-}
-
-struct prompt {
-    int64_t chars;  /* text, to be divided by chars_per_token */
-    int64_t tokens; /* token ids given directly */
-};
-
-static void add_text(struct prompt *pr, const json_t *s)
-{
-    pr->chars += utf8_chars(json_string_value(s), json_string_length(s));
-}
-
-/* A message's content: a string, null, or an array of parts whose `text` counts. */
-static int count_content(json_t *content, const char *param, struct prompt *pr,
-                         char err[TG_ERR_LEN])
-{
-    size_t i;
-    json_t *part;
-    if (!content || json_is_null(content)) return 0;
-    if (json_is_string(content)) {
-        add_text(pr, content);
-        return 0;
-    }
-    if (!json_is_array(content)) return bad_type(err, param, "a string or an array", content);
-    json_array_foreach (content, i, part) {
-        json_t *text = json_is_object(part) ? json_object_get(part, "text") : NULL;
-        if (json_is_string(text)) add_text(pr, text);
-    }
-    return 0;
-}
-
-static int count_messages(json_t *msgs, struct prompt *pr, char err[TG_ERR_LEN])
-{
-    size_t i;
-    json_t *m;
-    char param[48];
-    if (!json_is_array(msgs)) return bad_type(err, "messages", "an array", msgs);
-    json_array_foreach (msgs, i, m) {
-        if (!json_is_object(m)) {
-            snprintf(param, sizeof param, "messages[%zu]", i);
-            return bad_type(err, param, "an object", m);
-        }
-        snprintf(param, sizeof param, "messages[%zu].content", i);
-        if (count_content(json_object_get(m, "content"), param, pr, err) < 0) return -1;
-    }
-    return 0;
-}
-
-/* `prompt` or `input`: a string, or an array of strings, token ids, token-id
- * arrays, or (Responses-style) message items. */
-static int count_inputs(json_t *v, const char *name, struct prompt *pr, char err[TG_ERR_LEN])
-{
-    static const char expected[] = "a string or an array";
-    size_t i, j;
-    json_t *el, *tok;
-    char param[48];
-    if (json_is_string(v)) {
-        add_text(pr, v);
-        return 0;
-    }
-    if (!json_is_array(v)) return bad_type(err, name, expected, v);
-    json_array_foreach (v, i, el) {
-        snprintf(param, sizeof param, "%s[%zu]", name, i);
-        if (json_is_string(el)) {
-            add_text(pr, el);
-        } else if (json_is_integer(el)) {
-            pr->tokens++;
-        } else if (json_is_array(el)) {
-            json_array_foreach (el, j, tok) {
-                if (!json_is_integer(tok)) {
-                    snprintf(param, sizeof param, "%s[%zu][%zu]", name, i, j);
-                    return bad_type(err, param, "an integer", tok);
-                }
-            }
-            pr->tokens += (int64_t)json_array_size(el);
-        } else if (json_is_object(el)) {
-            json_t *c = json_object_get(el, "content");
-            json_t *t = json_object_get(el, "text");
-            if (json_is_string(t)) add_text(pr, t);
-            if (c && count_content(c, param, pr, err) < 0) return -1;
-        } else {
-            return bad_type(err, param, "a string, an integer or an array", el);
-        }
-    }
-    return 0;
-}
-
-static void copy_model(struct tg_request_info *info, const char *s, size_t n)
-{
-    if (n > TG_MODEL_LEN - 1) {
-        n = TG_MODEL_LEN - 1;
-        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
-            n--;
-    }
-    memcpy(info->model, s, n);
-    info->model[n] = '\0';
-}
-
-static void common_info(json_t *root, struct tg_request_info *info)
-{
-    json_t *model = json_object_get(root, "model");
-    json_t *so = json_object_get(root, "stream_options");
-    if (json_is_string(model)) copy_model(info, json_string_value(model), json_string_length(model));
-    info->stream = json_is_true(json_object_get(root, "stream"));
-    info->client_wants_usage = json_is_object(so) && json_is_true(json_object_get(so, "include_usage"));
-}
-
-static int estimate_tokens(json_t *root, int cpt, int default_max, struct tg_cost *out,
-                           struct tg_request_info *info, char err[TG_ERR_LEN])
-{
-    struct prompt pr = {0, 0};
-    json_t *msgs = member(root, "messages");
-    json_t *prompt = member(root, "prompt");
-    json_t *input = member(root, "input");
-    int64_t max = default_max > 0 ? default_max : 0, n = 1;
-    int rc;
-
-    if (msgs && count_messages(msgs, &pr, err) < 0) return -1;
-    if (prompt && count_inputs(prompt, "prompt", &pr, err) < 0) return -1;
-    if (input && count_inputs(input, "input", &pr, err) < 0) return -1;
-    int64_t tokens = ceil_div(pr.chars, cpt) + pr.tokens;
-    info->prompt_tokens_est = tokens;
-
-    if (!(input && !msgs && !prompt)) {
-        rc = int_param(root, "max_completion_tokens", 1, MAX_TOKENS_PARAM, &max, err);
-        if (rc < 0) return -1;
-        if (rc == 0 && int_param(root, "max_tokens", 1, MAX_TOKENS_PARAM, &max, err) < 0)
-            return -1;
-        if (int_param(root, "n", 1, MAX_N, &n, err) < 0) return -1;
-        tokens += max * n;
-    }
-    out->u[TG_UNIT_TOKENS] = tokens * TG_MICRO;
-    return 0;
-}
-
-struct video_req {
-    double seconds;
-    int width, height;
-};
-
-static int video_seconds_param(bool is_string, const char *s, size_t n, double num,
-                               struct video_req *vr, char err[TG_ERR_LEN])
-{
-    double d = num;
-    if ((is_string && !parse_seconds(s, n, &d)) || !(d > 0 && d <= MAX_VIDEO_SECONDS)) {
-        snprintf(err, TG_ERR_LEN,
-                 "Invalid value for 'seconds': expected a positive number of seconds, at most %d.",
-                 MAX_VIDEO_SECONDS);
-        return -1;
-    }
-    vr->seconds = d;
-    return 0;
-}
-
-static int video_size_param(const char *s, size_t n, struct video_req *vr, char err[TG_ERR_LEN])
-{
-    if (!parse_size(s, n, &vr->width, &vr->height)) {
-        snprintf(err, TG_ERR_LEN,
-                 "Invalid value for 'size': expected WIDTHxHEIGHT with each side from 1 to %d, "
-                 "like '1280x720'.",
-                 MAX_VIDEO_SIDE);
-        return -1;
-    }
-    return 0;
-}
-
-static int video_json(json_t *root, struct video_req *vr, char err[TG_ERR_LEN])
-{
-    json_t *sec = member(root, "seconds");
-    json_t *size = member(root, "size");
-    if (sec) {
-        if (json_is_string(sec)) {
-            if (video_seconds_param(true, json_string_value(sec), json_string_length(sec), 0, vr,
-                                    err) < 0)
-                return -1;
-        } else if (json_is_number(sec)) {
-            if (video_seconds_param(false, NULL, 0, json_number_value(sec), vr, err) < 0)
-                return -1;
-        } else {
-            return bad_type(err, "seconds", "a string or a number", sec);
-        }
-    }
-    if (size) {
-        if (!json_is_string(size)) return bad_type(err, "size", "a string", size);
-        if (video_size_param(json_string_value(size), json_string_length(size), vr, err) < 0)
-            return -1;
-    }
-    return 0;
-}
-
-/* multipart/form-data (what OpenAI's SDKs send to /v1/videos): reads the
- * `model`, `seconds` and `size` fields. */
-static int video_multipart(const char *body, size_t len, struct video_req *vr,
-                           struct tg_request_info *info, char err[TG_ERR_LEN])
-{
-    const char *end = body + len;
-    const char *eol = memchr(body, '\r', len);
-    char delim[80];
-    if (!eol || eol + 1 >= end || eol[1] != '\n' || eol - body < 3 ||
-        (size_t)(eol - body) + 2 >= sizeof delim)
-        goto bad;
-    size_t blen = (size_t)(eol - body); /* "--boundary" */
-    delim[0] = '\r';
-    delim[1] = '\n';
-    memcpy(delim + 2, body, blen);
-    size_t dlen = blen + 2;
-    const char *p = eol + 2;
-    for (;;) {
-        const char *hend = memmem(p, (size_t)(end - p), "\r\n\r\n", 4);
-        if (!hend) goto bad;
-        const char *name = NULL;
-        size_t nlen = 0;
-        for (const char *q = p; q + 6 <= hend; q++) {
-            if (memcmp(q, "name=\"", 6) == 0 && q > p && (q[-1] == ' ' || q[-1] == ';')) {
-                const char *ne = memchr(q + 6, '"', (size_t)(hend - q - 6));
-                if (!ne) goto bad;
-                name = q + 6;
-                nlen = (size_t)(ne - name);
-                break;
-            }
-        }
-        const char *v = hend + 4;
-        const char *ve = memmem(v, (size_t)(end - v), delim, dlen);
-        if (!ve) goto bad;
-        size_t vlen = (size_t)(ve - v);
-        if (name && nlen == 7 && memcmp(name, "seconds", 7) == 0) {
-            if (video_seconds_param(true, v, vlen, 0, vr, err) < 0) return -1;
-        } else if (name && nlen == 4 && memcmp(name, "size", 4) == 0) {
-            if (video_size_param(v, vlen, vr, err) < 0) return -1;
-        } else if (name && nlen == 5 && memcmp(name, "model", 5) == 0) {
-            copy_model(info, v, vlen);
-        }
-        p = ve + dlen;
-        if (end - p >= 2 && p[0] == '-' && p[1] == '-') return 0;
-        if (end - p < 2 || p[0] != '\r' || p[1] != '\n') goto bad;
-        p += 2;
-    }
-bad:
-    snprintf(err, TG_ERR_LEN, "We could not parse the multipart/form-data body of your request.");
-    return -1;
-}
-
 static const char *skip_ws(const char *p, const char *e)
 {
     while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
@@ -400,80 +87,30 @@ static const char *skip_ws(const char *p, const char *e)
     return p;
 }
 
-int tg_cost_estimate(enum tg_cost_model model, int chars_per_token, int default_max_tokens,
-                     const char *body, size_t len, struct tg_cost *out,
-                     struct tg_request_info *info, char err[TG_ERR_LEN])
-{
-    json_t *root = NULL;
-    json_error_t jerr;
-    struct video_req vr = {TG_VIDEO_DEFAULT_SECONDS, TG_VIDEO_DEFAULT_WIDTH,
-                           TG_VIDEO_DEFAULT_HEIGHT};
-    int cpt = chars_per_token > 0 ? chars_per_token : 1;
-    int rc = -1;
-    const char *first = body ? skip_ws(body, body + len) : NULL;
+/* ---- a small JSON reader: no allocation, walks the bytes ---- */
 
-    memset(out, 0, sizeof *out);
-    memset(info, 0, sizeof *info);
-    err[0] = '\0';
-    out->u[TG_UNIT_REQUESTS] = TG_MICRO;
-
-    if (model == TG_COST_VIDEO && first && body + len - first >= 2 && first[0] == '-' &&
-        first[1] == '-') {
-        if (video_multipart(first, (size_t)(body + len - first), &vr, info, err) < 0) goto out;
-        goto video;
-    }
-    if (model == TG_COST_REQUESTS) {
-        /* no body needed: read model and stream when it is a JSON object */
-        if (first && first < body + len && *first == '{')
-            root = json_loadb(body, len, 0, &jerr);
-        if (json_is_object(root)) common_info(root, info);
-        rc = 0;
-        goto out;
-    }
-    if (len > 0 && body) root = json_loadb(body, len, JSON_DECODE_ANY, &jerr);
-    if (!root) {
-        snprintf(err, TG_ERR_LEN, "%s", bad_json_msg);
-        goto out;
-    }
-    if (!json_is_object(root)) {
-        snprintf(err, TG_ERR_LEN, "Invalid request body: expected a JSON object, but got %s instead.",
-                 type_name(root));
-        goto out;
-    }
-    common_info(root, info);
-    if (model == TG_COST_TOKENS) {
-        rc = estimate_tokens(root, cpt, default_max_tokens, out, info, err);
-        goto out;
-    }
-    if (video_json(root, &vr, err) < 0) goto out;
-video:
-    /* a started second is charged whole */
-    info->video_seconds = (int64_t)ceil(vr.seconds);
-    info->width = vr.width;
-    info->height = vr.height;
-    out->u[TG_UNIT_VIDEO_SECONDS] =
-        video_micro(info->video_seconds * TG_MICRO, info->width, info->height);
-    rc = 0;
-out:
-    json_decref(root);
-    if (rc < 0) memset(out, 0, sizeof *out);
-    return rc;
-}
-
-/* ---- a small JSON reader for replies: no allocation, walks the bytes ---- */
-
-/* p at an opening quote: returns just past the closing one, or NULL. */
+/* p at an opening quote: returns just past the closing one, or NULL. A quote
+ * is escaped when an odd run of backslashes precedes it. */
 static const char *jstr_end(const char *p, const char *e)
 {
-    for (p++; p < e; p++) {
-        if (*p == '\\') {
-            if (++p == e) return NULL;
-        } else if (*p == '"') {
-            return p + 1;
-        }
+    const char *start = ++p;
+    while (p < e) {
+        const char *q = memchr(p, '"', (size_t)(e - p));
+        if (!q) return NULL;
+        size_t bs = 0;
+        while (q - bs > start && q[-1 - (ptrdiff_t)bs] == '\\')
+            bs++;
+        if (bs % 2 == 0) return q + 1;
+        p = q + 1;
     }
     return NULL;
 }
+
+/* What a byte means to jskip: 1 quote, 2 opens, 3 closes, 4 ends a scalar. */
+static const unsigned char jclass[256] = {
+    ['"'] = 1, ['{'] = 2,  ['['] = 2,  ['}'] = 3,  [']'] = 3, [','] = 4,
+    [' '] = 4, ['\t'] = 4, ['\n'] = 4, ['\r'] = 4, [':'] = 4,
+};
 
 /* p at a value: returns just past it, or NULL if it does not end before e. */
 static const char *jskip(const char *p, const char *e)
@@ -483,21 +120,24 @@ static const char *jskip(const char *p, const char *e)
     if (*p == '{' || *p == '[') {
         size_t depth = 0;
         for (; p < e; p++) {
-            if (*p == '"') {
+            switch (jclass[(unsigned char)*p]) {
+            case 1:
                 p = jstr_end(p, e);
                 if (!p) return NULL;
                 p--;
-            } else if (*p == '{' || *p == '[') {
+                break;
+            case 2:
                 depth++;
-            } else if (*p == '}' || *p == ']') {
+                break;
+            case 3:
                 if (--depth == 0) return p + 1;
+                break;
             }
         }
         return NULL;
     }
     const char *s = p;
-    while (p < e && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' &&
-           *p != '\n' && *p != '\r' && *p != ':' && *p != '"' && *p != '{' && *p != '[')
+    while (p < e && jclass[(unsigned char)*p] == 0)
         p++;
     return p > s ? p : NULL;
 }
@@ -647,6 +287,786 @@ static bool jis_string(const char *v, const char *ve)
 {
     return ve - v >= 2 && *v == '"';
 }
+
+/* ---- strict JSON check: exactly what jansson's json_loadb(JSON_DECODE_ANY) accepts ---- */
+
+/* jansson's JSON_PARSER_MAX_DEPTH, which it counts per value: a value inside
+ * N containers is at depth N + 1. */
+#define JSON_MAX_DEPTH 2048
+
+/* Length of the valid UTF-8 sequence at p (lead byte >= 0x80), or 0. */
+static size_t utf8_seq(const unsigned char *p, const unsigned char *e)
+{
+    unsigned c = p[0];
+    size_t n;
+    uint32_t v;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+        v = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        v = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        v = c & 0x07;
+    } else {
+        return 0;
+    }
+    if ((size_t)(e - p) < n) return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;
+        v = (v << 6) | (p[i] & 0x3F);
+    }
+    if ((n == 3 && v < 0x800) || (n == 4 && v < 0x10000) || v > 0x10FFFF ||
+        (v >= 0xD800 && v <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+struct jcheck {
+    const unsigned char *p, *e;
+};
+
+static void check_ws(struct jcheck *c)
+{
+    while (c->p < c->e && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+/* c->p at '"'. UTF-8 is checked; \u0000 and unpaired surrogates are refused. */
+static bool check_string(struct jcheck *c)
+{
+    const unsigned char *p = c->p + 1, *e = c->e;
+    while (p < e) {
+        unsigned ch = *p;
+        if (ch == '"') {
+            c->p = p + 1;
+            return true;
+        }
+        if (ch < 0x20) return false;
+        if (ch >= 0x80) {
+            size_t n = utf8_seq(p, e);
+            if (n == 0) return false;
+            p += n;
+            continue;
+        }
+        if (ch != '\\') {
+            p++;
+            continue;
+        }
+        if (e - p < 2) return false;
+        switch (p[1]) {
+        case '"':
+        case '\\':
+        case '/':
+        case 'b':
+        case 'f':
+        case 'n':
+        case 'r':
+        case 't':
+            p += 2;
+            break;
+        case 'u': {
+            long u = hex4((const char *)p + 2, (size_t)(e - p - 2));
+            if (u <= 0 || (u >= 0xDC00 && u <= 0xDFFF)) return false;
+            p += 6;
+            if (u >= 0xD800 && u <= 0xDBFF) {
+                if (e - p < 6 || p[0] != '\\' || p[1] != 'u') return false;
+                long lo = hex4((const char *)p + 2, (size_t)(e - p - 2));
+                if (lo < 0xDC00 || lo > 0xDFFF) return false;
+                p += 6;
+            }
+            break;
+        }
+        default:
+            return false;
+        }
+    }
+    return false;
+}
+
+static bool is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* An integer must fit in int64, a real must not overflow a double (jansson's limits). */
+static bool check_number(struct jcheck *c)
+{
+    const unsigned char *p = c->p, *e = c->e, *start = p, *digits;
+    bool neg = false, real = false;
+    long exp = 0;
+    if (p < e && *p == '-') {
+        neg = true;
+        p++;
+    }
+    if (p >= e || !is_digit(*p)) return false;
+    digits = p;
+    if (*p == '0') {
+        p++;
+        if (p < e && is_digit(*p)) return false;
+    } else {
+        while (p < e && is_digit(*p))
+            p++;
+    }
+    size_t intdigits = (size_t)(p - digits);
+    if (p < e && *p == '.') {
+        p++;
+        if (p >= e || !is_digit(*p)) return false;
+        while (p < e && is_digit(*p))
+            p++;
+        real = true;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        bool eneg = false;
+        p++;
+        if (p < e && (*p == '+' || *p == '-')) eneg = *p++ == '-';
+        if (p >= e || !is_digit(*p)) return false;
+        for (; p < e && is_digit(*p); p++)
+            if (exp < 100000) exp = exp * 10 + (*p - '0');
+        if (eneg) exp = -exp;
+        real = true;
+    }
+    c->p = p;
+    if (!real) {
+        if (intdigits != 19) return intdigits < 19;
+        return memcmp(digits, neg ? "9223372036854775808" : "9223372036854775807", 19) <= 0;
+    }
+    if ((long)intdigits + exp <= 300) return true;
+    /* large enough that it may overflow: ask strtod, as jansson does */
+    size_t len = (size_t)(p - start);
+    char small[64], *tmp = len < sizeof small ? small : malloc(len + 1);
+    if (!tmp) return false;
+    memcpy(tmp, start, len);
+    tmp[len] = '\0';
+    errno = 0;
+    double d = strtod(tmp, NULL);
+    bool ok = !((d == HUGE_VAL || d == -HUGE_VAL) && errno == ERANGE);
+    if (tmp != small) free(tmp);
+    return ok;
+}
+
+static bool check_scalar(struct jcheck *c)
+{
+    static const struct {
+        const char *text;
+        size_t len;
+    } literal[] = {{"true", 4}, {"false", 5}, {"null", 4}};
+    if (*c->p == '"') return check_string(c);
+    for (size_t i = 0; i < TG_ARRAY_LEN(literal); i++) {
+        if (*c->p == literal[i].text[0]) {
+            if ((size_t)(c->e - c->p) < literal[i].len ||
+                memcmp(c->p, literal[i].text, literal[i].len) != 0)
+                return false;
+            c->p += literal[i].len;
+            return true;
+        }
+    }
+    return check_number(c);
+}
+
+/* The whole of body[0..len) is one JSON value (white space around it allowed).
+ * Iterative: the open containers are a bit stack (1 = object). */
+static bool json_valid(const char *body, size_t len)
+{
+    uint8_t objects[JSON_MAX_DEPTH / 8 + 1];
+    struct jcheck c = {(const unsigned char *)body, (const unsigned char *)body + len};
+    enum { VALUE, KEY, AFTER } st = VALUE;
+    int depth = 0; /* open containers; a value is at depth + 1 */
+    if (!body) return false;
+    for (;;) {
+        check_ws(&c);
+        if (c.p >= c.e) return st == AFTER && depth == 0;
+        if (st == VALUE) {
+            if (depth + 1 > JSON_MAX_DEPTH) return false;
+            unsigned char ch = *c.p;
+            if (ch != '{' && ch != '[') {
+                if (!check_scalar(&c)) return false;
+                st = AFTER;
+                continue;
+            }
+            c.p++;
+            check_ws(&c);
+            if (c.p < c.e && *c.p == (ch == '{' ? '}' : ']')) {
+                c.p++;
+                st = AFTER;
+                continue;
+            }
+            if (ch == '{')
+                objects[depth / 8] |= (uint8_t)(1u << (depth % 8));
+            else
+                objects[depth / 8] &= (uint8_t) ~(1u << (depth % 8));
+            depth++;
+            st = ch == '{' ? KEY : VALUE;
+        } else if (st == KEY) {
+            if (*c.p != '"' || !check_string(&c)) return false;
+            check_ws(&c);
+            if (c.p >= c.e || *c.p != ':') return false;
+            c.p++;
+            st = VALUE;
+        } else {
+            if (depth == 0) return false; /* something after the value */
+            bool obj = objects[(depth - 1) / 8] & (1u << ((depth - 1) % 8));
+            if (*c.p == ',') {
+                c.p++;
+                st = obj ? KEY : VALUE;
+            } else if (*c.p == (obj ? '}' : ']')) {
+                c.p++;
+                depth--;
+            } else {
+                return false;
+            }
+        }
+    }
+}
+
+/* ---- request side: the body was validated first, so the reader walks valid JSON ---- */
+
+enum jtype { J_OBJECT, J_ARRAY, J_STRING, J_INTEGER, J_REAL, J_TRUE, J_FALSE, J_NULL };
+
+/* A value of the body: [v, ve), v == NULL when absent. */
+struct span {
+    const char *v, *ve;
+};
+
+static enum jtype jtype_of(struct span s)
+{
+    switch (*s.v) {
+    case '{':
+        return J_OBJECT;
+    case '[':
+        return J_ARRAY;
+    case '"':
+        return J_STRING;
+    case 't':
+        return J_TRUE;
+    case 'f':
+        return J_FALSE;
+    case 'n':
+        return J_NULL;
+    }
+    for (const char *p = s.v; p < s.ve; p++)
+        if (*p == '.' || *p == 'e' || *p == 'E') return J_REAL;
+    return J_INTEGER;
+}
+
+static const char *type_name(struct span s)
+{
+    static const char *const names[] = {"an object",        "an array",  "a string",  "an integer",
+                                        "a decimal number", "a boolean", "a boolean", "null"};
+    return names[jtype_of(s)];
+}
+
+static bool is_null(struct span s)
+{
+    return !s.v || jtype_of(s) == J_NULL;
+}
+
+/* The last member `key` of the object s (a repeated key: the last one counts, as in jansson). */
+static struct span find(struct span s, const char *key)
+{
+    struct span r = {NULL, NULL};
+    struct jit it;
+    const char *k, *v, *ve;
+    size_t kl, len = strlen(key);
+    if (!s.v || !jopen(&it, s.v, s.ve, '{')) return r;
+    while (jmember(&it, &k, &kl, &v, &ve)) {
+        if (key_is(k, kl, key, len)) {
+            r.v = v;
+            r.ve = ve;
+        }
+    }
+    return r;
+}
+
+static size_t utf8_put(char *out, uint32_t u)
+{
+    if (u < 0x80) {
+        out[0] = (char)u;
+        return 1;
+    }
+    if (u < 0x800) {
+        out[0] = (char)(0xC0 | (u >> 6));
+        out[1] = (char)(0x80 | (u & 0x3F));
+        return 2;
+    }
+    if (u < 0x10000) {
+        out[0] = (char)(0xE0 | (u >> 12));
+        out[1] = (char)(0x80 | ((u >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (u & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (u >> 18));
+    out[1] = (char)(0x80 | ((u >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((u >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (u & 0x3F));
+    return 4;
+}
+
+/* Decodes the (valid) JSON string s into out, whole characters only, at most
+ * cap bytes. Returns the length; *whole is false if the string did not fit. */
+static size_t jstr_decode(struct span s, char *out, size_t cap, bool *whole)
+{
+    static const char esc_from[] = "\"\\/bfnrt", esc_to[] = "\"\\/\b\f\n\r\t";
+    const char *p = s.v + 1, *e = s.ve - 1;
+    size_t n = 0;
+    while (p < e) {
+        char tmp[4];
+        size_t tl;
+        unsigned char c = (unsigned char)*p;
+        if (c == '\\' && e - p >= 6 && p[1] == 'u') {
+            long u = hex4(p + 2, (size_t)(e - p - 2));
+            p += 6;
+            if (u >= 0xD800 && u <= 0xDBFF && e - p >= 6 && p[0] == '\\' && p[1] == 'u') {
+                long lo = hex4(p + 2, (size_t)(e - p - 2));
+                if (lo >= 0xDC00 && lo <= 0xDFFF) {
+                    u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+                    p += 6;
+                }
+            }
+            tl = utf8_put(tmp, u < 0 ? 0xFFFD : (uint32_t)u);
+        } else if (c == '\\' && e - p >= 2) {
+            const char *f = memchr(esc_from, p[1], sizeof esc_from - 1);
+            tmp[0] = f ? esc_to[f - esc_from] : p[1];
+            tl = 1;
+            p += 2;
+        } else {
+            tl = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+            if (tl > (size_t)(e - p)) tl = (size_t)(e - p);
+            memcpy(tmp, p, tl);
+            p += tl;
+        }
+        if (n + tl > cap) {
+            *whole = false;
+            return n;
+        }
+        memcpy(out + n, tmp, tl);
+        n += tl;
+    }
+    *whole = true;
+    return n;
+}
+
+/* The value of a (valid) number. */
+static double jnumber(struct span s)
+{
+    char small[64], *tmp;
+    size_t len = (size_t)(s.ve - s.v);
+    tmp = len < sizeof small ? small : malloc(len + 1);
+    if (!tmp) return NAN;
+    memcpy(tmp, s.v, len);
+    tmp[len] = '\0';
+    double d = strtod(tmp, NULL);
+    if (tmp != small) free(tmp);
+    return d;
+}
+
+/* The value of a (valid, so int64) integer. */
+static int64_t jinteger(struct span s)
+{
+    const char *p = s.v;
+    bool neg = *p == '-';
+    uint64_t x = 0;
+    for (p += neg; p < s.ve; p++)
+        x = x * 10 + (uint64_t)(*p - '0');
+    return neg ? (int64_t)(0 - x) : (int64_t)x;
+}
+
+static int bad_type(char err[TG_ERR_LEN], const char *param, const char *expected, struct span got)
+{
+    snprintf(err, TG_ERR_LEN, "Invalid type for '%s': expected %s, but got %s instead.", param,
+             expected, type_name(got));
+    return -1;
+}
+
+/* An integer parameter in [lo, hi]; decimals with an integral value are
+ * accepted. Returns 1 if set, 0 if absent or null, -1 with err. */
+static int int_param(struct span v, const char *key, int64_t lo, int64_t hi, int64_t *out,
+                     char err[TG_ERR_LEN])
+{
+    int64_t x;
+    if (is_null(v)) return 0;
+    enum jtype t = jtype_of(v);
+    double d = t == J_REAL ? jnumber(v) : 0;
+    if (t == J_INTEGER)
+        x = jinteger(v);
+    else if (t == J_REAL && d == floor(d) && fabs(d) < 9e18)
+        x = (int64_t)d;
+    else
+        return bad_type(err, key, "an integer", v);
+    if (x < lo) {
+        snprintf(err, TG_ERR_LEN,
+                 "Invalid '%s': integer below minimum value. Expected a value >= %lld, but got "
+                 "%lld instead.",
+                 key, (long long)lo, (long long)x);
+        return -1;
+    }
+    if (x > hi) {
+        snprintf(err, TG_ERR_LEN,
+                 "Invalid '%s': integer above maximum value. Expected a value <= %lld, but got "
+                 "%lld instead.",
+                 key, (long long)hi, (long long)x);
+        return -1;
+    }
+    *out = x;
+    return 1;
+}
+
+struct prompt {
+    int64_t chars;  /* text, to be divided by chars_per_token */
+    int64_t tokens; /* token ids given directly */
+};
+
+static void add_text(struct prompt *pr, struct span s)
+{
+    pr->chars += jstr_chars(s.v, s.ve);
+}
+
+/* A message's content: a string, null, or an array of parts whose `text` counts. */
+static int count_content(struct span content, const char *param, struct prompt *pr,
+                         char err[TG_ERR_LEN])
+{
+    struct jit it;
+    struct span part;
+    if (is_null(content)) return 0;
+    enum jtype t = jtype_of(content);
+    if (t == J_STRING) {
+        add_text(pr, content);
+        return 0;
+    }
+    if (t != J_ARRAY) return bad_type(err, param, "a string or an array", content);
+    jopen(&it, content.v, content.ve, '[');
+    while (jelement(&it, &part.v, &part.ve)) {
+        struct span text = *part.v == '{' ? find(part, "text") : (struct span){NULL, NULL};
+        if (text.v && jtype_of(text) == J_STRING) add_text(pr, text);
+    }
+    return 0;
+}
+
+static int count_messages(struct span msgs, struct prompt *pr, char err[TG_ERR_LEN])
+{
+    struct jit it;
+    struct span m;
+    char param[48];
+    if (jtype_of(msgs) != J_ARRAY) return bad_type(err, "messages", "an array", msgs);
+    jopen(&it, msgs.v, msgs.ve, '[');
+    for (size_t i = 0; jelement(&it, &m.v, &m.ve); i++) {
+        if (jtype_of(m) != J_OBJECT) {
+            snprintf(param, sizeof param, "messages[%zu]", i);
+            return bad_type(err, param, "an object", m);
+        }
+        snprintf(param, sizeof param, "messages[%zu].content", i);
+        if (count_content(find(m, "content"), param, pr, err) < 0) return -1;
+    }
+    return 0;
+}
+
+/* `prompt` or `input`: a string, or an array of strings, token ids, token-id
+ * arrays, or (Responses-style) message items. */
+static int count_inputs(struct span v, const char *name, struct prompt *pr, char err[TG_ERR_LEN])
+{
+    struct jit it, tokens;
+    struct span el, tok;
+    char param[48];
+    enum jtype t = jtype_of(v);
+    if (t == J_STRING) {
+        add_text(pr, v);
+        return 0;
+    }
+    if (t != J_ARRAY) return bad_type(err, name, "a string or an array", v);
+    jopen(&it, v.v, v.ve, '[');
+    for (size_t i = 0; jelement(&it, &el.v, &el.ve); i++) {
+        snprintf(param, sizeof param, "%s[%zu]", name, i);
+        switch (jtype_of(el)) {
+        case J_STRING:
+            add_text(pr, el);
+            break;
+        case J_INTEGER:
+            pr->tokens++;
+            break;
+        case J_ARRAY:
+            jopen(&tokens, el.v, el.ve, '[');
+            for (size_t j = 0; jelement(&tokens, &tok.v, &tok.ve); j++) {
+                if (jtype_of(tok) != J_INTEGER) {
+                    snprintf(param, sizeof param, "%s[%zu][%zu]", name, i, j);
+                    return bad_type(err, param, "an integer", tok);
+                }
+                pr->tokens++;
+            }
+            break;
+        case J_OBJECT: {
+            struct span text = find(el, "text"), content = find(el, "content");
+            if (text.v && jtype_of(text) == J_STRING) add_text(pr, text);
+            if (count_content(content, param, pr, err) < 0) return -1;
+            break;
+        }
+        default:
+            return bad_type(err, param, "a string, an integer or an array", el);
+        }
+    }
+    return 0;
+}
+
+static void copy_model(struct tg_request_info *info, const char *s, size_t n)
+{
+    if (n > TG_MODEL_LEN - 1) {
+        n = TG_MODEL_LEN - 1;
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(info->model, s, n);
+    info->model[n] = '\0';
+}
+
+/* The members of the top-level object that the estimate reads. */
+struct body {
+    struct span model, stream, stream_options, messages, prompt, input, max_completion_tokens,
+        max_tokens, n, seconds, size;
+};
+
+static void read_body(const char *p, const char *e, struct body *b)
+{
+    static const struct {
+        const char *key;
+        size_t off;
+    } keys[] = {
+#define K(name) {#name, offsetof(struct body, name)}
+        K(model),
+        K(stream),
+        K(stream_options),
+        K(messages),
+        K(prompt),
+        K(input),
+        K(max_completion_tokens),
+        K(max_tokens),
+        K(n),
+        K(seconds),
+        K(size),
+#undef K
+    };
+    struct jit it;
+    const char *k, *v, *ve;
+    size_t kl;
+    memset(b, 0, sizeof *b);
+    if (!jopen(&it, p, e, '{')) return;
+    while (jmember(&it, &k, &kl, &v, &ve)) {
+        for (size_t i = 0; i < TG_ARRAY_LEN(keys); i++) {
+            if (key_is(k, kl, keys[i].key, strlen(keys[i].key))) {
+                struct span *s = (struct span *)((char *)b + keys[i].off);
+                s->v = v;
+                s->ve = ve;
+                break;
+            }
+        }
+    }
+}
+
+static void common_info(const struct body *b, struct tg_request_info *info)
+{
+    bool whole;
+    if (b->model.v && jtype_of(b->model) == J_STRING)
+        info->model[jstr_decode(b->model, info->model, TG_MODEL_LEN - 1, &whole)] = '\0';
+    info->stream = b->stream.v && jtype_of(b->stream) == J_TRUE;
+    struct span iu = find(b->stream_options, "include_usage");
+    info->client_wants_usage = iu.v && jtype_of(iu) == J_TRUE;
+}
+
+static int estimate_tokens(const struct body *b, int cpt, int default_max, struct tg_cost *out,
+                           struct tg_request_info *info, char err[TG_ERR_LEN])
+{
+    struct prompt pr = {0, 0};
+    bool msgs = !is_null(b->messages), prompt = !is_null(b->prompt), input = !is_null(b->input);
+    int64_t max = default_max > 0 ? default_max : 0, n = 1;
+    int rc;
+
+    if (msgs && count_messages(b->messages, &pr, err) < 0) return -1;
+    if (prompt && count_inputs(b->prompt, "prompt", &pr, err) < 0) return -1;
+    if (input && count_inputs(b->input, "input", &pr, err) < 0) return -1;
+    int64_t tokens = ceil_div(pr.chars, cpt) + pr.tokens;
+    info->prompt_tokens_est = tokens;
+
+    if (!(input && !msgs && !prompt)) {
+        rc = int_param(b->max_completion_tokens, "max_completion_tokens", 1, MAX_TOKENS_PARAM, &max,
+                       err);
+        if (rc < 0) return -1;
+        if (rc == 0 && int_param(b->max_tokens, "max_tokens", 1, MAX_TOKENS_PARAM, &max, err) < 0)
+            return -1;
+        if (int_param(b->n, "n", 1, MAX_N, &n, err) < 0) return -1;
+        tokens += max * n;
+    }
+    out->u[TG_UNIT_TOKENS] = tokens * TG_MICRO;
+    return 0;
+}
+
+struct video_req {
+    double seconds;
+    int width, height;
+};
+
+static int video_seconds_param(bool is_string, const char *s, size_t n, double num,
+                               struct video_req *vr, char err[TG_ERR_LEN])
+{
+    double d = num;
+    if ((is_string && !parse_seconds(s, n, &d)) || !(d > 0 && d <= MAX_VIDEO_SECONDS)) {
+        snprintf(err, TG_ERR_LEN,
+                 "Invalid value for 'seconds': expected a positive number of seconds, at most %d.",
+                 MAX_VIDEO_SECONDS);
+        return -1;
+    }
+    vr->seconds = d;
+    return 0;
+}
+
+static int video_size_param(const char *s, size_t n, struct video_req *vr, char err[TG_ERR_LEN])
+{
+    if (!parse_size(s, n, &vr->width, &vr->height)) {
+        snprintf(err, TG_ERR_LEN,
+                 "Invalid value for 'size': expected WIDTHxHEIGHT with each side from 1 to %d, "
+                 "like '1280x720'.",
+                 MAX_VIDEO_SIDE);
+        return -1;
+    }
+    return 0;
+}
+
+static int video_json(const struct body *b, struct video_req *vr, char err[TG_ERR_LEN])
+{
+    char buf[32];
+    bool whole;
+    size_t n;
+    if (!is_null(b->seconds)) {
+        enum jtype t = jtype_of(b->seconds);
+        if (t == J_STRING) {
+            n = jstr_decode(b->seconds, buf, sizeof buf - 1, &whole);
+            if (video_seconds_param(true, whole ? buf : "", whole ? n : 0, 0, vr, err) < 0)
+                return -1;
+        } else if (t == J_INTEGER || t == J_REAL) {
+            if (video_seconds_param(false, NULL, 0, jnumber(b->seconds), vr, err) < 0) return -1;
+        } else {
+            return bad_type(err, "seconds", "a string or a number", b->seconds);
+        }
+    }
+    if (!is_null(b->size)) {
+        if (jtype_of(b->size) != J_STRING) return bad_type(err, "size", "a string", b->size);
+        n = jstr_decode(b->size, buf, sizeof buf - 1, &whole);
+        if (video_size_param(whole ? buf : "", whole ? n : 0, vr, err) < 0) return -1;
+    }
+    return 0;
+}
+
+/* multipart/form-data (what OpenAI's SDKs send to /v1/videos): reads the
+ * `model`, `seconds` and `size` fields. */
+static int video_multipart(const char *body, size_t len, struct video_req *vr,
+                           struct tg_request_info *info, char err[TG_ERR_LEN])
+{
+    const char *end = body + len;
+    const char *eol = memchr(body, '\r', len);
+    char delim[80];
+    if (!eol || eol + 1 >= end || eol[1] != '\n' || eol - body < 3 ||
+        (size_t)(eol - body) + 2 >= sizeof delim)
+        goto bad;
+    size_t blen = (size_t)(eol - body); /* "--boundary" */
+    delim[0] = '\r';
+    delim[1] = '\n';
+    memcpy(delim + 2, body, blen);
+    size_t dlen = blen + 2;
+    const char *p = eol + 2;
+    for (;;) {
+        const char *hend = memmem(p, (size_t)(end - p), "\r\n\r\n", 4);
+        if (!hend) goto bad;
+        const char *name = NULL;
+        size_t nlen = 0;
+        for (const char *q = p; q + 6 <= hend; q++) {
+            if (memcmp(q, "name=\"", 6) == 0 && q > p && (q[-1] == ' ' || q[-1] == ';')) {
+                const char *ne = memchr(q + 6, '"', (size_t)(hend - q - 6));
+                if (!ne) goto bad;
+                name = q + 6;
+                nlen = (size_t)(ne - name);
+                break;
+            }
+        }
+        const char *v = hend + 4;
+        const char *ve = memmem(v, (size_t)(end - v), delim, dlen);
+        if (!ve) goto bad;
+        size_t vlen = (size_t)(ve - v);
+        if (name && nlen == 7 && memcmp(name, "seconds", 7) == 0) {
+            if (video_seconds_param(true, v, vlen, 0, vr, err) < 0) return -1;
+        } else if (name && nlen == 4 && memcmp(name, "size", 4) == 0) {
+            if (video_size_param(v, vlen, vr, err) < 0) return -1;
+        } else if (name && nlen == 5 && memcmp(name, "model", 5) == 0) {
+            copy_model(info, v, vlen);
+        }
+        p = ve + dlen;
+        if (end - p >= 2 && p[0] == '-' && p[1] == '-') return 0;
+        if (end - p < 2 || p[0] != '\r' || p[1] != '\n') goto bad;
+        p += 2;
+    }
+bad:
+    snprintf(err, TG_ERR_LEN, "We could not parse the multipart/form-data body of your request.");
+    return -1;
+}
+
+int tg_cost_estimate(enum tg_cost_model model, int chars_per_token, int default_max_tokens,
+                     const char *body, size_t len, struct tg_cost *out,
+                     struct tg_request_info *info, char err[TG_ERR_LEN])
+{
+    struct body b;
+    struct video_req vr = {TG_VIDEO_DEFAULT_SECONDS, TG_VIDEO_DEFAULT_WIDTH,
+                           TG_VIDEO_DEFAULT_HEIGHT};
+    int cpt = chars_per_token > 0 ? chars_per_token : 1;
+    int rc = -1;
+    const char *end = body ? body + len : NULL;
+    const char *first = body ? skip_ws(body, end) : NULL;
+
+    memset(out, 0, sizeof *out);
+    memset(info, 0, sizeof *info);
+    err[0] = '\0';
+    out->u[TG_UNIT_REQUESTS] = TG_MICRO;
+
+    if (model == TG_COST_VIDEO && first && end - first >= 2 && first[0] == '-' && first[1] == '-') {
+        if (video_multipart(first, (size_t)(end - first), &vr, info, err) < 0) goto out;
+        goto video;
+    }
+    if (model == TG_COST_REQUESTS) {
+        /* no body needed: read model and stream when it is a JSON object */
+        if (first && first < end && *first == '{' && json_valid(body, len)) {
+            read_body(first, end, &b);
+            common_info(&b, info);
+        }
+        rc = 0;
+        goto out;
+    }
+    if (!json_valid(body, len)) {
+        snprintf(err, TG_ERR_LEN, "%s", bad_json_msg);
+        goto out;
+    }
+    if (*first != '{') {
+        snprintf(err, TG_ERR_LEN,
+                 "Invalid request body: expected a JSON object, but got %s instead.",
+                 type_name((struct span){first, end}));
+        goto out;
+    }
+    read_body(first, end, &b);
+    common_info(&b, info);
+    if (model == TG_COST_TOKENS) {
+        rc = estimate_tokens(&b, cpt, default_max_tokens, out, info, err);
+        goto out;
+    }
+    if (video_json(&b, &vr, err) < 0) goto out;
+video:
+    /* a started second is charged whole */
+    info->video_seconds = (int64_t)ceil(vr.seconds);
+    info->width = vr.width;
+    info->height = vr.height;
+    out->u[TG_UNIT_VIDEO_SECONDS] =
+        video_micro(info->video_seconds * TG_MICRO, info->width, info->height);
+    rc = 0;
+out:
+    if (rc < 0) memset(out, 0, sizeof *out);
+    return rc;
+}
+
+/* ---- what a reply says ---- */
 
 /* usage {prompt_tokens|input_tokens, completion_tokens|output_tokens, total_tokens} */
 static void read_usage(struct tg_usage *u, const char *v, const char *ve)
@@ -830,7 +1250,9 @@ static void json_feed(struct tg_scan *s, const char *data, size_t len)
 /* After an overflow: the last `"usage": {...}` member in the kept tail. */
 static void json_tail_usage(struct tg_scan *s)
 {
-    const char *b = s->buf, *e = s->buf + s->len, *p = b, *found = NULL, *fend = NULL;
+    /* exactly the last JSON_TAIL bytes, however the body was split */
+    const char *e = s->buf + s->len, *b = s->len > JSON_TAIL ? e - JSON_TAIL : s->buf;
+    const char *p = b, *found = NULL, *fend = NULL;
     while (p < e && (p = memmem(p, (size_t)(e - p), "\"usage\"", 7)) != NULL) {
         size_t bs = 0;
         while (p - bs > b && p[-1 - (ptrdiff_t)bs] == '\\')
@@ -918,7 +1340,10 @@ static size_t event_end(struct tg_scan *s, const char *p, size_t n)
             continue;
         }
         char c = p[i++];
-        if (c == '\n') return i; /* state stays NL_START: a new event begins */
+        if (c == '\n') {
+            s->nl = NL_START; /* a new event begins */
+            return i;
+        }
         s->nl = (c == '\r' && s->nl == NL_START) ? NL_CR : NL_MID;
     }
     return 0;
@@ -1064,75 +1489,27 @@ static char *splice(const char *body, size_t len, size_t at, size_t cut, const c
     return out;
 }
 
-/* Sets include_usage inside an existing stream_options, touching only those
- * bytes. NULL if the body's layout is not what it was expected to be. */
-static char *edit_stream_options(const char *body, size_t len, size_t *outlen)
-{
-    static const char obj[] = "{\"include_usage\":true}";
-    struct jit it, so;
-    const char *k, *v, *ve, *sv = NULL, *sve = NULL, *iv = NULL, *ive = NULL;
-    size_t kl;
-    if (!jopen(&it, body, body + len, '{')) return NULL;
-    while (jmember(&it, &k, &kl, &v, &ve)) {
-        if (KEY_IS(k, kl, "stream_options")) {
-            sv = v;
-            sve = ve;
-        }
-    }
-    if (!sv) return NULL;
-    if (*sv != '{') return splice(body, len, (size_t)(sv - body), (size_t)(sve - sv), obj,
-                                  sizeof obj - 1, outlen);
-    jopen(&so, sv, sve, '{');
-    bool empty = true;
-    while (jmember(&so, &k, &kl, &v, &ve)) {
-        empty = false;
-        if (KEY_IS(k, kl, "include_usage")) {
-            iv = v;
-            ive = ve;
-        }
-    }
-    if (iv) return splice(body, len, (size_t)(iv - body), (size_t)(ive - iv), "true", 4, outlen);
-    if (empty) return splice(body, len, (size_t)(sv - body), (size_t)(sve - sv), obj,
-                             sizeof obj - 1, outlen);
-    return splice(body, len, (size_t)(sv - body) + 1, 0, "\"include_usage\":true,", 21, outlen);
-}
-
 char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen)
 {
-    static const char ins[] = "\"stream_options\":{\"include_usage\":true},";
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, 0, &jerr);
-    char *out = NULL;
-    if (!json_is_object(root)) goto out;
-    if (!json_object_get(root, "stream_options")) {
-        /* the object's own '{' is the first one: only white space precedes it */
-        const char *open = memchr(body, '{', len), *e = body + len;
-        const char *next = skip_ws(open + 1, e);
-        bool empty = next < e && *next == '}';
-        out = splice(body, len, (size_t)(open - body) + 1, 0, ins, sizeof ins - (empty ? 2 : 1),
-                     outlen);
-        goto out;
+    static const char member[] = "\"stream_options\":{\"include_usage\":true},";
+    static const char obj[] = "{\"include_usage\":true}";
+    const char *end = body ? body + len : NULL, *open;
+    if (!json_valid(body, len)) return NULL;
+    open = skip_ws(body, end);
+    if (*open != '{') return NULL;
+    struct span top = {open, end};
+    struct span so = find(top, "stream_options");
+    if (!so.v) {
+        /* insert after the '{'; no comma when the object is empty */
+        const char *next = skip_ws(open + 1, end);
+        size_t n = sizeof member - (*next == '}' ? 2 : 1);
+        return splice(body, len, (size_t)(open + 1 - body), 0, member, n, outlen);
     }
-    out = edit_stream_options(body, len, outlen);
-    if (out) {
-        /* the edit must have given what jansson reads as include_usage: true */
-        json_t *check = json_loadb(out, *outlen, 0, &jerr);
-        json_t *so = json_object_get(check, "stream_options");
-        bool ok = json_is_true(json_object_get(so, "include_usage"));
-        json_decref(check);
-        if (ok) goto out;
-        free(out);
-        out = NULL;
-    }
-    json_t *so = json_object_get(root, "stream_options");
-    if (!json_is_object(so)) {
-        so = json_object();
-        if (!so || json_object_set_new(root, "stream_options", so) < 0) goto out;
-    }
-    if (json_object_set_new(so, "include_usage", json_true()) < 0) goto out;
-    out = json_dumps(root, JSON_COMPACT);
-    if (out) *outlen = strlen(out);
-out:
-    json_decref(root);
-    return out;
+    size_t at = (size_t)(so.v - body), cut = (size_t)(so.ve - so.v);
+    if (jtype_of(so) != J_OBJECT || *skip_ws(so.v + 1, so.ve) == '}')
+        return splice(body, len, at, cut, obj, sizeof obj - 1, outlen);
+    struct span iu = find(so, "include_usage");
+    if (iu.v)
+        return splice(body, len, (size_t)(iu.v - body), (size_t)(iu.ve - iu.v), "true", 4, outlen);
+    return splice(body, len, at + 1, 0, "\"include_usage\":true,", 21, outlen);
 }

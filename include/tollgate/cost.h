@@ -33,14 +33,23 @@ struct tg_request_info {
  * default_max_tokens) * n for chat/completions; only the prompt part for
  * embeddings (a body with "input" and no "messages"/"prompt"); video_seconds =
  * seconds * w*h / (1280*720). Returns 0, or -1 with `err` set to a message fit
- * for a client (bad JSON, wrong field type, bad size). */
+ * for a client (bad JSON, wrong field type, bad size).
+ * The body must be JSON as jansson reads it (RFC 8259, UTF-8, integers in
+ * int64, depth <= 2048); it is checked and read in place, without building a tree.
+ * Text is counted in code points. `prompt`/`input` token-id arrays count as
+ * tokens. A video body may also be multipart/form-data (fields model, seconds,
+ * size), as OpenAI's SDKs send it; a started second is charged whole. A
+ * requests route accepts any body and reads model/stream when it is JSON. */
 int tg_cost_estimate(enum tg_cost_model model, int chars_per_token, int default_max_tokens,
                      const char *body, size_t len, struct tg_cost *out,
                      struct tg_request_info *info, char err[TG_ERR_LEN]) TG_WUR;
 
 /* For a streamed chat request whose client did not ask for usage: returns a
  * new body (malloc'd, caller frees, length in *outlen) with
- * "stream_options":{"include_usage":true} set, or NULL on failure. */
+ * "stream_options":{"include_usage":true} set, or NULL on failure (not a JSON
+ * object, out of memory). Without stream_options the member is inserted
+ * after the first '{'; with one, only include_usage inside it is set. Every
+ * other byte of the body is kept as it was. */
 char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen);
 
 /* Actual usage read from a reply. */
@@ -56,7 +65,9 @@ struct tg_usage {
 };
 
 /* Actual cost from actual usage. When a token route saw no usage, tokens are
- * estimated as prompt_tokens_est + content_chars / chars_per_token. */
+ * estimated as prompt_tokens_est + content_chars / chars_per_token (rounded
+ * up). A video route uses the reply's seconds (and size, when it has one),
+ * else the requested ones. */
 void tg_cost_actual(enum tg_cost_model model, int chars_per_token,
                     const struct tg_request_info *info, const struct tg_usage *usage,
                     struct tg_cost *out);
@@ -73,7 +84,14 @@ typedef void (*tg_scan_emit_fn)(void *arg, const char *data, size_t len);
  * choices[].delta.content. With `strip_usage` set, events whose only payload is
  * usage (empty `choices`) are not emitted; everything else is passed to `emit`
  * unchanged, one complete event at a time. Without `strip_usage`, `emit` may be
- * NULL and the caller forwards the bytes itself. */
+ * NULL and the caller forwards the bytes itself.
+ * Details: with `strip_usage`, `emit` gets whole events only (several at once
+ * when they arrived together); without it, each fed piece goes to `emit` (if
+ * set) at once. Lines end in \n or \r\n. An SSE event over 1 MiB passes
+ * through unread; past TG_SCAN_MAX_JSON, JSON mode keeps only the last 64 KiB
+ * and finds `usage` there; both set `overflow`. finish emits (and reads) a
+ * trailing event that lacks its blank line. Any split of the input gives the
+ * same usage and the same emitted bytes. */
 struct tg_scan {
     bool sse;
     bool strip_usage;

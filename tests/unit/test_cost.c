@@ -15,8 +15,8 @@
 
 /* ---- estimates ---- */
 
-static struct tg_cost est_full(enum tg_cost_model m, int cpt, int def, const char *body,
-                               size_t len, struct tg_request_info *info)
+static struct tg_cost est_full(enum tg_cost_model m, int cpt, int def, const char *body, size_t len,
+                               struct tg_request_info *info)
 {
     char err[TG_ERR_LEN];
     struct tg_cost c;
@@ -48,7 +48,8 @@ static void est_err(enum tg_cost_model m, const char *body, const char *want)
     struct tg_request_info info;
     int rc = tg_cost_estimate(m, CPT, DEF_MAX, body, strlen(body), &c, &info, err);
     if (rc != -1) fail_msg("expected an error for %s", body);
-    if (!strstr(err, want)) fail_msg("error for %s is \"%s\", expected it to contain \"%s\"", body, err, want);
+    if (!strstr(err, want))
+        fail_msg("error for %s is \"%s\", expected it to contain \"%s\"", body, err, want);
     assert_true(strlen(err) < TG_ERR_LEN);
 }
 
@@ -99,10 +100,12 @@ static void test_chat_completion_part(void **state)
     assert_int_equal(tokens_of(est(TG_COST_TOKENS, body, NULL)), 1 + 300);
     snprintf(body, sizeof body, "{%s,\"max_tokens\":100,\"max_completion_tokens\":50}", msgs);
     assert_int_equal(tokens_of(est(TG_COST_TOKENS, body, NULL)), 1 + 50);
-    snprintf(body, sizeof body, "{\"max_completion_tokens\":50,%s,\"max_tokens\":100,\"n\":2}", msgs);
+    snprintf(body, sizeof body, "{\"max_completion_tokens\":50,%s,\"max_tokens\":100,\"n\":2}",
+             msgs);
     assert_int_equal(tokens_of(est(TG_COST_TOKENS, body, NULL)), 1 + 100);
     /* null means absent */
-    snprintf(body, sizeof body, "{%s,\"max_completion_tokens\":null,\"max_tokens\":20,\"n\":null}", msgs);
+    snprintf(body, sizeof body, "{%s,\"max_completion_tokens\":null,\"max_tokens\":20,\"n\":null}",
+             msgs);
     assert_int_equal(tokens_of(est(TG_COST_TOKENS, body, NULL)), 1 + 20);
     /* the route's default, times n */
     snprintf(body, sizeof body, "{%s,\"n\":2}", msgs);
@@ -156,13 +159,15 @@ static void test_model_truncated(void **state)
 static void test_completions(void **state)
 {
     struct tg_request_info info;
-    struct tg_cost c = est(TG_COST_TOKENS,
-                           "{\"model\":\"gpt-3.5-turbo-instruct\",\"prompt\":\"Say this is a test\","
-                           "\"max_tokens\":7}",
-                           &info);
+    struct tg_cost c =
+        est(TG_COST_TOKENS,
+            "{\"model\":\"gpt-3.5-turbo-instruct\",\"prompt\":\"Say this is a test\","
+            "\"max_tokens\":7}",
+            &info);
     assert_int_equal(info.prompt_tokens_est, 5); /* 18 chars */
     assert_int_equal(tokens_of(c), 5 + 7);
-    c = est(TG_COST_TOKENS, "{\"prompt\":[\"abcd\",\"efgh\",\"ij\"],\"max_tokens\":1,\"n\":4}", &info);
+    c = est(TG_COST_TOKENS, "{\"prompt\":[\"abcd\",\"efgh\",\"ij\"],\"max_tokens\":1,\"n\":4}",
+            &info);
     assert_int_equal(info.prompt_tokens_est, 3);
     assert_int_equal(tokens_of(c), 3 + 4);
     /* token ids count as tokens */
@@ -179,7 +184,8 @@ static void test_embeddings(void **state)
                            &info);
     assert_int_equal(tokens_of(c), 6); /* 22 chars, no completion part */
     assert_int_equal(info.prompt_tokens_est, 6);
-    c = est(TG_COST_TOKENS, "{\"input\":[\"abcd\",\"abcde\",\"\"],\"max_tokens\":100,\"n\":3}", &info);
+    c = est(TG_COST_TOKENS, "{\"input\":[\"abcd\",\"abcde\",\"\"],\"max_tokens\":100,\"n\":3}",
+            &info);
     assert_int_equal(tokens_of(c), 3);
     c = est(TG_COST_TOKENS, "{\"input\":[[1,2,3],[4,5],[]]}", &info);
     assert_int_equal(tokens_of(c), 5);
@@ -237,20 +243,21 @@ static void test_video(void **state)
 static void test_video_multipart(void **state)
 {
     struct tg_request_info info;
-    const char *b = "--XyZ\r\n"
-                    "Content-Disposition: form-data; name=\"model\"\r\n\r\n"
-                    "sora-2-pro\r\n"
-                    "--XyZ\r\n"
-                    "Content-Disposition: form-data; name=\"input_reference\"; filename=\"size\"\r\n"
-                    "Content-Type: image/png\r\n\r\n"
-                    "\x89PNG\r\n--X\r\n\r\n"
-                    "\r\n--XyZ\r\n"
-                    "Content-Disposition: form-data; name=\"seconds\"\r\n\r\n"
-                    "8\r\n"
-                    "--XyZ\r\n"
-                    "Content-Disposition: form-data; name=\"size\"\r\n\r\n"
-                    "1920x1080\r\n"
-                    "--XyZ--\r\n";
+    const char *b =
+        "--XyZ\r\n"
+        "Content-Disposition: form-data; name=\"model\"\r\n\r\n"
+        "sora-2-pro\r\n"
+        "--XyZ\r\n"
+        "Content-Disposition: form-data; name=\"input_reference\"; filename=\"size\"\r\n"
+        "Content-Type: image/png\r\n\r\n"
+        "\x89PNG\r\n--X\r\n\r\n"
+        "\r\n--XyZ\r\n"
+        "Content-Disposition: form-data; name=\"seconds\"\r\n\r\n"
+        "8\r\n"
+        "--XyZ\r\n"
+        "Content-Disposition: form-data; name=\"size\"\r\n\r\n"
+        "1920x1080\r\n"
+        "--XyZ--\r\n";
     struct tg_cost c = est(TG_COST_VIDEO, b, &info);
     assert_int_equal(c.u[TG_UNIT_VIDEO_SECONDS], 18 * TG_MICRO);
     assert_string_equal(info.model, "sora-2-pro");
@@ -290,16 +297,20 @@ static void test_estimate_errors(void **state)
     est_err(T, "{\"messages\":[],\"max_tokens\":\"100\"}",
             "Invalid type for 'max_tokens': expected an integer, but got a string instead.");
     est_err(T, "{\"messages\":[],\"max_tokens\":0}",
-            "Invalid 'max_tokens': integer below minimum value. Expected a value >= 1, but got 0 instead.");
+            "Invalid 'max_tokens': integer below minimum value. Expected a value >= 1, but got 0 "
+            "instead.");
     est_err(T, "{\"messages\":[],\"max_tokens\":-3}", "'max_tokens'");
-    est_err(T, "{\"messages\":[],\"max_tokens\":3000000000}", "'max_tokens': integer above maximum");
-    est_err(T, "{\"messages\":[],\"max_completion_tokens\":1.5}",
-            "Invalid type for 'max_completion_tokens': expected an integer, but got a decimal number");
+    est_err(T, "{\"messages\":[],\"max_tokens\":3000000000}",
+            "'max_tokens': integer above maximum");
+    est_err(
+        T, "{\"messages\":[],\"max_completion_tokens\":1.5}",
+        "Invalid type for 'max_completion_tokens': expected an integer, but got a decimal number");
     est_err(T, "{\"messages\":[],\"max_tokens\":10,\"max_completion_tokens\":true}",
             "'max_completion_tokens'");
     est_err(T, "{\"messages\":[],\"n\":0}", "Invalid 'n': integer below minimum value");
-    est_err(T, "{\"messages\":[],\"n\":129}",
-            "Invalid 'n': integer above maximum value. Expected a value <= 128, but got 129 instead.");
+    est_err(
+        T, "{\"messages\":[],\"n\":129}",
+        "Invalid 'n': integer above maximum value. Expected a value <= 128, but got 129 instead.");
     est_err(T, "{\"messages\":[],\"n\":\"2\"}", "Invalid type for 'n'");
     est_err(T, "{\"prompt\":42}", "Invalid type for 'prompt': expected a string or an array");
     est_err(T, "{\"prompt\":[\"a\",true]}", "Invalid type for 'prompt[1]'");
@@ -321,9 +332,104 @@ static void test_estimate_errors(void **state)
     est_err(V, "[]", "expected a JSON object");
     /* the largest values pass */
     struct tg_cost c = est(V, "{\"seconds\":3600,\"size\":\"8192x8192\"}", NULL);
-    assert_int_equal(c.u[TG_UNIT_VIDEO_SECONDS], (3600LL * 8192 * 8192 * TG_MICRO + 921599) / 921600);
+    assert_int_equal(c.u[TG_UNIT_VIDEO_SECONDS],
+                     (3600LL * 8192 * 8192 * TG_MICRO + 921599) / 921600);
     c = est(T, "{\"messages\":[],\"max_tokens\":2147483647,\"n\":128}", NULL);
     assert_int_equal(tokens_of(c), 2147483647LL * 128);
+}
+
+/* The body check accepts what jansson accepts, nothing more or less. */
+static void test_json_strictness(void **state)
+{
+    static const char *const cases[] = {
+        "{\"a\":9223372036854775807}",
+        "{\"a\":9223372036854775808}",
+        "{\"a\":-9223372036854775808}",
+        "{\"a\":-9223372036854775809}",
+        "{\"a\":-0}",
+        "{\"a\":1e308}",
+        "{\"a\":1e309}",
+        "{\"a\":-1e309}",
+        "{\"a\":1e-400}",
+        "{\"a\":0.5e1}",
+        "{\"a\":01}",
+        "{\"a\":-}",
+        "{\"a\":1.}",
+        "{\"a\":.5}",
+        "{\"a\":1e}",
+        "{\"a\":1e+}",
+        "{\"a\":+1}",
+        "{\"a\":0x10}",
+        "{\"a\":\"\\u0000\"}",
+        "{\"\\u0000\":1}",
+        "{\"a\":\"\\ud800\"}",
+        "{\"a\":\"\\udc00\"}",
+        "{\"a\":\"\\ud83d\\ude00\"}",
+        "{\"a\":\"\\ud800\\ud800\"}",
+        "{\"a\":\"\\u12\"}",
+        "{\"a\":\"\\x\"}",
+        "{\"a\":\"\t\"}",
+        "{\"a\":\"\xc3\xa9\"}",
+        "{\"a\":\"\xc0\xaf\"}",
+        "{\"a\":\"\xed\xa0\x80\"}",
+        "{\"a\":\"\xf4\x90\x80\x80\"}",
+        "{\"a\":\"\xe2\x82\"}",
+        "{\"a\":tru}",
+        "{\"a\":nulll}",
+        "{\"a\":[1,]}",
+        "{\"a\":1,}",
+        "{,}",
+        "{\"a\" 1}",
+        "{\"a\":1 \"b\":2}",
+        "{} {}",
+        " \r\n\t{}\n",
+        "\xef\xbb\xbf{}",
+        "",
+        "   ",
+        "{\"a\":[1,2,{\"b\":[]}],\"c\":{}}",
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(cases); i++) {
+        json_error_t e;
+        json_t *j = json_loadb(cases[i], strlen(cases[i]), 0, &e);
+        char err[TG_ERR_LEN];
+        struct tg_cost c;
+        struct tg_request_info info;
+        int rc = tg_cost_estimate(TG_COST_TOKENS, CPT, DEF_MAX, cases[i], strlen(cases[i]), &c,
+                                  &info, err);
+        if ((rc == 0) != (j != NULL))
+            fail_msg("body %s: jansson %s, estimate %s", cases[i], j ? "accepts" : e.text,
+                     rc == 0 ? "accepts" : err);
+        if (rc != 0) assert_non_null(strstr(err, "could not parse the JSON body"));
+        json_decref(j);
+    }
+    /* nesting: jansson's limit of 2048 levels, counted per value */
+    char *deep = malloc(2 * 2048 + 8);
+    assert_non_null(deep);
+    for (int scalar = 0; scalar < 2; scalar++) {
+        for (int d = 2046; d <= 2049; d++) {
+            size_t n = 0;
+            deep[n++] = '{';
+            deep[n++] = '"';
+            deep[n++] = 'a';
+            deep[n++] = '"';
+            deep[n++] = ':';
+            for (int k = 1; k < d; k++)
+                deep[n++] = '[';
+            if (scalar) deep[n++] = '1';
+            for (int k = 1; k < d; k++)
+                deep[n++] = ']';
+            deep[n++] = '}';
+            json_error_t e;
+            json_t *j = json_loadb(deep, n, 0, &e);
+            char err[TG_ERR_LEN];
+            struct tg_cost c;
+            struct tg_request_info info;
+            int rc = tg_cost_estimate(TG_COST_TOKENS, CPT, DEF_MAX, deep, n, &c, &info, err);
+            if ((rc == 0) != (j != NULL)) fail_msg("depth %d (scalar %d) differs", d, scalar);
+            json_decref(j);
+        }
+    }
+    free(deep);
 }
 
 /* ---- asking for usage ---- */
@@ -336,7 +442,8 @@ static char *req_usage(const char *body, size_t *outlen)
         json_error_t e;
         json_t *j = json_loadb(out, *outlen, 0, &e);
         if (!j) fail_msg("not JSON: %.*s (%s)", (int)*outlen, out, e.text);
-        assert_true(json_is_true(json_object_get(json_object_get(j, "stream_options"), "include_usage")));
+        assert_true(
+            json_is_true(json_object_get(json_object_get(j, "stream_options"), "include_usage")));
         json_decref(j);
     }
     return out;
@@ -364,12 +471,14 @@ static void test_request_usage(void **state)
     expect_usage_body("{}", "{\"stream_options\":{\"include_usage\":true}}");
     expect_usage_body("{ \n}", "{\"stream_options\":{\"include_usage\":true} \n}");
     /* stream_options present: set inside it, every other byte as it was */
-    expect_usage_body("{\"stream\":true,\"stream_options\":{\"include_usage\":false},\"top_p\":0.9}",
-                      "{\"stream\":true,\"stream_options\":{\"include_usage\":true},\"top_p\":0.9}");
+    expect_usage_body(
+        "{\"stream\":true,\"stream_options\":{\"include_usage\":false},\"top_p\":0.9}",
+        "{\"stream\":true,\"stream_options\":{\"include_usage\":true},\"top_p\":0.9}");
     expect_usage_body("{\"stream_options\":{},\"a\":1}",
                       "{\"stream_options\":{\"include_usage\":true},\"a\":1}");
-    expect_usage_body("{\"stream_options\":{\"x\":[1,{\"include_usage\":false}]}}",
-                      "{\"stream_options\":{\"include_usage\":true,\"x\":[1,{\"include_usage\":false}]}}");
+    expect_usage_body(
+        "{\"stream_options\":{\"x\":[1,{\"include_usage\":false}]}}",
+        "{\"stream_options\":{\"include_usage\":true,\"x\":[1,{\"include_usage\":false}]}}");
     expect_usage_body("{\"stream_options\":null}", "{\"stream_options\":{\"include_usage\":true}}");
     expect_usage_body("{\"stream_options\" : { \"include_usage\" : null } }",
                       "{\"stream_options\" : { \"include_usage\" : true } }");
@@ -451,7 +560,8 @@ static void same_result(const struct result *a, const struct result *b, const ch
         a->overflow != b->overflow)
         fail_msg("usage differs when fed %s", how);
     if (a->out.len != b->out.len || (a->out.len && memcmp(a->out.buf, b->out.buf, a->out.len) != 0))
-        fail_msg("emitted bytes differ when fed %s (%zu vs %zu bytes)", how, a->out.len, b->out.len);
+        fail_msg("emitted bytes differ when fed %s (%zu vs %zu bytes)", how, a->out.len,
+                 b->out.len);
 }
 
 /* Scans `in` whole, then one byte at a time, at every two-piece split and in
@@ -492,7 +602,8 @@ static struct result scan_str(bool sse, bool strip, const char *in)
 static void expect_out(struct result *r, const char *want)
 {
     if (r->out.len != strlen(want) || (r->out.len && memcmp(r->out.buf, want, r->out.len) != 0))
-        fail_msg("emitted \"%.*s\", expected \"%s\"", (int)r->out.len, r->out.buf ? r->out.buf : "", want);
+        fail_msg("emitted \"%.*s\", expected \"%s\"", (int)r->out.len, r->out.buf ? r->out.buf : "",
+                 want);
     free(r->out.buf);
     r->out.buf = NULL;
 }
@@ -527,16 +638,20 @@ static void test_scan_json_usage(void **state)
     assert_int_equal(r.usage.total_tokens, 12);
     free(r.out.buf);
     /* embeddings */
-    r = scan_str(false, false,
-                 "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":"
-                 "[0.0023,-0.0093,1e-5]}],\"model\":\"text-embedding-3-small\",\"usage\":{"
-                 "\"prompt_tokens\":8,\"total_tokens\":8}}");
+    r = scan_str(
+        false, false,
+        "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":0,\"embedding\":"
+        "[0.0023,-0.0093,1e-5]}],\"model\":\"text-embedding-3-small\",\"usage\":{"
+        "\"prompt_tokens\":8,\"total_tokens\":8}}");
     assert_int_equal(r.usage.total_tokens, 8);
     free(r.out.buf);
     /* no usage, null usage, an error, not JSON, a nested usage */
-    const char *none[] = {"{\"choices\":[{\"text\":\"abc\"}]}", "{\"usage\":null}",
+    const char *none[] = {"{\"choices\":[{\"text\":\"abc\"}]}",
+                          "{\"usage\":null}",
                           "{\"error\":{\"message\":\"bad\",\"usage\":{\"total_tokens\":3}}}",
-                          "<html>502 Bad Gateway</html>", "", "{\"usage\":{\"total_tokens\":"};
+                          "<html>502 Bad Gateway</html>",
+                          "",
+                          "{\"usage\":{\"total_tokens\":"};
     for (size_t i = 0; i < TG_ARRAY_LEN(none); i++) {
         r = scan_str(false, false, none[i]);
         assert_false(r.usage.have_tokens);
@@ -584,27 +699,40 @@ static void test_scan_json_overflow(void **state)
         memcpy(p, item, sizeof item - 1), p += sizeof item - 1;
     memcpy(p, tail, sizeof tail - 1);
     size_t chunks[] = {16384, 1000, 70000, 3 * TG_SCAN_MAX_JSON};
-    for (size_t c = 0; c < TG_ARRAY_LEN(chunks); c++) {
-        struct tg_scan s;
-        tg_scan_init(&s, false, false, NULL, NULL);
-        for (size_t i = 0; i < n; i += chunks[c])
-            tg_scan_feed(&s, body + i, n - i < chunks[c] ? n - i : chunks[c]);
-        tg_scan_finish(&s);
-        assert_true(s.overflow);
-        assert_true(s.cap <= 256 * 1024);
-        assert_true(s.usage.have_tokens);
-        assert_int_equal(s.usage.total_tokens, 70000);
-        tg_scan_deinit(&s);
+    for (int variant = 0; variant < 2; variant++) {
+        if (variant == 1) {
+            /* usage 100 KiB before the end: past the kept tail, whatever the pieces */
+            size_t pad = 100 * 1024;
+            body = realloc(body, n + pad + 16);
+            assert_non_null(body);
+            memcpy(body + n - 1, ",\"pad\":\"", 8);
+            memset(body + n + 7, 'x', pad);
+            memcpy(body + n + 7 + pad, "\"}", 2);
+            n += 9 + pad;
+        }
+        for (size_t c = 0; c < TG_ARRAY_LEN(chunks); c++) {
+            struct tg_scan s;
+            tg_scan_init(&s, false, false, NULL, NULL);
+            for (size_t i = 0; i < n; i += chunks[c])
+                tg_scan_feed(&s, body + i, n - i < chunks[c] ? n - i : chunks[c]);
+            tg_scan_finish(&s);
+            assert_true(s.overflow);
+            assert_true(s.cap <= 256 * 1024);
+            assert_int_equal(s.usage.have_tokens, variant == 0);
+            assert_int_equal(s.usage.total_tokens, variant == 0 ? 70000 : 0);
+            tg_scan_deinit(&s);
+        }
     }
     free(body);
 }
 
 static void test_scan_video_reply(void **state)
 {
-    struct result r = scan_str(false, false,
-                               "{\"id\":\"video_123\",\"object\":\"video\",\"model\":\"sora-2\","
-                               "\"status\":\"queued\",\"progress\":0,\"created_at\":1712697600,"
-                               "\"size\":\"1920x1080\",\"seconds\":\"8\",\"quality\":\"standard\"}");
+    struct result r =
+        scan_str(false, false,
+                 "{\"id\":\"video_123\",\"object\":\"video\",\"model\":\"sora-2\","
+                 "\"status\":\"queued\",\"progress\":0,\"created_at\":1712697600,"
+                 "\"size\":\"1920x1080\",\"seconds\":\"8\",\"quality\":\"standard\"}");
     assert_true(r.usage.have_video);
     assert_true(r.usage.video_seconds == 8.0);
     assert_int_equal(r.usage.width, 1920);
@@ -622,14 +750,19 @@ static void test_scan_video_reply(void **state)
 }
 
 /* An OpenAI chat stream with include_usage: content "Hello" + " 😀\"" */
-#define CHUNK(x) "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1," \
-                 "\"model\":\"gpt-4o\",\"choices\":[" x "],\"usage\":null}"
-#define USAGE_EV "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1," \
-                 "\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,"           \
-                 "\"completion_tokens\":3,\"total_tokens\":12}}"
-#define EV1 CHUNK("{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}")
+#define CHUNK(x)                                                                                   \
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,"             \
+    "\"model\":\"gpt-4o\",\"choices\":[" x "],\"usage\":null}"
+#define USAGE_EV                                                                                   \
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,"             \
+    "\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,"                          \
+    "\"completion_tokens\":3,\"total_tokens\":12}}"
+#define EV1                                                                                        \
+    CHUNK("{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":"    \
+          "null}")
 #define EV2 CHUNK("{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"finish_reason\":null}")
-#define EV3 CHUNK("{\"index\":0,\"delta\":{\"content\":\" \\ud83d\\ude00\\\"\"},\"finish_reason\":null}")
+#define EV3                                                                                        \
+    CHUNK("{\"index\":0,\"delta\":{\"content\":\" \\ud83d\\ude00\\\"\"},\"finish_reason\":null}")
 #define EV4 CHUNK("{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}")
 #define DONE "data: [DONE]"
 
@@ -663,6 +796,10 @@ static void test_sse_crlf(void **state)
     r = scan_str(true, true, in);
     check_stream_usage(&r);
     expect_out(&r, EV1 "\r\n\r\n" EV2 "\r\n\r\n" EV3 "\r\n\r\n" EV4 "\r\n\r\n" DONE "\r\n\r\n");
+    /* blank events after a CRLF-ended event stay events of their own */
+    r = scan_str(true, true, EV2 "\r\n\r\n\r\n" USAGE_EV "\r\n\r\n\r\n\n" DONE "\r\n\r\n");
+    assert_int_equal(r.usage.total_tokens, 12);
+    expect_out(&r, EV2 "\r\n\r\n\r\n\r\n\n" DONE "\r\n\r\n");
     /* mixed line ends within one stream */
     in = EV2 "\r\n\n" USAGE_EV "\n\r\n" DONE "\n\n";
     r = scan_str(true, true, in);
@@ -694,11 +831,12 @@ static void test_sse_multiline_and_fields(void **state)
 static void test_sse_kept_events(void **state)
 {
     /* usage with non-empty choices (vLLM continuous usage) is read, kept, and the last one wins */
-    const char *in = "data: {\"choices\":[{\"delta\":{\"content\":\"ab\"}}],\"usage\":{\"prompt_tokens\":4,"
-                     "\"completion_tokens\":1,\"total_tokens\":5}}\n\n"
-                     "data: {\"choices\":[{\"delta\":{\"content\":\"c\"}}],\"usage\":{\"prompt_tokens\":4,"
-                     "\"completion_tokens\":2,\"total_tokens\":6}}\n\n"
-                     "data: {\"choices\":[],\"usage\":null}\n\n";
+    const char *in =
+        "data: {\"choices\":[{\"delta\":{\"content\":\"ab\"}}],\"usage\":{\"prompt_tokens\":4,"
+        "\"completion_tokens\":1,\"total_tokens\":5}}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"content\":\"c\"}}],\"usage\":{\"prompt_tokens\":4,"
+        "\"completion_tokens\":2,\"total_tokens\":6}}\n\n"
+        "data: {\"choices\":[],\"usage\":null}\n\n";
     struct result r = scan_str(true, true, in);
     assert_int_equal(r.usage.total_tokens, 6);
     assert_int_equal(r.usage.content_chars, 3);
@@ -708,13 +846,14 @@ static void test_sse_kept_events(void **state)
 static void test_sse_without_usage(void **state)
 {
     /* completions stream, no usage: the text is counted for the fallback */
-    const char *in = "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":"
-                     "\"This is\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}]}\n\n"
-                     "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":"
-                     "\" a test\",\"index\":0},{\"text\":\"!\",\"index\":1}]}\n\n"
-                     "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
-                     "{\"arguments\":\"{\\\"a\\\":1}\"}}]}}]}\n\n"
-                     "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hmm\"}}]}\n\n" DONE "\n\n";
+    const char *in =
+        "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":"
+        "\"This is\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+        "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"choices\":[{\"text\":"
+        "\" a test\",\"index\":0},{\"text\":\"!\",\"index\":1}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":"
+        "{\"arguments\":\"{\\\"a\\\":1}\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hmm\"}}]}\n\n" DONE "\n\n";
     struct result r = scan_str(true, true, in);
     assert_false(r.usage.have_tokens);
     assert_int_equal(r.usage.content_chars, 7 + 7 + 1 + 7 + 3);
@@ -814,7 +953,8 @@ static void test_actual(void **state)
     struct tg_cost e;
     char err[TG_ERR_LEN];
     const char *req = "{\"seconds\":\"4\",\"size\":\"1280x720\"}";
-    assert_int_equal(tg_cost_estimate(TG_COST_VIDEO, CPT, DEF_MAX, req, strlen(req), &e, &info, err), 0);
+    assert_int_equal(
+        tg_cost_estimate(TG_COST_VIDEO, CPT, DEF_MAX, req, strlen(req), &e, &info, err), 0);
     memset(&u, 0, sizeof u);
     tg_cost_actual(TG_COST_VIDEO, CPT, &info, &u, &c);
     assert_int_equal(c.u[TG_UNIT_VIDEO_SECONDS], 4 * TG_MICRO);
@@ -845,6 +985,7 @@ int main(void)
         cmocka_unit_test(test_video_multipart),
         cmocka_unit_test(test_requests_route),
         cmocka_unit_test(test_estimate_errors),
+        cmocka_unit_test(test_json_strictness),
         cmocka_unit_test(test_request_usage),
         cmocka_unit_test(test_scan_json_usage),
         cmocka_unit_test(test_scan_json_small_alloc),
