@@ -20,6 +20,8 @@ extern const char tg_embedded_tollgate[];
 #define EMBEDDED_NAME "config/tollgate.yaml (embedded)"
 /* How often a drain looks at the requests still in flight. */
 #define DRAIN_POLL_MS 50
+/* The longest a stop waits for the usage sink to deliver before spooling. */
+#define SINK_FLUSH_MAX_MS 5000
 
 struct daemon {
     const char *path; /* NULL: embedded defaults */
@@ -179,7 +181,12 @@ error:
 out:
     tg_server_destroy(d->server);
     if (d->sink) {
-        d->sink->ops->flush(d->sink, d->cfg->server.drain_timeout_ms);
+        /* Whatever the sink cannot deliver by then goes to its spool: the
+         * bound keeps a stop short without losing records. */
+        int flush_ms = d->cfg->server.drain_timeout_ms < SINK_FLUSH_MAX_MS
+                           ? d->cfg->server.drain_timeout_ms
+                           : SINK_FLUSH_MAX_MS;
+        d->sink->ops->flush(d->sink, flush_ms);
         d->sink->ops->destroy(d->sink);
     }
     tg_admin_destroy(d->admin);

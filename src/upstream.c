@@ -48,6 +48,8 @@ struct tg_pool {
 
 static const char *const side_upstream[] = {"upstream"};
 
+static void conn_close(struct tg_upconn *c);
+
 static void pool_free(struct tg_pool *p)
 {
     free(p->name);
@@ -76,6 +78,15 @@ bool tg_pool_matches(const struct tg_pool *p, const struct tg_upstream *u)
 
 void tg_pool_rebind(struct tg_pool *p, const struct tg_upstream *u)
 {
+    /* A new address (the name resolved differently at reload): idle
+     * connections to the old one are closed; busy ones end with their request. */
+    if (p->addrlen && (p->addrlen != u->addrlen || memcmp(&p->addr, &u->addr, u->addrlen) != 0)) {
+        while (p->idle) {
+            struct tg_upconn *c = p->idle;
+            p->idle = c->next;
+            conn_close(c);
+        }
+    }
     memcpy(&p->addr, &u->addr, sizeof(p->addr));
     p->addrlen = u->addrlen;
     p->tls = u->tls;
