@@ -22,3 +22,16 @@ int64_t tg_now_wall_ms(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+char *tg_fmt_int(char buf[24], long long v, size_t *len)
+{
+    size_t n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        buf[23 - n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) buf[23 - n++] = '-';
+    *len = n;
+    return buf + 24 - n;
+}

@@ -204,16 +204,10 @@ TG_PRINTF(2, 3) static void put(struct out *o, const char *fmt, ...)
             put_bytes(o, sv, strlen(sv));
             f++;
         } else {
-            long long v = va_arg(ap, long long);
             char digits[24];
-            size_t nd = 0;
-            unsigned long long uv = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-            do {
-                digits[sizeof(digits) - 1 - nd++] = (char)('0' + uv % 10);
-                uv /= 10;
-            } while (uv);
-            if (v < 0) digits[sizeof(digits) - 1 - nd++] = '-';
-            put_bytes(o, digits + sizeof(digits) - nd, nd);
+            size_t nd;
+            const char *d = tg_fmt_int(digits, va_arg(ap, long long), &nd);
+            put_bytes(o, d, nd);
             f += 3;
         }
     }

@@ -190,14 +190,9 @@ static void hb_str(struct headbuf *hb, const char *s)
 static void hb_int(struct headbuf *hb, long long v)
 {
     char d[24];
-    size_t n = 0;
-    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        d[sizeof(d) - 1 - n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0) d[sizeof(d) - 1 - n++] = '-';
-    hb_add(hb, d + sizeof(d) - n, n);
+    size_t n;
+    const char *p = tg_fmt_int(d, v, &n);
+    hb_add(hb, p, n);
 }
 
 static void hb_header(struct headbuf *hb, const char *name, size_t nlen, const char *value,
@@ -622,6 +617,19 @@ static void on_head(struct tg_conn *c)
     read_body(c);
 }
 
+/* Grows a head copy buffer to hold `need` bytes. */
+static bool reserve_head(char **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap) return true;
+    size_t ncap = *cap ? *cap : 2048;
+    while (ncap < need) ncap *= 2;
+    char *nb = realloc(*buf, ncap);
+    if (nb == NULL) return false;
+    *buf = nb;
+    *cap = ncap;
+    return true;
+}
+
 /* Tries to read a whole head from the input. */
 static void read_head(struct tg_conn *c)
 {
@@ -661,16 +669,9 @@ static void read_head(struct tg_conn *c)
         return;
     }
     size_t hlen = (size_t)pos.pos + 4;
-    if (hlen > r->head_cap) {
-        size_t cap = r->head_cap ? r->head_cap : 2048;
-        while (cap < hlen) cap *= 2;
-        char *nh = realloc(r->head, cap);
-        if (nh == NULL) {
-            conn_free(c);
-            return;
-        }
-        r->head = nh;
-        r->head_cap = cap;
+    if (!reserve_head(&r->head, &r->head_cap, hlen)) {
+        conn_free(c);
+        return;
     }
     evbuffer_remove(in, r->head, hlen);
     r->bytes_in += (int64_t)hlen;
@@ -1114,16 +1115,9 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
             return;
         }
         size_t hlen = (size_t)pos.pos + 4;
-        if (hlen > r->uhead_cap) {
-            size_t cap = r->uhead_cap ? r->uhead_cap : 2048;
-            while (cap < hlen) cap *= 2;
-            char *nh = realloc(r->uhead, cap);
-            if (nh == NULL) {
-                up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
-                return;
-            }
-            r->uhead = nh;
-            r->uhead_cap = cap;
+        if (!reserve_head(&r->uhead, &r->uhead_cap, hlen)) {
+            up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+            return;
         }
         evbuffer_remove(in, r->uhead, hlen);
         r->up_bytes += (int64_t)hlen;

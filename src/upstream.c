@@ -243,16 +243,24 @@ static void start_connect(struct tg_pool *p, tg_pool_cb cb, void *arg)
     }
 }
 
+/* Takes the oldest waiter off the queue. */
+static void waiter_pop(struct tg_pool *p, tg_pool_cb *cb, void **arg)
+{
+    struct waiter *wt = p->wait_head;
+    p->wait_head = wt->next;
+    if (p->wait_head == NULL) p->wait_tail = NULL;
+    *cb = wt->cb;
+    *arg = wt->arg;
+    free(wt);
+}
+
 /* Serves waiters while there is room for a new connection. */
 static void pool_kick(struct tg_pool *p)
 {
     while (p->wait_head && p->total < p->max) {
-        struct waiter *wt = p->wait_head;
-        p->wait_head = wt->next;
-        if (p->wait_head == NULL) p->wait_tail = NULL;
-        tg_pool_cb cb = wt->cb;
-        void *arg = wt->arg;
-        free(wt);
+        tg_pool_cb cb;
+        void *arg;
+        waiter_pop(p, &cb, &arg);
         start_connect(p, cb, arg);
     }
 }
@@ -322,12 +330,9 @@ void tg_pool_release(struct tg_upconn *c, bool reusable)
     }
     c->reused = true;
     if (p->wait_head) {
-        struct waiter *wt = p->wait_head;
-        p->wait_head = wt->next;
-        if (p->wait_head == NULL) p->wait_tail = NULL;
-        tg_pool_cb cb = wt->cb;
-        void *arg = wt->arg;
-        free(wt);
+        tg_pool_cb cb;
+        void *arg;
+        waiter_pop(p, &cb, &arg);
         bufferevent_setcb(c->bev, NULL, NULL, NULL, NULL);
         cb(arg, c, NULL, false);
         return;

@@ -30,6 +30,10 @@ enum tg_unit {
  * "requests", "tokens", "video_seconds". */
 const char *tg_unit_name(enum tg_unit u);
 
+/* Writes the decimal digits of v at the end of buf and returns where they
+ * start; *len gets their count. No NUL. For hot paths that avoid printf. */
+char *tg_fmt_int(char buf[24], long long v, size_t *len);
+
 /* Monotonic and wall clock in milliseconds. */
 int64_t tg_now_mono_ms(void);
 int64_t tg_now_wall_ms(void);
