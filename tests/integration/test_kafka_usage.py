@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import threading
 import time
 
@@ -50,20 +49,21 @@ def start(**kafka):
 
 
 def counts(tg):
-    """tollgate_usage_records_total{sink="kafka"} by result, and tollgate_spool_bytes."""
+    """tollgate_usage_records_total{sink="kafka"} by result, tollgate_spool_bytes and
+    tollgate_kafka_queue_messages ("queue")."""
     m = tg.metrics()
     out = {r: int(m.get('tollgate_usage_records_total{sink="kafka",result="%s"}' % r, 0))
            for r in KAFKA_SERIES}
     out["spool_bytes"] = int(m.get("tollgate_spool_bytes", 0))
+    out["queue"] = int(m.get("tollgate_kafka_queue_messages", 0))
     return out
 
 
 def wait_drained(tg, timeout=20.0):
-    """Waits until the spool is empty and Kafka holds everything (queue empty); returns counts."""
+    """Waits until the spool and the producer's queue are empty; returns counts()."""
     def drained():
-        m = tg.metrics()
         c = counts(tg)
-        return c if c["spool_bytes"] == 0 and m.get("tollgate_kafka_queue_messages", 1) == 0 else None
+        return c if c["spool_bytes"] == 0 and c["queue"] == 0 else None
     return h.wait_until(drained, timeout, interval=0.1, what="spool drained into Kafka")
 
 
@@ -76,23 +76,30 @@ def key_digest(key):
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def assert_delivered(kb, answered, extra_ok=0):
-    """Every id in `answered` is in Kafka (duplicates allowed: at-least-once), and Kafka holds
-    no id outside it but at most `extra_ok` (requests cut before their reply reached the
-    client). Returns (messages, distinct ids)."""
+def kafka_ids(kb):
+    """Reads the whole topic; checks every message's key is its record's tenant. Returns
+    (number of messages, {id: record})."""
     recs = kafka_records(kb)
     ids = {}
     for k, r in recs:
         assert k == (r["tenant"] or ""), (k, r)
         ids[r["id"]] = r
+    return len(recs), ids
+
+
+def assert_delivered(kb, answered, extra_ok=0):
+    """Every id in `answered` is in Kafka with its status (duplicates allowed: at least
+    once), and Kafka holds no id outside it but at most `extra_ok` (requests whose reply
+    never reached the client). Returns (messages, distinct ids)."""
+    nmsgs, ids = kafka_ids(kb)
     missing = set(answered) - set(ids)
     assert not missing, "%d of %d answered requests have no record (%d messages read), e.g. %s" % (
-        len(missing), len(answered), len(recs), sorted(missing)[:5])
+        len(missing), len(answered), nmsgs, sorted(missing)[:5])
     strays = set(ids) - set(answered)
     assert len(strays) <= extra_ok, "%d records of unknown requests, e.g. %s" % (len(strays), sorted(strays)[:3])
     for rid, status in answered.items():
         assert ids[rid]["status"] == status, (rid, status, ids[rid])
-    return len(recs), len(ids)
+    return nmsgs, len(ids)
 
 
 class Load:
@@ -161,7 +168,7 @@ class Load:
 
 def test_one_record_per_request_with_the_right_fields():
     kb, mock, tg = start()
-    expect = []  # (response, tenant, decision, limit, route, stream, usage or None)
+    expect = []  # (response, {the record fields it must produce})
 
     def send(path, key=TEST_KEY, body=None, raw=None, headers=None, **exp):
         hd = dict(headers or {})
@@ -216,8 +223,8 @@ def test_one_record_per_request_with_the_right_fields():
     n = len(expect)
     assert n == 16
 
-    c = h.wait_until(lambda: (lambda c: c if c["delivered"] >= n else None)(counts(tg)), 10,
-                     what="%d records delivered" % n)
+    h.wait_until(lambda: counts(tg)["delivered"] >= n, 10, what="%d records delivered" % n)
+    c = counts(tg)
     assert c["spooled"] == 0 and c["error"] == 0 and c["dropped"] == 0, c
     recs = kafka_records(kb, n=n + 1, timeout=1.5)  # one more than expected: none may come
     assert len(recs) == n, "expected exactly %d records, got %d" % (n, len(recs))
@@ -268,12 +275,9 @@ def test_brokers_down_under_load_loses_nothing():
     t_down = time.monotonic()
     kb.down()
     n_down = load.count()
-    peak = {"spool_bytes": 0}
-    samples = []
+    peak = 0
     while time.monotonic() - t_down < 10:
-        c = counts(tg)
-        samples.append(c)
-        peak["spool_bytes"] = max(peak["spool_bytes"], c["spool_bytes"])
+        peak = max(peak, counts(tg)["spool_bytes"])
         time.sleep(0.5)
     before_up = load.count()
     kb.up()
@@ -285,7 +289,7 @@ def test_brokers_down_under_load_loses_nothing():
     assert not load.errors, load.errors[:5]
     assert set(load.statuses) == {200}, load.statuses
     assert c["error"] == 0 and c["dropped"] == 0, c
-    assert c["spooled"] > 0 and peak["spool_bytes"] > 0, (c, peak)
+    assert c["spooled"] > 0 and peak > 0, (c, peak)
     assert c["delivered"] + c["replayed"] >= len(answered), (c, len(answered))
     msgs, distinct = assert_delivered(kb, answered)
     assert distinct == len(answered), (distinct, len(answered))
@@ -293,7 +297,7 @@ def test_brokers_down_under_load_loses_nothing():
           "replayed %d, %d messages in Kafka (%d duplicates); spool peak %d bytes; spool empty %.1f s "
           "after the brokers came back"
           % (len(answered), before_up - n_down, c["delivered"], c["spooled"], c["replayed"], msgs,
-             msgs - distinct, peak["spool_bytes"], t_drained))
+             msgs - distinct, peak, t_drained))
     assert tg.term() == 0
 
 
@@ -390,11 +394,10 @@ def test_spool_full_reject_answers_503_and_is_not_ready():
     answered.update(load.stop())
     c = wait_drained(tg, 20)
     assert c["error"] == 0 and c["dropped"] == 0, c
-    recs = kafka_records(kb)
-    ids = {r["id"] for _, r in recs}
-    assert ids <= set(answered), "records of unknown requests"
+    _, ids = kafka_ids(kb)
+    assert set(ids) <= set(answered), "records of unknown requests"
     kept = {rid for rid, status in answered.items() if status != 503 and rid != unauth}
-    missing = kept - ids
+    missing = kept - set(ids)
     assert not missing, "%d admitted requests have no record, e.g. %s" % (len(missing), sorted(missing)[:5])
     assert unauth not in ids
     # every reply is either in Kafka or counted as skipped (a 503 decided an instant before
@@ -423,19 +426,14 @@ def test_spool_full_drop_oldest_counts_and_logs_drops():
     c = wait_drained(tg, 20)
     time.sleep(1.2)  # the drop log is rate-limited to one line a second
     logged = sum(int(n) for n in re.findall(r"deleted the oldest (\d+) records", tg.stderr))
-    msgs, distinct = assert_delivered_some(kb, answered)
+    _, ids = kafka_ids(kb)
+    assert set(ids) <= set(answered), "records of unknown requests"
+    distinct = len(ids)
     print("  %d answered while down; %d dropped (%d in the log); %d distinct records in Kafka"
           % (len(answered), c["dropped"], logged, distinct))
     assert logged == c["dropped"], (logged, c)
     assert distinct + c["dropped"] == len(answered), (distinct, c, len(answered))
     assert tg.term() == 0
-
-
-def assert_delivered_some(kb, answered):
-    recs = kafka_records(kb)
-    ids = {r["id"] for _, r in recs}
-    assert ids <= set(answered), "records of unknown requests"
-    return len(recs), len(ids)
 
 
 if __name__ == "__main__":
