@@ -22,6 +22,8 @@
 #define KAFKA_TICK_MS 50
 /* destroy() without a prior flush waits this long for acknowledgements. */
 #define KAFKA_DESTROY_FLUSH_MS 5000
+/* A flush looks this often whether the brokers are still there. */
+#define KAFKA_FLUSH_SLICE_MS 100
 /* After a purge, how long to keep polling for the purged delivery reports. */
 #define KAFKA_PURGE_POLL_MS 1000
 
@@ -57,7 +59,8 @@ struct ksink {
     rd_kafka_resp_err_t last_fail;
     int64_t last_fail_log_ms;
     int64_t last_warn_log_ms;
-    int64_t last_err_log_ms; /* atomic: any thread */
+    int64_t last_down_log_ms; /* its own clock: other warnings must not hide it */
+    int64_t last_err_log_ms;  /* atomic: any thread */
     int64_t last_drop_log_ms;
     uint64_t dropped_unlogged; /* atomic: any thread adds, the main thread logs */
 };
@@ -143,7 +146,7 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         __atomic_store_n(&ks->healthy, 0, __ATOMIC_RELAXED);
     } else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
         __atomic_store_n(&ks->healthy, 0, __ATOMIC_RELAXED);
-        if (tg_usage_log_due(&ks->last_warn_log_ms))
+        if (tg_usage_log_due(&ks->last_down_log_ms))
             tg_log_warn("kafka: all brokers are down (%s); records go to the spool", reason);
     } else if (tg_usage_log_due(&ks->last_warn_log_ms)) {
         tg_log_warn("kafka: %s: %s", rd_kafka_err2str((rd_kafka_resp_err_t)err), reason);
@@ -376,7 +379,16 @@ static void kafka_flush(struct tg_sink *s, int timeout_ms)
     struct ksink *ks = (struct ksink *)s;
     char err[TG_ERR_LEN];
     if (ks->rk) {
-        if (rd_kafka_outq_len(ks->rk) > 0) rd_kafka_flush(ks->rk, timeout_ms);
+        /* Waits for acknowledgements while the brokers answer; once they are
+         * known to be down, what is left goes to the spool at once instead of
+         * waiting for message.timeout.ms or the whole timeout. */
+        int64_t until = tg_now_mono_ms() + timeout_ms;
+        while (rd_kafka_outq_len(ks->rk) > 0 && __atomic_load_n(&ks->healthy, __ATOMIC_RELAXED)) {
+            int64_t left = until - tg_now_mono_ms();
+            if (left <= 0) break;
+            rd_kafka_flush(ks->rk,
+                           (int)(left < KAFKA_FLUSH_SLICE_MS ? left : KAFKA_FLUSH_SLICE_MS));
+        }
         purge_into_spool(ks);
     }
     publish_counts(ks);

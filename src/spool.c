@@ -138,8 +138,10 @@ static struct seg *push_seg(struct tg_spool *sp, uint64_t seq)
     return s;
 }
 
-/* Deletes segment i (its file and its bookkeeping). Unacknowledged records
- * in it are counted as dropped. */
+/* Deletes segment i (its file and its bookkeeping). Records in it not yet
+ * handed out are counted as dropped; those handed out and not acknowledged
+ * are with the caller, who delivers or appends them again (their acks are
+ * then ignored). */
 static void remove_seg(struct tg_spool *sp, size_t i)
 {
     struct seg *s = &sp->segs[i];
@@ -152,9 +154,8 @@ static void remove_seg(struct tg_spool *sp, size_t i)
         sp->dirty = false;
     }
     unlink(path);
-    int64_t lost = s->nrec - s->nacked;
-    sp->dropped += (uint64_t)lost;
-    sp->records -= lost;
+    sp->dropped += (uint64_t)(s->nrec - s->nread);
+    sp->records -= s->nrec - s->nacked;
     sp->unread -= s->nrec - s->nread;
     sp->bytes -= s->size;
     memmove(&sp->segs[i], &sp->segs[i + 1], (sp->nsegs - i - 1) * sizeof(*s));

@@ -448,6 +448,14 @@ bool tg_usage_log_due(int64_t *last_ms)
 int tg_usage_emit(struct tg_sink *s, const struct tg_usage_record *r)
 {
     if (s->ops == &none_ops) return 0;
+    /* A rejected request (never forwarded, nothing charged) while the sink
+     * cannot keep records: keeping its record would push the sink past its
+     * bound by one record per refusal, the 503s the bound itself causes
+     * included. It is counted, not kept. */
+    if (r->decision == TG_DECISION_REJECTED && !s->ops->accepting(s)) {
+        tg_metrics_add(TG_M_USAGE_RECORDS, (const char *[]){s->ops->name, "skipped"}, 1);
+        return 0;
+    }
     size_t len;
     char *json = tg_usage_to_json(r, &len);
     if (json == NULL) {

@@ -31,7 +31,8 @@ struct evbuffer;
     X(REDIS_ERRORS, counter, "tollgate_redis_errors_total", "kind",                             \
       "Redis failures, by kind (timeout|connect|reply|noscript).")                             \
     X(USAGE_RECORDS, counter, "tollgate_usage_records_total", "sink,result",                    \
-      "Usage records, by sink and result (written|delivered|spooled|replayed|dropped|error).") \
+      "Usage records, by sink and result "                                                      \
+      "(written|delivered|spooled|replayed|dropped|skipped|error).")                            \
     X(SPOOL_BYTES, gauge, "tollgate_spool_bytes", "", "Bytes in the Kafka spool on disk.")     \
     X(KAFKA_QUEUE, gauge, "tollgate_kafka_queue_messages", "",                                  \
       "Records in the Kafka producer's queue, not yet acknowledged.")                          \

@@ -40,7 +40,7 @@ struct tg_spool_stats {
     int64_t bytes;            /* on disk, all segments */
     int64_t records;          /* kept and not yet acknowledged */
     int64_t unread;           /* not yet handed out by tg_spool_next */
-    uint64_t dropped;         /* records deleted by drop_oldest since open */
+    uint64_t dropped;         /* records deleted unread (drop_oldest, damage) since open */
     uint64_t truncated_bytes; /* torn or corrupt tails cut off at open or read */
     uint32_t segments;
 };
@@ -63,9 +63,9 @@ void tg_spool_close(struct tg_spool *sp);
  * batch: the caller calls tg_spool_sync after its last append). Past
  * max_bytes: in reject mode the record is still written (a slight overshoot)
  * and tg_spool_accepting turns false; in drop_oldest mode the oldest segments
- * are deleted first and the number of records they held is stored in *dropped
- * (may be NULL). Returns 0, or -1 with `err` set if it could not be written.
- * Any thread. */
+ * are deleted first and the number of records they held that tg_spool_next had
+ * not handed out is stored in *dropped (may be NULL). Returns 0, or -1 with
+ * `err` set if it could not be written. Any thread. */
 int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const char *data, size_t len,
                     bool defer_sync, uint64_t *dropped, char err[TG_ERR_LEN]) TG_WUR;
 

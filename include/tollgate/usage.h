@@ -81,7 +81,9 @@ int tg_usage_mkdirs(const char *dir) TG_WUR;
 #define TG_USAGE_LOG_EVERY_MS 1000
 bool tg_usage_log_due(int64_t *last_ms);
 
-/* Builds the JSON of `r` and submits it. Returns the sink's result. */
+/* Builds the JSON of `r` and submits it. Returns the sink's result. A
+ * `rejected` record while the sink is not accepting is not submitted but
+ * counted (tollgate_usage_records_total{result="skipped"}) and 0 returned. */
 int tg_usage_emit(struct tg_sink *s, const struct tg_usage_record *r);
 
 #endif

@@ -1,8 +1,10 @@
-/* Tests of usage records: the JSON schema and escaping, request ids, the "none" sink. */
+/* Tests of usage records: the JSON schema and escaping, request ids, the "none" sink, what
+ * tg_usage_emit keeps while a sink is full. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <cmocka.h>
+#include <event2/buffer.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -11,6 +13,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "tollgate/metrics.h"
 #include "tollgate/usage.h"
 
 static int64_t utc_ms(int y, int mo, int d, int h, int mi, int s, int ms)
@@ -417,6 +420,64 @@ static void test_none_sink(void **state)
     s->ops->destroy(s);
 }
 
+/* A sink that keeps count of what it is given and accepts on demand. */
+struct fake_sink {
+    struct tg_sink base;
+    bool accepting;
+    int submitted;
+};
+
+static int fake_submit(struct tg_sink *s, char *json, size_t len, const char *key)
+{
+    ((struct fake_sink *)s)->submitted++;
+    free(json);
+    return 0;
+}
+
+static bool fake_accepting(struct tg_sink *s)
+{
+    return ((struct fake_sink *)s)->accepting;
+}
+
+static double skipped_count(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    tg_metrics_render(b);
+    evbuffer_add(b, "", 1);
+    const char *text = (const char *)evbuffer_pullup(b, -1);
+    static const char k[] = "tollgate_usage_records_total{sink=\"fake\",result=\"skipped\"} ";
+    const char *p = strstr(text, k);
+    double v = p ? strtod(p + strlen(k), NULL) : 0;
+    evbuffer_free(b);
+    return v;
+}
+
+/* While the sink cannot keep records, a rejected request's record (nothing
+ * forwarded, nothing charged: the 503s a full sink causes among them) is
+ * counted and not submitted; every other record is still submitted. */
+static void test_emit_while_sink_full(void **state)
+{
+    static const struct tg_sink_ops ops = {.name = "fake", .submit = fake_submit,
+                                           .accepting = fake_accepting};
+    struct fake_sink f = {.base = {.ops = &ops}, .accepting = true};
+    struct tg_usage_record r;
+    base_record(&r);
+    static const enum tg_decision all[] = {TG_DECISION_ALLOWED, TG_DECISION_LIMITED,
+                                           TG_DECISION_REJECTED, TG_DECISION_ERROR};
+    for (size_t i = 0; i < TG_ARRAY_LEN(all); i++) {
+        r.decision = all[i];
+        assert_int_equal(tg_usage_emit(&f.base, &r), 0);
+    }
+    assert_int_equal(f.submitted, 4);
+    f.accepting = false;
+    for (size_t i = 0; i < TG_ARRAY_LEN(all); i++) {
+        r.decision = all[i];
+        assert_int_equal(tg_usage_emit(&f.base, &r), 0);
+    }
+    assert_int_equal(f.submitted, 7);
+    assert_true(skipped_count() == 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -425,6 +486,7 @@ int main(void)
         cmocka_unit_test(test_timestamps),       cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_worst_case_sizes), cmocka_unit_test(test_ids_unique),
         cmocka_unit_test(test_ids_after_fork),   cmocka_unit_test(test_none_sink),
+        cmocka_unit_test(test_emit_while_sink_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
