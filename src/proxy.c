@@ -426,7 +426,6 @@ static void reply_json(struct tg_conn *c, int status, const char *body, size_t b
     hb_add(&hb, "\r\n", 2);
     hb_add(&hb, body, blen);
     r->bytes_out += (int64_t)hb_flush(&hb);
-    flush_out(c->bev, true);
     r->status = status;
     r->resp_started = true;
     req_finish(c, decision);
@@ -1053,7 +1052,6 @@ static void resp_complete(struct tg_conn *c)
         evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
         r->bytes_out += 5;
     }
-    flush_out(c->bev, true);
     struct tg_upconn *up = r->up;
     r->up = NULL;
     bufferevent_setcb(tg_upconn_bev(up), NULL, NULL, NULL, NULL);
@@ -1368,11 +1366,15 @@ static void req_finish(struct tg_conn *c, enum tg_decision decision)
     access_log(&rec);
     req_release(c);
 
+    /* The reply's last bytes are still queued: they are written below (or by
+     * the close), after the record was handed to the sink, so that a client
+     * never holds a complete answer whose record a crash could lose. */
     if (c->state == C_CLOSING) return; /* the client is gone: its close is under way */
     if (!c->keep_alive || w->draining) {
         conn_close_after_write(c);
         return;
     }
+    flush_out(c->bev, true); /* the reply's last bytes leave after its record */
     c->state = C_IDLE;
     evtimer_del(c->timer);
     arm_timer(c, w->cfg->server.idle_timeout_ms);
