@@ -222,6 +222,25 @@ static void put_char(struct out *o, char c)
     o->p[o->len] = '\0';
 }
 
+static void put_str(struct out *o, const char *s)
+{
+    if (o->len + 1 < o->cap) {
+        put_bytes(o, s, strlen(s));
+        o->p[o->len] = '\0';
+    }
+}
+
+static void put_int(struct out *o, long long v)
+{
+    char d[24];
+    size_t n;
+    const char *p = tg_fmt_int(d, v, &n);
+    if (o->len + 1 < o->cap) {
+        put_bytes(o, p, n);
+        o->p[o->len] = '\0';
+    }
+}
+
 /* The inside of a JSON string. */
 static void put_json(struct out *o, const char *s)
 {
@@ -274,20 +293,26 @@ size_t tg_limiter_format_duration(int64_t ms, char *out, size_t cap)
         return o.len;
     }
     if (ms < 1000) {
-        put(&o, "%lldms", (long long)ms);
+        put_int(&o, ms);
+        put_str(&o, "ms");
         return o.len;
     }
     long long h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, f = ms % 1000;
-    if (h) put(&o, "%lldh", h);
-    if (h || m) put(&o, "%lldm", m);
-    if (f == 0) {
-        put(&o, "%llds", s);
-    } else {
-        char frac[4];
-        snprintf(frac, sizeof(frac), "%03lld", f);
-        for (int i = 2; i > 0 && frac[i] == '0'; i--) frac[i] = '\0';
-        put(&o, "%lld.%ss", s, frac);
+    if (h) {
+        put_int(&o, h);
+        put_str(&o, "h");
     }
+    if (h || m) {
+        put_int(&o, m);
+        put_str(&o, "m");
+    }
+    put_int(&o, s);
+    if (f != 0) {
+        char frac[5] = {'.', (char)('0' + f / 100), (char)('0' + f / 10 % 10), (char)('0' + f % 10), 0};
+        for (int i = 3; i > 1 && frac[i] == '0'; i--) frac[i] = '\0';
+        put_str(&o, frac);
+    }
+    put_str(&o, "s");
     return o.len;
 }
 
@@ -340,28 +365,43 @@ size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg
             tightest = t;
         const struct tg_bucket_state *s = &res->b[t];
         tg_limiter_format_duration(s->reset_ms, dur, sizeof(dur));
-        put(&o,
-            "x-ratelimit-limit-%s: %lld\r\nx-ratelimit-remaining-%s: %lld\r\n"
-            "x-ratelimit-reset-%s: %s\r\n",
-            unit_header[u], whole_units(s->limit_u), unit_header[u], whole_units(s->remaining_u),
-            unit_header[u], dur);
+        /* Formatted on every request: plain appends, no format strings. */
+        put_str(&o, "x-ratelimit-limit-");
+        put_str(&o, unit_header[u]);
+        put_str(&o, ": ");
+        put_int(&o, whole_units(s->limit_u));
+        put_str(&o, "\r\nx-ratelimit-remaining-");
+        put_str(&o, unit_header[u]);
+        put_str(&o, ": ");
+        put_int(&o, whole_units(s->remaining_u));
+        put_str(&o, "\r\nx-ratelimit-reset-");
+        put_str(&o, unit_header[u]);
+        put_str(&o, ": ");
+        put_str(&o, dur);
+        put_str(&o, "\r\n");
     }
     if (n == 0) return o.len;
-    put(&o, "RateLimit-Policy: ");
+    put_str(&o, "RateLimit-Policy: ");
     for (size_t i = 0; i < n; i++) {
         const struct tg_limit *l = req->b[i].limit;
-        if (i) put(&o, ", ");
+        if (i) put_str(&o, ", ");
         put_sf_string(&o, l->name);
-        put(&o, ";q=%lld;w=%lld", whole_units(res->b[i].limit_u), ceil_seconds(l->per_ms));
+        put_str(&o, ";q=");
+        put_int(&o, whole_units(res->b[i].limit_u));
+        put_str(&o, ";w=");
+        put_int(&o, ceil_seconds(l->per_ms));
     }
-    put(&o, "\r\n");
+    put_str(&o, "\r\n");
     int shown = res->status == TG_LIMIT_DENIED && res->denied >= 0 && (size_t)res->denied < n
                     ? res->denied
                     : tightest;
-    put(&o, "RateLimit: ");
+    put_str(&o, "RateLimit: ");
     put_sf_string(&o, req->b[shown].limit->name);
-    put(&o, ";r=%lld;t=%lld\r\n", whole_units(res->b[shown].remaining_u),
-        ceil_seconds(res->b[shown].reset_ms));
+    put_str(&o, ";r=");
+    put_int(&o, whole_units(res->b[shown].remaining_u));
+    put_str(&o, ";t=");
+    put_int(&o, ceil_seconds(res->b[shown].reset_ms));
+    put_str(&o, "\r\n");
     if (res->status == TG_LIMIT_DENIED) {
         long long secs = ceil_seconds(res->retry_ms);
         put(&o, "Retry-After: %lld\r\nretry-after-ms: %lld\r\n", secs > 0 ? secs : 1,

@@ -878,6 +878,22 @@ static void start_forward(struct tg_conn *c)
     tg_pool_acquire(r->pool, on_upconn, c);
 }
 
+enum fwd { FWD_KEEP, FWD_DROP, FWD_XFF };
+
+/* What becomes of a client's request header on its way upstream: hop-by-hop
+ * headers, Host, the client's key, Expect, Content-Length and x-request-id
+ * are replaced; X-Forwarded-For is extended. Sorted by length: one compare
+ * for most headers. */
+static enum fwd forward_kind(const char *name, size_t len)
+{
+    static const char *const dropped[16] = {
+        [4] = "host", [6] = "expect", [12] = "x-request-id", [13] = "authorization",
+        [14] = "content-length"};
+    if (len < 16 && dropped[len] && tg_http_name_is(name, len, dropped[len])) return FWD_DROP;
+    if (len == 15 && tg_http_name_is(name, len, "x-forwarded-for")) return FWD_XFF;
+    return tg_http_is_hop_by_hop(name, len) ? FWD_DROP : FWD_KEEP;
+}
+
 static void write_request(struct tg_conn *c)
 {
     struct tg_req *r = c->req;
@@ -896,13 +912,9 @@ static void write_request(struct tg_conn *c)
     size_t xff_len = 0;
     for (size_t i = 0; i < m->nheaders; i++) {
         const struct tg_http_header *h = &m->headers[i];
-        if (tg_http_is_hop_by_hop(h->name, h->nlen) || tg_http_name_is(h->name, h->nlen, "host") ||
-            tg_http_name_is(h->name, h->nlen, "authorization") ||
-            tg_http_name_is(h->name, h->nlen, "expect") ||
-            tg_http_name_is(h->name, h->nlen, "content-length") ||
-            tg_http_name_is(h->name, h->nlen, "x-request-id"))
-            continue;
-        if (tg_http_name_is(h->name, h->nlen, "x-forwarded-for")) {
+        enum fwd what = forward_kind(h->name, h->nlen);
+        if (what == FWD_DROP) continue;
+        if (what == FWD_XFF) {
             xff = h->value;
             xff_len = h->vlen;
             continue;
@@ -1259,8 +1271,12 @@ static const char *const decision_names[] = {"allowed", "limited", "rejected", "
 static void count(struct tg_conn *c, const struct tg_usage_record *rec, bool admitted)
 {
     struct tg_req *r = c->req;
-    char code[8];
-    snprintf(code, sizeof(code), "%d", rec->status);
+    char digits[24], code[8];
+    size_t cn;
+    const char *cd = tg_fmt_int(digits, rec->status, &cn);
+    if (cn >= sizeof(code)) cn = sizeof(code) - 1;
+    memcpy(code, cd, cn);
+    code[cn] = '\0';
     const char *tenant = rec->tenant;
     const char *route = rec->route;
     const char *req_labels[] = {route, tenant, code};
@@ -1300,26 +1316,107 @@ static void count(struct tg_conn *c, const struct tg_usage_record *rec, bool adm
     }
 }
 
+/* A line being built in a caller's buffer; whatever does not fit is cut. */
+struct line {
+    char *p;
+    size_t len, cap;
+};
+
+static void ln_add(struct line *l, const char *s, size_t n)
+{
+    if (l->len + n > l->cap) n = l->cap - l->len;
+    memcpy(l->p + l->len, s, n);
+    l->len += n;
+}
+
+static void ln_str(struct line *l, const char *s)
+{
+    ln_add(l, s, strlen(s));
+}
+
+static void ln_int(struct line *l, long long v)
+{
+    char d[24];
+    size_t n;
+    const char *p = tg_fmt_int(d, v, &n);
+    ln_add(l, p, n);
+}
+
+/* A JSON string, or null. */
+static void ln_json(struct line *l, const char *s)
+{
+    if (s == NULL) {
+        ln_add(l, "null", 4);
+        return;
+    }
+    char esc[2 * TG_MODEL_LEN + 16];
+    ln_add(l, "\"", 1);
+    size_t n = strlen(s);
+    if (n > TG_MODEL_LEN) n = TG_MODEL_LEN;
+    bool plain = true;
+    for (size_t i = 0; i < n && plain; i++)
+        plain = (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\';
+    if (plain) ln_add(l, s, n);
+    else ln_add(l, esc, json_escape(esc, sizeof(esc), s));
+    ln_add(l, "\"", 1);
+}
+
+/* Milliseconds with one decimal. */
+static void ln_ms(struct line *l, double ms)
+{
+    long long tenths = (long long)(ms * 10.0 + 0.5);
+    ln_int(l, tenths / 10);
+    char d[2] = {'.', (char)('0' + tenths % 10)};
+    ln_add(l, d, 2);
+}
+
+/* "2026-11-24T11:00:00.123Z"; the part up to the second is made once a second. */
+static void ln_ts(struct line *l, int64_t ms)
+{
+    static __thread int64_t cached_sec = -1;
+    static __thread char cached[24];
+    int64_t sec = ms / 1000;
+    if (sec != cached_sec) {
+        time_t t = (time_t)sec;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = sec;
+    }
+    ln_str(l, cached);
+    int f = (int)(ms % 1000);
+    char d[5] = {'.', (char)('0' + f / 100), (char)('0' + f / 10 % 10), (char)('0' + f % 10), 'Z'};
+    ln_add(l, d, 5);
+}
+
 static void access_log(const struct tg_usage_record *rec)
 {
-    char line[1024], model[2 * TG_MODEL_LEN], ts[40];
-    json_escape(model, sizeof(model), rec->model ? rec->model : "");
-    time_t secs = (time_t)(rec->ts_ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    size_t tn = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(ts + tn, sizeof(ts) - tn, ".%03dZ", (int)(rec->ts_ms % 1000));
-    int n = snprintf(line, sizeof(line),
-                     "{\"ts\":\"%s\",\"id\":\"%s\",\"tenant\":%s%s%s,\"route\":%s%s%s,"
-                     "\"model\":\"%s\",\"status\":%d,\"decision\":\"%s\",\"latency_ms\":%.1f,"
-                     "\"upstream_ms\":%.1f,\"bytes_in\":%lld,\"bytes_out\":%lld}",
-                     ts, rec->id, rec->tenant ? "\"" : "", rec->tenant ? rec->tenant : "null",
-                     rec->tenant ? "\"" : "", rec->route ? "\"" : "",
-                     rec->route ? rec->route : "null", rec->route ? "\"" : "", model, rec->status,
-                     decision_names[rec->decision], rec->latency_ms,
-                     rec->upstream_ms < 0 ? 0.0 : rec->upstream_ms, (long long)rec->bytes_in,
-                     (long long)rec->bytes_out);
-    if (n > 0) tg_log_access(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    char buf[1024];
+    struct line l = {buf, 0, sizeof(buf)};
+    ln_str(&l, "{\"ts\":\"");
+    ln_ts(&l, rec->ts_ms);
+    ln_str(&l, "\",\"id\":");
+    ln_json(&l, rec->id);
+    ln_str(&l, ",\"tenant\":");
+    ln_json(&l, rec->tenant);
+    ln_str(&l, ",\"route\":");
+    ln_json(&l, rec->route);
+    ln_str(&l, ",\"model\":");
+    ln_json(&l, rec->model ? rec->model : "");
+    ln_str(&l, ",\"status\":");
+    ln_int(&l, rec->status);
+    ln_str(&l, ",\"decision\":\"");
+    ln_str(&l, decision_names[rec->decision]);
+    ln_str(&l, "\",\"latency_ms\":");
+    ln_ms(&l, rec->latency_ms);
+    ln_str(&l, ",\"upstream_ms\":");
+    ln_ms(&l, rec->upstream_ms < 0 ? 0.0 : rec->upstream_ms);
+    ln_str(&l, ",\"bytes_in\":");
+    ln_int(&l, (long long)rec->bytes_in);
+    ln_str(&l, ",\"bytes_out\":");
+    ln_int(&l, (long long)rec->bytes_out);
+    ln_str(&l, "}");
+    tg_log_access(l.p, l.len);
 }
 
 /* Every request ends here exactly once, whatever its outcome. */
