@@ -42,8 +42,10 @@ static void sha256(const char *s, size_t len, uint8_t out[32])
 void tg_admin_set_token(struct tg_admin *a, const char *token)
 {
     a->have_token = token != NULL && token[0] != '\0';
-    if (a->have_token) sha256(token, strlen(token), a->token_digest);
-    else memset(a->token_digest, 0, sizeof(a->token_digest));
+    if (a->have_token)
+        sha256(token, strlen(token), a->token_digest);
+    else
+        memset(a->token_digest, 0, sizeof(a->token_digest));
 }
 
 /* `Authorization: Bearer <token>`, scheme case-insensitive (RFC 7235). */
@@ -53,9 +55,11 @@ static bool authorized(const struct tg_admin *a, struct evhttp_request *req)
     const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
     if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0) return false;
     h += 7;
-    while (*h == ' ') h++;
+    while (*h == ' ')
+        h++;
     size_t len = strlen(h);
-    while (len > 0 && (h[len - 1] == ' ' || h[len - 1] == '\t')) len--;
+    while (len > 0 && (h[len - 1] == ' ' || h[len - 1] == '\t'))
+        len--;
     if (len == 0) return false;
     uint8_t d[32];
     sha256(h, len, d);
@@ -124,9 +128,12 @@ static void handle(struct evhttp_request *req, void *arg)
     bool get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD;
 
     enum { R_NONE, R_METRICS, R_HEALTHZ, R_READYZ } route = R_NONE;
-    if (strcmp(path, "/metrics") == 0) route = R_METRICS;
-    else if (strcmp(path, "/healthz") == 0) route = R_HEALTHZ;
-    else if (strcmp(path, "/readyz") == 0) route = R_READYZ;
+    if (strcmp(path, "/metrics") == 0)
+        route = R_METRICS;
+    else if (strcmp(path, "/healthz") == 0)
+        route = R_HEALTHZ;
+    else if (strcmp(path, "/readyz") == 0)
+        route = R_READYZ;
 
     /* /healthz stays open so that container and load-balancer probes work. */
     if (route != R_HEALTHZ && !authorized(a, req)) {
@@ -144,10 +151,17 @@ static void handle(struct evhttp_request *req, void *arg)
         return;
     }
     switch (route) {
-    case R_METRICS: serve_metrics(req); break;
-    case R_HEALTHZ: reply_text(req, HTTP_OK, "ok\n"); break;
-    case R_READYZ: serve_readyz(a, req); break;
-    case R_NONE: break;
+    case R_METRICS:
+        serve_metrics(req);
+        break;
+    case R_HEALTHZ:
+        reply_text(req, HTTP_OK, "ok\n");
+        break;
+    case R_READYZ:
+        serve_readyz(a, req);
+        break;
+    case R_NONE:
+        break;
     }
 }
 
@@ -182,11 +196,10 @@ struct tg_admin *tg_admin_create(struct event_base *base, const struct tg_listen
     }
     /* SO_REUSEPORT like the workers' listeners: a new tollgate can start beside
      * the old one during an upgrade (same user only, enforced by the kernel). */
-    a->listener = evconnlistener_new_bind(base, NULL, NULL,
-                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
-                                              LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT,
-                                          ADMIN_BACKLOG, (const struct sockaddr *)&listen->addr,
-                                          (int)listen->addrlen);
+    a->listener = evconnlistener_new_bind(
+        base, NULL, NULL,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT,
+        ADMIN_BACKLOG, (const struct sockaddr *)&listen->addr, (int)listen->addrlen);
     if (a->listener == NULL) goto error;
     errpos = "listen";
     if (evhttp_bind_listener(a->http, a->listener) == NULL) {

@@ -52,7 +52,8 @@ static int on_headers_complete(http_parser *p)
     for (size_t i = 0; i < m->nheaders; i++) {
         struct tg_http_header *h = &m->headers[i];
         if (h->value == NULL) h->value = "";
-        if (tg_http_name_is(h->name, h->nlen, "transfer-encoding")) m->has_te = true;
+        if (tg_http_name_is(h->name, h->nlen, "transfer-encoding"))
+            m->has_te = true;
         else if (tg_http_name_is(h->name, h->nlen, "expect") && h->vlen == 12 &&
                  strncasecmp(h->value, "100-continue", 12) == 0)
             m->expect_continue = true;
@@ -113,8 +114,7 @@ enum tg_http_result tg_http_parse_head(struct tg_http_msg *m, const char *head, 
         m->done = true;
     if (!m->done && m->skip_body) m->done = true;
     if (!m->done && m->parser.type == HTTP_RESPONSE &&
-        (m->status == 204 || m->status == 304 || m->status / 100 == 1 ||
-         m->content_length == 0))
+        (m->status == 204 || m->status == 304 || m->status / 100 == 1 || m->content_length == 0))
         m->done = true;
     return TG_HTTP_OK;
 }
@@ -160,41 +160,69 @@ const char *tg_http_header(const struct tg_http_msg *m, const char *name, size_t
 bool tg_http_is_hop_by_hop(const char *name, size_t len)
 {
     switch (len) {
-    case 2: return tg_http_name_is(name, len, "te");
-    case 7: return tg_http_name_is(name, len, "trailer") || tg_http_name_is(name, len, "upgrade");
+    case 2:
+        return tg_http_name_is(name, len, "te");
+    case 7:
+        return tg_http_name_is(name, len, "trailer") || tg_http_name_is(name, len, "upgrade");
     case 10:
         return tg_http_name_is(name, len, "connection") || tg_http_name_is(name, len, "keep-alive");
-    case 17: return tg_http_name_is(name, len, "transfer-encoding");
-    default: return len > 6 && strncasecmp(name, "proxy-", 6) == 0;
+    case 17:
+        return tg_http_name_is(name, len, "transfer-encoding");
+    default:
+        return len > 6 && strncasecmp(name, "proxy-", 6) == 0;
     }
 }
 
 const char *tg_http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Content Too Large";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
     }
 }

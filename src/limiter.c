@@ -1,4 +1,5 @@
-/* Limiter planning, the token-bucket math (C twin of the Lua scripts), the rate-limit headers and error bodies. */
+/* Limiter planning, the token-bucket math (C twin of the Lua scripts), the rate-limit headers and
+ * error bodies. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -50,8 +51,10 @@ int64_t tg_bucket_time_to(int64_t level_u, int64_t target_u, double rate, int64_
     double t = ceil(need * (double)per_ms / (rate * 1e6));
     if (!(t < (double)NEVER_MS)) return NEVER_MS;
     int64_t ms = (int64_t)t;
-    while (added(ms, rate, per_ms) < need) ms++;
-    while (ms > 0 && added(ms - 1, rate, per_ms) >= need) ms--;
+    while (added(ms, rate, per_ms) < need)
+        ms++;
+    while (ms > 0 && added(ms - 1, rate, per_ms) >= need)
+        ms--;
     return ms;
 }
 
@@ -125,8 +128,8 @@ static bool model_listed(const struct tg_limit *l, const char *model)
     return false;
 }
 
-void tg_limiter_plan(const struct tg_tenant *tenant, const struct tg_cost *cost,
-                     const char *model, struct tg_limit_req *req)
+void tg_limiter_plan(const struct tg_tenant *tenant, const struct tg_cost *cost, const char *model,
+                     struct tg_limit_req *req)
 {
     req->tenant = tenant->name;
     req->fallback = false;
@@ -161,9 +164,12 @@ static bool simple_format(const char *fmt)
 {
     for (const char *f = fmt; *f; f++) {
         if (*f != '%') continue;
-        if (f[1] == 's' || f[1] == '%') f++;
-        else if (f[1] == 'l' && f[2] == 'l' && f[3] == 'd') f += 3;
-        else return false;
+        if (f[1] == 's' || f[1] == '%')
+            f++;
+        else if (f[1] == 'l' && f[2] == 'l' && f[3] == 'd')
+            f += 3;
+        else
+            return false;
     }
     return true;
 }
@@ -308,8 +314,10 @@ size_t tg_limiter_format_duration(int64_t ms, char *out, size_t cap)
     }
     put_int(&o, s);
     if (f != 0) {
-        char frac[5] = {'.', (char)('0' + f / 100), (char)('0' + f / 10 % 10), (char)('0' + f % 10), 0};
-        for (int i = 3; i > 1 && frac[i] == '0'; i--) frac[i] = '\0';
+        char frac[5] = {'.', (char)('0' + f / 100), (char)('0' + f / 10 % 10), (char)('0' + f % 10),
+                        0};
+        for (int i = 3; i > 1 && frac[i] == '0'; i--)
+            frac[i] = '\0';
         put_str(&o, frac);
     }
     put_str(&o, "s");
@@ -322,10 +330,18 @@ static const char *const unit_prose[TG_UNIT_COUNT] = {"requests", "tokens", "vid
 static void put_period(struct out *o, int64_t per_ms)
 {
     switch (per_ms) {
-    case 1000: put(o, "second"); break;
-    case 60000: put(o, "minute"); break;
-    case 3600000: put(o, "hour"); break;
-    case 86400000: put(o, "day"); break;
+    case 1000:
+        put(o, "second");
+        break;
+    case 60000:
+        put(o, "minute");
+        break;
+    case 3600000:
+        put(o, "hour");
+        break;
+    case 86400000:
+        put(o, "day");
+        break;
     default: {
         char d[32];
         tg_limiter_format_duration(per_ms, d, sizeof(d));
@@ -439,7 +455,8 @@ size_t tg_limiter_format_error(const struct tg_limit_req *req, const struct tg_l
     const struct tg_limit *l = req->b[d].limit;
     const struct tg_bucket_state *s = &res->b[d];
     bool too_large = res->status == TG_LIMIT_TOO_LARGE;
-    put(&o, "{\"error\":{\"message\":\"%s", too_large ? "Request too large for " : "Rate limit reached for ");
+    put(&o, "{\"error\":{\"message\":\"%s",
+        too_large ? "Request too large for " : "Rate limit reached for ");
     put_limit_prose(&o, req, l);
     put(&o, ": limit ");
     put_units(&o, s->limit_u, l->unit);
@@ -456,8 +473,9 @@ size_t tg_limiter_format_error(const struct tg_limit_req *req, const struct tg_l
     } else {
         char dur[32];
         tg_limiter_format_duration(res->retry_ms, dur, sizeof(dur));
-        put(&o, ". Please try again in %s.\",\"type\":\"%s\",\"param\":null,"
-                "\"code\":\"rate_limit_exceeded\"}}",
+        put(&o,
+            ". Please try again in %s.\",\"type\":\"%s\",\"param\":null,"
+            "\"code\":\"rate_limit_exceeded\"}}",
             dur, tg_unit_name(l->unit));
     }
     return o.len;

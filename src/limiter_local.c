@@ -31,9 +31,11 @@ struct local {
 static uint64_t key_hash(const char *tenant, size_t tlen, const char *name, size_t nlen)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < tlen; i++) h = (h ^ (unsigned char)tenant[i]) * 1099511628211ULL;
+    for (size_t i = 0; i < tlen; i++)
+        h = (h ^ (unsigned char)tenant[i]) * 1099511628211ULL;
     h = (h ^ 0) * 1099511628211ULL;
-    for (size_t i = 0; i < nlen; i++) h = (h ^ (unsigned char)name[i]) * 1099511628211ULL;
+    for (size_t i = 0; i < nlen; i++)
+        h = (h ^ (unsigned char)name[i]) * 1099511628211ULL;
     return h ^ (h >> 29);
 }
 
@@ -95,7 +97,8 @@ struct locked {
 
 static void unlock_all(struct local *lc, struct locked *k)
 {
-    for (size_t i = k->nstripes; i-- > 0;) pthread_mutex_unlock(&lc->s[k->stripes[i]].mu);
+    for (size_t i = k->nstripes; i-- > 0;)
+        pthread_mutex_unlock(&lc->s[k->stripes[i]].mu);
 }
 
 /* Locks the stripes of every bucket of `req` in ascending order (no deadlock)
@@ -111,13 +114,15 @@ static bool lock_buckets(struct local *lc, const struct tg_limit_req *req, struc
         hash[i] = key_hash(req->tenant, tlen, req->b[i].limit->name, nlen[i]);
         unsigned st = stripe_of(hash[i]);
         size_t j = k->nstripes;
-        while (j > 0 && k->stripes[j - 1] > st) j--;
+        while (j > 0 && k->stripes[j - 1] > st)
+            j--;
         if (j > 0 && k->stripes[j - 1] == st) continue;
         memmove(&k->stripes[j + 1], &k->stripes[j], (k->nstripes - j) * sizeof(unsigned));
         k->stripes[j] = st;
         k->nstripes++;
     }
-    for (size_t i = 0; i < k->nstripes; i++) pthread_mutex_lock(&lc->s[k->stripes[i]].mu);
+    for (size_t i = 0; i < k->nstripes; i++)
+        pthread_mutex_lock(&lc->s[k->stripes[i]].mu);
     for (size_t i = 0; i < req->n; i++) {
         k->b[i] = lookup(&lc->s[stripe_of(hash[i])], hash[i], req->tenant, tlen,
                          req->b[i].limit->name, nlen[i]);
@@ -213,6 +218,7 @@ struct tg_limiter *tg_limiter_local_create(int divisor)
     memset(lc, 0, sizeof(*lc));
     lc->base.ops = &local_ops;
     lc->divisor = divisor < 1 ? 1 : divisor;
-    for (size_t i = 0; i < STRIPES; i++) pthread_mutex_init(&lc->s[i].mu, NULL);
+    for (size_t i = 0; i < STRIPES; i++)
+        pthread_mutex_init(&lc->s[i].mu, NULL);
     return &lc->base;
 }

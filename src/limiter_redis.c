@@ -1,4 +1,5 @@
-/* The Redis limiter of one worker: EVALSHA of the embedded scripts over hiredis async, with deadlines, reconnects, settle batching and the failure policy. */
+/* The Redis limiter of one worker: EVALSHA of the embedded scripts over hiredis async, with
+ * deadlines, reconnects, settle batching and the failure policy. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -47,7 +48,7 @@ struct op {
     int64_t deadline_ms;
     struct op *mnext;   /* OP_CHECK: next in the queue or in its batch */
     struct op *members; /* OP_BATCH: its checks, in order */
-    struct buf cmd; /* the command in RESP, kept to resend after NOSCRIPT */
+    struct buf cmd;     /* the command in RESP, kept to resend after NOSCRIPT */
     /* OP_CHECK */
     tg_limiter_cb cb;
     void *arg;
@@ -93,7 +94,7 @@ struct rl {
     bool destroying;
 
     struct op *head, *tail;
-    size_t inflight_checks; /* queued or sent, not yet answered */
+    size_t inflight_checks;   /* queued or sent, not yet answered */
     struct op *qhead, *qtail; /* checks waiting for the end of this loop turn */
     struct event *batch_ev;
     bool batch_scheduled;
@@ -121,7 +122,8 @@ static void count_error(const char *kind, double n)
 static uint64_t fnv(const char *s, size_t len)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
     return h;
 }
 
@@ -131,7 +133,8 @@ static bool buf_reserve(struct buf *b, size_t more)
 {
     if (b->len + more <= b->cap) return true;
     size_t ncap = b->cap ? b->cap : 256;
-    while (ncap < b->len + more) ncap *= 2;
+    while (ncap < b->len + more)
+        ncap *= 2;
     char *p = realloc(b->p, ncap);
     if (!p) return false;
     b->p = p;
@@ -211,10 +214,14 @@ static void op_put(struct rl *rl, struct op *op)
 
 static void list_remove(struct rl *rl, struct op *op)
 {
-    if (op->prev) op->prev->next = op->next;
-    else rl->head = op->next;
-    if (op->next) op->next->prev = op->prev;
-    else rl->tail = op->prev;
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        rl->head = op->next;
+    if (op->next)
+        op->next->prev = op->prev;
+    else
+        rl->tail = op->prev;
     op->prev = op->next = NULL;
 }
 
@@ -238,8 +245,10 @@ static int send_op(struct rl *rl, struct op *op, int timeout_ms)
     op->deadline_ms = now + timeout_ms;
     op->prev = rl->tail;
     op->next = NULL;
-    if (rl->tail) rl->tail->next = op;
-    else rl->head = op;
+    if (rl->tail)
+        rl->tail->next = op;
+    else
+        rl->head = op;
     rl->tail = op;
     if (!evtimer_pending(rl->deadline_ev, NULL) || rl->timer_at_ms > op->deadline_ms)
         arm_deadline(rl, op->deadline_ms, now);
@@ -330,8 +339,10 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     struct rl *rl = arg;
     if (!rl->head) return;
     int64_t now = tg_now_mono_ms();
-    if (rl->head->deadline_ms <= now) kill_connection(rl, "timeout", NULL);
-    else arm_deadline(rl, rl->head->deadline_ms, now);
+    if (rl->head->deadline_ms <= now)
+        kill_connection(rl, "timeout", NULL);
+    else
+        arm_deadline(rl, rl->head->deadline_ms, now);
 }
 
 /* hiredis 0.14 copies the error into ac->errstr only after onConnect: read the inner context. */
@@ -362,7 +373,8 @@ static int send_setup(struct rl *rl, enum op_kind kind, enum script sc, const ch
     op->script = sc;
     op->last_setup = last;
     resp_head(&op->cmd, '*', argc);
-    for (size_t i = 0; i < argc; i++) resp_bulk(&op->cmd, argv[i], strlen(argv[i]));
+    for (size_t i = 0; i < argc; i++)
+        resp_bulk(&op->cmd, argv[i], strlen(argv[i]));
     int timeout = rl->timeout_ms > CONNECT_TIMEOUT_MIN_MS ? rl->timeout_ms : CONNECT_TIMEOUT_MIN_MS;
     if (kind == OP_LOAD) timeout = rl->timeout_ms;
     if (send_op(rl, op, timeout) != 0) {
@@ -579,7 +591,8 @@ static bool parse_check(const struct op *op, const redisReply *r, size_t *at,
     long long denied = e[1]->integer;
     if ((e[0]->integer == 1) != (denied == 0) || denied < 0 || denied > (long long)n) return false;
     int64_t level[TG_MAX_BUCKETS];
-    for (size_t i = 0; i < n; i++) level[i] = e[2 + i]->integer;
+    for (size_t i = 0; i < n; i++)
+        level[i] = e[2 + i]->integer;
     tg_limiter_result_fill(op->p, level, n, (int)denied - 1, res);
     *at += 2 + n;
     return true;
@@ -608,9 +621,12 @@ static void finish_batch(struct rl *rl, struct op *batch, const redisReply *r)
 {
     if (r && is_noscript(r)) {
         bool live = false;
-        for (struct op *m = batch->members; m; m = m->mnext) live = live || !m->cancelled;
-        if (!live) count_error("noscript", 1);
-        else if (resend_after_noscript(rl, batch) == 0) return;
+        for (struct op *m = batch->members; m; m = m->mnext)
+            live = live || !m->cancelled;
+        if (!live)
+            count_error("noscript", 1);
+        else if (resend_after_noscript(rl, batch) == 0)
+            return;
     }
     bool ok = r && !is_noscript(r) && r->type == REDIS_REPLY_ARRAY && r->elements >= 1;
     size_t at = 1;
@@ -673,11 +689,18 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     list_remove(rl, op);
     if (!r && ac == rl->ac) mark_down(rl, "connect", error_of(ac));
     switch (op->kind) {
-    case OP_BATCH: finish_batch(rl, op, r); break;
-    case OP_CHECK: break; /* never sent on its own */
-    case OP_SETTLE: finish_settle(rl, op, r); break;
+    case OP_BATCH:
+        finish_batch(rl, op, r);
+        break;
+    case OP_CHECK:
+        break; /* never sent on its own */
+    case OP_SETTLE:
+        finish_settle(rl, op, r);
+        break;
     case OP_SETUP:
-    case OP_LOAD: finish_setup(rl, op, ac, r); break;
+    case OP_LOAD:
+        finish_setup(rl, op, ac, r);
+        break;
     case OP_PING:
         if (r && r->type == REDIS_REPLY_ERROR) count_error("reply", 1);
         op_put(rl, op);
@@ -718,9 +741,9 @@ static void build_batch(struct rl *rl, struct op *batch)
         for (size_t i = 0; i < c->req.n; i++) {
             const char *key = c->cmd.p + c->key_off[i];
             size_t k = 0;
-            while (k < nk && !(kop[k]->key_len[kb[k]] == c->key_len[i] &&
-                               memcmp(kop[k]->cmd.p + kop[k]->key_off[kb[k]], key,
-                                      c->key_len[i]) == 0))
+            while (k < nk &&
+                   !(kop[k]->key_len[kb[k]] == c->key_len[i] &&
+                     memcmp(kop[k]->cmd.p + kop[k]->key_off[kb[k]], key, c->key_len[i]) == 0))
                 k++;
             if (k == nk) {
                 kop[nk] = c;
@@ -736,8 +759,10 @@ static void build_batch(struct rl *rl, struct op *batch)
     resp_int(b, (int64_t)nk);
     for (size_t k = 0; k < nk; k++)
         resp_bulk(b, kop[k]->cmd.p + kop[k]->key_off[kb[k]], kop[k]->key_len[kb[k]]);
-    if (rl->fixed_clock_ms >= 0) resp_int(b, rl->fixed_clock_ms);
-    else resp_bulk(b, "", 0);
+    if (rl->fixed_clock_ms >= 0)
+        resp_int(b, rl->fixed_clock_ms);
+    else
+        resp_bulk(b, "", 0);
     for (size_t k = 0; k < nk; k++) {
         const struct tg_bucket_param *p = &kop[k]->p[kb[k]];
         resp_int(b, p->cap_u);
@@ -837,8 +862,10 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
     }
     build_keys(rl, op);
     rl->inflight_checks++;
-    if (rl->qtail) rl->qtail->mnext = op;
-    else rl->qhead = op;
+    if (rl->qtail)
+        rl->qtail->mnext = op;
+    else
+        rl->qhead = op;
     rl->qtail = op;
     if (!rl->batch_scheduled) {
         rl->batch_scheduled = true;
@@ -955,7 +982,8 @@ static void sha1_hex(const char *s, char out[41])
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
     EVP_Digest(s, strlen(s), md, &len, EVP_sha1(), NULL);
-    for (unsigned i = 0; i < 20; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+    for (unsigned i = 0; i < 20; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
 /* The address to connect to, as the IP string hiredis 0.14 wants. */
@@ -989,8 +1017,8 @@ struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct
     rl->prefix = strdup(cfg->limiter.redis.key_prefix ? cfg->limiter.redis.key_prefix
                                                       : TG_DEFAULT_REDIS_KEY_PREFIX);
     rl->db = cfg->limiter.redis.db;
-    rl->timeout_ms =
-        cfg->limiter.redis.timeout_ms > 0 ? cfg->limiter.redis.timeout_ms : TG_DEFAULT_REDIS_TIMEOUT_MS;
+    rl->timeout_ms = cfg->limiter.redis.timeout_ms > 0 ? cfg->limiter.redis.timeout_ms
+                                                       : TG_DEFAULT_REDIS_TIMEOUT_MS;
     rl->deny = cfg->limiter.on_redis_error == TG_REDIS_ERROR_DENY;
     rl->fixed_clock_ms = -1;
     rl->backoff_ms = BACKOFF_MIN_MS;
@@ -1006,7 +1034,8 @@ struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct
         return NULL;
     }
     rl->prefix_len = strlen(rl->prefix);
-    for (int i = 0; i < SC_COUNT; i++) sha1_hex(script_text[i], rl->sha[i]);
+    for (int i = 0; i < SC_COUNT; i++)
+        sha1_hex(script_text[i], rl->sha[i]);
     struct timeval ping_tv = {PING_IDLE_MS / 1000, (PING_IDLE_MS % 1000) * 1000};
     event_add(rl->ping_ev, &ping_tv);
     connect_redis(rl);

@@ -99,7 +99,8 @@ static void *access_writer(void *arg)
     size_t outcap = 0;
     pthread_mutex_lock(&acc.mu);
     for (;;) {
-        while (acc.len == 0 && !acc.stop && !acc.reopen) pthread_cond_wait(&acc.cv, &acc.mu);
+        while (acc.len == 0 && !acc.stop && !acc.reopen)
+            pthread_cond_wait(&acc.cv, &acc.mu);
         if (acc.len < ACCESS_WAKE_BYTES && !acc.stop && !acc.reopen) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -174,7 +175,8 @@ void tg_log_access(const char *line, size_t len)
     }
     if (acc.len + len + 1 > acc.cap) {
         size_t cap = acc.cap ? acc.cap : 65536;
-        while (cap < acc.len + len + 1) cap *= 2;
+        while (cap < acc.len + len + 1)
+            cap *= 2;
         char *nb = realloc(acc.buf, cap);
         if (nb == NULL) {
             pthread_mutex_unlock(&acc.mu);
@@ -185,8 +187,8 @@ void tg_log_access(const char *line, size_t len)
     }
     memcpy(acc.buf + acc.len, line, len);
     acc.buf[acc.len + len] = '\n';
-    bool wake = acc.len == 0 ||
-                (acc.len < ACCESS_WAKE_BYTES && acc.len + len + 1 >= ACCESS_WAKE_BYTES);
+    bool wake =
+        acc.len == 0 || (acc.len < ACCESS_WAKE_BYTES && acc.len + len + 1 >= ACCESS_WAKE_BYTES);
     acc.len += len + 1;
     pthread_mutex_unlock(&acc.mu);
     if (wake) pthread_cond_signal(&acc.cv);

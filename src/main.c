@@ -74,7 +74,8 @@ static void reload(struct daemon *d)
     char what[TG_ERR_LEN];
     if (tg_config_restart_needed(d->cfg, cfg, what))
         tg_log_warn("reload: %s changed, which takes effect only after a restart; the running "
-                    "value stays (other changes are applied)", what);
+                    "value stays (other changes are applied)",
+                    what);
     tg_log_set_level(cfg->log.level);
     tg_admin_set_token(d->admin, cfg->admin.token);
     tg_server_reload(d->server, cfg);
@@ -157,8 +158,8 @@ static int run(struct daemon *d)
     d->server = tg_server_create(d->cfg, d->sink, d->local, d->fallback, err);
     if (d->server == NULL) goto error;
     errpos = "admin listener";
-    d->admin = tg_admin_create(d->base, &d->cfg->admin.listen, d->cfg->admin.token, ready_fn, d,
-                               err);
+    d->admin =
+        tg_admin_create(d->base, &d->cfg->admin.listen, d->cfg->admin.token, ready_fn, d, err);
     if (d->admin == NULL) goto error;
     errpos = "listener";
     if (tg_server_start(d->server, err) != 0) goto error;
@@ -171,8 +172,8 @@ static int run(struct daemon *d)
                 "config %s",
                 TG_VERSION, d->cfg->server.listen.text, d->cfg->admin.listen.text,
                 d->cfg->server.workers,
-                d->cfg->limiter.backend == TG_LIMITER_REDIS ? "redis" : "local",
-                d->sink->ops->name, d->path ? d->path : EMBEDDED_NAME);
+                d->cfg->limiter.backend == TG_LIMITER_REDIS ? "redis" : "local", d->sink->ops->name,
+                d->path ? d->path : EMBEDDED_NAME);
     event_base_dispatch(d->base);
     rc = 0;
     goto out;
@@ -204,11 +205,13 @@ out:
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"check", no_argument, NULL, 'k'},
-        {"hash-key", required_argument, NULL, 'H'}, {"metrics-doc", no_argument, NULL, 'm'},
-        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"check", no_argument, NULL, 'k'},
+                                         {"hash-key", required_argument, NULL, 'H'},
+                                         {"metrics-doc", no_argument, NULL, 'm'},
+                                         {"version", no_argument, NULL, 'V'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     struct daemon d = {0};
     bool check = false;
     int ch;

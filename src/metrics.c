@@ -25,8 +25,8 @@ static const struct {
 #undef gauge
 #undef histogram
 
-static const double hist_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                     0.25,   0.5,   1,      2.5,   5,    10,    30,    60,  300};
+static const double hist_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                     0.5,    1,     2.5,    5,     10,   30,    60,   300};
 #define NBOUNDS TG_ARRAY_LEN(hist_bounds)
 #define MAX_LABELS 4
 #define KEY_MAX 512
@@ -36,8 +36,8 @@ static const double hist_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 struct series {
     enum tg_metric metric;
     uint64_t hash;
-    char *key; /* label values joined by '\x1f' */
-    double value; /* counter/gauge, or histogram sum */
+    char *key;      /* label values joined by '\x1f' */
+    double value;   /* counter/gauge, or histogram sum */
     uint64_t count; /* histogram */
     uint64_t buckets[NBOUNDS];
 };
@@ -59,7 +59,8 @@ static size_t nlabels(enum tg_metric m)
     const char *l = defs[m].labels;
     if (*l == '\0') return 0;
     size_t n = 1;
-    for (; *l; l++) n += *l == ',';
+    for (; *l; l++)
+        n += *l == ',';
     return n;
 }
 
@@ -72,10 +73,12 @@ static size_t make_key(enum tg_metric m, const char *const *labels, char *out, u
     for (size_t i = 0; i < n; i++) {
         const char *v = labels && labels[i] ? labels[i] : "other";
         if (i > 0 && len < KEY_MAX - 1) out[len++] = '\x1f';
-        for (; *v && len < KEY_MAX - 1; v++) out[len++] = *v == '\x1f' ? '?' : *v;
+        for (; *v && len < KEY_MAX - 1; v++)
+            out[len++] = *v == '\x1f' ? '?' : *v;
     }
     out[len] = '\0';
-    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)out[i]) * 1099511628211ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)out[i]) * 1099511628211ULL;
     *hash = h;
     return len;
 }
@@ -236,9 +239,12 @@ static void put_labels(struct evbuffer *out, enum tg_metric m, const char *key)
         evbuffer_add(out, names, nl);
         evbuffer_add(out, "=\"", 2);
         for (; *k && *k != '\x1f'; k++) {
-            if (*k == '\\' || *k == '"') evbuffer_add_printf(out, "\\%c", *k);
-            else if (*k == '\n') evbuffer_add(out, "\\n", 2);
-            else evbuffer_add(out, k, 1);
+            if (*k == '\\' || *k == '"')
+                evbuffer_add_printf(out, "\\%c", *k);
+            else if (*k == '\n')
+                evbuffer_add(out, "\\n", 2);
+            else
+                evbuffer_add(out, k, 1);
         }
         if (*k == '\x1f') k++;
         evbuffer_add(out, "\"", 1);
@@ -248,8 +254,10 @@ static void put_labels(struct evbuffer *out, enum tg_metric m, const char *key)
 
 static void put_value(struct evbuffer *out, double v)
 {
-    if (isnan(v)) evbuffer_add(out, " NaN\n", 5);
-    else if (isinf(v)) evbuffer_add_printf(out, " %cInf\n", v > 0 ? '+' : '-');
+    if (isnan(v))
+        evbuffer_add(out, " NaN\n", 5);
+    else if (isinf(v))
+        evbuffer_add_printf(out, " %cInf\n", v > 0 ? '+' : '-');
     else if (fabs(v) < 9007199254740992.0 && v == (double)(int64_t)v)
         evbuffer_add_printf(out, " %lld\n", (long long)v);
     else {
@@ -268,9 +276,12 @@ static void put_value(struct evbuffer *out, double v)
 static void put_help(struct evbuffer *out, const char *help)
 {
     for (const char *p = help; *p; p++) {
-        if (*p == '\\') evbuffer_add(out, "\\\\", 2);
-        else if (*p == '\n') evbuffer_add(out, "\\n", 2);
-        else evbuffer_add(out, p, 1);
+        if (*p == '\\')
+            evbuffer_add(out, "\\\\", 2);
+        else if (*p == '\n')
+            evbuffer_add(out, "\\n", 2);
+        else
+            evbuffer_add(out, p, 1);
     }
 }
 
@@ -312,7 +323,8 @@ void tg_metrics_render(struct evbuffer *out)
             for (; j < n && strcmp(all[j].key, sum.key) == 0; j++) {
                 sum.value += all[j].value;
                 sum.count += all[j].count;
-                for (size_t b = 0; b < NBOUNDS; b++) sum.buckets[b] += all[j].buckets[b];
+                for (size_t b = 0; b < NBOUNDS; b++)
+                    sum.buckets[b] += all[j].buckets[b];
             }
             i = j;
             if (defs[m].type != M_HISTOGRAM) {
@@ -335,8 +347,10 @@ void tg_metrics_render(struct evbuffer *out)
                 } else {
                     evbuffer_add(out, "{", 1);
                 }
-                if (b < NBOUNDS) evbuffer_add_printf(out, "le=\"%g\"}", hist_bounds[b]);
-                else evbuffer_add_printf(out, "le=\"+Inf\"}");
+                if (b < NBOUNDS)
+                    evbuffer_add_printf(out, "le=\"%g\"}", hist_bounds[b]);
+                else
+                    evbuffer_add_printf(out, "le=\"+Inf\"}");
                 evbuffer_add_printf(out, " %llu\n",
                                     (unsigned long long)(b < NBOUNDS ? cum : sum.count));
             }
@@ -358,8 +372,10 @@ void tg_metrics_render(struct evbuffer *out)
 static void put_cell(FILE *out, const char *text)
 {
     for (const char *p = text; *p; p++) {
-        if (*p == '|') fputs("\\|", out);
-        else fputc(*p, out);
+        if (*p == '|')
+            fputs("\\|", out);
+        else
+            fputc(*p, out);
     }
 }
 

@@ -1,4 +1,5 @@
-/* The request path of one worker: read a request, judge it, forward it, stream the reply, settle, record. */
+/* The request path of one worker: read a request, judge it, forward it, stream the reply, settle,
+ * record. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -274,8 +275,10 @@ void tg_proxy_accept(struct tg_worker *w, evutil_socket_t fd, const struct socka
     c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
     c->timer = evtimer_new(w->base, timer_cb, c);
     if (c->bev == NULL || c->timer == NULL) {
-        if (c->bev) bufferevent_free(c->bev);
-        else evutil_closesocket(fd);
+        if (c->bev)
+            bufferevent_free(c->bev);
+        else
+            evutil_closesocket(fd);
         if (c->timer) event_free(c->timer);
         free(c);
         return;
@@ -329,8 +332,10 @@ static void conn_free(struct tg_conn *c)
     struct tg_worker *w = c->w;
     req_release(c);
     if (c->auth_cfg) tg_config_unref(c->auth_cfg);
-    if (c->prev) c->prev->next = c->next;
-    else w->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     event_free(c->timer);
     bufferevent_free(c->bev);
@@ -405,8 +410,10 @@ static void add_common_headers(struct tg_conn *c, struct headbuf *hb, bool close
     hb_str(hb, r->id);
     hb_add(hb, "\r\n", 2);
     if (r->rl_len) hb_add(hb, r->rl, r->rl_len);
-    if (close) hb_add(hb, "Connection: close\r\n", 19);
-    else if (c->http10) hb_add(hb, "Connection: keep-alive\r\n", 24);
+    if (close)
+        hb_add(hb, "Connection: close\r\n", 19);
+    else if (c->http10)
+        hb_add(hb, "Connection: keep-alive\r\n", 24);
 }
 
 /* Answers the current request with an OpenAI-shaped error (or a ready body). */
@@ -438,10 +445,14 @@ static void reply_error(struct tg_conn *c, int status, const char *type, const c
     char msg[512], body[1024];
     json_escape(msg, sizeof(msg), message);
     char codebuf[96], parambuf[96];
-    if (code) snprintf(codebuf, sizeof(codebuf), "\"%s\"", code);
-    else snprintf(codebuf, sizeof(codebuf), "null");
-    if (param) snprintf(parambuf, sizeof(parambuf), "\"%s\"", param);
-    else snprintf(parambuf, sizeof(parambuf), "null");
+    if (code)
+        snprintf(codebuf, sizeof(codebuf), "\"%s\"", code);
+    else
+        snprintf(codebuf, sizeof(codebuf), "null");
+    if (param)
+        snprintf(parambuf, sizeof(parambuf), "\"%s\"", param);
+    else
+        snprintf(parambuf, sizeof(parambuf), "null");
     int n = snprintf(body, sizeof(body),
                      "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":%s,\"code\":%s}}",
                      msg, type, parambuf, codebuf);
@@ -513,7 +524,8 @@ static void on_req_body(void *arg, const char *data, size_t len)
     }
     if (r->body_len + len + 1 > r->body_cap) {
         size_t cap = r->body_cap ? r->body_cap : 4096;
-        while (cap < r->body_len + len + 1) cap *= 2;
+        while (cap < r->body_len + len + 1)
+            cap *= 2;
         char *nb = realloc(r->body, cap);
         if (nb == NULL) {
             r->body_too_large = true;
@@ -545,14 +557,15 @@ static void on_head(struct tg_conn *c)
         tg_usage_new_id(r->id);
     }
     size_t plen = 0;
-    while (plen < m->url_len && m->url[plen] != '?') plen++;
+    while (plen < m->url_len && m->url[plen] != '?')
+        plen++;
     r->route = tg_config_route(r->cfg, m->url, plen);
     bool body_pending = !m->done;
     if (r->route == NULL) {
         char msg[256];
         snprintf(msg, sizeof(msg), "Invalid URL (%s %.*s)",
-                 http_method_str((enum http_method)m->parser.method), (int)(plen > 160 ? 160 : plen),
-                 m->url);
+                 http_method_str((enum http_method)m->parser.method),
+                 (int)(plen > 160 ? 160 : plen), m->url);
         reply_error(c, 404, "invalid_request_error", "unknown_url", NULL, msg, body_pending,
                     TG_DECISION_REJECTED);
         return;
@@ -594,8 +607,7 @@ static void on_head(struct tg_conn *c)
         return;
     }
     if (m->expect_continue && body_pending &&
-        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
-    {
+        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
         evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
         flush_out(c->bev, true);
     }
@@ -621,7 +633,8 @@ static bool reserve_head(char **buf, size_t *cap, size_t need)
 {
     if (need <= *cap) return true;
     size_t ncap = *cap ? *cap : 2048;
-    while (ncap < need) ncap *= 2;
+    while (ncap < need)
+        ncap *= 2;
     char *nb = realloc(*buf, ncap);
     if (nb == NULL) return false;
     *buf = nb;
@@ -638,7 +651,8 @@ static void read_head(struct tg_conn *c)
     if (c->state == C_IDLE) {
         /* Stray line breaks between pipelined requests are allowed. */
         unsigned char first;
-        while (len > 0 && evbuffer_copyout(in, &first, 1) == 1 && (first == '\r' || first == '\n')) {
+        while (len > 0 && evbuffer_copyout(in, &first, 1) == 1 &&
+               (first == '\r' || first == '\n')) {
             evbuffer_drain(in, 1);
             len--;
         }
@@ -886,9 +900,11 @@ enum fwd { FWD_KEEP, FWD_DROP, FWD_XFF };
  * for most headers. */
 static enum fwd forward_kind(const char *name, size_t len)
 {
-    static const char *const dropped[16] = {
-        [4] = "host", [6] = "expect", [12] = "x-request-id", [13] = "authorization",
-        [14] = "content-length"};
+    static const char *const dropped[16] = {[4] = "host",
+                                            [6] = "expect",
+                                            [12] = "x-request-id",
+                                            [13] = "authorization",
+                                            [14] = "content-length"};
     if (len < 16 && dropped[len] && tg_http_name_is(name, len, dropped[len])) return FWD_DROP;
     if (len == 15 && tg_http_name_is(name, len, "x-forwarded-for")) return FWD_XFF;
     return tg_http_is_hop_by_hop(name, len) ? FWD_DROP : FWD_KEEP;
@@ -1029,8 +1045,10 @@ static void send_resp_head(struct tg_conn *c)
         r->scanning = true;
     }
     bool until_close = !um->chunked && um->content_length < 0 && !um->done;
-    if ((r->scanning && r->scan.strip_usage) || until_close) r->out_mode = OUT_REFRAME;
-    else r->out_mode = OUT_PASS;
+    if ((r->scanning && r->scan.strip_usage) || until_close)
+        r->out_mode = OUT_REFRAME;
+    else
+        r->out_mode = OUT_PASS;
     bool close = !c->keep_alive || c->w->draining;
     if (r->out_mode == OUT_REFRAME) {
         r->out_chunked = !c->http10;
@@ -1356,8 +1374,10 @@ static void ln_json(struct line *l, const char *s)
     bool plain = true;
     for (size_t i = 0; i < n && plain; i++)
         plain = (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\';
-    if (plain) ln_add(l, s, n);
-    else ln_add(l, esc, json_escape(esc, sizeof(esc), s));
+    if (plain)
+        ln_add(l, s, n);
+    else
+        ln_add(l, esc, json_escape(esc, sizeof(esc), s));
     ln_add(l, "\"", 1);
 }
 

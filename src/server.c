@@ -1,4 +1,5 @@
-/* The server: worker threads, each with its own event loop, listener, limiter and upstream pools. */
+/* The server: worker threads, each with its own event loop, listener, limiter and upstream pools.
+ */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,7 +130,8 @@ struct tg_server *tg_server_create(struct tg_config *cfg, struct tg_sink *sink,
     s->nworkers = cfg->server.workers > 0 ? cfg->server.workers : 1;
     s->workers = calloc((size_t)s->nworkers, sizeof(*s->workers));
     if (s->workers == NULL) goto error;
-    for (int i = 0; i < s->nworkers; i++) s->workers[i].wake_fd = -1;
+    for (int i = 0; i < s->nworkers; i++)
+        s->workers[i].wake_fd = -1;
     for (int i = 0; i < s->nworkers; i++) {
         struct tg_worker *w = &s->workers[i];
         w->server = s;
@@ -175,10 +177,11 @@ int tg_server_start(struct tg_server *s, char err[TG_ERR_LEN])
     for (int i = 0; i < s->nworkers; i++) {
         struct tg_worker *w = &s->workers[i];
         const struct tg_listen *l = &w->cfg->server.listen;
-        w->listener = evconnlistener_new_bind(
-            w->base, accept_cb, w,
-            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
-            LISTEN_BACKLOG, (const struct sockaddr *)&l->addr, (int)l->addrlen);
+        w->listener = evconnlistener_new_bind(w->base, accept_cb, w,
+                                              LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                                                  LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
+                                              LISTEN_BACKLOG, (const struct sockaddr *)&l->addr,
+                                              (int)l->addrlen);
         if (w->listener == NULL) {
             snprintf(err, TG_ERR_LEN, "cannot listen on %s: %s", l->text, strerror(errno));
             return -1;
@@ -260,7 +263,8 @@ void tg_server_destroy(struct tg_server *s)
         if (w->listener) evconnlistener_free(w->listener);
         tg_proxy_close_all(w);
         tg_proxy_free_pool(w);
-        for (size_t k = 0; k < w->npools; k++) tg_pool_retire(w->pools[k]);
+        for (size_t k = 0; k < w->npools; k++)
+            tg_pool_retire(w->pools[k]);
         free(w->pools);
         if (w->own_limiter) tg_limiter_destroy(w->limiter);
         if (w->wake) event_free(w->wake);

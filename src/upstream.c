@@ -1,4 +1,5 @@
-/* Upstream connection pools: bounded keep-alive connections per worker and upstream, http and https. */
+/* Upstream connection pools: bounded keep-alive connections per worker and upstream, http and
+ * https. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -124,7 +125,8 @@ static void pool_kick(struct tg_pool *p);
 static void list_remove(struct tg_upconn **head, struct tg_upconn *c)
 {
     struct tg_upconn **pp = head;
-    while (*pp && *pp != c) pp = &(*pp)->next;
+    while (*pp && *pp != c)
+        pp = &(*pp)->next;
     if (*pp) *pp = c->next;
     c->next = NULL;
 }
@@ -209,8 +211,10 @@ static void start_connect(struct tg_pool *p, tg_pool_cb cb, void *arg)
             if (p->verify) SSL_set1_host(ssl, p->host);
             bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
                                                  BEV_OPT_CLOSE_ON_FREE);
-            if (bev) bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-            else SSL_free(ssl);
+            if (bev)
+                bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+            else
+                SSL_free(ssl);
         }
     } else {
         bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
@@ -289,8 +293,10 @@ void tg_pool_acquire(struct tg_pool *p, tg_pool_cb cb, void *arg)
     }
     wt->cb = cb;
     wt->arg = arg;
-    if (p->wait_tail) p->wait_tail->next = wt;
-    else p->wait_head = wt;
+    if (p->wait_tail)
+        p->wait_tail->next = wt;
+    else
+        p->wait_head = wt;
     p->wait_tail = wt;
 }
 

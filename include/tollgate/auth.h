@@ -18,8 +18,8 @@ int tg_auth_parse(const char *text, uint8_t out[32]) TG_WUR;
  * or the key is unknown. Compares digests with CRYPTO_memcmp. When found and
  * `digest` is not NULL, the key's digest is copied there (records carry its
  * first 12 hex digits). */
-const struct tg_tenant *tg_auth_lookup(const struct tg_config *cfg, const char *header,
-                                       size_t len, uint8_t digest[32]);
+const struct tg_tenant *tg_auth_lookup(const struct tg_config *cfg, const char *header, size_t len,
+                                       uint8_t digest[32]);
 
 /* Inserts a digest into the config's key table (used by the config loader).
  * Returns 0, -1 if the digest is already present, -2 if out of memory. */

@@ -19,12 +19,7 @@
 #define TG_MICRO 1000000LL
 
 /* What a request is charged in: the `unit` of a limit. */
-enum tg_unit {
-    TG_UNIT_REQUESTS = 0,
-    TG_UNIT_TOKENS,
-    TG_UNIT_VIDEO_SECONDS,
-    TG_UNIT_COUNT
-};
+enum tg_unit { TG_UNIT_REQUESTS = 0, TG_UNIT_TOKENS, TG_UNIT_VIDEO_SECONDS, TG_UNIT_COUNT };
 
 /* Names as they appear in config, headers and records:
  * "requests", "tokens", "video_seconds". */

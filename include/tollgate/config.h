@@ -72,11 +72,11 @@ struct tg_listen {
 struct tg_upstream {
     char *name;
     char *url;
-    bool tls;      /* https:// */
-    char *host;    /* host part of url, for Host: and SNI */
+    bool tls;   /* https:// */
+    char *host; /* host part of url, for Host: and SNI */
     int port;
-    char *base_path; /* path part of url without trailing '/', "" if none */
-    char *host_header; /* "host" or "host:port" when not the scheme default */
+    char *base_path;              /* path part of url without trailing '/', "" if none */
+    char *host_header;            /* "host" or "host:port" when not the scheme default */
     struct sockaddr_storage addr; /* resolved once at load */
     socklen_t addrlen;
     struct tg_kv *headers; /* set on the forwarded request */
@@ -100,10 +100,10 @@ struct tg_route {
 struct tg_limit {
     char *name;
     enum tg_unit unit;
-    double rate;        /* units per `per_ms` */
-    int64_t per_ms;     /* 1000, 60000, 3600000, 86400000 */
-    double burst;       /* capacity in units; default = rate */
-    char **models;      /* empty = applies to every model */
+    double rate;    /* units per `per_ms` */
+    int64_t per_ms; /* 1000, 60000, 3600000, 86400000 */
+    double burst;   /* capacity in units; default = rate */
+    char **models;  /* empty = applies to every model */
     size_t nmodels;
 };
 
@@ -184,8 +184,8 @@ struct tg_config {
     struct tg_key *keys; /* open-addressing table keyed by digest */
     size_t keys_cap;     /* power of two */
     size_t nkeys;
-    size_t nplain_keys;  /* keys written in plain text (--check warns) */
-    int refs;            /* atomic */
+    size_t nplain_keys;             /* keys written in plain text (--check warns) */
+    int refs;                       /* atomic */
     struct tg_strset *tenant_index; /* tenant name -> index, for tg_config_tenant */
     struct tg_arena *arena;         /* owns every string and array above except `keys` */
 };
@@ -206,8 +206,7 @@ void tg_config_unref(struct tg_config *cfg);
 /* Longest path-prefix match of `path` (up to '?'); NULL if no route matches.
  * A prefix matches at a segment boundary: "/v1/models" matches "/v1/models"
  * and "/v1/models/x", not "/v1/modelsx". */
-const struct tg_route *tg_config_route(const struct tg_config *cfg, const char *path,
-                                       size_t len);
+const struct tg_route *tg_config_route(const struct tg_config *cfg, const char *path, size_t len);
 
 /* The tenant by name, or NULL. */
 const struct tg_tenant *tg_config_tenant(const struct tg_config *cfg, const char *name);

@@ -23,8 +23,8 @@ struct tg_request_info {
     bool stream;              /* "stream": true */
     bool client_wants_usage;  /* stream_options.include_usage was true */
     int64_t prompt_tokens_est;
-    int64_t video_seconds;    /* as requested (video routes) */
-    int width, height;        /* as requested (video routes) */
+    int64_t video_seconds; /* as requested (video routes) */
+    int width, height;     /* as requested (video routes) */
 };
 
 /* Estimates the cost of a request on a route of cost model `model` from its
@@ -57,8 +57,8 @@ struct tg_usage {
     int64_t prompt_tokens;
     int64_t completion_tokens;
     int64_t total_tokens;
-    bool have_tokens;      /* a `usage` object was seen */
-    double video_seconds;  /* from a video job reply */
+    bool have_tokens;     /* a `usage` object was seen */
+    double video_seconds; /* from a video job reply */
     int width, height;
     bool have_video;
     int64_t content_chars; /* streamed delta text, for settling without usage */
@@ -106,8 +106,7 @@ struct tg_scan {
     bool passthrough; /* SSE: the pending event outgrew the buffer; emitted as it arrives */
 };
 
-void tg_scan_init(struct tg_scan *s, bool sse, bool strip_usage, tg_scan_emit_fn emit,
-                  void *arg);
+void tg_scan_init(struct tg_scan *s, bool sse, bool strip_usage, tg_scan_emit_fn emit, void *arg);
 void tg_scan_feed(struct tg_scan *s, const char *data, size_t len);
 /* Ends the body: parses what is pending and flushes a trailing partial event. */
 void tg_scan_finish(struct tg_scan *s);

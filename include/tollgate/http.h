@@ -25,23 +25,23 @@ struct tg_http_msg {
     void *arg;
     const char *url;
     uint32_t url_len;
-    int status;           /* replies */
-    bool keep_alive;      /* http_should_keep_alive at headers complete */
+    int status;      /* replies */
+    bool keep_alive; /* http_should_keep_alive at headers complete */
     bool chunked;
-    bool has_te;          /* any Transfer-Encoding */
+    bool has_te;            /* any Transfer-Encoding */
     int64_t content_length; /* -1 when absent */
     bool expect_continue;
     bool head_done, done;
-    bool skip_body;       /* reply to a HEAD request */
+    bool skip_body; /* reply to a HEAD request */
     size_t nheaders;
     struct tg_http_header headers[TG_HTTP_MAX_HEADERS];
 };
 
 enum tg_http_result {
     TG_HTTP_OK = 0,
-    TG_HTTP_MALFORMED = -1,      /* 400 */
+    TG_HTTP_MALFORMED = -1,        /* 400 */
     TG_HTTP_TOO_MANY_HEADERS = -2, /* 431 */
-    TG_HTTP_SMUGGLING = -3,      /* Content-Length with Transfer-Encoding: 400 */
+    TG_HTTP_SMUGGLING = -3,        /* Content-Length with Transfer-Encoding: 400 */
 };
 
 /* Starts a message of `type` (HTTP_REQUEST or HTTP_RESPONSE). */

@@ -19,7 +19,7 @@ struct tg_bucket_ref {
 /* What one check asks for. */
 struct tg_limit_req {
     const char *tenant; /* (ref) */
-    bool fallback; /* set by the caller from the check's result before settle */
+    bool fallback;      /* set by the caller from the check's result before settle */
     size_t n;
     struct tg_bucket_ref b[TG_MAX_BUCKETS];
 };
@@ -40,9 +40,9 @@ struct tg_bucket_state {
 
 struct tg_limit_result {
     enum tg_limit_status status;
-    int denied;          /* index into req.b of the bucket that denied, else -1 */
-    int64_t retry_ms;    /* for a denial: time until the request could pass */
-    bool fallback;       /* judged by the local limiter because Redis failed */
+    int denied;       /* index into req.b of the bucket that denied, else -1 */
+    int64_t retry_ms; /* for a denial: time until the request could pass */
+    bool fallback;    /* judged by the local limiter because Redis failed */
     size_t n;
     struct tg_bucket_state b[TG_MAX_BUCKETS];
 };
@@ -57,8 +57,7 @@ struct tg_limiter_ops {
     /* Returns 0 and calls `cb` exactly once (maybe before returning), unless
      * the check is cancelled first. `req` is copied; what it points to must
      * stay valid until the callback or the cancel. */
-    int (*check)(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
-                 void *arg);
+    int (*check)(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb, void *arg);
     /* delta_u[i] = actual − estimate for req->b[i]; positive charges, negative refunds. */
     void (*settle)(struct tg_limiter *l, const struct tg_limit_req *req, const int64_t *delta_u);
     /* Cancels a pending check: its callback will not be called. */
@@ -74,7 +73,7 @@ struct tg_limiter {
 /* Pure token-bucket math shared by the local backend and tests: the C twin of
  * src/lua/bucket.lua, operation for operation. */
 struct tg_bucket {
-    int64_t level_u;      /* may be negative (debt) */
+    int64_t level_u; /* may be negative (debt) */
     int64_t updated_ms;
 };
 
@@ -141,8 +140,8 @@ void tg_limiter_redis_set_clock(struct tg_limiter *l, int64_t now_ms);
 /* Fills `req` with every bucket of `tenant` that applies to a request of this
  * cost and model: requests limits always; tokens/video limits when their cost
  * is > 0; limits with `models` only for a listed model. */
-void tg_limiter_plan(const struct tg_tenant *tenant, const struct tg_cost *cost,
-                     const char *model, struct tg_limit_req *req);
+void tg_limiter_plan(const struct tg_tenant *tenant, const struct tg_cost *cost, const char *model,
+                     struct tg_limit_req *req);
 
 /* Appends the rate-limit headers of a checked request to `out` as
  * "Name: value\r\n" lines: x-ratelimit-{limit,remaining,reset}-{requests,tokens,

@@ -10,37 +10,38 @@ struct evbuffer;
 /* X(ENUM, type, name, labels, help): type is counter|gauge|histogram; labels a
  * comma-separated list (or ""). This one list generates the enum, the
  * # HELP/# TYPE lines and docs/metrics.md (`tollgate --metrics-doc`). */
-#define TG_METRICS(X)                                                                          \
-    X(REQUESTS, counter, "tollgate_requests_total", "route,tenant,code",                        \
-      "Requests answered, by route, tenant and HTTP status code.")                             \
-    X(RATELIMITED, counter, "tollgate_ratelimited_total", "tenant,limit",                       \
-      "Requests denied by a rate limit, by tenant and the limit that denied.")                 \
-    X(COST_UNITS, counter, "tollgate_cost_units_total", "tenant,unit,phase",                    \
-      "Cost units charged, by tenant, unit and phase (estimated at admission, actual after " \
-      "the reply).")                                                                           \
-    X(TOKENS, counter, "tollgate_tokens_total", "tenant,model,kind",                            \
-      "Tokens reported by upstreams, by tenant, model and kind (prompt|completion).")          \
-    X(VIDEO_SECONDS, counter, "tollgate_video_seconds_total", "tenant,model",                   \
-      "Video seconds generated, by tenant and model.")                                         \
-    X(REQUEST_DURATION, histogram, "tollgate_request_duration_seconds", "route",                \
-      "Time from the first byte of a request to the last byte of its reply.")                  \
-    X(UPSTREAM_DURATION, histogram, "tollgate_upstream_duration_seconds", "upstream",           \
-      "Time from forwarding a request to the last byte of the upstream reply.")                \
-    X(LIMITER_DURATION, histogram, "tollgate_limiter_duration_seconds", "backend",              \
-      "Time of one limiter check.")                                                            \
-    X(REDIS_ERRORS, counter, "tollgate_redis_errors_total", "kind",                             \
-      "Redis failures, by kind (timeout|connect|reply|noscript).")                             \
-    X(USAGE_RECORDS, counter, "tollgate_usage_records_total", "sink,result",                    \
-      "Usage records, by sink and result "                                                      \
-      "(written|delivered|spooled|replayed|dropped|skipped|error).")                            \
-    X(SPOOL_BYTES, gauge, "tollgate_spool_bytes", "", "Bytes in the Kafka spool on disk.")     \
-    X(KAFKA_QUEUE, gauge, "tollgate_kafka_queue_messages", "",                                  \
-      "Records in the Kafka producer's queue, not yet acknowledged.")                          \
-    X(CONNECTIONS, gauge, "tollgate_connections", "side",                                       \
-      "Open connections, by side (client|upstream).")                                          \
-    X(CONFIG_RELOADS, counter, "tollgate_config_reloads_total", "result",                       \
-      "Configuration reloads, by result (ok|error).")                                          \
-    X(BUILD_INFO, gauge, "tollgate_build_info", "version", "Always 1; the version label says which build.")
+#define TG_METRICS(X)                                                                              \
+    X(REQUESTS, counter, "tollgate_requests_total", "route,tenant,code",                           \
+      "Requests answered, by route, tenant and HTTP status code.")                                 \
+    X(RATELIMITED, counter, "tollgate_ratelimited_total", "tenant,limit",                          \
+      "Requests denied by a rate limit, by tenant and the limit that denied.")                     \
+    X(COST_UNITS, counter, "tollgate_cost_units_total", "tenant,unit,phase",                       \
+      "Cost units charged, by tenant, unit and phase (estimated at admission, actual after "       \
+      "the reply).")                                                                               \
+    X(TOKENS, counter, "tollgate_tokens_total", "tenant,model,kind",                               \
+      "Tokens reported by upstreams, by tenant, model and kind (prompt|completion).")              \
+    X(VIDEO_SECONDS, counter, "tollgate_video_seconds_total", "tenant,model",                      \
+      "Video seconds generated, by tenant and model.")                                             \
+    X(REQUEST_DURATION, histogram, "tollgate_request_duration_seconds", "route",                   \
+      "Time from the first byte of a request to the last byte of its reply.")                      \
+    X(UPSTREAM_DURATION, histogram, "tollgate_upstream_duration_seconds", "upstream",              \
+      "Time from forwarding a request to the last byte of the upstream reply.")                    \
+    X(LIMITER_DURATION, histogram, "tollgate_limiter_duration_seconds", "backend",                 \
+      "Time of one limiter check.")                                                                \
+    X(REDIS_ERRORS, counter, "tollgate_redis_errors_total", "kind",                                \
+      "Redis failures, by kind (timeout|connect|reply|noscript).")                                 \
+    X(USAGE_RECORDS, counter, "tollgate_usage_records_total", "sink,result",                       \
+      "Usage records, by sink and result "                                                         \
+      "(written|delivered|spooled|replayed|dropped|skipped|error).")                               \
+    X(SPOOL_BYTES, gauge, "tollgate_spool_bytes", "", "Bytes in the Kafka spool on disk.")         \
+    X(KAFKA_QUEUE, gauge, "tollgate_kafka_queue_messages", "",                                     \
+      "Records in the Kafka producer's queue, not yet acknowledged.")                              \
+    X(CONNECTIONS, gauge, "tollgate_connections", "side",                                          \
+      "Open connections, by side (client|upstream).")                                              \
+    X(CONFIG_RELOADS, counter, "tollgate_config_reloads_total", "result",                          \
+      "Configuration reloads, by result (ok|error).")                                              \
+    X(BUILD_INFO, gauge, "tollgate_build_info", "version",                                         \
+      "Always 1; the version label says which build.")
 
 enum tg_metric {
 #define TG_METRIC_ENUM(e, t, n, l, h) TG_M_##e,

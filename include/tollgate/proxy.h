@@ -23,19 +23,19 @@ struct tg_worker {
     pthread_t thread;
     struct event_base *base;
     struct evconnlistener *listener;
-    struct tg_config *cfg;         /* current snapshot, one reference */
-    struct tg_limiter *limiter;    /* this worker's Redis limiter, or the shared local one */
+    struct tg_config *cfg;      /* current snapshot, one reference */
+    struct tg_limiter *limiter; /* this worker's Redis limiter, or the shared local one */
     bool own_limiter;
-    struct tg_limiter *local;      /* (ref) process-wide local limiter */
-    struct tg_sink *sink;          /* (ref) */
-    struct tg_pool **pools;        /* one per cfg->upstreams[i] */
+    struct tg_limiter *local; /* (ref) process-wide local limiter */
+    struct tg_sink *sink;     /* (ref) */
+    struct tg_pool **pools;   /* one per cfg->upstreams[i] */
     size_t npools;
     SSL_CTX *ssl_verify, *ssl_noverify;
-    struct tg_conn *conns;         /* every open client connection */
-    struct tg_req *free_reqs;      /* request state kept for reuse */
+    struct tg_conn *conns;    /* every open client connection */
+    struct tg_req *free_reqs; /* request state kept for reuse */
     int nfree_reqs;
-    int inflight;                  /* read by other threads with __atomic */
-    int wake_fd;                   /* eventfd: main -> worker messages */
+    int inflight; /* read by other threads with __atomic */
+    int wake_fd;  /* eventfd: main -> worker messages */
     struct event *wake;
     pthread_mutex_t mu;
     struct tg_config *pending_cfg; /* under mu */
@@ -44,8 +44,7 @@ struct tg_worker {
 };
 
 /* Takes an accepted client socket (non-blocking) into the worker. */
-void tg_proxy_accept(struct tg_worker *w, evutil_socket_t fd, const struct sockaddr *sa,
-                     int salen);
+void tg_proxy_accept(struct tg_worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen);
 /* Closes client connections that are between requests (drain). */
 void tg_proxy_close_idle(struct tg_worker *w);
 /* Closes every client connection (end of drain). */

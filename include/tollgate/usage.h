@@ -9,27 +9,32 @@ struct event_base;
 
 #define TG_REQUEST_ID_LEN 64
 
-enum tg_decision { TG_DECISION_ALLOWED, TG_DECISION_LIMITED, TG_DECISION_REJECTED, TG_DECISION_ERROR };
+enum tg_decision {
+    TG_DECISION_ALLOWED,
+    TG_DECISION_LIMITED,
+    TG_DECISION_REJECTED,
+    TG_DECISION_ERROR
+};
 
 /* Everything a record says, filled along the request path. Strings are (ref). */
 struct tg_usage_record {
     char id[TG_REQUEST_ID_LEN];
-    int64_t ts_ms;          /* wall clock when the request arrived */
-    const char *tenant;     /* NULL before authentication */
-    char key[13];           /* first 12 hex of the key's SHA-256, "" if none */
-    const char *route;      /* the route's path, or NULL */
-    const char *model;      /* "" if none */
-    const char *upstream;   /* NULL if not forwarded */
+    int64_t ts_ms;        /* wall clock when the request arrived */
+    const char *tenant;   /* NULL before authentication */
+    char key[13];         /* first 12 hex of the key's SHA-256, "" if none */
+    const char *route;    /* the route's path, or NULL */
+    const char *model;    /* "" if none */
+    const char *upstream; /* NULL if not forwarded */
     int status;
     bool stream;
     enum tg_decision decision;
-    const char *limit;      /* the bucket that limited, or NULL */
-    bool fallback;          /* judged by the local limiter in place of Redis */
+    const char *limit; /* the bucket that limited, or NULL */
+    bool fallback;     /* judged by the local limiter in place of Redis */
     struct tg_usage usage;
     struct tg_cost estimated;
     struct tg_cost actual;
     double latency_ms;
-    double upstream_ms;     /* < 0: not forwarded */
+    double upstream_ms; /* < 0: not forwarded */
     int64_t bytes_in;
     int64_t bytes_out;
 };

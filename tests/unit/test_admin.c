@@ -123,7 +123,8 @@ static const char *header(const struct exchange *x, const char *name)
         const char *h = p + 2;
         if (strncasecmp(h, name, nl) == 0 && h[nl] == ':') {
             h += nl + 1;
-            while (*h == ' ') h++;
+            while (*h == ' ')
+                h++;
             const char *e = strstr(h, "\r\n");
             snprintf(value, sizeof(value), "%.*s", (int)(e - h), h);
             return value;

@@ -16,8 +16,8 @@
 static struct tg_limit mk(const char *name, enum tg_unit unit, double rate, int64_t per_ms,
                           double burst)
 {
-    return (struct tg_limit){.name = (char *)name, .unit = unit, .rate = rate, .per_ms = per_ms,
-                             .burst = burst};
+    return (struct tg_limit){
+        .name = (char *)name, .unit = unit, .rate = rate, .per_ms = per_ms, .burst = burst};
 }
 
 /* ---- pure math ---- */
@@ -272,7 +272,7 @@ static void test_local_settle(void **state)
     struct tg_limiter *l = tg_limiter_local_create(1);
     struct tg_limit_req r = req2("acme", &t, 60 * U, NULL, 0);
     assert_int_equal(check(l, &r).status, TG_LIMIT_ALLOWED); /* 40 left */
-    int64_t refund = -80 * U;                                 /* more than was taken */
+    int64_t refund = -80 * U;                                /* more than was taken */
     tg_limiter_settle(l, &r, &refund);
     r.b[0].cost_u = 100 * U;
     struct tg_limit_result res = check(l, &r); /* full again, not 120 */
@@ -336,8 +336,8 @@ struct hammer {
 static void *hammer_thread(void *arg)
 {
     struct hammer *h = arg;
-    struct tg_limit_req r = h->reversed ? req2("acme", h->y, U, h->x, U)
-                                        : req2("acme", h->x, U, h->y, U);
+    struct tg_limit_req r =
+        h->reversed ? req2("acme", h->y, U, h->x, U) : req2("acme", h->x, U, h->y, U);
     for (int i = 0; i < 20000; i++) {
         struct answer a = {0};
         (void)tg_limiter_check(h->l, &r, on_answer, &a);
@@ -517,8 +517,8 @@ static void test_error_video(void **state)
 {
     struct tg_limit v = mk("vsd", TG_UNIT_VIDEO_SECONDS, 3600, DAY, 0);
     struct tg_limit_req r = req2("acme", &v, 6400000, NULL, 0);
-    struct tg_limit_result res = {.status = TG_LIMIT_DENIED, .denied = 0, .retry_ms = 360000,
-                                  .n = 1};
+    struct tg_limit_result res = {
+        .status = TG_LIMIT_DENIED, .denied = 0, .retry_ms = 360000, .n = 1};
     res.b[0] = (struct tg_bucket_state){3600 * U, 1256000, 86000000};
     char out[1024];
     tg_limiter_format_error(&r, &res, out, sizeof(out));
@@ -564,10 +564,10 @@ static void test_duration(void **state)
         int64_t ms;
         const char *s;
     } table[] = {
-        {-5, "0s"},       {0, "0s"},           {17, "17ms"},         {120, "120ms"},
-        {999, "999ms"},   {1000, "1s"},        {1500, "1.5s"},       {1574, "1.574s"},
-        {1050, "1.05s"},  {59999, "59.999s"},  {60000, "1m0s"},      {90500, "1m30.5s"},
-        {360000, "6m0s"}, {3600000, "1h0m0s"}, {3723000, "1h2m3s"},  {86400000, "24h0m0s"},
+        {-5, "0s"},       {0, "0s"},           {17, "17ms"},        {120, "120ms"},
+        {999, "999ms"},   {1000, "1s"},        {1500, "1.5s"},      {1574, "1.574s"},
+        {1050, "1.05s"},  {59999, "59.999s"},  {60000, "1m0s"},     {90500, "1m30.5s"},
+        {360000, "6m0s"}, {3600000, "1h0m0s"}, {3723000, "1h2m3s"}, {86400000, "24h0m0s"},
     };
     char out[32];
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {

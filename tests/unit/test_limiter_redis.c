@@ -1,4 +1,5 @@
-/* Tests of the Redis limiter against a real redis-server: parity with the C math, TTLs, settles, failures. */
+/* Tests of the Redis limiter against a real redis-server: parity with the C math, TTLs, settles,
+ * failures. */
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <pthread.h>
@@ -22,7 +23,7 @@
 
 #define U TG_MICRO
 #define DAY 86400000
-#define TIMEOUT_MS 50        /* the timeout test's limiter */
+#define TIMEOUT_MS 50         /* the timeout test's limiter */
 #define SLACK_TIMEOUT_MS 1000 /* everyone else's: slow sanitizer builds must not time out */
 #define MARGIN_MS 200         /* how late past its deadline a timed-out check may be answered */
 
@@ -150,7 +151,8 @@ static double metric(const char *series)
     evbuffer_free(b);
     double v = 0;
     size_t sl = strlen(series);
-    for (char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+    for (char *line = text; line && *line;
+         line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
         if (strncmp(line, series, sl) == 0 && line[sl] == ' ') v = atof(line + sl + 1);
     free(text);
     return v;
@@ -177,9 +179,7 @@ static void make_config(struct tg_config *cfg, const char *prefix, enum tg_on_re
     cfg->limiter.expected_gateways = 1;
 }
 
-static void tick(evutil_socket_t fd, short what, void *arg)
-{
-}
+static void tick(evutil_socket_t fd, short what, void *arg) {}
 
 /* Runs the loop until done(arg) or `ms` pass; returns done(arg). */
 static bool spin(struct event_base *base, int ms, bool (*done)(void *), void *arg)
@@ -188,7 +188,8 @@ static bool spin(struct event_base *base, int ms, bool (*done)(void *), void *ar
     struct timeval tv = {0, 2000};
     event_add(t, &tv);
     int64_t end = tg_now_mono_ms() + ms;
-    while (!(done && done(arg)) && tg_now_mono_ms() < end) event_base_loop(base, EVLOOP_ONCE);
+    while (!(done && done(arg)) && tg_now_mono_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
     event_free(t);
     return done && done(arg);
 }
@@ -230,8 +231,8 @@ static struct tg_limit_result check(struct event_base *base, struct tg_limiter *
 static struct tg_limit mk(const char *name, enum tg_unit unit, double rate, int64_t per_ms,
                           double burst)
 {
-    return (struct tg_limit){.name = (char *)name, .unit = unit, .rate = rate, .per_ms = per_ms,
-                             .burst = burst};
+    return (struct tg_limit){
+        .name = (char *)name, .unit = unit, .rate = rate, .per_ms = per_ms, .burst = burst};
 }
 
 struct env {
@@ -301,9 +302,9 @@ static void settle_and_flush(struct env *e, const struct tg_limit_req *req, cons
     wait_evalsha(e, target);
 }
 
-#define NEED_REDIS()                                                                           \
-    do {                                                                                       \
-        if (!have_redis) skip();                                                               \
+#define NEED_REDIS()                                                                               \
+    do {                                                                                           \
+        if (!have_redis) skip();                                                                   \
     } while (0)
 
 /* ---- parity: Lua and C give the same answers, to the micro-unit ---- */
@@ -347,7 +348,8 @@ static void test_parity(void **state)
 
         struct tg_bucket_param p[4];
         int64_t level[4];
-        for (int i = 0; i < 4; i++) tg_bucket_param_init(&p[i], req.b[i].limit, 1, req.b[i].cost_u);
+        for (int i = 0; i < 4; i++)
+            tg_bucket_param_init(&p[i], req.b[i].limit, 1, req.b[i].cost_u);
         struct tg_limit_result want;
         tg_limiter_result_fill(p, level, 4, tg_bucket_check(cp, p, 4, now, level), &want);
 
@@ -520,9 +522,11 @@ static void test_settle_coalescing(void **state)
         lim[i] = mk(names[i], TG_UNIT_TOKENS, 1, DAY, 100);
     }
     int64_t one[32];
-    for (int i = 0; i < 32; i++) one[i] = U;
+    for (int i = 0; i < 32; i++)
+        one[i] = U;
     struct tg_limit_req q = {.n = 32};
-    for (int i = 0; i < 32; i++) q.b[i] = (struct tg_bucket_ref){&lim[i], 0};
+    for (int i = 0; i < 32; i++)
+        q.b[i] = (struct tg_bucket_ref){&lim[i], 0};
     calls = evalsha_calls();
     for (int t_ = 0; t_ < 4; t_++) {
         q.tenant = tenants[t_];
@@ -730,7 +734,8 @@ static void test_inflight_bound(void **state)
     env_wait_up(&e);
     struct tg_limit_req r = fail_req();
     memset(flood, 0, sizeof(flood));
-    for (int i = 0; i < FLOOD; i++) (void)tg_limiter_check(e.l, &r, on_answer, &flood[i]);
+    for (int i = 0; i < FLOOD; i++)
+        (void)tg_limiter_check(e.l, &r, on_answer, &flood[i]);
     int at_once = 0;
     for (int i = 0; i < FLOOD; i++) {
         if (flood[i].calls) {
@@ -781,8 +786,10 @@ static void worker_answer(void *arg, const struct tg_limit_result *res)
     struct worker *w = arg;
     w->done++;
     w->inflight--;
-    if (res->status == TG_LIMIT_ALLOWED) w->admitted++;
-    else if (res->status != TG_LIMIT_DENIED) w->errors++;
+    if (res->status == TG_LIMIT_ALLOWED)
+        w->admitted++;
+    else if (res->status != TG_LIMIT_DENIED)
+        w->errors++;
     worker_issue(w);
 }
 
@@ -823,7 +830,8 @@ static void test_concurrency(void **state)
     }
     pthread_t th[WORKERS];
     int64_t t0 = tg_now_mono_ms();
-    for (int i = 0; i < WORKERS; i++) assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+    for (int i = 0; i < WORKERS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
     int admitted = 0;
     for (int i = 0; i < WORKERS; i++) {
         pthread_join(th[i], NULL);
@@ -834,7 +842,8 @@ static void test_concurrency(void **state)
     double secs = (double)(tg_now_mono_ms() - t0) / 1000.0;
     assert_true(admitted >= 300 - 1);
     assert_true(admitted <= 300 + (int)(secs * 10) + 1);
-    for (int i = 0; i < WORKERS; i++) env_close(&w[i].e);
+    for (int i = 0; i < WORKERS; i++)
+        env_close(&w[i].e);
 }
 
 int main(void)

@@ -131,7 +131,8 @@ static void *add_requests(void *arg)
 {
     const struct adder *a = arg;
     const char *labels[] = {"/v1/chat/completions", "threads", a->code};
-    for (int i = 0; i < a->times; i++) tg_metrics_add(TG_M_REQUESTS, labels, 1);
+    for (int i = 0; i < a->times; i++)
+        tg_metrics_add(TG_M_REQUESTS, labels, 1);
     const char *side[] = {"client"};
     tg_metrics_add(TG_M_CONNECTIONS, side, 5);
     return NULL;
@@ -141,20 +142,25 @@ static void test_counters_summed_across_threads(void **state)
 {
     pthread_t t[3];
     struct adder a[3] = {{1000, "200"}, {2500, "200"}, {7, "429"}};
-    for (int i = 0; i < 3; i++) assert_int_equal(pthread_create(&t[i], NULL, add_requests, &a[i]), 0);
-    for (int i = 0; i < 3; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, add_requests, &a[i]), 0);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
     const char *labels[] = {"/v1/chat/completions", "threads", "200"};
     tg_metrics_add(TG_M_REQUESTS, labels, 1);
     const char *side[] = {"client"};
     tg_metrics_add(TG_M_CONNECTIONS, side, -3);
 
     char *s = render();
-    const char *ok = "tollgate_requests_total{route=\"/v1/chat/completions\",tenant=\"threads\",code=\"200\"}";
+    const char *ok =
+        "tollgate_requests_total{route=\"/v1/chat/completions\",tenant=\"threads\",code=\"200\"}";
     assert_int_equal(count_line(s, "tollgate_requests_total{route=\"/v1/chat/completions\","
-                                   "tenant=\"threads\",code=\"200\"} 3501"), 1);
+                                   "tenant=\"threads\",code=\"200\"} 3501"),
+                     1);
     assert_true(sample(s, ok) == 3501);
     assert_int_equal(count_line(s, "tollgate_requests_total{route=\"/v1/chat/completions\","
-                                   "tenant=\"threads\",code=\"429\"} 7"), 1);
+                                   "tenant=\"threads\",code=\"429\"} 7"),
+                     1);
     /* A gauge added from four threads is one series: 3*5 - 3. */
     assert_int_equal(count_line(s, "tollgate_connections{side=\"client\"} 12"), 1);
     assert_no_duplicates(s);
@@ -168,9 +174,12 @@ static void test_labels_escaped(void **state)
     const char *nulls[] = {NULL, NULL};
     tg_metrics_add(TG_M_RATELIMITED, nulls, 1);
     char *s = render();
-    assert_int_equal(count_line(s, "tollgate_ratelimited_total{tenant=\"quote\\\"back\\\\slash\\nnewline\","
-                                   "limit=\"limit|x\"} 2"), 1);
-    assert_int_equal(count_line(s, "tollgate_ratelimited_total{tenant=\"other\",limit=\"other\"} 1"), 1);
+    assert_int_equal(
+        count_line(s, "tollgate_ratelimited_total{tenant=\"quote\\\"back\\\\slash\\nnewline\","
+                      "limit=\"limit|x\"} 2"),
+        1);
+    assert_int_equal(
+        count_line(s, "tollgate_ratelimited_total{tenant=\"other\",limit=\"other\"} 1"), 1);
     promtool_check(s);
     free(s);
 }
@@ -297,7 +306,8 @@ static void test_full_page_passes_promtool(void **state)
     const char *marks[] = {"# HELP ", "# TYPE "};
     for (int k = 0; k < 2; k++) {
         int seen = 0;
-        for (const char *p = strstr(s, marks[k]); p; p = strstr(p + 1, marks[k])) seen++;
+        for (const char *p = strstr(s, marks[k]); p; p = strstr(p + 1, marks[k]))
+            seen++;
         assert_int_equal(seen, TG_M_COUNT);
     }
     assert_true(sample(s, "tollgate_video_seconds_total{tenant=\"acme\",model=\"sora\"}") == 2.5);
@@ -315,7 +325,8 @@ static void test_docs_table_matches(void **state)
     assert_non_null(mem);
     tg_metrics_write_doc(mem);
     fclose(mem);
-    assert_non_null(strstr(doc, "| `tollgate_requests_total` | counter | `route`, `tenant`, `code` |"));
+    assert_non_null(
+        strstr(doc, "| `tollgate_requests_total` | counter | `route`, `tenant`, `code` |"));
     assert_non_null(strstr(doc, "(prompt\\|completion)"));
 
     FILE *f = fopen(TG_SOURCE_DIR "/docs/metrics.md", "r");
@@ -337,7 +348,8 @@ static void test_docs_table_matches(void **state)
     fclose(tm);
     if (strcmp(doc, table) != 0)
         fail_msg("docs/metrics.md is out of date; regenerate its table with "
-                 "`tollgate --metrics-doc`.\nexpected:\n%s\nfound:\n%s", doc, table);
+                 "`tollgate --metrics-doc`.\nexpected:\n%s\nfound:\n%s",
+                 doc, table);
     free(doc);
     free(table);
 }

@@ -457,8 +457,8 @@ static double skipped_count(void)
  * counted and not submitted; every other record is still submitted. */
 static void test_emit_while_sink_full(void **state)
 {
-    static const struct tg_sink_ops ops = {.name = "fake", .submit = fake_submit,
-                                           .accepting = fake_accepting};
+    static const struct tg_sink_ops ops = {
+        .name = "fake", .submit = fake_submit, .accepting = fake_accepting};
     struct fake_sink f = {.base = {.ops = &ops}, .accepting = true};
     struct tg_usage_record r;
     base_record(&r);
@@ -481,11 +481,16 @@ static void test_emit_while_sink_full(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_allowed),          cmocka_unit_test(test_limited),
-        cmocka_unit_test(test_rejected),         cmocka_unit_test(test_error_video),
-        cmocka_unit_test(test_timestamps),       cmocka_unit_test(test_escaping),
-        cmocka_unit_test(test_worst_case_sizes), cmocka_unit_test(test_ids_unique),
-        cmocka_unit_test(test_ids_after_fork),   cmocka_unit_test(test_none_sink),
+        cmocka_unit_test(test_allowed),
+        cmocka_unit_test(test_limited),
+        cmocka_unit_test(test_rejected),
+        cmocka_unit_test(test_error_video),
+        cmocka_unit_test(test_timestamps),
+        cmocka_unit_test(test_escaping),
+        cmocka_unit_test(test_worst_case_sizes),
+        cmocka_unit_test(test_ids_unique),
+        cmocka_unit_test(test_ids_after_fork),
+        cmocka_unit_test(test_none_sink),
         cmocka_unit_test(test_emit_while_sink_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
