@@ -2,6 +2,7 @@
 import json
 import os
 import socket
+import threading
 import time
 
 import harness as h
@@ -346,6 +347,79 @@ def test_bad_config_exits_1_and_check_passes():
         pass
     assert bad.wait(5) == 1
     assert "missing" in bad.stderr
+
+
+class StaleUpstream:
+    """An upstream that answers the first request of each connection and then,
+    like a server whose keep-alive timer just fired, closes the connection
+    without answering the next request sent on it."""
+
+    BODY = (b'{"id":"x","object":"chat.completion","choices":[],'
+            b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}')
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.answered = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _read_request(self, c):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(65536)
+            if not chunk:
+                return False
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                length = int(v)
+        while len(body) < length:
+            body += c.recv(65536)
+        return True
+
+    def _serve(self, c):
+        with c:
+            if not self._read_request(c):
+                return
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(self.BODY), self.BODY))
+            self.answered += 1
+            self._read_request(c)  # the second request on this connection: dropped unanswered
+
+    def close(self):
+        self.sock.close()
+
+
+def test_stale_keep_alive_connection_is_retried_once():
+    up = StaleUpstream()
+    try:
+        url = "http://127.0.0.1:%d" % up.port
+        tg = h.Tollgate(h.tollgate_config(url)).start()
+        for i in range(3):
+            r = tg.request("POST", "/v1/chat/completions", headers=auth(), json=chat_body())
+            assert r.status == 200, (i, r.status, r.text)
+        # Requests 2 and 3 each met a connection the upstream had given up on,
+        # and went through on a fresh one.
+        assert up.answered == 3 and up.connections == 3, (up.answered, up.connections)
+        recs = records(tg, 3)
+        assert [r["decision"] for r in recs] == ["allowed"] * 3
+    finally:
+        up.close()
 
 
 if __name__ == "__main__":
