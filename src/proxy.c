@@ -730,6 +730,11 @@ static void read_body(struct tg_conn *c)
         }
         evbuffer_drain(in, used);
         r->bytes_in += (int64_t)used;
+        if (used == 0 && !r->msg.done) { /* the parser took nothing: never spin */
+            reply_error(c, 400, "invalid_request_error", "bad_request", NULL,
+                        "The request body framing is invalid.", true, TG_DECISION_REJECTED);
+            return;
+        }
         if (r->body_too_large) {
             char msg[160];
             snprintf(msg, sizeof(msg), "Request body exceeds the limit of %lld bytes.",
@@ -1111,6 +1116,10 @@ static void pump_body(struct tg_conn *c)
             used += (size_t)n;
             stop = (size_t)n < v[i].iov_len || r->umsg.done;
         }
+        if (used == 0 && !r->umsg.done) { /* the parser took nothing: never spin */
+            up_event_cb(ub, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+            return;
+        }
         r->up_bytes += (int64_t)used;
         if (r->out_mode == OUT_PASS) {
             evbuffer_remove_buffer(in, out, used);
@@ -1476,9 +1485,9 @@ static void req_finish(struct tg_conn *c, enum tg_decision decision)
     rec.upstream_ms = r->tup_us ? (double)(t_end - r->tup_us) / 1000.0 : -1;
     rec.bytes_in = r->bytes_in;
     rec.bytes_out = r->bytes_out;
-    if (tg_usage_emit(w->sink, &rec) != 0)
-        tg_log_error("request %s tenant %s: usage record could not be kept", rec.id,
-                     rec.tenant ? rec.tenant : "-");
+    /* A record the sink cannot keep is counted and logged (at most once a
+     * second) by the sink itself. */
+    (void)tg_usage_emit(w->sink, &rec);
     count(c, &rec, admitted);
     access_log(&rec);
     req_release(c);
@@ -1491,7 +1500,7 @@ static void req_finish(struct tg_conn *c, enum tg_decision decision)
         conn_close_after_write(c);
         return;
     }
-    flush_out(c->bev, true); /* the reply's last bytes leave after its record */
+    flush_out(c->bev, true);
     c->state = C_IDLE;
     evtimer_del(c->timer);
     arm_timer(c, w->cfg->server.idle_timeout_ms);
