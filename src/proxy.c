@@ -2,6 +2,7 @@
  * record. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -220,6 +221,32 @@ static void hb_status_line(struct headbuf *hb, int status)
     hb_add(hb, " ", 1);
     hb_str(hb, tg_http_reason(status));
     hb_add(hb, "\r\n", 2);
+}
+
+/* Upstream failures are logged at most once a second per worker, with the
+ * number of similar lines left out: a dead upstream must not flood the log. */
+#define UPSTREAM_LOG_EVERY_MS 1000
+static __thread int64_t upstream_log_ms;
+static __thread long long upstream_log_skipped;
+
+TG_PRINTF(1, 2) static void log_upstream_failure(const char *fmt, ...)
+{
+    int64_t now = tg_now_mono_ms();
+    if (upstream_log_ms && now - upstream_log_ms < UPSTREAM_LOG_EVERY_MS) {
+        upstream_log_skipped++;
+        return;
+    }
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (upstream_log_skipped)
+        tg_log_warn("%s (%lld similar in the last second not logged)", line, upstream_log_skipped);
+    else
+        tg_log_warn("%s", line);
+    upstream_log_ms = now;
+    upstream_log_skipped = 0;
 }
 
 static int64_t now_us(void)
@@ -976,7 +1003,7 @@ static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool tim
     struct tg_req *r = c->req;
     r->acquiring = false;
     if (up == NULL) {
-        tg_log_warn("request %s tenant %s: %s", r->id, r->tenant->name, err);
+        log_upstream_failure("request %s tenant %s: %s", r->id, r->tenant->name, err);
         r->upstream_failed = true;
         reply_error(c, 502, "server_error", "upstream_unavailable", NULL,
                     "The upstream model server could not be reached.", false, TG_DECISION_ERROR);
@@ -1209,9 +1236,9 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
     r->upstream_failed = true;
     if (!r->resp_started) {
         bool timeout = (what & BEV_EVENT_TIMEOUT) != 0;
-        tg_log_warn("request %s tenant %s: upstream %s %s", r->id, r->tenant->name,
-                    r->route->upstream->name,
-                    timeout ? "did not answer in time" : "closed the connection");
+        log_upstream_failure("request %s tenant %s: upstream %s %s", r->id, r->tenant->name,
+                             r->route->upstream->name,
+                             timeout ? "did not answer in time" : "closed the connection");
         if (timeout)
             reply_error(c, 504, "server_error", "upstream_timeout", NULL,
                         "The upstream model server did not answer in time.", false,
@@ -1223,8 +1250,8 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     /* Mid-stream: the client's reply ends here, without a clean end. */
-    tg_log_warn("request %s tenant %s: upstream %s stream cut after %lld bytes", r->id,
-                r->tenant->name, r->route->upstream->name, (long long)r->up_bytes);
+    log_upstream_failure("request %s tenant %s: upstream %s stream cut after %lld bytes", r->id,
+                         r->tenant->name, r->route->upstream->name, (long long)r->up_bytes);
     c->keep_alive = false;
     if (r->scanning) tg_scan_finish(&r->scan);
     req_finish(c, TG_DECISION_ERROR);
