@@ -156,7 +156,8 @@ struct tg_conn {
 static const char *const side_client[] = {"client"};
 
 /* Builds a message head in a stack buffer and hands libevent one piece
- * (spilling into the evbuffer only for very long heads). */
+ * (spilling into the evbuffer only for very long heads). Without an evbuffer
+ * it builds a line in place, cut at the buffer's size. */
 struct headbuf {
     struct evbuffer *out;
     size_t len, total;
@@ -171,6 +172,8 @@ static void hb_init(struct headbuf *hb, struct evbuffer *out)
 
 static void hb_add(struct headbuf *hb, const char *s, size_t n)
 {
+    if (hb->out == NULL && hb->len + n > sizeof(hb->p))
+        n = sizeof(hb->p) - hb->len; /* a line: cut */
     hb->total += n;
     if (hb->len + n > sizeof(hb->p)) {
         evbuffer_add(hb->out, hb->p, hb->len);
@@ -1370,64 +1373,38 @@ static void count(struct tg_conn *c, const struct tg_usage_record *rec, bool adm
     }
 }
 
-/* A line being built in a caller's buffer; whatever does not fit is cut. */
-struct line {
-    char *p;
-    size_t len, cap;
-};
-
-static void ln_add(struct line *l, const char *s, size_t n)
-{
-    if (l->len + n > l->cap) n = l->cap - l->len;
-    memcpy(l->p + l->len, s, n);
-    l->len += n;
-}
-
-static void ln_str(struct line *l, const char *s)
-{
-    ln_add(l, s, strlen(s));
-}
-
-static void ln_int(struct line *l, long long v)
-{
-    char d[24];
-    size_t n;
-    const char *p = tg_fmt_int(d, v, &n);
-    ln_add(l, p, n);
-}
-
 /* A JSON string, or null. */
-static void ln_json(struct line *l, const char *s)
+static void hb_json(struct headbuf *l, const char *s)
 {
     if (s == NULL) {
-        ln_add(l, "null", 4);
+        hb_add(l, "null", 4);
         return;
     }
     char esc[2 * TG_MODEL_LEN + 16];
-    ln_add(l, "\"", 1);
+    hb_add(l, "\"", 1);
     size_t n = strlen(s);
     if (n > TG_MODEL_LEN) n = TG_MODEL_LEN;
     bool plain = true;
     for (size_t i = 0; i < n && plain; i++)
         plain = (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\';
     if (plain)
-        ln_add(l, s, n);
+        hb_add(l, s, n);
     else
-        ln_add(l, esc, json_escape(esc, sizeof(esc), s));
-    ln_add(l, "\"", 1);
+        hb_add(l, esc, json_escape(esc, sizeof(esc), s));
+    hb_add(l, "\"", 1);
 }
 
 /* Milliseconds with one decimal. */
-static void ln_ms(struct line *l, double ms)
+static void hb_ms(struct headbuf *l, double ms)
 {
     long long tenths = (long long)(ms * 10.0 + 0.5);
-    ln_int(l, tenths / 10);
+    hb_int(l, tenths / 10);
     char d[2] = {'.', (char)('0' + tenths % 10)};
-    ln_add(l, d, 2);
+    hb_add(l, d, 2);
 }
 
 /* "2026-11-24T11:00:00.123Z"; the part up to the second is made once a second. */
-static void ln_ts(struct line *l, int64_t ms)
+static void hb_ts(struct headbuf *l, int64_t ms)
 {
     static __thread int64_t cached_sec = -1;
     static __thread char cached[24];
@@ -1439,39 +1416,39 @@ static void ln_ts(struct line *l, int64_t ms)
         strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
         cached_sec = sec;
     }
-    ln_str(l, cached);
+    hb_str(l, cached);
     int f = (int)(ms % 1000);
     char d[5] = {'.', (char)('0' + f / 100), (char)('0' + f / 10 % 10), (char)('0' + f % 10), 'Z'};
-    ln_add(l, d, 5);
+    hb_add(l, d, 5);
 }
 
 static void access_log(const struct tg_usage_record *rec)
 {
-    char buf[1024];
-    struct line l = {buf, 0, sizeof(buf)};
-    ln_str(&l, "{\"ts\":\"");
-    ln_ts(&l, rec->ts_ms);
-    ln_str(&l, "\",\"id\":");
-    ln_json(&l, rec->id);
-    ln_str(&l, ",\"tenant\":");
-    ln_json(&l, rec->tenant);
-    ln_str(&l, ",\"route\":");
-    ln_json(&l, rec->route);
-    ln_str(&l, ",\"model\":");
-    ln_json(&l, rec->model ? rec->model : "");
-    ln_str(&l, ",\"status\":");
-    ln_int(&l, rec->status);
-    ln_str(&l, ",\"decision\":\"");
-    ln_str(&l, decision_names[rec->decision]);
-    ln_str(&l, "\",\"latency_ms\":");
-    ln_ms(&l, rec->latency_ms);
-    ln_str(&l, ",\"upstream_ms\":");
-    ln_ms(&l, rec->upstream_ms < 0 ? 0.0 : rec->upstream_ms);
-    ln_str(&l, ",\"bytes_in\":");
-    ln_int(&l, (long long)rec->bytes_in);
-    ln_str(&l, ",\"bytes_out\":");
-    ln_int(&l, (long long)rec->bytes_out);
-    ln_str(&l, "}");
+    struct headbuf l;
+    hb_init(&l, NULL);
+    hb_str(&l, "{\"ts\":\"");
+    hb_ts(&l, rec->ts_ms);
+    hb_str(&l, "\",\"id\":");
+    hb_json(&l, rec->id);
+    hb_str(&l, ",\"tenant\":");
+    hb_json(&l, rec->tenant);
+    hb_str(&l, ",\"route\":");
+    hb_json(&l, rec->route);
+    hb_str(&l, ",\"model\":");
+    hb_json(&l, rec->model ? rec->model : "");
+    hb_str(&l, ",\"status\":");
+    hb_int(&l, rec->status);
+    hb_str(&l, ",\"decision\":\"");
+    hb_str(&l, decision_names[rec->decision]);
+    hb_str(&l, "\",\"latency_ms\":");
+    hb_ms(&l, rec->latency_ms);
+    hb_str(&l, ",\"upstream_ms\":");
+    hb_ms(&l, rec->upstream_ms < 0 ? 0.0 : rec->upstream_ms);
+    hb_str(&l, ",\"bytes_in\":");
+    hb_int(&l, (long long)rec->bytes_in);
+    hb_str(&l, ",\"bytes_out\":");
+    hb_int(&l, (long long)rec->bytes_out);
+    hb_str(&l, "}");
     tg_log_access(l.p, l.len);
 }
 
