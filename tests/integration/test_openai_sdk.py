@@ -73,6 +73,9 @@ def sdk_against(backend):
         assert prev["status"] == 429, wire
         assert nxt["t"] - prev["t"] >= int(prev["retry_after_ms"]) - 2, wire
         assert int(nxt["retry_count"]) == int(prev["retry_count"] or 0) + 1, wire
+    # The file sink writes in batches a few milliseconds apart: wait for the last record.
+    h.wait_until(lambda: h.read_jsonl(tg.usage_path)[-1]["decision"] == "allowed", 3,
+                 what="the record of the SDK's successful retry")
     recs = h.read_jsonl(tg.usage_path)
     assert recs[-1]["decision"] == "allowed" and recs[-2]["decision"] == "limited", recs[-2:]
     assert sum(1 for r in recs if r["decision"] == "limited") >= 3

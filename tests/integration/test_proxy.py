@@ -396,9 +396,9 @@ class StaleUpstream:
         with c:
             if not self._read_request(c):
                 return
+            self.answered += 1
             c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                       % (len(self.BODY), self.BODY))
-            self.answered += 1
             self._read_request(c)  # the second request on this connection: dropped unanswered
 
     def close(self):
