@@ -7,7 +7,7 @@ PKGS=(
   build-essential cmake pkg-config clang
   libevent-dev libhiredis-dev librdkafka-dev libssl-dev libjansson-dev
   libyaml-dev libcmocka-dev libhttp-parser-dev
-  redis-server prometheus nginx wrk stunnel4 openssl
+  redis-server prometheus nginx wrk stunnel4 openssl docker-compose
   curl jq bc python3 nodejs npm ca-certificates
 )
 

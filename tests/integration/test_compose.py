@@ -42,6 +42,8 @@ class Compose(unittest.TestCase):
     def test_compose_file_valid(self):
         exe = shutil.which("docker-compose")
         if exe is None:
+            if os.environ.get("CI") == "true":  # scripts/install-deps.sh installs it
+                self.fail("docker-compose not installed: compose file not validated")
             self.skipTest("docker-compose not installed: compose file not validated")
         env = dict(os.environ, GRAFANA_ADMIN_PASSWORD="x")
         r = subprocess.run([exe, "-f", COMPOSE, "config", "-q"], capture_output=True, text=True,
