@@ -16,6 +16,7 @@
 #include "tollgate/auth.h"
 #include "tollgate/cost.h"
 #include "tollgate/http.h"
+#include "tollgate/jsonw.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
 #include "tollgate/proxy.h"
@@ -415,24 +416,6 @@ void tg_proxy_close_all(struct tg_worker *w)
 
 /* ---- replies made by tollgate ---- */
 
-static size_t json_escape(char *out, size_t cap, const char *s)
-{
-    size_t n = 0;
-    for (; *s && n + 7 < cap; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') {
-            out[n++] = '\\';
-            out[n++] = (char)ch;
-        } else if (ch < 0x20) {
-            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", ch);
-        } else {
-            out[n++] = (char)ch;
-        }
-    }
-    out[n] = '\0';
-    return n;
-}
-
 static void add_common_headers(struct tg_conn *c, struct headbuf *hb, bool close)
 {
     struct tg_req *r = c->req;
@@ -469,24 +452,15 @@ static void reply_json(struct tg_conn *c, int status, const char *body, size_t b
 }
 
 static void reply_error(struct tg_conn *c, int status, const char *type, const char *code,
-                        const char *param, const char *message, bool close,
-                        enum tg_decision decision)
+                        const char *message, bool close, enum tg_decision decision)
 {
-    char msg[512], body[1024];
-    json_escape(msg, sizeof(msg), message);
-    char codebuf[96], parambuf[96];
-    if (code)
-        snprintf(codebuf, sizeof(codebuf), "\"%s\"", code);
-    else
-        snprintf(codebuf, sizeof(codebuf), "null");
-    if (param)
-        snprintf(parambuf, sizeof(parambuf), "\"%s\"", param);
-    else
-        snprintf(parambuf, sizeof(parambuf), "null");
-    int n = snprintf(body, sizeof(body),
-                     "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":%s,\"code\":%s}}",
-                     msg, type, parambuf, codebuf);
-    reply_json(c, status, body, (size_t)n, close, decision);
+    char body[TG_JSONW_STR_MAX(TG_ERR_LEN) + 256];
+    size_t mlen = strnlen(message, TG_ERR_LEN);
+    char *p = body;
+    p += sprintf(p, "{\"error\":{\"message\":");
+    p = tg_jsonw_str(p, message, mlen);
+    p += sprintf(p, ",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}", type, code);
+    reply_json(c, status, body, (size_t)(p - body), close, decision);
 }
 
 /* ---- request start and head ---- */
@@ -596,7 +570,7 @@ static void on_head(struct tg_conn *c)
         snprintf(msg, sizeof(msg), "Invalid URL (%s %.*s)",
                  http_method_str((enum http_method)m->parser.method),
                  (int)(plen > 160 ? 160 : plen), m->url);
-        reply_error(c, 404, "invalid_request_error", "unknown_url", NULL, msg, body_pending,
+        reply_error(c, 404, "invalid_request_error", "unknown_url", msg, body_pending,
                     TG_DECISION_REJECTED);
         return;
     }
@@ -620,7 +594,7 @@ static void on_head(struct tg_conn *c)
         }
     }
     if (r->tenant == NULL) {
-        reply_error(c, 401, "invalid_request_error", "invalid_api_key", NULL,
+        reply_error(c, 401, "invalid_request_error", "invalid_api_key",
                     auth ? "Incorrect API key provided."
                          : "You didn't provide an API key. You need to provide your API key in an "
                            "Authorization header using Bearer auth (i.e. Authorization: Bearer "
@@ -632,7 +606,7 @@ static void on_head(struct tg_conn *c)
         char msg[160];
         snprintf(msg, sizeof(msg), "Request body of %lld bytes exceeds the limit of %lld bytes.",
                  (long long)m->content_length, (long long)r->cfg->server.max_body_bytes);
-        reply_error(c, 413, "invalid_request_error", "request_too_large", NULL, msg, true,
+        reply_error(c, 413, "invalid_request_error", "request_too_large", msg, true,
                     TG_DECISION_REJECTED);
         return;
     }
@@ -705,7 +679,7 @@ static void read_head(struct tg_conn *c)
     if (pos.pos < 0 || pos.pos + 4 > TG_HTTP_MAX_HEAD) {
         if (len > TG_HTTP_MAX_HEAD || (pos.pos >= 0 && pos.pos + 4 > TG_HTTP_MAX_HEAD)) {
             tg_usage_new_id(r->id);
-            reply_error(c, 431, "invalid_request_error", "request_header_fields_too_large", NULL,
+            reply_error(c, 431, "invalid_request_error", "request_header_fields_too_large",
                         "The request header block exceeds 65536 bytes.", true,
                         TG_DECISION_REJECTED);
         }
@@ -723,10 +697,10 @@ static void read_head(struct tg_conn *c)
     if (res != TG_HTTP_OK) {
         tg_usage_new_id(r->id);
         if (res == TG_HTTP_TOO_MANY_HEADERS)
-            reply_error(c, 431, "invalid_request_error", "request_header_fields_too_large", NULL,
+            reply_error(c, 431, "invalid_request_error", "request_header_fields_too_large",
                         "The request has too many header fields.", true, TG_DECISION_REJECTED);
         else
-            reply_error(c, 400, "invalid_request_error", "bad_request", NULL,
+            reply_error(c, 400, "invalid_request_error", "bad_request",
                         res == TG_HTTP_SMUGGLING
                             ? "A request may not carry both Content-Length and Transfer-Encoding."
                             : "The request could not be parsed as HTTP/1.1.",
@@ -751,7 +725,7 @@ static void read_body(struct tg_conn *c)
             ssize_t n = tg_http_feed(&r->msg, v[i].iov_base, v[i].iov_len);
             if (n < 0) {
                 evbuffer_drain(in, used);
-                reply_error(c, 400, "invalid_request_error", "bad_request", NULL,
+                reply_error(c, 400, "invalid_request_error", "bad_request",
                             "The request body framing is invalid.", true, TG_DECISION_REJECTED);
                 return;
             }
@@ -761,7 +735,7 @@ static void read_body(struct tg_conn *c)
         evbuffer_drain(in, used);
         r->bytes_in += (int64_t)used;
         if (used == 0 && !r->msg.done) { /* the parser took nothing: never spin */
-            reply_error(c, 400, "invalid_request_error", "bad_request", NULL,
+            reply_error(c, 400, "invalid_request_error", "bad_request",
                         "The request body framing is invalid.", true, TG_DECISION_REJECTED);
             return;
         }
@@ -769,7 +743,7 @@ static void read_body(struct tg_conn *c)
             char msg[160];
             snprintf(msg, sizeof(msg), "Request body exceeds the limit of %lld bytes.",
                      (long long)r->cfg->server.max_body_bytes);
-            reply_error(c, 413, "invalid_request_error", "request_too_large", NULL, msg, true,
+            reply_error(c, 413, "invalid_request_error", "request_too_large", msg, true,
                         TG_DECISION_REJECTED);
             return;
         }
@@ -824,7 +798,7 @@ static void on_request_complete(struct tg_conn *c)
                                                       : cfg->costs.default_max_tokens;
     if (tg_cost_estimate(r->route->cost, cfg->costs.chars_per_token, max_tokens, r->body,
                          r->body_len, &r->est, &r->info, err) != 0) {
-        reply_error(c, 400, "invalid_request_error", "invalid_request_body", NULL, err, false,
+        reply_error(c, 400, "invalid_request_error", "invalid_request_body", err, false,
                     TG_DECISION_REJECTED);
         return;
     }
@@ -833,7 +807,7 @@ static void on_request_complete(struct tg_conn *c)
         r->strip_usage = r->fwd_body != NULL;
     }
     if (!c->w->sink->ops->accepting(c->w->sink)) {
-        reply_error(c, 503, "server_error", "usage_sink_unavailable", NULL,
+        reply_error(c, 503, "server_error", "usage_sink_unavailable",
                     "The gateway cannot record usage right now. Please retry shortly.", false,
                     TG_DECISION_REJECTED);
         return;
@@ -891,7 +865,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     case C_HEAD:
     case C_BODY:
         if (c->req->id[0] == '\0') tg_usage_new_id(c->req->id);
-        reply_error(c, 408, "invalid_request_error", "request_timeout", NULL,
+        reply_error(c, 408, "invalid_request_error", "request_timeout",
                     "The request was not received in time.", true, TG_DECISION_REJECTED);
         return;
     case C_WORK:
@@ -918,7 +892,7 @@ static void start_forward(struct tg_conn *c)
     r->pool = pool_for(c->w, r->route->upstream);
     if (r->pool == NULL) {
         r->upstream_failed = true;
-        reply_error(c, 502, "server_error", "upstream_unavailable", NULL,
+        reply_error(c, 502, "server_error", "upstream_unavailable",
                     "The upstream of this route was removed by a reload.", false,
                     TG_DECISION_ERROR);
         return;
@@ -1008,7 +982,7 @@ static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool tim
     if (up == NULL) {
         log_upstream_failure("request %s tenant %s: %s", r->id, r->tenant->name, err);
         r->upstream_failed = true;
-        reply_error(c, 502, "server_error", "upstream_unavailable", NULL,
+        reply_error(c, 502, "server_error", "upstream_unavailable",
                     "The upstream model server could not be reached.", false, TG_DECISION_ERROR);
         return;
     }
@@ -1243,11 +1217,11 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
                              r->route->upstream->name,
                              timeout ? "did not answer in time" : "closed the connection");
         if (timeout)
-            reply_error(c, 504, "server_error", "upstream_timeout", NULL,
+            reply_error(c, 504, "server_error", "upstream_timeout",
                         "The upstream model server did not answer in time.", false,
                         TG_DECISION_ERROR);
         else
-            reply_error(c, 502, "server_error", "upstream_error", NULL,
+            reply_error(c, 502, "server_error", "upstream_error",
                         "The upstream model server closed the connection without a reply.", false,
                         TG_DECISION_ERROR);
         return;
@@ -1323,8 +1297,6 @@ static void settle(struct tg_conn *c, enum tg_decision decision, struct tg_cost 
     r->charged = false;
 }
 
-static const char *const decision_names[] = {"allowed", "limited", "rejected", "error"};
-
 static void count(struct tg_conn *c, const struct tg_usage_record *rec, bool admitted)
 {
     struct tg_req *r = c->req;
@@ -1373,83 +1345,11 @@ static void count(struct tg_conn *c, const struct tg_usage_record *rec, bool adm
     }
 }
 
-/* A JSON string, or null. */
-static void hb_json(struct headbuf *l, const char *s)
-{
-    if (s == NULL) {
-        hb_add(l, "null", 4);
-        return;
-    }
-    char esc[2 * TG_MODEL_LEN + 16];
-    hb_add(l, "\"", 1);
-    size_t n = strlen(s);
-    if (n > TG_MODEL_LEN) n = TG_MODEL_LEN;
-    bool plain = true;
-    for (size_t i = 0; i < n && plain; i++)
-        plain = (unsigned char)s[i] >= 0x20 && s[i] != '"' && s[i] != '\\';
-    if (plain)
-        hb_add(l, s, n);
-    else
-        hb_add(l, esc, json_escape(esc, sizeof(esc), s));
-    hb_add(l, "\"", 1);
-}
-
-/* Milliseconds with one decimal. */
-static void hb_ms(struct headbuf *l, double ms)
-{
-    long long tenths = (long long)(ms * 10.0 + 0.5);
-    hb_int(l, tenths / 10);
-    char d[2] = {'.', (char)('0' + tenths % 10)};
-    hb_add(l, d, 2);
-}
-
-/* "2026-11-24T11:00:00.123Z"; the part up to the second is made once a second. */
-static void hb_ts(struct headbuf *l, int64_t ms)
-{
-    static __thread int64_t cached_sec = -1;
-    static __thread char cached[24];
-    int64_t sec = ms / 1000;
-    if (sec != cached_sec) {
-        time_t t = (time_t)sec;
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
-        cached_sec = sec;
-    }
-    hb_str(l, cached);
-    int f = (int)(ms % 1000);
-    char d[5] = {'.', (char)('0' + f / 100), (char)('0' + f / 10 % 10), (char)('0' + f % 10), 'Z'};
-    hb_add(l, d, 5);
-}
-
 static void access_log(const struct tg_usage_record *rec)
 {
-    struct headbuf l;
-    hb_init(&l, NULL);
-    hb_str(&l, "{\"ts\":\"");
-    hb_ts(&l, rec->ts_ms);
-    hb_str(&l, "\",\"id\":");
-    hb_json(&l, rec->id);
-    hb_str(&l, ",\"tenant\":");
-    hb_json(&l, rec->tenant);
-    hb_str(&l, ",\"route\":");
-    hb_json(&l, rec->route);
-    hb_str(&l, ",\"model\":");
-    hb_json(&l, rec->model ? rec->model : "");
-    hb_str(&l, ",\"status\":");
-    hb_int(&l, rec->status);
-    hb_str(&l, ",\"decision\":\"");
-    hb_str(&l, decision_names[rec->decision]);
-    hb_str(&l, "\",\"latency_ms\":");
-    hb_ms(&l, rec->latency_ms);
-    hb_str(&l, ",\"upstream_ms\":");
-    hb_ms(&l, rec->upstream_ms < 0 ? 0.0 : rec->upstream_ms);
-    hb_str(&l, ",\"bytes_in\":");
-    hb_int(&l, (long long)rec->bytes_in);
-    hb_str(&l, ",\"bytes_out\":");
-    hb_int(&l, (long long)rec->bytes_out);
-    hb_str(&l, "}");
-    tg_log_access(l.p, l.len);
+    char line[TG_USAGE_ACCESS_LINE_MAX];
+    size_t n = tg_usage_access_line(rec, line, sizeof(line));
+    if (n) tg_log_access(line, n);
 }
 
 /* Every request ends here exactly once, whatever its outcome. */

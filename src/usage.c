@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
+#include "tollgate/jsonw.h"
 #include "tollgate/usage.h"
 
 /* ---- JSON ---- */
@@ -20,6 +21,8 @@
  * strings add at most 6 output bytes per input byte (\u00XX). */
 #define JSON_FIXED_MAX 1024
 #define JSON_ESC_MAX 6
+/* An access line shows at most this much of a tenant, route or model. */
+#define ACCESS_STR_MAX 256
 
 static const char hexdig[] = "0123456789abcdef";
 
@@ -143,87 +146,13 @@ static char *put_ts(char *p, int64_t ms)
     return p;
 }
 
-/* Length of the well-formed UTF-8 sequence at s (Unicode table 3-7), or 0;
- * *bad gets how many bytes form the maximal invalid subpart to replace. */
-static size_t utf8_seq(const unsigned char *s, size_t n, size_t *bad)
-{
-    unsigned c = s[0];
-    size_t need;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF)
-        need = 1;
-    else if (c == 0xE0)
-        need = 2, lo = 0xA0;
-    else if (c >= 0xE1 && c <= 0xEC)
-        need = 2;
-    else if (c == 0xED)
-        need = 2, hi = 0x9F;
-    else if (c >= 0xEE && c <= 0xEF)
-        need = 2;
-    else if (c == 0xF0)
-        need = 3, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3)
-        need = 3;
-    else if (c == 0xF4)
-        need = 3, hi = 0x8F;
-    else {
-        *bad = 1;
-        return 0;
-    }
-    for (size_t i = 1; i <= need; i++) {
-        if (i >= n || s[i] < lo || s[i] > hi) {
-            *bad = i;
-            return 0;
-        }
-        lo = 0x80, hi = 0xBF;
-    }
-    return need + 1;
-}
-
-/* A JSON string: quotes and backslashes escaped, control characters as
- * \u00XX, valid UTF-8 as is, each invalid sequence as U+FFFD. */
-static char *put_str(char *p, const char *str, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    *p++ = '"';
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-            *p++ = (char)c;
-            i++;
-        } else if (c == '"' || c == '\\') {
-            *p++ = '\\';
-            *p++ = (char)c;
-            i++;
-        } else if (c < 0x20) {
-            PUT(p, "\\u00");
-            *p++ = hexdig[c >> 4];
-            *p++ = hexdig[c & 15];
-            i++;
-        } else {
-            size_t bad;
-            size_t k = utf8_seq(s + i, n - i, &bad);
-            if (k) {
-                p = put_lit(p, (const char *)s + i, k);
-                i += k;
-            } else {
-                PUT(p, "\xEF\xBF\xBD");
-                i += bad;
-            }
-        }
-    }
-    *p++ = '"';
-    return p;
-}
-
 static char *put_str_or_null(char *p, const char *s, size_t n, bool null)
 {
     if (null) {
         PUT(p, "null");
         return p;
     }
-    return put_str(p, s, n);
+    return tg_jsonw_str(p, s, n);
 }
 
 static char *put_bool(char *p, bool b)
@@ -272,7 +201,7 @@ char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len)
     char *p = buf;
 
     PUT(p, "{\"v\":1,\"id\":");
-    p = put_str(p, r->id, idl);
+    p = tg_jsonw_str(p, r->id, idl);
     PUT(p, ",\"ts\":");
     p = put_ts(p, r->ts_ms);
     PUT(p, ",\"tenant\":");
@@ -329,6 +258,43 @@ char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len)
     *p = '\0';
     *len = (size_t)(p - buf);
     return buf;
+}
+
+size_t tg_usage_access_line(const struct tg_usage_record *r, char *out, size_t cap)
+{
+    size_t idl = strnlen(r->id, sizeof(r->id));
+    size_t tl = strnlen(r->tenant ? r->tenant : "", ACCESS_STR_MAX);
+    size_t rl = strnlen(r->route ? r->route : "", ACCESS_STR_MAX);
+    size_t ml = strnlen(r->model ? r->model : "", ACCESS_STR_MAX);
+    if (cap < TG_USAGE_ACCESS_LINE_MAX) return 0;
+    char *p = out;
+    PUT(p, "{\"ts\":");
+    p = put_ts(p, r->ts_ms);
+    PUT(p, ",\"id\":");
+    p = tg_jsonw_str(p, r->id, idl);
+    PUT(p, ",\"tenant\":");
+    p = put_str_or_null(p, r->tenant, tl, r->tenant == NULL);
+    PUT(p, ",\"route\":");
+    p = put_str_or_null(p, r->route, rl, r->route == NULL);
+    PUT(p, ",\"model\":");
+    p = tg_jsonw_str(p, r->model ? r->model : "", ml);
+    PUT(p, ",\"status\":");
+    p = put_i64(p, r->status);
+    PUT(p, ",\"decision\":\"");
+    const char *d = (unsigned)r->decision < TG_ARRAY_LEN(decision_names)
+                        ? decision_names[r->decision]
+                        : "error";
+    p = put_lit(p, d, strlen(d));
+    PUT(p, "\",\"latency_ms\":");
+    p = put_fixed1(p, r->latency_ms);
+    PUT(p, ",\"upstream_ms\":");
+    p = put_fixed1(p, r->upstream_ms < 0 || isnan(r->upstream_ms) ? 0.0 : r->upstream_ms);
+    PUT(p, ",\"bytes_in\":");
+    p = put_i64(p, r->bytes_in);
+    PUT(p, ",\"bytes_out\":");
+    p = put_i64(p, r->bytes_out);
+    *p++ = '}';
+    return (size_t)(p - out);
 }
 
 /* ---- request ids ---- */

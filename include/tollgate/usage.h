@@ -43,6 +43,13 @@ struct tg_usage_record {
  * newline) into a malloc'd string; *len gets its length. NULL on OOM. */
 char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len);
 
+/* The access log line of a record (one JSON object, no newline): ts, id,
+ * tenant, route, model, status, decision, latency_ms, upstream_ms, bytes_in,
+ * bytes_out; strings past 256 bytes are cut. Writes into out, which must hold
+ * TG_USAGE_ACCESS_LINE_MAX bytes, and returns the length (0 if cap is smaller). */
+#define TG_USAGE_ACCESS_LINE_MAX (512 + 6 * (TG_REQUEST_ID_LEN + 3 * 256))
+size_t tg_usage_access_line(const struct tg_usage_record *r, char *out, size_t cap);
+
 /* Writes a new unique request id: 32 lowercase hex chars. Thread-safe. */
 void tg_usage_new_id(char out[TG_REQUEST_ID_LEN]);
 

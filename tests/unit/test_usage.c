@@ -162,6 +162,45 @@ static void test_allowed(void **state)
     json_decref(o);
 }
 
+static void test_access_line(void **state)
+{
+    struct tg_usage_record r;
+    base_record(&r);
+    r.model = "gpt\"4o\n\xff";
+    char line[TG_USAGE_ACCESS_LINE_MAX];
+    size_t n = tg_usage_access_line(&r, line, sizeof(line));
+    assert_true(n > 0 && n < sizeof(line));
+    assert_null(memchr(line, '\n', n));
+    json_error_t err;
+    json_t *o = json_loadb(line, n, 0, &err);
+    assert_non_null(o);
+    assert_int_equal(json_object_size(o), 11);
+    assert_string_equal(str(o, "ts"), "2026-11-24T11:00:00.123Z");
+    assert_string_equal(str(o, "id"), "0123456789abcdef0123456789abcdef");
+    assert_string_equal(str(o, "tenant"), "acme");
+    assert_string_equal(str(o, "route"), "/v1/chat/completions");
+    assert_string_equal(str(o, "model"), "gpt\"4o\n\xef\xbf\xbd");
+    assert_int_equal(num(o, "status"), 200);
+    assert_string_equal(str(o, "decision"), "allowed");
+    assert_true(real(o, "latency_ms") == 123.4);
+    assert_true(real(o, "upstream_ms") == 120.1);
+    assert_int_equal(num(o, "bytes_in"), 311);
+    assert_int_equal(num(o, "bytes_out"), 2048);
+    json_decref(o);
+    /* Before authentication: no tenant, no route, not forwarded. */
+    r.tenant = NULL;
+    r.route = NULL;
+    r.upstream_ms = -1;
+    n = tg_usage_access_line(&r, line, sizeof(line));
+    o = json_loadb(line, n, 0, &err);
+    assert_non_null(o);
+    is_null(o, "tenant");
+    is_null(o, "route");
+    assert_true(real(o, "upstream_ms") == 0);
+    json_decref(o);
+    assert_int_equal(tg_usage_access_line(&r, line, 100), 0); /* too small a buffer */
+}
+
 static void test_limited(void **state)
 {
     struct tg_usage_record r;
@@ -482,6 +521,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allowed),
+        cmocka_unit_test(test_access_line),
         cmocka_unit_test(test_limited),
         cmocka_unit_test(test_rejected),
         cmocka_unit_test(test_error_video),
