@@ -48,13 +48,13 @@ struct op {
     int64_t deadline_ms;
     struct op *mnext;   /* OP_CHECK: next in the queue or in its batch */
     struct op *members; /* OP_BATCH: its checks, in order */
-    struct buf cmd;     /* the command in RESP, kept to resend after NOSCRIPT */
+    struct buf cmd;     /* OP_BATCH and others: the command in RESP, kept to resend after
+                         * NOSCRIPT; OP_CHECK: its keys, kept for a refund */
     /* OP_CHECK */
     tg_limiter_cb cb;
     void *arg;
     struct tg_limit_req req; /* copy; what it points to is the caller's until cb/cancel */
     struct tg_bucket_param p[TG_MAX_BUCKETS];
-    uint8_t unit[TG_MAX_BUCKETS];
     uint32_t key_off[TG_MAX_BUCKETS], key_len[TG_MAX_BUCKETS]; /* keys inside cmd */
     uint8_t kidx[TG_MAX_BUCKETS]; /* index of each bucket among its batch's keys */
     size_t tenant_len;
@@ -160,9 +160,12 @@ static bool buf_ok(const struct buf *b)
 
 static void resp_head(struct buf *b, char type, size_t n)
 {
-    char t[32];
-    int k = snprintf(t, sizeof(t), "%c%zu\r\n", type, n);
-    buf_add(b, t, (size_t)k);
+    char d[24];
+    size_t k;
+    const char *p = tg_fmt_int(d, (long long)n, &k);
+    buf_add(b, &type, 1);
+    buf_add(b, p, k);
+    buf_add(b, "\r\n", 2);
 }
 
 static void resp_bulk(struct buf *b, const char *s, size_t len)
@@ -174,9 +177,10 @@ static void resp_bulk(struct buf *b, const char *s, size_t len)
 
 static void resp_int(struct buf *b, int64_t v)
 {
-    char t[24];
-    int k = snprintf(t, sizeof(t), "%lld", (long long)v);
-    resp_bulk(b, t, (size_t)k);
+    char d[24];
+    size_t k;
+    const char *p = tg_fmt_int(d, (long long)v, &k);
+    resp_bulk(b, p, k);
 }
 
 /* %.17g reads back as the same double in Lua's tonumber. */
@@ -546,8 +550,8 @@ static void flush_settles(struct rl *rl)
     rl->arena.len = 0;
 }
 
-/* An abandoned check that Redis allowed: give back all but the requests units,
- * as for a request that never reached the upstream. */
+/* An abandoned check that Redis allowed: give everything back, requests units
+ * included. The request was never judged, and its record says it cost nothing. */
 static void refund_cancelled(struct rl *rl, struct op *op)
 {
     for (size_t i = 0; i < op->req.n; i++) {
@@ -633,7 +637,7 @@ static void finish_batch(struct rl *rl, struct op *batch, const redisReply *r)
     struct op *m = batch->members;
     batch->members = NULL;
     op_put(rl, batch);
-    bool counted = false;
+    bool counted = r && is_noscript(r); /* resend_after_noscript counted it */
     while (m) {
         struct op *next = m->mnext;
         struct tg_limit_result res;
@@ -692,8 +696,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case OP_BATCH:
         finish_batch(rl, op, r);
         break;
-    case OP_CHECK:
-        break; /* never sent on its own */
+    case OP_CHECK: /* never sent on its own: only as a member of an OP_BATCH */
+        break;
     case OP_SETTLE:
         finish_settle(rl, op, r);
         break;
@@ -710,7 +714,6 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 
 /* ---- the ops table ---- */
 
-/* Writes the check's EVALSHA into op->cmd, noting where each key is. */
 /* Writes a check's keys into its own buffer (kept for refunds). */
 static void build_keys(struct rl *rl, struct op *op)
 {
@@ -786,6 +789,13 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
     rl->batch_scheduled = false;
     while (rl->qhead) {
         struct op *first = rl->qhead;
+        if (first->cancelled) { /* abandoned before it was sent: costs nothing */
+            rl->qhead = first->mnext;
+            if (rl->qhead == NULL) rl->qtail = NULL;
+            rl->inflight_checks--;
+            op_put(rl, first);
+            continue;
+        }
         struct op *batch = rl->state == ST_UP ? op_get(rl) : NULL;
         if (batch == NULL) {
             rl->qhead = first->mnext;
@@ -795,19 +805,22 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
         }
         batch->kind = OP_BATCH;
         batch->script = SC_BUCKET;
-        const char *tenant = first->req.tenant; /* (ref) config memory */
-        /* Take every queued check of the first one's tenant, keeping order. */
+        /* Take every queued check of the first one's tenant, keeping order. The
+         * tenant is compared by pointer: the same config's tenant, so at most
+         * TG_MAX_BUCKETS distinct keys in a batch (a reload's new tenant of the
+         * same name goes in a batch of its own). */
+        const char *tenant = first->req.tenant;
         struct op **tail = &batch->members, **pp = &rl->qhead, *last = NULL;
         size_t n = 0;
         while (*pp) {
             struct op *c = *pp;
-            if (c->cancelled) { /* abandoned before it was sent: costs nothing */
+            if (c->cancelled) {
                 *pp = c->mnext;
                 rl->inflight_checks--;
                 op_put(rl, c);
                 continue;
             }
-            if (n < BATCH_MAX_CHECKS && strcmp(c->req.tenant, tenant) == 0) {
+            if (n < BATCH_MAX_CHECKS && c->req.tenant == tenant) {
                 *pp = c->mnext;
                 c->mnext = NULL;
                 *tail = c;
@@ -819,10 +832,6 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
             }
         }
         rl->qtail = last;
-        if (batch->members == NULL) { /* every check of that tenant was abandoned */
-            op_put(rl, batch);
-            continue;
-        }
         build_batch(rl, batch);
         if (send_op(rl, batch, rl->timeout_ms) != 0) finish_batch(rl, batch, NULL);
     }
@@ -849,18 +858,20 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
         return 0;
     }
     op->kind = OP_CHECK;
-    op->script = SC_BUCKET;
     op->cb = cb;
     op->arg = arg;
     op->req.tenant = req->tenant;
-    op->req.fallback = false;
     op->req.n = req->n;
     memcpy(op->req.b, req->b, req->n * sizeof(req->b[0]));
     for (size_t i = 0; i < req->n; i++) {
         tg_bucket_param_init(&op->p[i], req->b[i].limit, 1, req->b[i].cost_u);
-        op->unit[i] = (uint8_t)req->b[i].limit->unit;
     }
     build_keys(rl, op);
+    if (!buf_ok(&op->cmd)) { /* out of memory */
+        op_put(rl, op);
+        answer_by_policy(rl, req, cb, arg);
+        return 0;
+    }
     rl->inflight_checks++;
     if (rl->qtail)
         rl->qtail->mnext = op;

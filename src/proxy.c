@@ -63,7 +63,7 @@ struct tg_req {
     struct tg_request_info info;
     struct tg_cost est;
     struct tg_limit_req lreq;
-    struct tg_limit_result lres;
+    int denied; /* index of the bucket that denied, or -1 */
     bool checking, charged, acquiring, retried;
     int64_t t_lim_us;
     int waited_ms;
@@ -497,9 +497,7 @@ static bool req_begin(struct tg_conn *c)
     memset(&r->est, 0, sizeof(r->est));
     r->lreq.n = 0;
     r->lreq.fallback = false;
-    r->lres.status = TG_LIMIT_ALLOWED;
-    r->lres.denied = -1;
-    r->lres.fallback = false;
+    r->denied = -1;
     r->checking = r->charged = r->acquiring = r->retried = false;
     r->waited_ms = 0;
     r->rl_len = 0;
@@ -822,7 +820,7 @@ static void on_limit(void *arg, const struct tg_limit_result *res)
     struct tg_conn *c = arg;
     struct tg_req *r = c->req;
     r->checking = false;
-    r->lres = *res;
+    r->denied = res->denied;
     r->lreq.fallback = res->fallback;
     const char *backend[] = {c->w->limiter->ops->name};
     tg_metrics_observe(TG_M_LIMITER_DURATION, backend, (double)(now_us() - r->t_lim_us) / 1e6);
@@ -1378,9 +1376,9 @@ static void req_finish(struct tg_conn *c, enum tg_decision decision)
     rec.status = r->status;
     rec.stream = r->info.stream;
     rec.decision = decision;
-    if (decision == TG_DECISION_LIMITED && r->lres.denied >= 0)
-        rec.limit = r->lreq.b[r->lres.denied].limit->name;
-    rec.fallback = r->lres.fallback;
+    if (decision == TG_DECISION_LIMITED && r->denied >= 0)
+        rec.limit = r->lreq.b[r->denied].limit->name;
+    rec.fallback = r->lreq.fallback;
     if (r->scanning) rec.usage = r->scan.usage;
     rec.estimated = r->est;
     bool admitted = r->charged;

@@ -91,15 +91,17 @@ class Compose(unittest.TestCase):
             r = subprocess.run([exe, "--check", "-c", path], capture_output=True, text=True,
                                timeout=30, cwd=d)
         out = r.stdout + r.stderr
-        if r.returncode == 0 and "small" not in out:
-            self.skipTest("tollgate --check not implemented yet (printed %r)" % out.strip()[:80])
         self.assertEqual(r.returncode, 0, out)
+        self.assertIn("configuration ok", r.stdout)
+        self.assertIn("small", r.stdout)  # a tenant of the compose config, as --check prints it
 
 
 class Prometheus(unittest.TestCase):
     def test_prometheus_config_valid(self):
         exe = shutil.which("promtool")
         if exe is None:
+            if os.environ.get("CI") == "true":  # scripts/install-deps.sh installs prometheus
+                self.fail("promtool not installed")
             self.skipTest("promtool not installed")
         r = subprocess.run([exe, "check", "config", os.path.join(DOCKER, "prometheus.yml")],
                            capture_output=True, text=True, timeout=60)

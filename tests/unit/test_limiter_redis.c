@@ -25,7 +25,7 @@
 #define DAY 86400000
 #define TIMEOUT_MS 50         /* the timeout test's limiter */
 #define SLACK_TIMEOUT_MS 1000 /* everyone else's: slow sanitizer builds must not time out */
-#define MARGIN_MS 200         /* how late past its deadline a timed-out check may be answered */
+#define MARGIN_MS 600         /* how late past its deadline a timed-out check may be answered */
 
 static int port;
 static pid_t redis_pid;
@@ -714,7 +714,8 @@ static void test_cancel_refunds(void **state)
     assert_int_equal(a.calls, 0);
     assert_true(get_bucket("can:{acme}:rpm", &s));
     assert_int_equal(s.level_u, 10 * U);
-    if (get_bucket("can:{acme}:tpm", &s)) assert_int_equal(s.level_u, 100 * U);
+    assert_true(get_bucket("can:{acme}:tpm", &s));
+    assert_int_equal(s.level_u, 100 * U);
     env_close(&e);
 }
 
@@ -852,7 +853,13 @@ int main(void)
 {
     have_redis = system("command -v redis-server >/dev/null 2>&1") == 0;
     if (!have_redis) {
-        fprintf(stderr, "redis-server is not installed: skipping the Redis limiter tests\n");
+        /* scripts/install-deps.sh installs it: in CI its absence is a failure,
+         * elsewhere CTest reports the test as skipped (77). */
+        const char *ci = getenv("CI");
+        bool in_ci = ci && strcmp(ci, "true") == 0;
+        fprintf(stderr, "redis-server is not installed: %s\n",
+                in_ci ? "failing (CI)" : "skipping the Redis limiter tests");
+        return in_ci ? 1 : 77;
     } else {
         port = free_port();
         redis_start();
