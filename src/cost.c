@@ -1470,7 +1470,9 @@ void tg_cost_actual(enum tg_cost_model model, int chars_per_token,
         }
         if (!(sec >= 0)) sec = 0;
         if (sec > MAX_VIDEO_SECONDS) sec = MAX_VIDEO_SECONDS;
-        out->u[TG_UNIT_VIDEO_SECONDS] = video_micro(llround(sec * TG_MICRO), w, h);
+        /* A started second counts whole, as in the estimate: a settle must not
+         * refund the estimate's own rounding. */
+        out->u[TG_UNIT_VIDEO_SECONDS] = video_micro((int64_t)ceil(sec) * TG_MICRO, w, h);
     }
 }
 

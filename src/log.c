@@ -11,22 +11,10 @@
 #include "tollgate/log.h"
 
 static volatile int log_level = TG_LOG_INFO;
-static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 void tg_log_set_level(enum tg_log_level level)
 {
     __atomic_store_n(&log_level, (int)level, __ATOMIC_RELAXED);
-}
-
-int tg_log_parse_level(const char *s, enum tg_log_level *out)
-{
-    for (size_t i = 0; i < TG_ARRAY_LEN(level_names); i++) {
-        if (strcmp(s, level_names[i]) == 0) {
-            *out = (enum tg_log_level)i;
-            return 0;
-        }
-    }
-    return -1;
 }
 
 static size_t format_ts(char *out, size_t cap)
@@ -150,8 +138,11 @@ int tg_log_access_open(const char *path, char err[TG_ERR_LEN])
     pthread_mutex_lock(&acc.mu);
     if (acc.fd > STDERR_FILENO) close(acc.fd);
     acc.fd = fd;
-    free(acc.path);
-    acc.path = strdup(path);
+    char *copy = strdup(path);
+    if (copy) { /* else the old path stays for reopens */
+        free(acc.path);
+        acc.path = copy;
+    }
     bool start = !acc.running;
     acc.running = true;
     acc.stop = false;

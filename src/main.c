@@ -32,6 +32,7 @@ struct daemon {
     struct tg_limiter *local, *fallback;
     struct tg_admin *admin;
     struct event *drain_timer;
+    bool draining;
     int64_t drain_deadline;
     int exit_code;
 };
@@ -55,7 +56,7 @@ static struct tg_config *load(const char *path, char err[TG_ERR_LEN])
 static bool ready_fn(void *arg, char *why, size_t cap)
 {
     struct daemon *d = arg;
-    if (d->drain_timer) {
+    if (d->draining) {
         snprintf(why, cap, "draining");
         return false;
     }
@@ -113,7 +114,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
         break;
     case SIGTERM:
     case SIGINT:
-        if (d->drain_timer) {
+        if (d->draining) {
             tg_log_warn("second stop signal: exiting without waiting");
             event_base_loopexit(d->base, NULL);
             break;
@@ -122,7 +123,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
                     tg_server_inflight(d->server), d->cfg->server.drain_timeout_ms);
         tg_server_stop_accepting(d->server);
         d->drain_deadline = tg_now_mono_ms() + d->cfg->server.drain_timeout_ms;
-        d->drain_timer = evtimer_new(d->base, drain_tick, d);
+        d->draining = true;
         drain_tick(-1, 0, d);
         break;
     }
@@ -146,14 +147,21 @@ static int run(struct daemon *d)
     errpos = "access log";
     if (tg_log_access_open(d->cfg->log.access_path, err) != 0) goto error;
     tg_metrics_set(TG_M_BUILD_INFO, (const char *[]){TG_VERSION}, 1);
+    errpos = "event loop";
+    snprintf(err, TG_ERR_LEN, "out of memory");
     d->base = event_base_new();
+    d->drain_timer = d->base ? evtimer_new(d->base, drain_tick, d) : NULL;
+    if (d->drain_timer == NULL) goto error;
     errpos = "usage sink";
     d->sink = tg_sink_create(d->cfg, d->base, err);
     if (d->sink == NULL) goto error;
+    errpos = "local limiter";
+    snprintf(err, TG_ERR_LEN, "out of memory");
     d->local = tg_limiter_local_create(1);
     d->fallback = d->local;
     if (d->cfg->limiter.backend == TG_LIMITER_REDIS && d->cfg->limiter.expected_gateways > 1)
         d->fallback = tg_limiter_local_create(d->cfg->limiter.expected_gateways);
+    if (d->local == NULL || d->fallback == NULL) goto error;
     errpos = "server";
     d->server = tg_server_create(d->cfg, d->sink, d->local, d->fallback, err);
     if (d->server == NULL) goto error;

@@ -792,10 +792,14 @@ static void on_request_complete(struct tg_conn *c)
     c->state = C_WORK;
     evtimer_del(c->timer);
     char err[TG_ERR_LEN];
-    int max_tokens = r->route->default_max_tokens > 0 ? r->route->default_max_tokens
-                                                      : cfg->costs.default_max_tokens;
-    if (tg_cost_estimate(r->route->cost, cfg->costs.chars_per_token, max_tokens, r->body,
-                         r->body_len, &r->est, &r->info, err) != 0) {
+    if (!c->w->sink->ops->accepting(c->w->sink)) {
+        reply_error(c, 503, "server_error", "usage_sink_unavailable",
+                    "The gateway cannot record usage right now. Please retry shortly.", false,
+                    TG_DECISION_REJECTED);
+        return;
+    }
+    if (tg_cost_estimate(r->route->cost, cfg->costs.chars_per_token, r->route->default_max_tokens,
+                         r->body, r->body_len, &r->est, &r->info, err) != 0) {
         reply_error(c, 400, "invalid_request_error", "invalid_request_body", err, false,
                     TG_DECISION_REJECTED);
         return;
@@ -803,12 +807,6 @@ static void on_request_complete(struct tg_conn *c)
     if (r->route->cost == TG_COST_TOKENS && r->info.stream && !r->info.client_wants_usage) {
         r->fwd_body = tg_cost_request_usage(r->body, r->body_len, &r->fwd_len);
         r->strip_usage = r->fwd_body != NULL;
-    }
-    if (!c->w->sink->ops->accepting(c->w->sink)) {
-        reply_error(c, 503, "server_error", "usage_sink_unavailable",
-                    "The gateway cannot record usage right now. Please retry shortly.", false,
-                    TG_DECISION_REJECTED);
-        return;
     }
     tg_limiter_plan(r->tenant, &r->est, r->info.model, &r->lreq);
     r->lreq.tenant = r->tenant->name;

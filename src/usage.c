@@ -401,7 +401,6 @@ struct tg_sink *tg_sink_create(const struct tg_config *cfg, struct event_base *b
     return NULL;
 }
 
-static const struct tg_sink_ops none_ops;
 
 bool tg_usage_log_due(int64_t *last_ms)
 {
@@ -413,7 +412,7 @@ bool tg_usage_log_due(int64_t *last_ms)
 
 int tg_usage_emit(struct tg_sink *s, const struct tg_usage_record *r)
 {
-    if (s->ops == &none_ops) return 0;
+    if (s->ops->discards) return 0;
     /* A rejected request (never forwarded, nothing charged) while the sink
      * cannot keep records: keeping its record would push the sink past its
      * bound by one record per refusal, the 503s the bound itself causes
@@ -455,6 +454,7 @@ static void none_destroy(struct tg_sink *s)
 
 static const struct tg_sink_ops none_ops = {
     .name = "none",
+    .discards = true,
     .submit = none_submit,
     .accepting = none_accepting,
     .flush = none_flush,

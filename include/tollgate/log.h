@@ -6,8 +6,6 @@
 
 /* Sets the level below which lines are dropped. Any thread. */
 void tg_log_set_level(enum tg_log_level level);
-/* Parses "debug|info|warn|error"; returns -1 if unknown. */
-int tg_log_parse_level(const char *s, enum tg_log_level *out) TG_WUR;
 
 /* Writes one line "2026-11-24T11:00:00.123Z LEVEL message" to stderr. Any thread;
  * a line is written with one write(2) so lines of threads never interleave. */

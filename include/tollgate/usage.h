@@ -58,6 +58,7 @@ void tg_usage_new_id(char out[TG_REQUEST_ID_LEN]);
 struct tg_sink;
 struct tg_sink_ops {
     const char *name; /* "file", "kafka", "none" */
+    bool discards;    /* keeps nothing: tg_usage_emit does not even build records */
     /* Takes ownership of `json` (malloc'd). `key` is the tenant ("" if none).
      * Returns 0, or -1 if the record could not be kept (it is counted and logged). */
     int (*submit)(struct tg_sink *s, char *json, size_t len, const char *key);
