@@ -601,6 +601,9 @@ int tg_spool_next(struct tg_spool *sp, struct tg_spool_rec *rec, char err[TG_ERR
         sp->records -= lost;
         sp->unread -= lost;
         s->nrec = s->nread;
+        /* Records appended after the damage would sit behind it: new ones go
+         * to a fresh segment. */
+        if (i + 1 == sp->nsegs) close_writer(sp);
         if (s->nacked >= s->nrec && (i + 1 < sp->nsegs || sp->wfd < 0)) {
             s->nacked = s->nrec;
             remove_seg(sp, i);

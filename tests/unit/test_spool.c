@@ -250,6 +250,33 @@ static void test_corrupt_record(void **state)
     tg_spool_close(sp);
 }
 
+/* Damage in the segment still being written, found while reading it: what
+ * comes after the damage is lost, and later records are not (they go to a new
+ * segment instead of behind the damage). */
+static void test_damage_in_open_segment(void **state)
+{
+    struct fixture *f = *state;
+    char path[128];
+    snprintf(path, sizeof(path), "%s/000000000001.spool", f->dir);
+    struct tg_spool *sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 0);
+    append_n(sp, 0, 1, NULL);
+    off_t one = file_size(path);
+    append_n(sp, 1, 2, NULL);
+    int fd = open(path, O_RDWR);
+    char c;
+    assert_int_equal(pread(fd, &c, 1, one + 20), 1);
+    c ^= 0x55;
+    assert_int_equal(pwrite(fd, &c, 1, one + 20), 1);
+    close(fd);
+    expect_next(sp, 0);
+    expect_end(sp); /* records 1 and 2 are behind the damage */
+    append_n(sp, 3, 2, NULL);
+    expect_next(sp, 3);
+    expect_next(sp, 4);
+    expect_end(sp);
+    tg_spool_close(sp);
+}
+
 static void test_reopen_resume(void **state)
 {
     struct fixture *f = *state;
@@ -388,6 +415,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rollover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_record, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_damage_in_open_segment, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_bytes_reject, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop_oldest, setup, teardown),
