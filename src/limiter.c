@@ -480,3 +480,19 @@ size_t tg_limiter_format_error(const struct tg_limit_req *req, const struct tg_l
     }
     return o.len;
 }
+
+int tg_limiter_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
+                     void *arg)
+{
+    struct tg_limit_result res;
+    if (tg_limiter_too_large(req, &res)) {
+        cb(arg, &res);
+        return 0;
+    }
+    if (req->n == 0) {
+        res = (struct tg_limit_result){.status = TG_LIMIT_ALLOWED, .denied = -1};
+        cb(arg, &res);
+        return 0;
+    }
+    return l->ops->check(l, req, cb, arg);
+}

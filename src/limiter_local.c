@@ -139,19 +139,17 @@ static int local_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_
 {
     struct local *lc = (struct local *)l;
     struct tg_limit_result res;
-    if (!tg_limiter_too_large(req, &res)) {
-        struct tg_bucket_param p[TG_MAX_BUCKETS];
-        int64_t level[TG_MAX_BUCKETS];
-        struct locked k;
-        for (size_t i = 0; i < req->n; i++)
-            tg_bucket_param_init(&p[i], req->b[i].limit, lc->divisor, req->b[i].cost_u);
-        if (lock_buckets(lc, req, &k)) {
-            int denied = tg_bucket_check(k.b, p, req->n, tg_now_mono_ms(), level);
-            unlock_all(lc, &k);
-            tg_limiter_result_fill(p, level, req->n, denied, &res);
-        } else {
-            res = (struct tg_limit_result){.status = TG_LIMIT_ERROR, .denied = -1};
-        }
+    struct tg_bucket_param p[TG_MAX_BUCKETS];
+    int64_t level[TG_MAX_BUCKETS];
+    struct locked k;
+    for (size_t i = 0; i < req->n; i++)
+        tg_bucket_param_init(&p[i], req->b[i].limit, lc->divisor, req->b[i].cost_u);
+    if (lock_buckets(lc, req, &k)) {
+        int denied = tg_bucket_check(k.b, p, req->n, tg_now_mono_ms(), level);
+        unlock_all(lc, &k);
+        tg_limiter_result_fill(p, level, req->n, denied, &res);
+    } else {
+        res = (struct tg_limit_result){.status = TG_LIMIT_ERROR, .denied = -1};
     }
     cb(arg, &res);
     return 0;

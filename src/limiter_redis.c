@@ -284,7 +284,7 @@ static void answer_by_policy(struct rl *rl, const struct tg_limit_req *req, tg_l
         cb(arg, &res);
     } else if (rl->fallback) {
         struct trampoline t = {cb, arg};
-        tg_limiter_check(rl->fallback, req, fallback_done, &t);
+        rl->fallback->ops->check(rl->fallback, req, fallback_done, &t); /* already screened */
     } else {
         struct tg_limit_result res = {.status = TG_LIMIT_ALLOWED, .denied = -1, .fallback = true};
         cb(arg, &res);
@@ -841,16 +841,6 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
                     void *arg)
 {
     struct rl *rl = (struct rl *)l;
-    struct tg_limit_result res;
-    if (tg_limiter_too_large(req, &res)) {
-        cb(arg, &res);
-        return 0;
-    }
-    if (req->n == 0) {
-        res = (struct tg_limit_result){.status = TG_LIMIT_ALLOWED, .denied = -1};
-        cb(arg, &res);
-        return 0;
-    }
     struct op *op = NULL;
     if (rl->state == ST_UP && rl->inflight_checks < MAX_INFLIGHT_CHECKS) op = op_get(rl);
     if (!op) {

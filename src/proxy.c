@@ -338,7 +338,7 @@ static void req_release(struct tg_conn *c)
 {
     struct tg_req *r = c->req;
     if (r == NULL) return;
-    if (r->checking) c->w->limiter->ops->cancel(c->w->limiter, c);
+    if (r->checking) tg_limiter_cancel(c->w->limiter, c);
     if (r->acquiring && r->pool) tg_pool_cancel(r->pool, c);
     if (r->up) {
         bufferevent_setcb(tg_upconn_bev(r->up), NULL, NULL, NULL, NULL);

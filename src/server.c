@@ -234,7 +234,7 @@ bool tg_server_ready(struct tg_server *s, char *why, size_t cap)
 {
     for (int i = 0; i < s->nworkers; i++) {
         struct tg_worker *w = &s->workers[i];
-        if (w->limiter && !w->limiter->ops->ready(w->limiter)) {
+        if (w->limiter && !tg_limiter_ready(w->limiter)) {
             snprintf(why, cap, "worker %d: limiter backend %s unreachable", i,
                      w->limiter->ops->name);
             return false;

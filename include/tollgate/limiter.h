@@ -56,7 +56,9 @@ struct tg_limiter_ops {
     const char *name; /* "local", "redis" */
     /* Returns 0 and calls `cb` exactly once (maybe before returning), unless
      * the check is cancelled first. `req` is copied; what it points to must
-     * stay valid until the callback or the cancel. */
+     * stay valid until the callback or the cancel. Called through
+     * tg_limiter_check only: req has at least one bucket and no cost above a
+     * capacity. */
     int (*check)(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb, void *arg);
     /* delta_u[i] = actual − estimate for req->b[i]; positive charges, negative refunds. */
     void (*settle)(struct tg_limiter *l, const struct tg_limit_req *req, const int64_t *delta_u);
@@ -165,11 +167,11 @@ size_t tg_limiter_format_error(const struct tg_limit_req *req, const struct tg_l
 /* Formats a duration as OpenAI does: "120ms", "1s", "1.5s", "6m0s", "1h2m3s". */
 size_t tg_limiter_format_duration(int64_t ms, char *out, size_t cap);
 
-static inline int tg_limiter_check(struct tg_limiter *l, const struct tg_limit_req *req,
-                                   tg_limiter_cb cb, void *arg)
-{
-    return l->ops->check(l, req, cb, arg);
-}
+/* Checks a request: a cost above some bucket's capacity (TOO_LARGE) and a
+ * request with no buckets (ALLOWED) are answered here, for every backend;
+ * the rest goes to the backend. The callback may run before this returns. */
+int tg_limiter_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
+                     void *arg);
 
 static inline void tg_limiter_settle(struct tg_limiter *l, const struct tg_limit_req *req,
                                      const int64_t *delta_u)
