@@ -11,8 +11,8 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include "tollgate/admin.h"
+#include "tollgate/auth.h"
 #include "tollgate/metrics.h"
 
 /* The admin listener serves operators and scrapers: small limits are plenty. */
@@ -33,36 +33,25 @@ struct tg_admin {
     uint8_t token_digest[32]; /* SHA-256 of the token: equal-length constant-time compare */
 };
 
-static void sha256(const char *s, size_t len, uint8_t out[32])
-{
-    unsigned int n = 32;
-    if (EVP_Digest(s, len, out, &n, EVP_sha256(), NULL) != 1) memset(out, 0, 32);
-}
-
 void tg_admin_set_token(struct tg_admin *a, const char *token)
 {
     a->have_token = token != NULL && token[0] != '\0';
     if (a->have_token)
-        sha256(token, strlen(token), a->token_digest);
+        tg_auth_hash(token, strlen(token), a->token_digest);
     else
         memset(a->token_digest, 0, sizeof(a->token_digest));
 }
 
-/* `Authorization: Bearer <token>`, scheme case-insensitive (RFC 7235). */
+/* `Authorization: Bearer <token>`, parsed as the API keys are. */
 static bool authorized(const struct tg_admin *a, struct evhttp_request *req)
 {
     if (!a->have_token) return true;
     const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-    if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0) return false;
-    h += 7;
-    while (*h == ' ')
-        h++;
-    size_t len = strlen(h);
-    while (len > 0 && (h[len - 1] == ' ' || h[len - 1] == '\t'))
-        len--;
-    if (len == 0) return false;
+    const char *tok;
+    size_t len;
+    if (h == NULL || !tg_auth_bearer(h, strlen(h), &tok, &len)) return false;
     uint8_t d[32];
-    sha256(h, len, d);
+    tg_auth_hash(tok, len, d);
     return CRYPTO_memcmp(d, a->token_digest, sizeof(d)) == 0;
 }
 

@@ -117,25 +117,35 @@ static bool is_blank(char c)
     return c == ' ' || c == '\t';
 }
 
-const struct tg_tenant *tg_auth_lookup(const struct tg_config *cfg, const char *header, size_t len,
-                                       uint8_t digest[32])
+bool tg_auth_bearer(const char *header, size_t len, const char **token, size_t *toklen)
 {
-    if (!header || cfg->nkeys == 0) return NULL;
+    if (!header) return false;
     const char *p = header, *end = header + len;
     while (p < end && is_blank(*p))
         p++;
     while (end > p && is_blank(end[-1]))
         end--;
-    if (end - p < 7 || strncasecmp(p, "bearer", 6) != 0 || !is_blank(p[6])) return NULL;
+    if (end - p < 7 || strncasecmp(p, "bearer", 6) != 0 || !is_blank(p[6])) return false;
     p += 7;
     while (p < end && is_blank(*p))
         p++;
-    if (p == end) return NULL;
+    if (p == end) return false;
     for (const char *q = p; q < end; q++) {
-        if (is_blank(*q)) return NULL;
+        if (is_blank(*q)) return false;
     }
+    *token = p;
+    *toklen = (size_t)(end - p);
+    return true;
+}
+
+const struct tg_tenant *tg_auth_lookup(const struct tg_config *cfg, const char *header, size_t len,
+                                       uint8_t digest[32])
+{
+    const char *tok;
+    size_t toklen;
+    if (cfg->nkeys == 0 || !tg_auth_bearer(header, len, &tok, &toklen)) return NULL;
     uint8_t d[32];
-    tg_auth_hash(p, (size_t)(end - p), d);
+    tg_auth_hash(tok, toklen, d);
     const struct tg_key *k = tg_auth_find(cfg, d);
     if (!k) return NULL;
     if (digest) memcpy(digest, d, 32);
