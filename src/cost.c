@@ -723,8 +723,10 @@ static void add_text(struct prompt *pr, struct span s)
 }
 
 /* A message's content: a string, null, or an array of parts whose `text` counts. */
-static int count_content(struct span content, const char *param, struct prompt *pr,
-                         char err[TG_ERR_LEN])
+/* Adds the text of a content value (a string, or an array of parts); returns
+ * -1, writing nothing, when it is neither: the caller names the parameter
+ * (formatted only then, not for every message). */
+static int count_content(struct span content, struct prompt *pr)
 {
     struct jit it;
     struct span part;
@@ -734,7 +736,7 @@ static int count_content(struct span content, const char *param, struct prompt *
         add_text(pr, content);
         return 0;
     }
-    if (t != J_ARRAY) return bad_type(err, param, "a string or an array", content);
+    if (t != J_ARRAY) return -1;
     jopen(&it, content.v, content.ve, '[');
     while (jelement(&it, &part.v, &part.ve)) {
         struct span text = *part.v == '{' ? find(part, "text") : (struct span){NULL, NULL};
@@ -755,8 +757,11 @@ static int count_messages(struct span msgs, struct prompt *pr, char err[TG_ERR_L
             snprintf(param, sizeof param, "messages[%zu]", i);
             return bad_type(err, param, "an object", m);
         }
-        snprintf(param, sizeof param, "messages[%zu].content", i);
-        if (count_content(find(m, "content"), param, pr, err) < 0) return -1;
+        struct span content = find(m, "content");
+        if (count_content(content, pr) < 0) {
+            snprintf(param, sizeof param, "messages[%zu].content", i);
+            return bad_type(err, param, "a string or an array", content);
+        }
     }
     return 0;
 }
@@ -776,7 +781,6 @@ static int count_inputs(struct span v, const char *name, struct prompt *pr, char
     if (t != J_ARRAY) return bad_type(err, name, "a string or an array", v);
     jopen(&it, v.v, v.ve, '[');
     for (size_t i = 0; jelement(&it, &el.v, &el.ve); i++) {
-        snprintf(param, sizeof param, "%s[%zu]", name, i);
         switch (jtype_of(el)) {
         case J_STRING:
             add_text(pr, el);
@@ -797,10 +801,14 @@ static int count_inputs(struct span v, const char *name, struct prompt *pr, char
         case J_OBJECT: {
             struct span text = find(el, "text"), content = find(el, "content");
             if (text.v && jtype_of(text) == J_STRING) add_text(pr, text);
-            if (count_content(content, param, pr, err) < 0) return -1;
+            if (count_content(content, pr) < 0) {
+                snprintf(param, sizeof param, "%s[%zu]", name, i);
+                return bad_type(err, param, "a string or an array", content);
+            }
             break;
         }
         default:
+            snprintf(param, sizeof param, "%s[%zu]", name, i);
             return bad_type(err, param, "a string, an integer or an array", el);
         }
     }

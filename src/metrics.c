@@ -54,14 +54,25 @@ static struct table *tables;   /* every thread's table, never freed */
 static struct table global_tb; /* tg_metrics_set, guarded by its own mutex */
 static __thread struct table *my_table;
 
+/* Label counts, counted once from the declarations (they never change). */
+static size_t label_count[TG_M_COUNT];
+static pthread_once_t label_count_once = PTHREAD_ONCE_INIT;
+
+static void count_labels(void)
+{
+    for (int m = 0; m < TG_M_COUNT; m++) {
+        const char *l = defs[m].labels;
+        size_t n = *l != '\0';
+        for (; *l; l++)
+            n += *l == ',';
+        label_count[m] = n;
+    }
+}
+
 static size_t nlabels(enum tg_metric m)
 {
-    const char *l = defs[m].labels;
-    if (*l == '\0') return 0;
-    size_t n = 1;
-    for (; *l; l++)
-        n += *l == ',';
-    return n;
+    pthread_once(&label_count_once, count_labels);
+    return label_count[m];
 }
 
 /* Joins the label values with '\x1f' into out[KEY_MAX]; a '\x1f' inside a value

@@ -33,26 +33,12 @@ static char *put_lit(char *p, const char *s, size_t n)
 }
 #define PUT(p, lit) ((p) = put_lit((p), (lit), sizeof(lit) - 1))
 
-static char *put_u64(char *p, uint64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
-}
-
 static char *put_i64(char *p, int64_t v)
 {
-    if (v < 0) {
-        *p++ = '-';
-        return put_u64(p, (uint64_t)0 - (uint64_t)v);
-    }
-    return put_u64(p, (uint64_t)v);
+    char d[24];
+    size_t n;
+    const char *digits = tg_fmt_int(d, (long long)v, &n);
+    return put_lit(p, digits, n);
 }
 
 /* Micro-units as units: "4108", "0.5", "1.000001" (at most 6 decimals, no
@@ -64,7 +50,7 @@ static char *put_micro(char *p, int64_t v)
         *p++ = '-';
         a = (uint64_t)0 - a;
     }
-    p = put_u64(p, a / (uint64_t)TG_MICRO);
+    p = put_i64(p, (int64_t)(a / (uint64_t)TG_MICRO));
     uint64_t f = a % (uint64_t)TG_MICRO;
     if (f == 0) return p;
     char d[6];
@@ -94,7 +80,7 @@ static char *put_fixed1(char *p, double v)
         *p++ = '-';
         t = -t;
     }
-    p = put_u64(p, (uint64_t)t / 10);
+    p = put_i64(p, t / 10);
     *p++ = '.';
     *p++ = (char)('0' + t % 10);
     return p;
@@ -182,7 +168,11 @@ static char *put_cost(char *p, const struct tg_cost *c)
     return p;
 }
 
-static const char *const decision_names[] = {"allowed", "limited", "rejected", "error"};
+static const char *decision_name(enum tg_decision d)
+{
+    static const char *const names[] = {"allowed", "limited", "rejected", "error"};
+    return (unsigned)d < TG_ARRAY_LEN(names) ? names[d] : "error";
+}
 
 static size_t opt_len(const char *s)
 {
@@ -219,9 +209,7 @@ char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len)
     PUT(p, ",\"stream\":");
     p = put_bool(p, r->stream);
     PUT(p, ",\"decision\":\"");
-    const char *d = (unsigned)r->decision < TG_ARRAY_LEN(decision_names)
-                        ? decision_names[r->decision]
-                        : "error";
+    const char *d = decision_name(r->decision);
     p = put_lit(p, d, strlen(d));
     PUT(p, "\",\"limit\":");
     p = put_str_or_null(p, r->limit, ll, r->limit == NULL);
@@ -281,9 +269,7 @@ size_t tg_usage_access_line(const struct tg_usage_record *r, char *out, size_t c
     PUT(p, ",\"status\":");
     p = put_i64(p, r->status);
     PUT(p, ",\"decision\":\"");
-    const char *d = (unsigned)r->decision < TG_ARRAY_LEN(decision_names)
-                        ? decision_names[r->decision]
-                        : "error";
+    const char *d = decision_name(r->decision);
     p = put_lit(p, d, strlen(d));
     PUT(p, "\",\"latency_ms\":");
     p = put_fixed1(p, r->latency_ms);
@@ -400,7 +386,6 @@ struct tg_sink *tg_sink_create(const struct tg_config *cfg, struct event_base *b
     snprintf(err, TG_ERR_LEN, "usage.sink: unknown sink %d", (int)cfg->usage.sink);
     return NULL;
 }
-
 
 bool tg_usage_log_due(int64_t *last_ms)
 {
