@@ -100,8 +100,12 @@ bench() { # $1 = port -> "rps p99ms"
   local rps p99
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
+  # A fast error is no throughput: any non-2xx reply or socket error fails the run.
   local errs; errs=$(awk '/Non-2xx/ {print $4}' <<<"$out")
-  [ -n "$errs" ] && echo "warning: $errs non-2xx replies on port $1" >&2
+  if [ -n "$errs" ] || grep -q "Socket errors" <<<"$out"; then
+    echo "error: port $1 answered with errors: $(grep -E 'Non-2xx|Socket errors' <<<"$out")" >&2
+    exit 1
+  fi
   echo "$rps $p99"
 }
 
