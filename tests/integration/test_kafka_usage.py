@@ -342,6 +342,7 @@ def test_sigkill_with_fsync_always_loses_no_answered_record():
     load = Load(tg.port, threads=3, stop_on_error=True, pause=0.002)
     # longer than message.timeout.ms: what the producer held when the brokers went away is
     # in the spool by now, and new records go there directly
+    time.sleep(2.5)  # load while the brokers are down
     h.wait_until(lambda: counts(tg)["spooled"] > 0, 10, what="records spooled")
     tg.kill()
     answered.update(load.stop())
