@@ -343,7 +343,8 @@ def test_sigkill_with_fsync_always_loses_no_answered_record():
     # longer than message.timeout.ms: what the producer held when the brokers went away is
     # in the spool by now, and new records go there directly
     time.sleep(2.5)  # load while the brokers are down
-    h.wait_until(lambda: counts(tg)["spooled"] > 0, 10, what="records spooled")
+    c = h.wait_until(lambda: (lambda c: c if c["spooled"] > 0 else None)(counts(tg)), 10,
+                     what="records spooled")
     tg.kill()
     answered.update(load.stop())
     assert len(answered) > 50, len(answered)
