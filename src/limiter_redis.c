@@ -583,23 +583,31 @@ static int resend_after_noscript(struct rl *rl, struct op *op)
     return send_op(rl, op, rl->timeout_ms);
 }
 
-/* Reads one check's answer at element `*at` of a batch reply. */
-static bool parse_check(const struct op *op, const redisReply *r, size_t *at,
-                        struct tg_limit_result *res)
+/* Reads a batch reply {now_ms, allowed, level_1..level_nk} into the levels
+ * before the batch (as doubles: Lua's numbers). */
+static bool parse_batch(const struct op *batch, const redisReply *r, double *lv,
+                        long long *allowed)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 + batch->nkeys) return false;
+    for (size_t i = 0; i < r->elements; i++)
+        if (r->element[i]->type != REDIS_REPLY_INTEGER) return false;
+    *allowed = r->element[1]->integer;
+    for (size_t k = 0; k < batch->nkeys; k++)
+        lv[k] = (double)r->element[2 + k]->integer;
+    return true;
+}
+
+/* Judges one check of a batch on the levels `lv` exactly as bucket.lua did, in
+ * the same double arithmetic, charging `lv` if it is allowed. Returns the index
+ * of the first denying bucket of the check, or -1 if it is allowed. */
+static int replay_check(const struct op *op, double *lv)
 {
     size_t n = op->req.n;
-    if (*at + 2 + n > r->elements) return false;
-    redisReply **e = r->element + *at;
-    for (size_t i = 0; i < 2 + n; i++)
-        if (e[i]->type != REDIS_REPLY_INTEGER) return false;
-    long long denied = e[1]->integer;
-    if ((e[0]->integer == 1) != (denied == 0) || denied < 0 || denied > (long long)n) return false;
-    int64_t level[TG_MAX_BUCKETS];
     for (size_t i = 0; i < n; i++)
-        level[i] = e[2 + i]->integer;
-    tg_limiter_result_fill(op->p, level, n, (int)denied - 1, res);
-    *at += 2 + n;
-    return true;
+        if (lv[op->kidx[i] - 1] < (double)op->p[i].cost_u) return (int)i;
+    for (size_t i = 0; i < n; i++)
+        lv[op->kidx[i] - 1] -= (double)op->p[i].cost_u;
+    return -1;
 }
 
 /* Answers one check: from Redis (res != NULL) or by the failure policy. */
@@ -632,24 +640,37 @@ static void finish_batch(struct rl *rl, struct op *batch, const redisReply *r)
         else if (resend_after_noscript(rl, batch) == 0)
             return;
     }
-    bool ok = r && !is_noscript(r) && r->type == REDIS_REPLY_ARRAY && r->elements >= 1;
-    size_t at = 1;
+    double lv0[TG_MAX_BUCKETS], lv[TG_MAX_BUCKETS];
+    long long allowed = 0, replayed = 0;
+    bool ok = r && !is_noscript(r) && parse_batch(batch, r, lv0, &allowed);
     struct op *m = batch->members;
     batch->members = NULL;
     op_put(rl, batch);
-    bool counted = r && is_noscript(r); /* resend_after_noscript counted it */
+    if (ok) { /* the replay must count the allowed checks Redis counted */
+        memcpy(lv, lv0, sizeof(lv));
+        for (const struct op *c = m; c; c = c->mnext)
+            replayed += replay_check(c, lv) < 0;
+        ok = replayed == allowed;
+        memcpy(lv, lv0, sizeof(lv));
+    }
+    if (!ok && r && !is_noscript(r)) count_error("reply", 1); /* NOSCRIPT: counted on resend */
     while (m) {
         struct op *next = m->mnext;
-        struct tg_limit_result res;
-        ok = ok && parse_check(m, r, &at, &res);
-        if (!ok && r && !counted) {
-            count_error("reply", 1);
-            counted = true;
+        if (ok) {
+            struct tg_limit_result res;
+            int denied = replay_check(m, lv);
+            int64_t level[TG_MAX_BUCKETS];
+            for (size_t i = 0; i < m->req.n; i++)
+                level[i] = (int64_t)lv[m->kidx[i] - 1];
+            tg_limiter_result_fill(m->p, level, m->req.n, denied, &res);
+            answer_check(rl, m, &res);
+        } else {
+            answer_check(rl, m, NULL);
         }
-        answer_check(rl, m, ok ? &res : NULL);
         m = next;
     }
 }
+
 static void finish_settle(struct rl *rl, struct op *op, const redisReply *r)
 {
     if (r && is_noscript(r) && resend_after_noscript(rl, op) == 0) return;
@@ -738,9 +759,8 @@ static void build_batch(struct rl *rl, struct op *batch)
 {
     const struct op *kop[TG_MAX_BUCKETS]; /* which check holds each distinct key */
     uint8_t kb[TG_MAX_BUCKETS];
-    size_t nk = 0, nargs_checks = 0, m = 0;
+    size_t nk = 0, m = 0;
     for (struct op *c = batch->members; c; c = c->mnext, m++) {
-        nargs_checks += 1 + 2 * c->req.n;
         for (size_t i = 0; i < c->req.n; i++) {
             const char *key = c->cmd.p + c->key_off[i];
             size_t k = 0;
@@ -756,7 +776,7 @@ static void build_batch(struct rl *rl, struct op *batch)
         }
     }
     struct buf *b = &batch->cmd;
-    resp_head(b, '*', 3 + nk + 1 + 3 * nk + 1 + nargs_checks);
+    resp_head(b, '*', 3 + nk + 1 + 3 * nk + 1 + m * nk);
     resp_bulk(b, "EVALSHA", 7);
     resp_bulk(b, rl->sha[SC_BUCKET], 40);
     resp_int(b, (int64_t)nk);
@@ -774,12 +794,15 @@ static void build_batch(struct rl *rl, struct op *batch)
     }
     resp_int(b, (int64_t)m);
     for (struct op *c = batch->members; c; c = c->mnext) {
-        resp_int(b, (int64_t)c->req.n);
-        for (size_t i = 0; i < c->req.n; i++) {
-            resp_int(b, c->kidx[i]);
-            resp_int(b, c->p[i].cost_u);
-        }
+        int64_t row[TG_MAX_BUCKETS];
+        for (size_t k = 0; k < nk; k++)
+            row[k] = -1; /* bucket not used by this check */
+        for (size_t i = 0; i < c->req.n; i++)
+            row[c->kidx[i] - 1] = c->p[i].cost_u;
+        for (size_t k = 0; k < nk; k++)
+            resp_int(b, row[k]);
     }
+    batch->nkeys = nk;
 }
 
 /* Checks that arrived in one turn of the loop: one call per tenant. */

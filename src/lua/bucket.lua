@@ -10,15 +10,19 @@
 --          key is a full bucket.
 -- ARGV[1]  "" in production; tests only: a fixed clock in ms used instead of TIME.
 -- ARGV     for KEYS[k], ARGV[3k-1..3k+1] = capacity_u, rate (units per per_ms,
---          "%.17g"), per_ms. Then m = the number of checks, and for each check
---          nb followed by nb pairs (index into KEYS, cost_u).
--- Returns  {now_ms, then per check: allowed 1|0, first denying bucket of the
---          check (1-based) or 0, level_1..level_nb}: the levels after that check
---          (charged if allowed; refilled, and not stored, if denied). A denied
---          check writes nothing; a bucket no allowed check charged is not written.
+--          "%.17g"), per_ms. Then m = the number of checks, then m rows of nk
+--          costs: row j, column k = the cost_u of check j on KEYS[k], or -1 when
+--          check j does not use that bucket.
+-- Returns  {now_ms, allowed, level_1..level_nk}: how many checks were allowed and
+--          the levels before the first check (refilled, not yet charged). The
+--          gateway replays the checks on these levels with the same arithmetic
+--          (doubles, as Lua's numbers) to learn each check's answer and levels;
+--          `allowed` lets it verify the replay. A denied check writes nothing; a
+--          bucket no allowed check charged is not written.
 -- Every written key expires when it would be full again (+ margin).
--- The C twin is tg_bucket_refill/tg_bucket_check in src/limiter.c: change both
--- together, operation for operation, or the parity test fails.
+-- The C twin is tg_bucket_refill/tg_bucket_check in src/limiter.c and the replay
+-- in src/limiter_redis.c: change them together, operation for operation, or the
+-- parity test fails.
 local MARGIN_MS = 1000
 local nk = #KEYS
 local now
@@ -58,30 +62,33 @@ for k = 1, nk do
     level[k] = refill(KEYS[k], cap[k], rate[k], per[k])
 end
 
-local out = {now}
+local out = {now, 0}
+for k = 1, nk do out[k + 2] = level[k] end
 local a = 3 * nk + 2
 local m = tonumber(ARGV[a])
-a = a + 1
+local allowed = 0
 for _ = 1, m do
-    local nb = tonumber(ARGV[a])
-    a = a + 1
-    local idx, cost, denied = {}, {}, 0
-    for i = 1, nb do
-        idx[i] = tonumber(ARGV[a])
-        cost[i] = tonumber(ARGV[a + 1])
-        a = a + 2
-        if denied == 0 and level[idx[i]] < cost[i] then denied = i end
-    end
-    if denied == 0 then
-        for i = 1, nb do
-            level[idx[i]] = level[idx[i]] - cost[i]
-            dirty[idx[i]] = true
+    local ok = true
+    for k = 1, nk do
+        local c = tonumber(ARGV[a + k])
+        if c >= 0 and level[k] < c then
+            ok = false
+            break
         end
     end
-    out[#out + 1] = denied == 0 and 1 or 0
-    out[#out + 1] = denied
-    for i = 1, nb do out[#out + 1] = level[idx[i]] end
+    if ok then
+        allowed = allowed + 1
+        for k = 1, nk do
+            local c = tonumber(ARGV[a + k])
+            if c >= 0 then
+                level[k] = level[k] - c
+                dirty[k] = true
+            end
+        end
+    end
+    a = a + nk
 end
+out[2] = allowed
 for k = 1, nk do
     if dirty[k] then store(KEYS[k], level[k], cap[k], rate[k], per[k]) end
 end
