@@ -231,6 +231,16 @@ static void list_remove(struct rl *rl, struct op *op)
 
 static void on_reply(redisAsyncContext *ac, void *r, void *priv);
 
+/* Writes the commands queued in this turn of the loop now, instead of waiting
+ * for EPOLLOUT in the next turn: one turn less of latency, and hiredis's write
+ * event is turned on and off within the turn, which costs no epoll_ctl with the
+ * worker's changelist. A failed write disconnects and answers every command
+ * queued so far through its callback, so it comes after every queueing. */
+static void write_now(struct rl *rl)
+{
+    if (rl->ac && rl->state == ST_UP) redisAsyncHandleWrite(rl->ac);
+}
+
 static void arm_deadline(struct rl *rl, int64_t at_ms, int64_t now_ms)
 {
     int64_t in = at_ms > now_ms ? at_ms - now_ms : 0;
@@ -548,6 +558,7 @@ static void flush_settles(struct rl *rl)
     }
     rl->nps = 0;
     rl->arena.len = 0;
+    write_now(rl);
 }
 
 /* An abandoned check that Redis allowed: give everything back, requests units
@@ -858,6 +869,7 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
         build_batch(rl, batch);
         if (send_op(rl, batch, rl->timeout_ms) != 0) finish_batch(rl, batch, NULL);
     }
+    write_now(rl);
 }
 
 static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,

@@ -141,6 +141,11 @@ struct tg_conn {
     struct bufferevent *bev; /* its evbuffers, writes and events; reads: rev */
     struct event *rev;       /* EV_READ on the socket: see client_sock_read */
     bool reading;            /* rev is added */
+    /* The upstream connection of the request under way, when it is plain TCP,
+     * is read the same way (urev); a TLS one reads through its bufferevent. */
+    struct event *urev;
+    bool uplain, ureading;
+    struct timeval utv; /* the upstream's response timeout, between reads */
     struct event *timer;
     char peer[INET6_ADDRSTRLEN];
     enum conn_state state;
@@ -265,6 +270,7 @@ static int64_t now_us(void)
 
 static void client_read_cb(struct bufferevent *bev, void *arg);
 static void client_sock_read(evutil_socket_t fd, short what, void *arg);
+static void up_sock_read(evutil_socket_t fd, short what, void *arg);
 static void client_write_cb(struct bufferevent *bev, void *arg);
 static void client_event_cb(struct bufferevent *bev, short what, void *arg);
 static void up_read_cb(struct bufferevent *bev, void *arg);
@@ -313,30 +319,114 @@ static void client_reading(struct tg_conn *c, bool on)
 
 #define CLIENT_READ_CHUNK 4096
 
-static void client_sock_read(evutil_socket_t fd, short what, void *arg)
+/* Reads what is readable on `fd` into `in` (at most `chunk` bytes): > 0 bytes
+ * read, 0 at the end of the stream, -1 on an error, -2 when nothing was ready. */
+static ssize_t sock_read(evutil_socket_t fd, struct evbuffer *in, size_t chunk)
 {
-    (void)what;
-    struct tg_conn *c = arg;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer_iovec v;
     ssize_t n = -1;
     int err = ENOMEM;
     /* A socket bufferevent keeps its input's end frozen except while it reads
      * itself; this is that read. */
     evbuffer_unfreeze(in, 0);
-    if (evbuffer_reserve_space(in, CLIENT_READ_CHUNK, &v, 1) >= 1) {
-        n = recv(fd, v.iov_base, v.iov_len, 0);
+    if (evbuffer_reserve_space(in, (ev_ssize_t)chunk, &v, 1) >= 1) {
+        n = recv(fd, v.iov_base, v.iov_len < chunk ? v.iov_len : chunk, 0);
         err = errno;
         v.iov_len = n > 0 ? (size_t)n : 0;
         evbuffer_commit_space(in, &v, 1);
     }
     evbuffer_freeze(in, 0);
-    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) return;
+    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)) return -2;
+    return n;
+}
+
+static void client_sock_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct tg_conn *c = arg;
+    ssize_t n = sock_read(fd, bufferevent_get_input(c->bev), CLIENT_READ_CHUNK);
+    if (n == -2) return;
     if (n <= 0) {
         client_event_cb(c->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), c);
         return;
     }
     client_read_cb(c->bev, c);
+}
+
+/* Turns reading from the upstream on or off. */
+static void up_reading(struct tg_conn *c, bool on)
+{
+    if (!c->uplain) {
+        struct bufferevent *ub = tg_upconn_bev(c->req->up);
+        if (on)
+            bufferevent_enable(ub, EV_READ);
+        else
+            bufferevent_disable(ub, EV_READ);
+        return;
+    }
+    if (on == c->ureading) return;
+    c->ureading = on;
+    if (on)
+        event_add(c->urev, &c->utv);
+    else
+        event_del(c->urev);
+}
+
+/* Starts reading the upstream connection just acquired for this request. */
+static bool up_attach(struct tg_conn *c, struct tg_upconn *up, const struct timeval *tv)
+{
+    struct bufferevent *ub = tg_upconn_bev(up);
+    c->uplain = !tg_upconn_tls(up);
+    c->ureading = false;
+    c->utv = *tv;
+    if (c->uplain) {
+        if (c->urev == NULL && (c->urev = event_new(c->w->base, -1, 0, NULL, NULL)) == NULL)
+            return false;
+        event_assign(c->urev, c->w->base, bufferevent_getfd(ub), EV_READ | EV_PERSIST,
+                     up_sock_read, c);
+        /* Added before the bufferevent's own read (left on by the pool) is
+         * turned off, so that the socket's epoll interest never changes. */
+        up_reading(c, true);
+        bufferevent_disable(ub, EV_READ);
+    } else {
+        bufferevent_setwatermark(ub, EV_READ, 0, UPSTREAM_READ_MAX);
+        bufferevent_set_timeouts(ub, tv, NULL);
+        bufferevent_enable(ub, EV_READ);
+    }
+    return true;
+}
+
+/* Stops reading an upstream connection before it goes back to its pool. The
+ * bufferevent's read is turned on before our event is deleted, for the same
+ * reason as in up_attach: the pool watches idle connections with it. */
+static void up_detach(struct tg_conn *c, struct tg_upconn *up)
+{
+    struct bufferevent *ub = tg_upconn_bev(up);
+    if (c->uplain && c->ureading) {
+        bufferevent_enable(ub, EV_READ);
+        event_del(c->urev);
+        c->ureading = false;
+    }
+    bufferevent_setcb(ub, NULL, NULL, NULL, NULL);
+}
+
+#define UPSTREAM_READ_CHUNK (16 * 1024)
+
+static void up_sock_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct tg_conn *c = arg;
+    struct bufferevent *ub = tg_upconn_bev(c->req->up);
+    if (what & EV_TIMEOUT) {
+        up_event_cb(ub, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, c);
+        return;
+    }
+    ssize_t n = sock_read(fd, bufferevent_get_input(ub), UPSTREAM_READ_CHUNK);
+    if (n == -2) return;
+    if (n <= 0) {
+        up_event_cb(ub, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), c);
+        return;
+    }
+    up_read_cb(ub, c);
 }
 
 /* ---- connection lifecycle ---- */
@@ -389,7 +479,7 @@ static void req_release(struct tg_conn *c)
     if (r->checking) tg_limiter_cancel(c->w->limiter, c);
     if (r->acquiring && r->pool) tg_pool_cancel(r->pool, c);
     if (r->up) {
-        bufferevent_setcb(tg_upconn_bev(r->up), NULL, NULL, NULL, NULL);
+        up_detach(c, r->up);
         tg_pool_release(r->up, false);
     }
     r->checking = r->acquiring = false;
@@ -418,6 +508,7 @@ static void conn_free(struct tg_conn *c)
     if (c->next) c->next->prev = c->prev;
     event_free(c->timer);
     event_free(c->rev);
+    if (c->urev) event_free(c->urev);
     bufferevent_free(c->bev);
     tg_metrics_add(TG_M_CONNECTIONS, side_client, -1);
     free(c);
@@ -1035,12 +1126,18 @@ static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool tim
     if (r->tup_us == 0) r->tup_us = now_us();
     struct bufferevent *ub = tg_upconn_bev(up);
     bufferevent_setcb(ub, up_read_cb, up_write_cb, up_event_cb, c);
-    bufferevent_setwatermark(ub, EV_READ, 0, UPSTREAM_READ_MAX);
     int ms = r->route->upstream->response_timeout_ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    bufferevent_set_timeouts(ub, &tv, NULL);
     bufferevent_disable(ub, EV_WRITE);
-    bufferevent_enable(ub, EV_READ);
+    if (!up_attach(c, up, &tv)) {
+        r->up = NULL;
+        bufferevent_setcb(ub, NULL, NULL, NULL, NULL);
+        tg_pool_release(up, false);
+        r->upstream_failed = true;
+        reply_error(c, 502, "server_error", "upstream_unavailable",
+                    "The upstream model server could not be reached.", false, TG_DECISION_ERROR);
+        return;
+    }
     write_request(c);
     flush_out(ub, !tg_upconn_tls(up));
 }
@@ -1138,7 +1235,7 @@ static void resp_complete(struct tg_conn *c)
     }
     struct tg_upconn *up = r->up;
     r->up = NULL;
-    bufferevent_setcb(tg_upconn_bev(up), NULL, NULL, NULL, NULL);
+    up_detach(c, up);
     tg_pool_release(up, r->umsg.keep_alive);
     req_finish(c, r->upstream_failed ? TG_DECISION_ERROR : TG_DECISION_ALLOWED);
 }
@@ -1184,7 +1281,7 @@ static void pump_body(struct tg_conn *c)
     flush_out(c->bev, true);
     if (evbuffer_get_length(out) > CLIENT_HIGH_WATER && !r->paused) {
         r->paused = true;
-        bufferevent_disable(ub, EV_READ);
+        up_reading(c, false);
     }
 }
 
@@ -1246,7 +1343,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
     struct tg_upconn *up = r->up;
     bool reused = tg_upconn_reused(up);
     r->up = NULL;
-    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+    up_detach(c, up);
     tg_pool_release(up, false);
     if (!r->resp_head && r->up_bytes == 0 && reused && !r->retried && !(what & BEV_EVENT_TIMEOUT)) {
         /* A stale keep-alive connection: once more on a fresh one. */
@@ -1291,7 +1388,7 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
     if (drained) bufferevent_disable(bev, EV_WRITE);
     if (r && r->paused && r->up) {
         r->paused = false;
-        bufferevent_enable(tg_upconn_bev(r->up), EV_READ);
+        up_reading(c, true);
         pump_body(c);
     }
 }

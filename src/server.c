@@ -142,6 +142,11 @@ struct tg_server *tg_server_create(struct tg_config *cfg, struct tg_sink *sink,
         pthread_mutex_init(&w->mu, NULL);
         struct event_config *ec = event_config_new();
         event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        /* epoll changes wait for the next epoll_wait, so that an event turned on
+         * and off again within one turn of the loop (hiredis's write event around
+         * each command, for one) costs no epoll_ctl. No descriptor here is dup()ed,
+         * the case in which libevent warns against the changelist. */
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
         w->base = event_base_new_with_config(ec);
         event_config_free(ec);
         w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
