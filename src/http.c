@@ -1,4 +1,4 @@
-/* The HTTP/1.1 codec: libhttp-parser behind one module, for requests and replies. */
+/* The HTTP/1.1 codec: a fast path for plain heads, libhttp-parser for everything else. */
 #include <string.h>
 #include <strings.h>
 #include <sys/types.h>
@@ -96,7 +96,185 @@ void tg_http_msg_init(struct tg_http_msg *m, enum http_parser_type type, tg_http
     m->content_length = -1;
 }
 
+/* ---- the fast path ----
+ * Most heads are plain: a common method and an origin-form target, HTTP/1.0 or
+ * 1.1, token names, printable values, Content-Length or no body. Those are read
+ * here in one pass, several times faster than http-parser's byte-at-a-time
+ * state machine with a callback per piece. Anything else (Transfer-Encoding,
+ * Upgrade, a Connection header other than close/keep-alive, an interim or
+ * body-less reply, obs-fold, bytes outside the plain set, a duplicate
+ * Content-Length, ...) makes it give up without a verdict, and http-parser
+ * judges the head as before: the fast path accepts a subset of what
+ * http-parser accepts and reads it the same way (test_http holds the two to
+ * the same results). */
+
+static bool tchar(unsigned char ch)
+{
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch != 0 && memchr(extra, ch, sizeof(extra) - 1) != NULL);
+}
+
+static bool url_char(unsigned char ch)
+{
+    static const char extra[] = "-._~:/?@!$&'()*+,;=%";
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch != 0 && memchr(extra, ch, sizeof(extra) - 1) != NULL);
+}
+
+static bool lit_is(const char *p, size_t len, const char *lit)
+{
+    return strncasecmp(p, lit, len) == 0 && lit[len] == '\0';
+}
+
+/* "HTTP/1.0" or "HTTP/1.1" at p (8 bytes available). */
+static bool version(struct tg_http_msg *m, const char *p)
+{
+    if (memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1')) return false;
+    m->parser.http_major = 1;
+    m->parser.http_minor = (unsigned short)(p[7] - '0');
+    return true;
+}
+
+static const char *request_line(struct tg_http_msg *m, const char *p, const char *end)
+{
+    static const struct {
+        const char *name;
+        size_t len;
+        enum http_method method;
+    } methods[] = {{"POST ", 5, HTTP_POST},     {"GET ", 4, HTTP_GET},
+                   {"PUT ", 4, HTTP_PUT},       {"DELETE ", 7, HTTP_DELETE},
+                   {"HEAD ", 5, HTTP_HEAD},     {"PATCH ", 6, HTTP_PATCH},
+                   {"OPTIONS ", 8, HTTP_OPTIONS}};
+    size_t i = 0, n = sizeof(methods) / sizeof(methods[0]);
+    while (i < n && !((size_t)(end - p) > methods[i].len &&
+                      memcmp(p, methods[i].name, methods[i].len) == 0))
+        i++;
+    if (i == n) return NULL;
+    m->parser.method = methods[i].method;
+    p += methods[i].len;
+    const char *url = p;
+    if (p >= end || *p != '/') return NULL;
+    while (p < end && url_char((unsigned char)*p))
+        p++;
+    if (end - p < 11 || *p != ' ' || !version(m, p + 1) || p[9] != '\r' || p[10] != '\n')
+        return NULL;
+    m->url = url;
+    m->url_len = (uint32_t)(p - url);
+    return p + 11;
+}
+
+static const char *status_line(struct tg_http_msg *m, const char *p, const char *end)
+{
+    if (end - p < 14 || !version(m, p) || p[8] != ' ') return NULL;
+    p += 9;
+    for (int i = 0; i < 3; i++)
+        if (p[i] < '0' || p[i] > '9') return NULL;
+    int status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+    /* Interim and body-less replies are http-parser's. */
+    if (status < 200 || status == 204 || status == 304 || p[3] != ' ') return NULL;
+    p += 4;
+    while (p < end && ((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f))
+        p++;
+    if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return NULL;
+    m->status = status;
+    m->parser.status_code = (unsigned)status;
+    return p + 2;
+}
+
+static bool fast_head(struct tg_http_msg *m, const char *head, size_t len)
+{
+    const char *p = head, *end = head + len;
+    if (len < 4 || memcmp(end - 4, "\r\n\r\n", 4) != 0 || m->skip_body) return false;
+    bool request = m->parser.type == HTTP_REQUEST;
+    p = request ? request_line(m, p, end) : status_line(m, p, end);
+    if (p == NULL) return false;
+    bool close = false, keep = false;
+    int64_t clen = -1;
+    size_t nh = 0;
+    while (!(p[0] == '\r' && p[1] == '\n')) { /* the head ends with CRLF CRLF: no overrun */
+        const char *name = p;
+        while (tchar((unsigned char)*p))
+            p++;
+        size_t nlen = (size_t)(p - name);
+        if (nlen == 0 || *p != ':' || nh == TG_HTTP_MAX_HEADERS) return false;
+        p++;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        const char *value = p;
+        while ((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f)
+            p++;
+        size_t vlen = (size_t)(p - value);
+        if (p[0] != '\r' || p[1] != '\n' || vlen == 0 || value[vlen - 1] == ' ') return false;
+        p += 2;
+        switch (nlen) {
+        case 6:
+            if (lit_is(name, nlen, "expect") && vlen == 12 &&
+                strncasecmp(value, "100-continue", 12) == 0)
+                m->expect_continue = true;
+            break;
+        case 7:
+            if (lit_is(name, nlen, "upgrade")) return false;
+            break;
+        case 10:
+            if (lit_is(name, nlen, "connection")) {
+                if (lit_is(value, vlen, "close"))
+                    close = true;
+                else if (lit_is(value, vlen, "keep-alive"))
+                    keep = true;
+                else
+                    return false;
+            }
+            break;
+        case 14:
+            if (lit_is(name, nlen, "content-length")) {
+                if (clen >= 0 || vlen > 15) return false;
+                clen = 0;
+                for (size_t i = 0; i < vlen; i++) {
+                    if (value[i] < '0' || value[i] > '9') return false;
+                    clen = clen * 10 + (value[i] - '0');
+                }
+            }
+            break;
+        case 16:
+            if (lit_is(name, nlen, "proxy-connection")) return false;
+            break;
+        case 17:
+            if (lit_is(name, nlen, "transfer-encoding")) return false;
+            break;
+        default:
+            break;
+        }
+        struct tg_http_header *h = &m->headers[nh++];
+        h->name = name;
+        h->nlen = (uint32_t)nlen;
+        h->value = value;
+        h->vlen = (uint32_t)vlen;
+    }
+    if (p + 2 != end) return false;
+    if (!request && clen < 0) return false; /* read until close: http-parser's */
+    m->nheaders = nh;
+    m->content_length = clen;
+    /* http_should_keep_alive, for a message that never needs EOF to end */
+    m->keep_alive = m->parser.http_minor == 1 ? !close : keep;
+    m->head_done = true;
+    m->fast = true;
+    m->body_left = clen > 0 ? (uint64_t)clen : 0;
+    m->done = m->body_left == 0;
+    return true;
+}
+
 enum tg_http_result tg_http_parse_head(struct tg_http_msg *m, const char *head, size_t len)
+{
+    if (fast_head(m, head, len)) return TG_HTTP_OK;
+    /* Undo what the fast path may have set before it gave up. */
+    bool skip_body = m->skip_body;
+    tg_http_msg_init(m, (enum http_parser_type)m->parser.type, m->on_body, m->arg);
+    m->skip_body = skip_body;
+    return tg_http_parse_head_full(m, head, len);
+}
+
+enum tg_http_result tg_http_parse_head_full(struct tg_http_msg *m, const char *head, size_t len)
 {
     size_t n = http_parser_execute(&m->parser, &settings, head, len);
     enum http_errno e = HTTP_PARSER_ERRNO(&m->parser);
@@ -122,6 +300,13 @@ enum tg_http_result tg_http_parse_head(struct tg_http_msg *m, const char *head, 
 ssize_t tg_http_feed(struct tg_http_msg *m, const char *data, size_t len)
 {
     if (m->done || len == 0) return 0;
+    if (m->fast) {
+        size_t n = len < m->body_left ? len : (size_t)m->body_left;
+        if (m->on_body) m->on_body(m->arg, data, n);
+        m->body_left -= n;
+        m->done = m->body_left == 0;
+        return (ssize_t)n;
+    }
     size_t n = http_parser_execute(&m->parser, &settings, data, len);
     enum http_errno e = HTTP_PARSER_ERRNO(&m->parser);
     if (e == HPE_PAUSED) {
@@ -134,7 +319,7 @@ ssize_t tg_http_feed(struct tg_http_msg *m, const char *data, size_t len)
 
 void tg_http_feed_eof(struct tg_http_msg *m)
 {
-    if (m->done) return;
+    if (m->done || m->fast) return; /* a fast message has a length: EOF before it is no end */
     http_parser_execute(&m->parser, &settings, NULL, 0);
     if (HTTP_PARSER_ERRNO(&m->parser) == HPE_PAUSED) http_parser_pause(&m->parser, 0);
 }
