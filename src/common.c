@@ -25,12 +25,23 @@ int64_t tg_now_wall_ms(void)
 
 char *tg_fmt_int(char buf[24], long long v, size_t *len)
 {
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233"
+                                "34353637383940414243444546474849505152535455565758596061626364656667"
+                                "6869707172737475767778798081828384858687888990919293949596979899";
     size_t n = 0;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        buf[23 - n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    while (u >= 100) { /* two digits per division */
+        unsigned d = (unsigned)(u % 100) * 2;
+        u /= 100;
+        buf[23 - n++] = pairs[d + 1];
+        buf[23 - n++] = pairs[d];
+    }
+    if (u >= 10) {
+        buf[23 - n++] = pairs[u * 2 + 1];
+        buf[23 - n++] = pairs[u * 2];
+    } else {
+        buf[23 - n++] = (char)('0' + u);
+    }
     if (v < 0) buf[23 - n++] = '-';
     *len = n;
     return buf + 24 - n;

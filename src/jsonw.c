@@ -56,9 +56,12 @@ char *tg_jsonw_str(char *p, const char *str, size_t n)
     size_t i = 0;
     while (i < n) {
         unsigned c = s[i];
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-            *p++ = (char)c;
-            i++;
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') { /* a run of plain bytes at once */
+            size_t j = i + 1;
+            while (j < n && s[j] >= 0x20 && s[j] < 0x80 && s[j] != '"' && s[j] != '\\')
+                j++;
+            p = put_lit(p, (const char *)s + i, j - i);
+            i = j;
         } else if (c == '"' || c == '\\') {
             *p++ = '\\';
             *p++ = (char)c;

@@ -236,6 +236,16 @@ static void put_str(struct out *o, const char *s)
     }
 }
 
+/* put_str for a string literal: its length is known at compile time. */
+#define put_lit(o, lit) put_n((o), (lit), sizeof(lit) - 1)
+static void put_n(struct out *o, const char *s, size_t n)
+{
+    if (o->len + 1 < o->cap) {
+        put_bytes(o, s, n);
+        o->p[o->len] = '\0';
+    }
+}
+
 static void put_int(struct out *o, long long v)
 {
     char d[24];
@@ -266,8 +276,17 @@ static void put_json(struct out *o, const char *s)
 /* An HTTP structured-field String (RFC 8941): printable ASCII, \ and " escaped. */
 static void put_sf_string(struct out *o, const char *s)
 {
+    size_t n = 0;
+    while (s && s[n] >= 0x20 && s[n] < 0x7f && s[n] != '"' && s[n] != '\\')
+        n++;
+    if (s == NULL || s[n] == '\0') { /* the common case: nothing to escape */
+        put_char(o, '"');
+        put_n(o, s ? s : "", n);
+        put_char(o, '"');
+        return;
+    }
     put_char(o, '"');
-    for (; s && *s; s++) {
+    for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         if (c == '"' || c == '\\') put_char(o, '\\');
         put_char(o, c >= 0x20 && c < 0x7f ? (char)c : '?');
@@ -380,44 +399,44 @@ size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg
         if (tightest < 0 || fraction_left(&res->b[t]) < fraction_left(&res->b[tightest]))
             tightest = t;
         const struct tg_bucket_state *s = &res->b[t];
-        tg_limiter_format_duration(s->reset_ms, dur, sizeof(dur));
+        size_t dlen = tg_limiter_format_duration(s->reset_ms, dur, sizeof(dur));
         /* Formatted on every request: plain appends, no format strings. */
-        put_str(&o, "x-ratelimit-limit-");
+        put_lit(&o, "x-ratelimit-limit-");
         put_str(&o, unit_header[u]);
-        put_str(&o, ": ");
+        put_lit(&o, ": ");
         put_int(&o, whole_units(s->limit_u));
-        put_str(&o, "\r\nx-ratelimit-remaining-");
+        put_lit(&o, "\r\nx-ratelimit-remaining-");
         put_str(&o, unit_header[u]);
-        put_str(&o, ": ");
+        put_lit(&o, ": ");
         put_int(&o, whole_units(s->remaining_u));
-        put_str(&o, "\r\nx-ratelimit-reset-");
+        put_lit(&o, "\r\nx-ratelimit-reset-");
         put_str(&o, unit_header[u]);
-        put_str(&o, ": ");
-        put_str(&o, dur);
-        put_str(&o, "\r\n");
+        put_lit(&o, ": ");
+        put_n(&o, dur, dlen);
+        put_lit(&o, "\r\n");
     }
     if (n == 0) return o.len;
-    put_str(&o, "RateLimit-Policy: ");
+    put_lit(&o, "RateLimit-Policy: ");
     for (size_t i = 0; i < n; i++) {
         const struct tg_limit *l = req->b[i].limit;
-        if (i) put_str(&o, ", ");
+        if (i) put_lit(&o, ", ");
         put_sf_string(&o, l->name);
-        put_str(&o, ";q=");
+        put_lit(&o, ";q=");
         put_int(&o, whole_units(res->b[i].limit_u));
-        put_str(&o, ";w=");
+        put_lit(&o, ";w=");
         put_int(&o, ceil_seconds(l->per_ms));
     }
-    put_str(&o, "\r\n");
+    put_lit(&o, "\r\n");
     int shown = res->status == TG_LIMIT_DENIED && res->denied >= 0 && (size_t)res->denied < n
                     ? res->denied
                     : tightest;
-    put_str(&o, "RateLimit: ");
+    put_lit(&o, "RateLimit: ");
     put_sf_string(&o, req->b[shown].limit->name);
-    put_str(&o, ";r=");
+    put_lit(&o, ";r=");
     put_int(&o, whole_units(res->b[shown].remaining_u));
-    put_str(&o, ";t=");
+    put_lit(&o, ";t=");
     put_int(&o, ceil_seconds(res->b[shown].reset_ms));
-    put_str(&o, "\r\n");
+    put_lit(&o, "\r\n");
     if (res->status == TG_LIMIT_DENIED) {
         long long secs = ceil_seconds(res->retry_ms);
         put(&o, "Retry-After: %lld\r\nretry-after-ms: %lld\r\n", secs > 0 ? secs : 1,
