@@ -175,20 +175,45 @@ static void resp_bulk(struct buf *b, const char *s, size_t len)
     buf_add(b, "\r\n", 2);
 }
 
+/* An integer as a bulk string, "$<len>\r\n<digits>\r\n", in one append. */
 static void resp_int(struct buf *b, int64_t v)
 {
-    char d[24];
+    char d[24], t[32];
     size_t k;
     const char *p = tg_fmt_int(d, (long long)v, &k);
-    resp_bulk(b, p, k);
+    size_t n = 0;
+    t[n++] = '$';
+    if (k >= 10) t[n++] = '0' + (char)(k / 10);
+    t[n++] = '0' + (char)(k % 10);
+    t[n++] = '\r';
+    t[n++] = '\n';
+    memcpy(t + n, p, k);
+    n += k;
+    t[n++] = '\r';
+    t[n++] = '\n';
+    buf_add(b, t, n);
 }
 
-/* %.17g reads back as the same double in Lua's tonumber. */
+/* %.17g reads back as the same double in Lua's tonumber. The few rates of a
+ * configuration are formatted once per thread, not on every batch. */
 static void resp_double(struct buf *b, double v)
 {
-    char t[32];
-    int k = snprintf(t, sizeof(t), "%.17g", v);
-    resp_bulk(b, t, (size_t)k);
+    static _Thread_local struct {
+        double v;
+        char t[32];
+        size_t n;
+    } cache[8];
+    static _Thread_local unsigned next;
+    for (unsigned i = 0; i < 8; i++)
+        if (cache[i].n && memcmp(&cache[i].v, &v, sizeof(v)) == 0) {
+            resp_bulk(b, cache[i].t, cache[i].n);
+            return;
+        }
+    unsigned i = next++ % 8;
+    int k = snprintf(cache[i].t, sizeof(cache[i].t), "%.17g", v);
+    cache[i].v = v;
+    cache[i].n = (size_t)k;
+    resp_bulk(b, cache[i].t, cache[i].n);
 }
 
 /* ---- ops and the in-flight FIFO ---- */
