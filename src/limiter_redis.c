@@ -812,7 +812,7 @@ static void build_batch(struct rl *rl, struct op *batch)
         }
     }
     struct buf *b = &batch->cmd;
-    resp_head(b, '*', 3 + nk + 1 + 3 * nk + 1 + m * nk);
+    resp_head(b, '*', 3 + nk + 1 + 3 * nk + 1 + 1);
     resp_bulk(b, "EVALSHA", 7);
     resp_bulk(b, rl->sha[SC_BUCKET], 40);
     resp_int(b, (int64_t)nk);
@@ -829,15 +829,23 @@ static void build_batch(struct rl *rl, struct op *batch)
         resp_int(b, p->per_ms);
     }
     resp_int(b, (int64_t)m);
+    resp_head(b, '$', m * nk * 8);
     for (struct op *c = batch->members; c; c = c->mnext) {
-        int64_t row[TG_MAX_BUCKETS];
+        double row[TG_MAX_BUCKETS];
         for (size_t k = 0; k < nk; k++)
             row[k] = -1; /* bucket not used by this check */
         for (size_t i = 0; i < c->req.n; i++)
-            row[c->kidx[i] - 1] = c->p[i].cost_u;
-        for (size_t k = 0; k < nk; k++)
-            resp_int(b, row[k]);
+            row[c->kidx[i] - 1] = (double)c->p[i].cost_u;
+        unsigned char le[TG_MAX_BUCKETS * 8];
+        for (size_t k = 0; k < nk; k++) { /* little-endian IEEE 754, as struct '<d' reads */
+            uint64_t bits;
+            memcpy(&bits, &row[k], 8);
+            for (int j = 0; j < 8; j++)
+                le[8 * k + (size_t)j] = (unsigned char)(bits >> (8 * j));
+        }
+        buf_add(b, le, nk * 8);
     }
+    buf_add(b, "\r\n", 2);
     batch->nkeys = nk;
 }
 

@@ -10,9 +10,11 @@
 --          key is a full bucket.
 -- ARGV[1]  "" in production; tests only: a fixed clock in ms used instead of TIME.
 -- ARGV     for KEYS[k], ARGV[3k-1..3k+1] = capacity_u, rate (units per per_ms,
---          "%.17g"), per_ms. Then m = the number of checks, then m rows of nk
---          costs: row j, column k = the cost_u of check j on KEYS[k], or -1 when
---          check j does not use that bucket.
+--          "%.17g"), per_ms. Then m = the number of checks, then one string of
+--          m rows of nk little-endian IEEE doubles: row j, column k = the cost_u
+--          of check j on KEYS[k], or -1 when check j does not use that bucket
+--          (binary, read by struct.unpack: a tonumber per cost was most of the
+--          script's time).
 -- Returns  {now_ms, allowed, level_1..level_nk}: how many checks were allowed and
 --          the levels before the first check (refilled, not yet charged). The
 --          gateway replays the checks on these levels with the same arithmetic
@@ -66,11 +68,23 @@ local out = {now, 0}
 for k = 1, nk do out[k + 2] = level[k] end
 local a = 3 * nk + 2
 local m = tonumber(ARGV[a])
+local costs, total, packed = {}, m * nk, ARGV[a + 1]
+if #packed ~= 8 * total then return redis.error_reply('tollgate: cost rows do not match') end
+local got, pos = 0, 1
+while got < total do -- struct.unpack returns its values on the C stack: in chunks
+    local n = total - got
+    if n > 4000 then n = 4000 end
+    local chunk = {struct.unpack('<' .. string.rep('d', n), packed, pos)}
+    for j = 1, n do costs[got + j] = chunk[j] end
+    pos = chunk[n + 1]
+    got = got + n
+end
 local allowed = 0
+local i = 0
 for _ = 1, m do
     local ok = true
     for k = 1, nk do
-        local c = tonumber(ARGV[a + k])
+        local c = costs[i + k]
         if c >= 0 and level[k] < c then
             ok = false
             break
@@ -79,14 +93,14 @@ for _ = 1, m do
     if ok then
         allowed = allowed + 1
         for k = 1, nk do
-            local c = tonumber(ARGV[a + k])
+            local c = costs[i + k]
             if c >= 0 then
                 level[k] = level[k] - c
                 dirty[k] = true
             end
         end
     end
-    a = a + nk
+    i = i + nk
 end
 out[2] = allowed
 for k = 1, nk do
