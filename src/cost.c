@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include "tollgate/cost.h"
 
 #define MAX_N 128
@@ -89,21 +92,77 @@ static const char *skip_ws(const char *p, const char *e)
 
 /* ---- a small JSON reader: no allocation, walks the bytes ---- */
 
-/* p at an opening quote: returns just past the closing one, or NULL. A quote
- * is escaped when an odd run of backslashes precedes it. */
-static const char *jstr_end(const char *p, const char *e)
+/* Bytes are looked at 16 at a time where SSE2 is there (every x86-64): the
+ * loops below stop only at the bytes that matter, and finish byte by byte
+ * within the last 16 bytes of the span (nothing is read past its end). */
+#define BLK 16
+
+#ifdef __SSE2__
+typedef __m128i blk_t;
+static inline blk_t blk_load(const char *p)
 {
-    const char *start = ++p;
-    while (p < e) {
-        const char *q = memchr(p, '"', (size_t)(e - p));
-        if (!q) return NULL;
-        size_t bs = 0;
-        while (q - bs > start && q[-1 - (ptrdiff_t)bs] == '\\')
-            bs++;
-        if (bs % 2 == 0) return q + 1;
-        p = q + 1;
+    return _mm_loadu_si128((const __m128i *)(const void *)p);
+}
+static inline unsigned blk_eq(blk_t x, char c)
+{
+    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8(c)));
+}
+/* bytes < 0x20 or >= 0x80 */
+static inline unsigned blk_ctl_or_high(blk_t x)
+{
+    return (unsigned)_mm_movemask_epi8(_mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
+}
+/* UTF-8 continuation bytes (0x80..0xBF) */
+static inline unsigned blk_cont(blk_t x)
+{
+    return (unsigned)_mm_movemask_epi8(_mm_cmplt_epi8(x, _mm_set1_epi8(-64)));
+}
+/* '"', '[', ']', '{', '}' (and a few others: Y _ y DEL, which the caller passes over) */
+static inline unsigned blk_struct(blk_t x)
+{
+    blk_t b = _mm_and_si128(_mm_or_si128(x, _mm_set1_epi8(0x20)), _mm_set1_epi8((char)0xF9));
+    return (unsigned)_mm_movemask_epi8(
+        _mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8(0x79)), _mm_cmpeq_epi8(x, _mm_set1_epi8('"'))));
+}
+#endif
+
+/* The first '"' or '\\' in [p, e), or e. */
+static inline const char *find_quote_bs(const char *p, const char *e)
+{
+#ifdef __SSE2__
+    while (e - p >= BLK) {
+        blk_t x = blk_load(p);
+        unsigned m = blk_eq(x, '"') | blk_eq(x, '\\');
+        if (m) return p + __builtin_ctz(m);
+        p += BLK;
     }
-    return NULL;
+#endif
+    while (p < e && *p != '"' && *p != '\\')
+        p++;
+    return p;
+}
+
+/* p at an opening quote: returns just past the closing one, or NULL. A quote
+ * is escaped when an odd run of backslashes precedes it; read left to right,
+ * that is: a backslash takes the byte after it along. *esc tells whether the
+ * string holds a backslash. */
+static inline const char *jstr_end_esc(const char *p, const char *e, bool *esc)
+{
+    p++;
+    for (;;) {
+        p = find_quote_bs(p, e);
+        if (p >= e) return NULL;
+        if (*p == '"') return p + 1;
+        *esc = true;
+        if (e - p <= 2) return NULL; /* nothing left after the escaped byte */
+        p += 2;
+    }
+}
+
+static inline const char *jstr_end(const char *p, const char *e)
+{
+    bool esc;
+    return jstr_end_esc(p, e, &esc);
 }
 
 /* What a byte means to jskip: 1 quote, 2 opens, 3 closes, 4 ends a scalar. */
@@ -112,6 +171,25 @@ static const unsigned char jclass[256] = {
     [' '] = 4, ['\t'] = 4, ['\n'] = 4, ['\r'] = 4, [':'] = 4,
 };
 
+/* The next byte of class 1..3 in [p, e), or e. */
+static inline const char *find_struct(const char *p, const char *e)
+{
+#ifdef __SSE2__
+    while (e - p >= BLK) {
+        unsigned m = blk_struct(blk_load(p));
+        while (m) {
+            const char *q = p + __builtin_ctz(m);
+            if (jclass[(unsigned char)*q] != 0) return q;
+            m &= m - 1;
+        }
+        p += BLK;
+    }
+#endif
+    while (p < e && (jclass[(unsigned char)*p] == 0 || jclass[(unsigned char)*p] == 4))
+        p++;
+    return p;
+}
+
 /* p at a value: returns just past it, or NULL if it does not end before e. */
 static const char *jskip(const char *p, const char *e)
 {
@@ -119,74 +197,28 @@ static const char *jskip(const char *p, const char *e)
     if (*p == '"') return jstr_end(p, e);
     if (*p == '{' || *p == '[') {
         size_t depth = 0;
-        for (; p < e; p++) {
+        for (;;) {
+            p = find_struct(p, e);
+            if (p >= e) return NULL;
             switch (jclass[(unsigned char)*p]) {
             case 1:
                 p = jstr_end(p, e);
                 if (!p) return NULL;
-                p--;
-                break;
+                continue;
             case 2:
                 depth++;
                 break;
-            case 3:
+            default:
                 if (--depth == 0) return p + 1;
                 break;
             }
+            p++;
         }
-        return NULL;
     }
     const char *s = p;
     while (p < e && jclass[(unsigned char)*p] == 0)
         p++;
     return p > s ? p : NULL;
-}
-
-struct jit {
-    const char *p, *e;
-};
-
-static bool jopen(struct jit *it, const char *p, const char *e, char open)
-{
-    p = skip_ws(p, e);
-    if (p >= e || *p != open) return false;
-    it->p = p + 1;
-    it->e = e;
-    return true;
-}
-
-/* Next member of an object: key bytes (between the quotes, undecoded) and value span. */
-static bool jmember(struct jit *it, const char **k, size_t *kl, const char **v, const char **ve)
-{
-    const char *e = it->e, *p = skip_ws(it->p, e);
-    if (p < e && *p == ',') p = skip_ws(p + 1, e);
-    if (p >= e || *p != '"') return false;
-    const char *kend = jstr_end(p, e);
-    if (!kend) return false;
-    *k = p + 1;
-    *kl = (size_t)(kend - 1 - *k);
-    p = skip_ws(kend, e);
-    if (p >= e || *p != ':') return false;
-    p = skip_ws(p + 1, e);
-    const char *end = jskip(p, e);
-    if (!end) return false;
-    *v = p;
-    *ve = end;
-    it->p = end;
-    return true;
-}
-
-static bool jelement(struct jit *it, const char **v, const char **ve)
-{
-    const char *e = it->e, *p = skip_ws(it->p, e);
-    if (p < e && *p == ',') p = skip_ws(p + 1, e);
-    if (p >= e || *p == ']') return false;
-    const char *end = jskip(p, e);
-    if (!end) return false;
-    *v = p;
-    *ve = end;
-    it->p = end;
-    return true;
 }
 
 static int hexval(char c)
@@ -209,35 +241,175 @@ static long hex4(const char *s, size_t n)
     return v;
 }
 
-/* A key (raw bytes between its quotes) equals the ASCII `lit` once its escapes are decoded. */
-static bool key_is(const char *k, size_t kl, const char *lit, size_t ll)
+/* ---- member names the cost model reads ---- */
+
+enum key {
+    K_OTHER,
+    K_N,
+    K_TEXT,
+    K_SIZE,
+    K_MODEL,
+    K_INPUT,
+    K_DELTA,
+    K_USAGE,
+    K_STREAM,
+    K_PROMPT,
+    K_SECONDS,
+    K_CONTENT,
+    K_REFUSAL,
+    K_MESSAGE,
+    K_CHOICES,
+    K_MESSAGES,
+    K_FUNCTION,
+    K_RESPONSE,
+    K_ARGUMENTS,
+    K_MAX_TOKENS,
+    K_TOOL_CALLS,
+    K_INPUT_TOKENS,
+    K_TOTAL_TOKENS,
+    K_PROMPT_TOKENS,
+    K_INCLUDE_USAGE,
+    K_OUTPUT_TOKENS,
+    K_STREAM_OPTIONS,
+    K_COMPLETION_TOKENS,
+    K_REASONING_CONTENT,
+    K_MAX_COMPLETION_TOKENS,
+};
+
+#define KEY_MAX_LEN 21 /* max_completion_tokens */
+
+/* The name s[0..n) (escapes already decoded) as a key id. */
+static enum key key_of_name(const char *s, size_t n)
 {
-    if (kl == ll && memcmp(k, lit, ll) == 0) return true;
-    if (kl <= ll || !memchr(k, '\\', kl)) return false;
+#define IS(lit) (memcmp(s, lit, sizeof lit - 1) == 0)
+    switch (n) {
+    case 1:
+        return s[0] == 'n' ? K_N : K_OTHER;
+    case 4:
+        return IS("text") ? K_TEXT : IS("size") ? K_SIZE : K_OTHER;
+    case 5:
+        return IS("model")   ? K_MODEL
+               : IS("input") ? K_INPUT
+               : IS("delta") ? K_DELTA
+               : IS("usage") ? K_USAGE
+                             : K_OTHER;
+    case 6:
+        return IS("stream") ? K_STREAM : IS("prompt") ? K_PROMPT : K_OTHER;
+    case 7:
+        return IS("seconds")   ? K_SECONDS
+               : IS("content") ? K_CONTENT
+               : IS("refusal") ? K_REFUSAL
+               : IS("message") ? K_MESSAGE
+               : IS("choices") ? K_CHOICES
+                               : K_OTHER;
+    case 8:
+        return IS("messages")   ? K_MESSAGES
+               : IS("function") ? K_FUNCTION
+               : IS("response") ? K_RESPONSE
+                                : K_OTHER;
+    case 9:
+        return IS("arguments") ? K_ARGUMENTS : K_OTHER;
+    case 10:
+        return IS("max_tokens") ? K_MAX_TOKENS : IS("tool_calls") ? K_TOOL_CALLS : K_OTHER;
+    case 12:
+        return IS("input_tokens") ? K_INPUT_TOKENS : IS("total_tokens") ? K_TOTAL_TOKENS : K_OTHER;
+    case 13:
+        return IS("prompt_tokens")   ? K_PROMPT_TOKENS
+               : IS("include_usage") ? K_INCLUDE_USAGE
+               : IS("output_tokens") ? K_OUTPUT_TOKENS
+                                     : K_OTHER;
+    case 14:
+        return IS("stream_options") ? K_STREAM_OPTIONS : K_OTHER;
+    case 17:
+        return IS("completion_tokens")   ? K_COMPLETION_TOKENS
+               : IS("reasoning_content") ? K_REASONING_CONTENT
+                                         : K_OTHER;
+    case 21:
+        return IS("max_completion_tokens") ? K_MAX_COMPLETION_TOKENS : K_OTHER;
+    }
+    return K_OTHER;
+#undef IS
+}
+
+/* A key (raw bytes between its quotes; esc: it holds a backslash) as a key
+ * id, once its escapes are decoded. A key whose escapes do not decode (a bad
+ * escape, or a \u escape beyond ASCII, which no name here holds) is K_OTHER. */
+static enum key key_of(const char *k, size_t kl, bool esc)
+{
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    char buf[KEY_MAX_LEN];
     size_t i = 0, j = 0;
+    if (!esc) return kl <= KEY_MAX_LEN ? key_of_name(k, kl) : K_OTHER;
     while (i < kl) {
         long c = (unsigned char)k[i++];
         if (c == '\\') {
-            if (i >= kl) return false;
+            if (i >= kl) return K_OTHER;
             char e = k[i++];
-            static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
             const char *f = e == 'u' ? NULL : memchr(from, e, sizeof from - 1);
             if (e == 'u') {
                 c = hex4(k + i, kl - i);
-                if (c < 0 || c > 0x7f) return false;
+                if (c < 0 || c > 0x7f) return K_OTHER;
                 i += 4;
             } else if (f) {
                 c = to[f - from];
             } else {
-                return false;
+                return K_OTHER;
             }
         }
-        if (j >= ll || lit[j++] != c) return false;
+        if (j >= KEY_MAX_LEN) return K_OTHER;
+        buf[j++] = (char)c;
     }
-    return j == ll;
+    return key_of_name(buf, j);
 }
 
-#define KEY_IS(k, kl, lit) key_is((k), (kl), (lit), sizeof(lit) - 1)
+struct jit {
+    const char *p, *e;
+};
+
+static bool jopen(struct jit *it, const char *p, const char *e, char open)
+{
+    p = skip_ws(p, e);
+    if (p >= e || *p != open) return false;
+    it->p = p + 1;
+    it->e = e;
+    return true;
+}
+
+/* Next member of an object: its key (as a key id) and value span. */
+static bool jmember(struct jit *it, enum key *key, const char **v, const char **ve)
+{
+    const char *e = it->e, *p = skip_ws(it->p, e);
+    bool esc = false;
+    if (p < e && *p == ',') p = skip_ws(p + 1, e);
+    if (p >= e || *p != '"') return false;
+    const char *kend = jstr_end_esc(p, e, &esc);
+    if (!kend) return false;
+    const char *k = p + 1;
+    size_t kl = (size_t)(kend - 1 - k);
+    p = skip_ws(kend, e);
+    if (p >= e || *p != ':') return false;
+    p = skip_ws(p + 1, e);
+    const char *end = jskip(p, e);
+    if (!end) return false;
+    *key = key_of(k, kl, esc);
+    *v = p;
+    *ve = end;
+    it->p = end;
+    return true;
+}
+
+static bool jelement(struct jit *it, const char **v, const char **ve)
+{
+    const char *e = it->e, *p = skip_ws(it->p, e);
+    if (p < e && *p == ',') p = skip_ws(p + 1, e);
+    if (p >= e || *p == ']') return false;
+    const char *end = jskip(p, e);
+    if (!end) return false;
+    *v = p;
+    *ve = end;
+    it->p = end;
+    return true;
+}
 
 /* Code points of the JSON string [v, ve) (quotes included), escapes decoded. */
 static int64_t jstr_chars(const char *v, const char *ve)
@@ -563,15 +735,15 @@ static bool is_null(struct span s)
 }
 
 /* The last member `key` of the object s (a repeated key: the last one counts, as in jansson). */
-static struct span find(struct span s, const char *key)
+static struct span find(struct span s, enum key key)
 {
     struct span r = {NULL, NULL};
     struct jit it;
-    const char *k, *v, *ve;
-    size_t kl, len = strlen(key);
+    const char *v, *ve;
+    enum key k;
     if (!s.v || !jopen(&it, s.v, s.ve, '{')) return r;
-    while (jmember(&it, &k, &kl, &v, &ve)) {
-        if (key_is(k, kl, key, len)) {
+    while (jmember(&it, &k, &v, &ve)) {
+        if (k == key) {
             r.v = v;
             r.ve = ve;
         }
@@ -739,7 +911,7 @@ static int count_content(struct span content, struct prompt *pr)
     if (t != J_ARRAY) return -1;
     jopen(&it, content.v, content.ve, '[');
     while (jelement(&it, &part.v, &part.ve)) {
-        struct span text = *part.v == '{' ? find(part, "text") : (struct span){NULL, NULL};
+        struct span text = *part.v == '{' ? find(part, K_TEXT) : (struct span){NULL, NULL};
         if (text.v && jtype_of(text) == J_STRING) add_text(pr, text);
     }
     return 0;
@@ -757,7 +929,7 @@ static int count_messages(struct span msgs, struct prompt *pr, char err[TG_ERR_L
             snprintf(param, sizeof param, "messages[%zu]", i);
             return bad_type(err, param, "an object", m);
         }
-        struct span content = find(m, "content");
+        struct span content = find(m, K_CONTENT);
         if (count_content(content, pr) < 0) {
             snprintf(param, sizeof param, "messages[%zu].content", i);
             return bad_type(err, param, "a string or an array", content);
@@ -799,7 +971,7 @@ static int count_inputs(struct span v, const char *name, struct prompt *pr, char
             }
             break;
         case J_OBJECT: {
-            struct span text = find(el, "text"), content = find(el, "content");
+            struct span text = find(el, K_TEXT), content = find(el, K_CONTENT);
             if (text.v && jtype_of(text) == J_STRING) add_text(pr, text);
             if (count_content(content, pr) < 0) {
                 snprintf(param, sizeof param, "%s[%zu]", name, i);
@@ -832,39 +1004,49 @@ struct body {
         max_tokens, n, seconds, size;
 };
 
+/* Where the member `k` of the top-level object goes, or NULL if unread. */
+static struct span *body_slot(struct body *b, enum key k)
+{
+    switch (k) {
+    case K_MODEL:
+        return &b->model;
+    case K_STREAM:
+        return &b->stream;
+    case K_STREAM_OPTIONS:
+        return &b->stream_options;
+    case K_MESSAGES:
+        return &b->messages;
+    case K_PROMPT:
+        return &b->prompt;
+    case K_INPUT:
+        return &b->input;
+    case K_MAX_COMPLETION_TOKENS:
+        return &b->max_completion_tokens;
+    case K_MAX_TOKENS:
+        return &b->max_tokens;
+    case K_N:
+        return &b->n;
+    case K_SECONDS:
+        return &b->seconds;
+    case K_SIZE:
+        return &b->size;
+    default:
+        return NULL;
+    }
+}
+
 static void read_body(const char *p, const char *e, struct body *b)
 {
-    static const struct {
-        const char *key;
-        size_t off;
-    } keys[] = {
-#define K(name) {#name, offsetof(struct body, name)}
-        K(model),
-        K(stream),
-        K(stream_options),
-        K(messages),
-        K(prompt),
-        K(input),
-        K(max_completion_tokens),
-        K(max_tokens),
-        K(n),
-        K(seconds),
-        K(size),
-#undef K
-    };
     struct jit it;
-    const char *k, *v, *ve;
-    size_t kl;
+    const char *v, *ve;
+    enum key k;
     memset(b, 0, sizeof *b);
     if (!jopen(&it, p, e, '{')) return;
-    while (jmember(&it, &k, &kl, &v, &ve)) {
-        for (size_t i = 0; i < TG_ARRAY_LEN(keys); i++) {
-            if (key_is(k, kl, keys[i].key, strlen(keys[i].key))) {
-                struct span *s = (struct span *)((char *)b + keys[i].off);
-                s->v = v;
-                s->ve = ve;
-                break;
-            }
+    while (jmember(&it, &k, &v, &ve)) {
+        struct span *s = body_slot(b, k);
+        if (s) {
+            s->v = v;
+            s->ve = ve;
         }
     }
 }
@@ -875,7 +1057,7 @@ static void common_info(const struct body *b, struct tg_request_info *info)
     if (b->model.v && jtype_of(b->model) == J_STRING)
         info->model[jstr_decode(b->model, info->model, TG_MODEL_LEN - 1, &whole)] = '\0';
     info->stream = b->stream.v && jtype_of(b->stream) == J_TRUE;
-    struct span iu = find(b->stream_options, "include_usage");
+    struct span iu = find(b->stream_options, K_INCLUDE_USAGE);
     info->client_wants_usage = iu.v && jtype_of(iu) == J_TRUE;
 }
 
@@ -1080,17 +1262,17 @@ out:
 static void read_usage(struct tg_usage *u, const char *v, const char *ve)
 {
     struct jit it;
-    const char *k, *mv, *mve;
-    size_t kl;
+    const char *mv, *mve;
+    enum key k;
     int64_t p = 0, c = 0, t = -1, x;
     if (!jopen(&it, v, ve, '{')) return;
-    while (jmember(&it, &k, &kl, &mv, &mve)) {
+    while (jmember(&it, &k, &mv, &mve)) {
         if (!jint(mv, mve, &x)) continue;
-        if (KEY_IS(k, kl, "prompt_tokens") || KEY_IS(k, kl, "input_tokens"))
+        if (k == K_PROMPT_TOKENS || k == K_INPUT_TOKENS)
             p = x;
-        else if (KEY_IS(k, kl, "completion_tokens") || KEY_IS(k, kl, "output_tokens"))
+        else if (k == K_COMPLETION_TOKENS || k == K_OUTPUT_TOKENS)
             c = x;
-        else if (KEY_IS(k, kl, "total_tokens"))
+        else if (k == K_TOTAL_TOKENS)
             t = x;
     }
     u->prompt_tokens = p;
@@ -1103,24 +1285,23 @@ static void read_usage(struct tg_usage *u, const char *v, const char *ve)
 static int64_t message_chars(const char *v, const char *ve)
 {
     struct jit it, arr, fn;
-    const char *k, *mv, *mve, *ev, *eve, *fv, *fve;
-    size_t kl;
+    const char *mv, *mve, *ev, *eve, *fv, *fve;
+    enum key k;
     int64_t c = 0;
     if (!jopen(&it, v, ve, '{')) return 0;
-    while (jmember(&it, &k, &kl, &mv, &mve)) {
-        if (KEY_IS(k, kl, "content") || KEY_IS(k, kl, "reasoning_content") ||
-            KEY_IS(k, kl, "refusal")) {
+    while (jmember(&it, &k, &mv, &mve)) {
+        if (k == K_CONTENT || k == K_REASONING_CONTENT || k == K_REFUSAL) {
             c += jstr_chars(mv, mve);
-        } else if (KEY_IS(k, kl, "tool_calls") && jopen(&arr, mv, mve, '[')) {
+        } else if (k == K_TOOL_CALLS && jopen(&arr, mv, mve, '[')) {
             while (jelement(&arr, &ev, &eve)) {
                 if (!jopen(&fn, ev, eve, '{')) continue;
-                while (jmember(&fn, &k, &kl, &fv, &fve)) {
+                while (jmember(&fn, &k, &fv, &fve)) {
                     struct jit args;
-                    const char *ak, *av, *ave;
-                    size_t akl;
-                    if (!KEY_IS(k, kl, "function") || !jopen(&args, fv, fve, '{')) continue;
-                    while (jmember(&args, &ak, &akl, &av, &ave))
-                        if (KEY_IS(ak, akl, "arguments")) c += jstr_chars(av, ave);
+                    const char *av, *ave;
+                    enum key ak;
+                    if (k != K_FUNCTION || !jopen(&args, fv, fve, '{')) continue;
+                    while (jmember(&args, &ak, &av, &ave))
+                        if (ak == K_ARGUMENTS) c += jstr_chars(av, ave);
                 }
             }
         }
@@ -1132,16 +1313,17 @@ static int64_t message_chars(const char *v, const char *ve)
 static size_t read_choices(struct tg_usage *u, const char *v, const char *ve)
 {
     struct jit arr, it;
-    const char *ev, *eve, *k, *mv, *mve;
-    size_t kl, n = 0;
+    const char *ev, *eve, *mv, *mve;
+    enum key k;
+    size_t n = 0;
     if (!jopen(&arr, v, ve, '[')) return 0;
     while (jelement(&arr, &ev, &eve)) {
         n++;
         if (!jopen(&it, ev, eve, '{')) continue;
-        while (jmember(&it, &k, &kl, &mv, &mve)) {
-            if (KEY_IS(k, kl, "delta") || KEY_IS(k, kl, "message"))
+        while (jmember(&it, &k, &mv, &mve)) {
+            if (k == K_DELTA || k == K_MESSAGE)
                 u->content_chars += message_chars(mv, mve);
-            else if (KEY_IS(k, kl, "text"))
+            else if (k == K_TEXT)
                 u->content_chars += jstr_chars(mv, mve);
         }
     }
@@ -1153,29 +1335,29 @@ static size_t read_choices(struct tg_usage *u, const char *v, const char *ve)
 static bool read_object(struct tg_usage *u, const char *p, const char *e, bool video)
 {
     struct jit it, sub;
-    const char *k, *v, *ve, *sk, *sv, *sve;
-    size_t kl, skl;
+    const char *v, *ve, *sv, *sve;
+    enum key k, sk;
     bool choices_empty = false, have_usage = false, have_sec = false;
     double sec = 0;
     int w = 0, h = 0;
     if (!jopen(&it, p, e, '{')) return false;
-    while (jmember(&it, &k, &kl, &v, &ve)) {
-        if (KEY_IS(k, kl, "choices")) {
+    while (jmember(&it, &k, &v, &ve)) {
+        if (k == K_CHOICES) {
             choices_empty = *v == '[' && read_choices(u, v, ve) == 0;
-        } else if (KEY_IS(k, kl, "usage")) {
+        } else if (k == K_USAGE) {
             if (*v == '{') {
                 read_usage(u, v, ve);
                 have_usage = true;
             }
-        } else if (KEY_IS(k, kl, "response") && jopen(&sub, v, ve, '{')) {
-            while (jmember(&sub, &sk, &skl, &sv, &sve))
-                if (KEY_IS(sk, skl, "usage") && *sv == '{') read_usage(u, sv, sve);
-        } else if (video && KEY_IS(k, kl, "seconds")) {
+        } else if (k == K_RESPONSE && jopen(&sub, v, ve, '{')) {
+            while (jmember(&sub, &sk, &sv, &sve))
+                if (sk == K_USAGE && *sv == '{') read_usage(u, sv, sve);
+        } else if (video && k == K_SECONDS) {
             if (jis_string(v, ve))
                 have_sec = parse_seconds(v + 1, (size_t)(ve - v - 2), &sec);
             else
                 have_sec = parse_seconds(v, (size_t)(ve - v), &sec);
-        } else if (video && KEY_IS(k, kl, "size") && jis_string(v, ve)) {
+        } else if (video && k == K_SIZE && jis_string(v, ve)) {
             if (!parse_size(v + 1, (size_t)(ve - v - 2), &w, &h)) w = h = 0;
         }
     }
@@ -1508,7 +1690,7 @@ char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen)
     open = skip_ws(body, end);
     if (*open != '{') return NULL;
     struct span top = {open, end};
-    struct span so = find(top, "stream_options");
+    struct span so = find(top, K_STREAM_OPTIONS);
     if (!so.v) {
         /* insert after the '{'; no comma when the object is empty */
         const char *next = skip_ws(open + 1, end);
@@ -1518,7 +1700,7 @@ char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen)
     size_t at = (size_t)(so.v - body), cut = (size_t)(so.ve - so.v);
     if (jtype_of(so) != J_OBJECT || *skip_ws(so.v + 1, so.ve) == '}')
         return splice(body, len, at, cut, obj, sizeof obj - 1, outlen);
-    struct span iu = find(so, "include_usage");
+    struct span iu = find(so, K_INCLUDE_USAGE);
     if (iu.v)
         return splice(body, len, (size_t)(iu.v - body), (size_t)(iu.ve - iu.v), "true", 4, outlen);
     return splice(body, len, at + 1, 0, "\"include_usage\":true,", 21, outlen);
