@@ -279,7 +279,7 @@ enum key {
 #define KEY_MAX_LEN 21 /* max_completion_tokens */
 
 /* The name s[0..n) (escapes already decoded) as a key id. */
-static enum key key_of_name(const char *s, size_t n)
+static inline enum key key_of_name(const char *s, size_t n)
 {
 #define IS(lit) (memcmp(s, lit, sizeof lit - 1) == 0)
     switch (n) {
@@ -331,15 +331,14 @@ static enum key key_of_name(const char *s, size_t n)
 #undef IS
 }
 
-/* A key (raw bytes between its quotes; esc: it holds a backslash) as a key
- * id, once its escapes are decoded. A key whose escapes do not decode (a bad
- * escape, or a \u escape beyond ASCII, which no name here holds) is K_OTHER. */
-static enum key key_of(const char *k, size_t kl, bool esc)
+/* A key with a backslash in it, decoded as key_is did: a key whose escapes
+ * do not decode (a bad escape, or a \\u escape beyond ASCII, which no name
+ * here holds) is K_OTHER. */
+static enum key key_of_escaped(const char *k, size_t kl)
 {
     static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
     char buf[KEY_MAX_LEN];
     size_t i = 0, j = 0;
-    if (!esc) return kl <= KEY_MAX_LEN ? key_of_name(k, kl) : K_OTHER;
     while (i < kl) {
         long c = (unsigned char)k[i++];
         if (c == '\\') {
@@ -360,6 +359,14 @@ static enum key key_of(const char *k, size_t kl, bool esc)
         buf[j++] = (char)c;
     }
     return key_of_name(buf, j);
+}
+
+/* A key (raw bytes between its quotes; esc: it holds a backslash) as a key
+ * id, once its escapes are decoded. */
+static inline enum key key_of(const char *k, size_t kl, bool esc)
+{
+    if (esc) return key_of_escaped(k, kl);
+    return kl <= KEY_MAX_LEN ? key_of_name(k, kl) : K_OTHER;
 }
 
 struct jit {
@@ -411,6 +418,14 @@ static bool jelement(struct jit *it, const char **v, const char **ve)
     return true;
 }
 
+static inline unsigned bit_count(unsigned m)
+{
+    unsigned n = 0;
+    for (; m; m &= m - 1)
+        n++;
+    return n;
+}
+
 /* Code points of the JSON string [v, ve) (quotes included), escapes decoded. */
 static int64_t jstr_chars(const char *v, const char *ve)
 {
@@ -419,6 +434,20 @@ static int64_t jstr_chars(const char *v, const char *ve)
     size_t n = (size_t)(ve - v - 2), i = 0;
     int64_t c = 0;
     while (i < n) {
+#ifdef __SSE2__
+        if (n - i >= BLK) {
+            blk_t x = blk_load(s + i);
+            unsigned bs = blk_eq(x, '\\'), cont = blk_cont(x);
+            if (!bs) {
+                c += BLK - (cont ? bit_count(cont) : 0);
+                i += BLK;
+                continue;
+            }
+            unsigned k = (unsigned)__builtin_ctz(bs);
+            c += k - (cont ? bit_count(cont & ((1u << k) - 1)) : 0);
+            i += k;
+        }
+#endif
         if (s[i] != '\\') {
             c += ((unsigned char)s[i] & 0xC0) != 0x80;
             i++;
@@ -509,7 +538,19 @@ static void check_ws(struct jcheck *c)
 static bool check_string(struct jcheck *c)
 {
     const unsigned char *p = c->p + 1, *e = c->e;
-    while (p < e) {
+    for (;;) {
+#ifdef __SSE2__
+        while (e - p >= BLK) {
+            blk_t x = blk_load((const char *)p);
+            unsigned m = blk_eq(x, '"') | blk_eq(x, '\\') | blk_ctl_or_high(x);
+            if (m) {
+                p += __builtin_ctz(m);
+                break;
+            }
+            p += BLK;
+        }
+#endif
+        if (p >= e) return false;
         unsigned ch = *p;
         if (ch == '"') {
             c->p = p + 1;
@@ -1330,9 +1371,8 @@ static size_t read_choices(struct tg_usage *u, const char *v, const char *ve)
     return n;
 }
 
-/* One JSON object of a reply (the whole body, or an SSE payload). Returns true
- * when it carries usage and an empty `choices` (the usage-only chunk). */
-static bool read_object(struct tg_usage *u, const char *p, const char *e, bool video)
+/* read_object, member by member as each value's end is found. */
+static bool read_object_lax(struct tg_usage *u, const char *p, const char *e, bool video)
 {
     struct jit it, sub;
     const char *v, *ve, *sv, *sve;
@@ -1368,6 +1408,279 @@ static bool read_object(struct tg_usage *u, const char *p, const char *e, bool v
         u->height = h;
     }
     return choices_empty && have_usage;
+}
+
+/* ---- the same reading in one pass ----
+ * The reader above finds the end of a value (jskip) before it walks into it,
+ * so nested text is gone over once per level. The walker below goes into the
+ * values it reads as it meets them and skips the others with jskip, but only
+ * accepts containers of a strict shape (members "key": value separated by
+ * commas, the matching closing bracket): on those, jskip would have found the
+ * same ends and the reader above the same members, so the result is the same.
+ * On anything else it gives up, and the caller reads the input again the slow
+ * way, from a fresh copy of what it had. */
+
+struct jw {
+    const char *p, *e;
+    bool first, bad;
+};
+
+/* p at the opening bracket of the container to walk. */
+static void jw_open(struct jw *w, const char *p, const char *e)
+{
+    w->p = p + 1;
+    w->e = e;
+    w->first = true;
+    w->bad = false;
+}
+
+/* Past the comma before the next item, or past the closing bracket `close`
+ * (returns false, w->bad unset). */
+static bool jw_next(struct jw *w, char close)
+{
+    const char *p = skip_ws(w->p, w->e);
+    if (p < w->e && *p == close) {
+        w->p = p + 1;
+        return false;
+    }
+    if (!w->first) {
+        if (p >= w->e || *p != ',') goto bad;
+        p = skip_ws(p + 1, w->e);
+    }
+    w->first = false;
+    w->p = p;
+    return true;
+bad:
+    w->bad = true;
+    return false;
+}
+
+/* Next member: its key; w->p is left at its value. */
+static bool jw_member(struct jw *w, enum key *key)
+{
+    bool esc = false;
+    if (!jw_next(w, '}')) return false;
+    const char *p = w->p, *e = w->e;
+    if (p >= e || *p != '"') goto bad;
+    const char *kend = jstr_end_esc(p, e, &esc);
+    if (!kend) goto bad;
+    *key = key_of(p + 1, (size_t)(kend - 2 - p), esc);
+    p = skip_ws(kend, e);
+    if (p >= e || *p != ':') goto bad;
+    p = skip_ws(p + 1, e);
+    if (p >= e || *p == '}' || *p == ']') goto bad; /* as jskip would not take it */
+    w->p = p;
+    return true;
+bad:
+    w->bad = true;
+    return false;
+}
+
+static bool jw_element(struct jw *w)
+{
+    if (!jw_next(w, ']')) return false;
+    if (w->p >= w->e) {
+        w->bad = true;
+        return false;
+    }
+    return true;
+}
+
+/* Skips the value at w->p; its span in *v, *ve. */
+static bool jw_skip(struct jw *w, const char **v, const char **ve)
+{
+    const char *end = jskip(w->p, w->e);
+    if (!end) {
+        w->bad = true;
+        return false;
+    }
+    *v = w->p;
+    *ve = end;
+    w->p = end;
+    return true;
+}
+
+static bool jw_usage(struct tg_usage *u, struct jw *up)
+{
+    struct jw w;
+    enum key k;
+    const char *v, *ve;
+    int64_t p = 0, c = 0, t = -1, x;
+    jw_open(&w, up->p, up->e);
+    while (jw_member(&w, &k)) {
+        if (!jw_skip(&w, &v, &ve)) return false;
+        if (!jint(v, ve, &x)) continue;
+        if (k == K_PROMPT_TOKENS || k == K_INPUT_TOKENS)
+            p = x;
+        else if (k == K_COMPLETION_TOKENS || k == K_OUTPUT_TOKENS)
+            c = x;
+        else if (k == K_TOTAL_TOKENS)
+            t = x;
+    }
+    if (w.bad) return false;
+    up->p = w.p;
+    u->prompt_tokens = p;
+    u->completion_tokens = c;
+    u->total_tokens = t >= 0 ? t : p + c;
+    u->have_tokens = true;
+    return true;
+}
+
+/* tool_calls[]: the text of function.arguments */
+static bool jw_tool_calls(int64_t *c, struct jw *up)
+{
+    struct jw arr, fn, args;
+    enum key k;
+    const char *v, *ve;
+    jw_open(&arr, up->p, up->e);
+    while (jw_element(&arr)) {
+        if (*arr.p != '{') {
+            if (!jw_skip(&arr, &v, &ve)) return false;
+            continue;
+        }
+        jw_open(&fn, arr.p, arr.e);
+        while (jw_member(&fn, &k)) {
+            if (k != K_FUNCTION || *fn.p != '{') {
+                if (!jw_skip(&fn, &v, &ve)) return false;
+                continue;
+            }
+            jw_open(&args, fn.p, fn.e);
+            while (jw_member(&args, &k)) {
+                if (!jw_skip(&args, &v, &ve)) return false;
+                if (k == K_ARGUMENTS) *c += jstr_chars(v, ve);
+            }
+            if (args.bad) return false;
+            fn.p = args.p;
+        }
+        if (fn.bad) return false;
+        arr.p = fn.p;
+    }
+    if (arr.bad) return false;
+    up->p = arr.p;
+    return true;
+}
+
+/* As message_chars, the value at up->p being an object. */
+static bool jw_message(int64_t *c, struct jw *up)
+{
+    struct jw w;
+    enum key k;
+    const char *v, *ve;
+    jw_open(&w, up->p, up->e);
+    while (jw_member(&w, &k)) {
+        if (k == K_TOOL_CALLS && *w.p == '[') {
+            if (!jw_tool_calls(c, &w)) return false;
+            continue;
+        }
+        if (!jw_skip(&w, &v, &ve)) return false;
+        if (k == K_CONTENT || k == K_REASONING_CONTENT || k == K_REFUSAL) *c += jstr_chars(v, ve);
+    }
+    if (w.bad) return false;
+    up->p = w.p;
+    return true;
+}
+
+/* As read_choices, the value at up->p being an array. */
+static bool jw_choices(struct tg_usage *u, struct jw *up, size_t *n)
+{
+    struct jw arr, it;
+    enum key k;
+    const char *v, *ve;
+    *n = 0;
+    jw_open(&arr, up->p, up->e);
+    while (jw_element(&arr)) {
+        ++*n;
+        if (*arr.p != '{') {
+            if (!jw_skip(&arr, &v, &ve)) return false;
+            continue;
+        }
+        jw_open(&it, arr.p, arr.e);
+        while (jw_member(&it, &k)) {
+            if ((k == K_DELTA || k == K_MESSAGE) && *it.p == '{') {
+                if (!jw_message(&u->content_chars, &it)) return false;
+                continue;
+            }
+            if (!jw_skip(&it, &v, &ve)) return false;
+            if (k == K_TEXT) u->content_chars += jstr_chars(v, ve);
+        }
+        if (it.bad) return false;
+        arr.p = it.p;
+    }
+    if (arr.bad) return false;
+    up->p = arr.p;
+    return true;
+}
+
+/* read_object in one pass: false if it gave up (u is then half written). */
+static bool jw_object(struct tg_usage *u, const char *p, const char *e, bool video, bool *drop)
+{
+    struct jw w, sub;
+    enum key k, sk;
+    const char *v, *ve;
+    bool choices_empty = false, have_usage = false, have_sec = false;
+    double sec = 0;
+    int wd = 0, ht = 0;
+    size_t n;
+    jw_open(&w, p, e);
+    while (jw_member(&w, &k)) {
+        if (k == K_CHOICES && *w.p == '[') {
+            if (!jw_choices(u, &w, &n)) return false;
+            choices_empty = n == 0;
+            continue;
+        }
+        if (k == K_USAGE && *w.p == '{') {
+            if (!jw_usage(u, &w)) return false;
+            have_usage = true;
+            continue;
+        }
+        if (k == K_RESPONSE && *w.p == '{') {
+            jw_open(&sub, w.p, w.e);
+            while (jw_member(&sub, &sk)) {
+                if (sk == K_USAGE && *sub.p == '{') {
+                    if (!jw_usage(u, &sub)) return false;
+                } else if (!jw_skip(&sub, &v, &ve)) {
+                    return false;
+                }
+            }
+            if (sub.bad) return false;
+            w.p = sub.p;
+            continue;
+        }
+        if (!jw_skip(&w, &v, &ve)) return false;
+        if (k == K_CHOICES) {
+            choices_empty = false;
+        } else if (video && k == K_SECONDS) {
+            if (jis_string(v, ve))
+                have_sec = parse_seconds(v + 1, (size_t)(ve - v - 2), &sec);
+            else
+                have_sec = parse_seconds(v, (size_t)(ve - v), &sec);
+        } else if (video && k == K_SIZE && jis_string(v, ve)) {
+            if (!parse_size(v + 1, (size_t)(ve - v - 2), &wd, &ht)) wd = ht = 0;
+        }
+    }
+    if (w.bad) return false;
+    if (have_sec) {
+        u->have_video = true;
+        u->video_seconds = sec;
+        u->width = wd;
+        u->height = ht;
+    }
+    *drop = choices_empty && have_usage;
+    return true;
+}
+
+/* One JSON object of a reply (the whole body, or an SSE payload). Returns true
+ * when it carries usage and an empty `choices` (the usage-only chunk). */
+static bool read_object(struct tg_usage *u, const char *p, const char *e, bool video)
+{
+    const char *q = skip_ws(p, e);
+    struct tg_usage was;
+    bool drop;
+    if (q >= e || *q != '{') return false;
+    was = *u;
+    if (jw_object(u, q, e, video, &drop)) return drop;
+    *u = was;
+    return read_object_lax(u, q, e, video);
 }
 
 /* ---- the scanner ---- */
