@@ -418,6 +418,97 @@ static bool jelement(struct jit *it, const char **v, const char **ve)
     return true;
 }
 
+/* ---- the same reading in one pass ----
+ * The reader above finds the end of a value (jskip) before it walks into it,
+ * so nested text is gone over once per level. The walker below goes into the
+ * values it reads as it meets them and skips the others with jskip, but only
+ * accepts containers of a strict shape (members "key": value separated by
+ * commas, the matching closing bracket): on those, jskip would have found the
+ * same ends and the reader above the same members, so the result is the same.
+ * On anything else it gives up, and the caller reads the input again the slow
+ * way, from a fresh copy of what it had. */
+
+struct jw {
+    const char *p, *e;
+    bool first, bad;
+};
+
+/* p at the opening bracket of the container to walk. */
+static void jw_open(struct jw *w, const char *p, const char *e)
+{
+    w->p = p + 1;
+    w->e = e;
+    w->first = true;
+    w->bad = false;
+}
+
+/* Past the comma before the next item, or past the closing bracket `close`
+ * (returns false, w->bad unset). */
+static bool jw_next(struct jw *w, char close)
+{
+    const char *p = skip_ws(w->p, w->e);
+    if (p < w->e && *p == close) {
+        w->p = p + 1;
+        return false;
+    }
+    if (!w->first) {
+        if (p >= w->e || *p != ',') goto bad;
+        p = skip_ws(p + 1, w->e);
+    }
+    w->first = false;
+    w->p = p;
+    return true;
+bad:
+    w->bad = true;
+    return false;
+}
+
+/* Next member: its key; w->p is left at its value. */
+static bool jw_member(struct jw *w, enum key *key)
+{
+    bool esc = false;
+    if (!jw_next(w, '}')) return false;
+    const char *p = w->p, *e = w->e;
+    if (p >= e || *p != '"') goto bad;
+    const char *kend = jstr_end_esc(p, e, &esc);
+    if (!kend) goto bad;
+    *key = key_of(p + 1, (size_t)(kend - 2 - p), esc);
+    p = skip_ws(kend, e);
+    if (p >= e || *p != ':') goto bad;
+    p = skip_ws(p + 1, e);
+    if (p >= e || *p == '}' || *p == ']') goto bad; /* as jskip would not take it */
+    w->p = p;
+    return true;
+bad:
+    w->bad = true;
+    return false;
+}
+
+static bool jw_element(struct jw *w)
+{
+    if (!jw_next(w, ']')) return false;
+    if (w->p >= w->e) {
+        w->bad = true;
+        return false;
+    }
+    return true;
+}
+
+/* Skips the value at w->p; its span in *v, *ve. */
+static bool jw_skip(struct jw *w, const char **v, const char **ve)
+{
+    const char *end = jskip(w->p, w->e);
+    if (!end) {
+        w->bad = true;
+        return false;
+    }
+    *v = w->p;
+    *ve = end;
+    w->p = end;
+    return true;
+}
+
+
 static inline unsigned bit_count(unsigned m)
 {
     unsigned n = 0;
@@ -489,6 +580,48 @@ static bool jis_string(const char *v, const char *ve)
     return ve - v >= 2 && *v == '"';
 }
 
+/* A value of the body: [v, ve), v == NULL when absent. */
+struct span {
+    const char *v, *ve;
+};
+
+/* The members of the top-level object that the estimate reads. */
+struct body {
+    struct span model, stream, stream_options, messages, prompt, input, max_completion_tokens,
+        max_tokens, n, seconds, size;
+};
+
+/* Where the member `k` of the top-level object goes, or NULL if unread. */
+static struct span *body_slot(struct body *b, enum key k)
+{
+    switch (k) {
+    case K_MODEL:
+        return &b->model;
+    case K_STREAM:
+        return &b->stream;
+    case K_STREAM_OPTIONS:
+        return &b->stream_options;
+    case K_MESSAGES:
+        return &b->messages;
+    case K_PROMPT:
+        return &b->prompt;
+    case K_INPUT:
+        return &b->input;
+    case K_MAX_COMPLETION_TOKENS:
+        return &b->max_completion_tokens;
+    case K_MAX_TOKENS:
+        return &b->max_tokens;
+    case K_N:
+        return &b->n;
+    case K_SECONDS:
+        return &b->seconds;
+    case K_SIZE:
+        return &b->size;
+    default:
+        return NULL;
+    }
+}
+
 /* ---- strict JSON check: exactly what jansson's json_loadb(JSON_DECODE_ANY) accepts ---- */
 
 /* jansson's JSON_PARSER_MAX_DEPTH, which it counts per value: a value inside
@@ -526,6 +659,7 @@ static size_t utf8_seq(const unsigned char *p, const unsigned char *e)
 
 struct jcheck {
     const unsigned char *p, *e;
+    bool esc; /* check_string saw a backslash */
 };
 
 static void check_ws(struct jcheck *c)
@@ -567,6 +701,7 @@ static bool check_string(struct jcheck *c)
             p++;
             continue;
         }
+        c->esc = true;
         if (e - p < 2) return false;
         switch (p[1]) {
         case '"':
@@ -679,13 +814,17 @@ static bool check_scalar(struct jcheck *c)
 }
 
 /* The whole of body[0..len) is one JSON value (white space around it allowed).
- * Iterative: the open containers are a bit stack (1 = object). */
-static bool json_valid(const char *body, size_t len)
+ * Iterative: the open containers are a bit stack (1 = object). With `b`, the
+ * members of a top-level object that the estimate reads are noted there as
+ * they go by (a repeated key: the last one counts, as in jansson). */
+static bool json_valid(const char *body, size_t len, struct body *b)
 {
     uint8_t objects[JSON_MAX_DEPTH / 8 + 1];
-    struct jcheck c = {(const unsigned char *)body, (const unsigned char *)body + len};
+    struct jcheck c = {(const unsigned char *)body, (const unsigned char *)body + len, false};
     enum { VALUE, KEY, AFTER } st = VALUE;
     int depth = 0; /* open containers; a value is at depth + 1 */
+    struct span *slot = NULL; /* the top-level member being read, if noted */
+    if (b) memset(b, 0, sizeof *b);
     if (!body) return false;
     for (;;) {
         check_ws(&c);
@@ -693,9 +832,14 @@ static bool json_valid(const char *body, size_t len)
         if (st == VALUE) {
             if (depth + 1 > JSON_MAX_DEPTH) return false;
             unsigned char ch = *c.p;
+            if (slot && depth == 1) slot->v = (const char *)c.p;
             if (ch != '{' && ch != '[') {
                 if (!check_scalar(&c)) return false;
                 st = AFTER;
+                if (slot && depth == 1) {
+                    slot->ve = (const char *)c.p;
+                    slot = NULL;
+                }
                 continue;
             }
             c.p++;
@@ -703,6 +847,10 @@ static bool json_valid(const char *body, size_t len)
             if (c.p < c.e && *c.p == (ch == '{' ? '}' : ']')) {
                 c.p++;
                 st = AFTER;
+                if (slot && depth == 1) {
+                    slot->ve = (const char *)c.p;
+                    slot = NULL;
+                }
                 continue;
             }
             if (ch == '{')
@@ -712,7 +860,11 @@ static bool json_valid(const char *body, size_t len)
             depth++;
             st = ch == '{' ? KEY : VALUE;
         } else if (st == KEY) {
+            const unsigned char *k = c.p;
+            c.esc = false;
             if (*c.p != '"' || !check_string(&c)) return false;
+            if (b && depth == 1)
+                slot = body_slot(b, key_of((const char *)k + 1, (size_t)(c.p - k - 2), c.esc));
             check_ws(&c);
             if (c.p >= c.e || *c.p != ':') return false;
             c.p++;
@@ -726,6 +878,10 @@ static bool json_valid(const char *body, size_t len)
             } else if (*c.p == (obj ? '}' : ']')) {
                 c.p++;
                 depth--;
+                if (slot && depth == 1) {
+                    slot->ve = (const char *)c.p;
+                    slot = NULL;
+                }
             } else {
                 return false;
             }
@@ -736,11 +892,6 @@ static bool json_valid(const char *body, size_t len)
 /* ---- request side: the body was validated first, so the reader walks valid JSON ---- */
 
 enum jtype { J_OBJECT, J_ARRAY, J_STRING, J_INTEGER, J_REAL, J_TRUE, J_FALSE, J_NULL };
-
-/* A value of the body: [v, ve), v == NULL when absent. */
-struct span {
-    const char *v, *ve;
-};
 
 static enum jtype jtype_of(struct span s)
 {
@@ -823,6 +974,12 @@ static size_t jstr_decode(struct span s, char *out, size_t cap, bool *whole)
     static const char esc_from[] = "\"\\/bfnrt", esc_to[] = "\"\\/\b\f\n\r\t";
     const char *p = s.v + 1, *e = s.ve - 1;
     size_t n = 0;
+    if ((size_t)(e - p) <= cap && find_quote_bs(p, e) == e) {
+        /* no escape and it fits: the bytes as they are (a valid string holds no '"') */
+        memcpy(out, p, (size_t)(e - p));
+        *whole = true;
+        return (size_t)(e - p);
+    }
     while (p < e) {
         char tmp[4];
         size_t tl;
@@ -958,12 +1115,46 @@ static int count_content(struct span content, struct prompt *pr)
     return 0;
 }
 
+/* The messages walked once (the body is valid, so the walker takes it; if it
+ * ever did not, they are counted again the slow way). */
 static int count_messages(struct span msgs, struct prompt *pr, char err[TG_ERR_LEN])
 {
     struct jit it;
+    struct jw arr, obj;
     struct span m;
+    struct prompt was = *pr;
+    enum key k;
+    const char *v, *ve;
     char param[48];
     if (jtype_of(msgs) != J_ARRAY) return bad_type(err, "messages", "an array", msgs);
+    jw_open(&arr, msgs.v, msgs.ve);
+    for (size_t i = 0; jw_element(&arr); i++) {
+        if (*arr.p != '{') {
+            if (!jw_skip(&arr, &m.v, &m.ve)) break;
+            snprintf(param, sizeof param, "messages[%zu]", i);
+            return bad_type(err, param, "an object", m);
+        }
+        struct span content = {NULL, NULL};
+        jw_open(&obj, arr.p, arr.e);
+        while (jw_member(&obj, &k)) {
+            if (!jw_skip(&obj, &v, &ve)) break;
+            if (k == K_CONTENT) {
+                content.v = v;
+                content.ve = ve;
+            }
+        }
+        if (obj.bad) {
+            arr.bad = true;
+            break;
+        }
+        arr.p = obj.p;
+        if (count_content(content, pr) < 0) {
+            snprintf(param, sizeof param, "messages[%zu].content", i);
+            return bad_type(err, param, "a string or an array", content);
+        }
+    }
+    if (!arr.bad) return 0;
+    *pr = was;
     jopen(&it, msgs.v, msgs.ve, '[');
     for (size_t i = 0; jelement(&it, &m.v, &m.ve); i++) {
         if (jtype_of(m) != J_OBJECT) {
@@ -1037,59 +1228,6 @@ static void copy_model(struct tg_request_info *info, const char *s, size_t n)
     }
     memcpy(info->model, s, n);
     info->model[n] = '\0';
-}
-
-/* The members of the top-level object that the estimate reads. */
-struct body {
-    struct span model, stream, stream_options, messages, prompt, input, max_completion_tokens,
-        max_tokens, n, seconds, size;
-};
-
-/* Where the member `k` of the top-level object goes, or NULL if unread. */
-static struct span *body_slot(struct body *b, enum key k)
-{
-    switch (k) {
-    case K_MODEL:
-        return &b->model;
-    case K_STREAM:
-        return &b->stream;
-    case K_STREAM_OPTIONS:
-        return &b->stream_options;
-    case K_MESSAGES:
-        return &b->messages;
-    case K_PROMPT:
-        return &b->prompt;
-    case K_INPUT:
-        return &b->input;
-    case K_MAX_COMPLETION_TOKENS:
-        return &b->max_completion_tokens;
-    case K_MAX_TOKENS:
-        return &b->max_tokens;
-    case K_N:
-        return &b->n;
-    case K_SECONDS:
-        return &b->seconds;
-    case K_SIZE:
-        return &b->size;
-    default:
-        return NULL;
-    }
-}
-
-static void read_body(const char *p, const char *e, struct body *b)
-{
-    struct jit it;
-    const char *v, *ve;
-    enum key k;
-    memset(b, 0, sizeof *b);
-    if (!jopen(&it, p, e, '{')) return;
-    while (jmember(&it, &k, &v, &ve)) {
-        struct span *s = body_slot(b, k);
-        if (s) {
-            s->v = v;
-            s->ve = ve;
-        }
-    }
 }
 
 static void common_info(const struct body *b, struct tg_request_info *info)
@@ -1260,14 +1398,12 @@ int tg_cost_estimate(enum tg_cost_model model, int chars_per_token, int default_
     }
     if (model == TG_COST_REQUESTS) {
         /* no body needed: read model and stream when it is a JSON object */
-        if (first && first < end && *first == '{' && json_valid(body, len)) {
-            read_body(first, end, &b);
+        if (first && first < end && *first == '{' && json_valid(body, len, &b))
             common_info(&b, info);
-        }
         rc = 0;
         goto out;
     }
-    if (!json_valid(body, len)) {
+    if (!json_valid(body, len, &b)) {
         snprintf(err, TG_ERR_LEN, "%s", bad_json_msg);
         goto out;
     }
@@ -1277,7 +1413,6 @@ int tg_cost_estimate(enum tg_cost_model model, int chars_per_token, int default_
                  type_name((struct span){first, end}));
         goto out;
     }
-    read_body(first, end, &b);
     common_info(&b, info);
     if (model == TG_COST_TOKENS) {
         rc = estimate_tokens(&b, cpt, default_max_tokens, out, info, err);
@@ -1410,95 +1545,7 @@ static bool read_object_lax(struct tg_usage *u, const char *p, const char *e, bo
     return choices_empty && have_usage;
 }
 
-/* ---- the same reading in one pass ----
- * The reader above finds the end of a value (jskip) before it walks into it,
- * so nested text is gone over once per level. The walker below goes into the
- * values it reads as it meets them and skips the others with jskip, but only
- * accepts containers of a strict shape (members "key": value separated by
- * commas, the matching closing bracket): on those, jskip would have found the
- * same ends and the reader above the same members, so the result is the same.
- * On anything else it gives up, and the caller reads the input again the slow
- * way, from a fresh copy of what it had. */
-
-struct jw {
-    const char *p, *e;
-    bool first, bad;
-};
-
-/* p at the opening bracket of the container to walk. */
-static void jw_open(struct jw *w, const char *p, const char *e)
-{
-    w->p = p + 1;
-    w->e = e;
-    w->first = true;
-    w->bad = false;
-}
-
-/* Past the comma before the next item, or past the closing bracket `close`
- * (returns false, w->bad unset). */
-static bool jw_next(struct jw *w, char close)
-{
-    const char *p = skip_ws(w->p, w->e);
-    if (p < w->e && *p == close) {
-        w->p = p + 1;
-        return false;
-    }
-    if (!w->first) {
-        if (p >= w->e || *p != ',') goto bad;
-        p = skip_ws(p + 1, w->e);
-    }
-    w->first = false;
-    w->p = p;
-    return true;
-bad:
-    w->bad = true;
-    return false;
-}
-
-/* Next member: its key; w->p is left at its value. */
-static bool jw_member(struct jw *w, enum key *key)
-{
-    bool esc = false;
-    if (!jw_next(w, '}')) return false;
-    const char *p = w->p, *e = w->e;
-    if (p >= e || *p != '"') goto bad;
-    const char *kend = jstr_end_esc(p, e, &esc);
-    if (!kend) goto bad;
-    *key = key_of(p + 1, (size_t)(kend - 2 - p), esc);
-    p = skip_ws(kend, e);
-    if (p >= e || *p != ':') goto bad;
-    p = skip_ws(p + 1, e);
-    if (p >= e || *p == '}' || *p == ']') goto bad; /* as jskip would not take it */
-    w->p = p;
-    return true;
-bad:
-    w->bad = true;
-    return false;
-}
-
-static bool jw_element(struct jw *w)
-{
-    if (!jw_next(w, ']')) return false;
-    if (w->p >= w->e) {
-        w->bad = true;
-        return false;
-    }
-    return true;
-}
-
-/* Skips the value at w->p; its span in *v, *ve. */
-static bool jw_skip(struct jw *w, const char **v, const char **ve)
-{
-    const char *end = jskip(w->p, w->e);
-    if (!end) {
-        w->bad = true;
-        return false;
-    }
-    *v = w->p;
-    *ve = end;
-    w->p = end;
-    return true;
-}
+/* ---- reply objects in one pass (the walker is above, by jelement) ---- */
 
 static bool jw_usage(struct tg_usage *u, struct jw *up)
 {
@@ -1994,14 +2041,13 @@ static char *splice(const char *body, size_t len, size_t at, size_t cut, const c
     return out;
 }
 
-char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen)
+/* The work of tg_cost_request_usage on a valid body. */
+static char *request_usage(const char *body, size_t len, size_t *outlen)
 {
     static const char member[] = "\"stream_options\":{\"include_usage\":true},";
     static const char obj[] = "{\"include_usage\":true}";
-    const char *end = body ? body + len : NULL, *open;
-    if (!json_valid(body, len)) return NULL;
-    open = skip_ws(body, end);
-    if (*open != '{') return NULL;
+    const char *end = body + len, *open = skip_ws(body, end);
+    if (open >= end || *open != '{') return NULL;
     struct span top = {open, end};
     struct span so = find(top, K_STREAM_OPTIONS);
     if (!so.v) {
@@ -2017,4 +2063,16 @@ char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen)
     if (iu.v)
         return splice(body, len, (size_t)(iu.v - body), (size_t)(iu.ve - iu.v), "true", 4, outlen);
     return splice(body, len, at + 1, 0, "\"include_usage\":true,", 21, outlen);
+}
+
+char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen)
+{
+    if (!json_valid(body, len, NULL)) return NULL;
+    return request_usage(body, len, outlen);
+}
+
+char *tg_cost_request_usage_valid(const char *body, size_t len, size_t *outlen)
+{
+    if (!body || len == 0) return NULL;
+    return request_usage(body, len, outlen);
 }
