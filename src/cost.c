@@ -23,6 +23,9 @@
 
 enum { NL_MID, NL_START, NL_CR };
 
+/* For the small helpers of the JSON walk, called per member and per byte run. */
+#define HOT_INLINE static inline __attribute__((always_inline))
+
 static const char bad_json_msg[] =
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
     "using your HTTP library correctly. The API expects a JSON payload, but what was sent was "
@@ -83,7 +86,7 @@ static bool parse_seconds(const char *s, size_t n, double *out)
     return true;
 }
 
-static const char *skip_ws(const char *p, const char *e)
+HOT_INLINE const char *skip_ws(const char *p, const char *e)
 {
     while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
         p++;
@@ -279,7 +282,7 @@ enum key {
 #define KEY_MAX_LEN 21 /* max_completion_tokens */
 
 /* The name s[0..n) (escapes already decoded) as a key id. */
-static inline enum key key_of_name(const char *s, size_t n)
+HOT_INLINE enum key key_of_name(const char *s, size_t n)
 {
 #define IS(lit) (memcmp(s, lit, sizeof lit - 1) == 0)
     switch (n) {
@@ -434,7 +437,7 @@ struct jw {
 };
 
 /* p at the opening bracket of the container to walk. */
-static void jw_open(struct jw *w, const char *p, const char *e)
+HOT_INLINE void jw_open(struct jw *w, const char *p, const char *e)
 {
     w->p = p + 1;
     w->e = e;
@@ -444,7 +447,7 @@ static void jw_open(struct jw *w, const char *p, const char *e)
 
 /* Past the comma before the next item, or past the closing bracket `close`
  * (returns false, w->bad unset). */
-static bool jw_next(struct jw *w, char close)
+HOT_INLINE bool jw_next(struct jw *w, char close)
 {
     const char *p = skip_ws(w->p, w->e);
     if (p < w->e && *p == close) {
@@ -526,17 +529,20 @@ static int64_t jstr_chars(const char *v, const char *ve)
     int64_t c = 0;
     while (i < n) {
 #ifdef __SSE2__
-        if (n - i >= BLK) {
-            blk_t x = blk_load(s + i);
-            unsigned bs = blk_eq(x, '\\'), cont = blk_cont(x);
+        if (n >= BLK) {
+            /* the last block overlaps the one before: its first `skip` bytes are counted */
+            size_t at = n - i >= BLK ? i : n - BLK;
+            unsigned skip = (unsigned)(i - at), keep = (0xFFFFu << skip) & 0xFFFFu;
+            blk_t x = blk_load(s + at);
+            unsigned bs = blk_eq(x, '\\') & keep, cont = blk_cont(x) & keep;
             if (!bs) {
-                c += BLK - (cont ? bit_count(cont) : 0);
-                i += BLK;
+                c += BLK - skip - (cont ? bit_count(cont) : 0);
+                i = at + BLK;
                 continue;
             }
             unsigned k = (unsigned)__builtin_ctz(bs);
-            c += k - (cont ? bit_count(cont & ((1u << k) - 1)) : 0);
-            i += k;
+            c += k - skip - (cont ? bit_count(cont & ((1u << k) - 1)) : 0);
+            i = at + k;
         }
 #endif
         if (s[i] != '\\') {
