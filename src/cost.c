@@ -334,7 +334,7 @@ HOT_INLINE enum key key_of_name(const char *s, size_t n)
 #undef IS
 }
 
-/* A key with a backslash in it, decoded as key_is did: a key whose escapes
+/* A key with a backslash in it, decoded: a key whose escapes
  * do not decode (a bad escape, or a \\u escape beyond ASCII, which no name
  * here holds) is K_OTHER. */
 static enum key key_of_escaped(const char *k, size_t kl)
