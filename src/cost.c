@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include "tollgate/cost.h"
 
 #define MAX_N 128
@@ -19,6 +22,9 @@
 #define JSON_TAIL (64 * 1024)
 
 enum { NL_MID, NL_START, NL_CR };
+
+/* For the small helpers of the JSON walk, called per member and per byte run. */
+#define HOT_INLINE static inline __attribute__((always_inline))
 
 static const char bad_json_msg[] =
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
@@ -80,7 +86,7 @@ static bool parse_seconds(const char *s, size_t n, double *out)
     return true;
 }
 
-static const char *skip_ws(const char *p, const char *e)
+HOT_INLINE const char *skip_ws(const char *p, const char *e)
 {
     while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
         p++;
@@ -89,21 +95,77 @@ static const char *skip_ws(const char *p, const char *e)
 
 /* ---- a small JSON reader: no allocation, walks the bytes ---- */
 
-/* p at an opening quote: returns just past the closing one, or NULL. A quote
- * is escaped when an odd run of backslashes precedes it. */
-static const char *jstr_end(const char *p, const char *e)
+/* Bytes are looked at 16 at a time where SSE2 is there (every x86-64): the
+ * loops below stop only at the bytes that matter, and finish byte by byte
+ * within the last 16 bytes of the span (nothing is read past its end). */
+#define BLK 16
+
+#ifdef __SSE2__
+typedef __m128i blk_t;
+static inline blk_t blk_load(const char *p)
 {
-    const char *start = ++p;
-    while (p < e) {
-        const char *q = memchr(p, '"', (size_t)(e - p));
-        if (!q) return NULL;
-        size_t bs = 0;
-        while (q - bs > start && q[-1 - (ptrdiff_t)bs] == '\\')
-            bs++;
-        if (bs % 2 == 0) return q + 1;
-        p = q + 1;
+    return _mm_loadu_si128((const __m128i *)(const void *)p);
+}
+static inline unsigned blk_eq(blk_t x, char c)
+{
+    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8(c)));
+}
+/* bytes < 0x20 or >= 0x80 */
+static inline unsigned blk_ctl_or_high(blk_t x)
+{
+    return (unsigned)_mm_movemask_epi8(_mm_cmplt_epi8(x, _mm_set1_epi8(0x20)));
+}
+/* UTF-8 continuation bytes (0x80..0xBF) */
+static inline unsigned blk_cont(blk_t x)
+{
+    return (unsigned)_mm_movemask_epi8(_mm_cmplt_epi8(x, _mm_set1_epi8(-64)));
+}
+/* '"', '[', ']', '{', '}' (and a few others: Y _ y DEL, which the caller passes over) */
+static inline unsigned blk_struct(blk_t x)
+{
+    blk_t b = _mm_and_si128(_mm_or_si128(x, _mm_set1_epi8(0x20)), _mm_set1_epi8((char)0xF9));
+    return (unsigned)_mm_movemask_epi8(
+        _mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8(0x79)), _mm_cmpeq_epi8(x, _mm_set1_epi8('"'))));
+}
+#endif
+
+/* The first '"' or '\\' in [p, e), or e. */
+static inline const char *find_quote_bs(const char *p, const char *e)
+{
+#ifdef __SSE2__
+    while (e - p >= BLK) {
+        blk_t x = blk_load(p);
+        unsigned m = blk_eq(x, '"') | blk_eq(x, '\\');
+        if (m) return p + __builtin_ctz(m);
+        p += BLK;
     }
-    return NULL;
+#endif
+    while (p < e && *p != '"' && *p != '\\')
+        p++;
+    return p;
+}
+
+/* p at an opening quote: returns just past the closing one, or NULL. A quote
+ * is escaped when an odd run of backslashes precedes it; read left to right,
+ * that is: a backslash takes the byte after it along. *esc tells whether the
+ * string holds a backslash. */
+static inline const char *jstr_end_esc(const char *p, const char *e, bool *esc)
+{
+    p++;
+    for (;;) {
+        p = find_quote_bs(p, e);
+        if (p >= e) return NULL;
+        if (*p == '"') return p + 1;
+        *esc = true;
+        if (e - p <= 2) return NULL; /* nothing left after the escaped byte */
+        p += 2;
+    }
+}
+
+static inline const char *jstr_end(const char *p, const char *e)
+{
+    bool esc;
+    return jstr_end_esc(p, e, &esc);
 }
 
 /* What a byte means to jskip: 1 quote, 2 opens, 3 closes, 4 ends a scalar. */
@@ -112,6 +174,25 @@ static const unsigned char jclass[256] = {
     [' '] = 4, ['\t'] = 4, ['\n'] = 4, ['\r'] = 4, [':'] = 4,
 };
 
+/* The next byte of class 1..3 in [p, e), or e. */
+static inline const char *find_struct(const char *p, const char *e)
+{
+#ifdef __SSE2__
+    while (e - p >= BLK) {
+        unsigned m = blk_struct(blk_load(p));
+        while (m) {
+            const char *q = p + __builtin_ctz(m);
+            if (jclass[(unsigned char)*q] != 0) return q;
+            m &= m - 1;
+        }
+        p += BLK;
+    }
+#endif
+    while (p < e && (jclass[(unsigned char)*p] == 0 || jclass[(unsigned char)*p] == 4))
+        p++;
+    return p;
+}
+
 /* p at a value: returns just past it, or NULL if it does not end before e. */
 static const char *jskip(const char *p, const char *e)
 {
@@ -119,74 +200,28 @@ static const char *jskip(const char *p, const char *e)
     if (*p == '"') return jstr_end(p, e);
     if (*p == '{' || *p == '[') {
         size_t depth = 0;
-        for (; p < e; p++) {
+        for (;;) {
+            p = find_struct(p, e);
+            if (p >= e) return NULL;
             switch (jclass[(unsigned char)*p]) {
             case 1:
                 p = jstr_end(p, e);
                 if (!p) return NULL;
-                p--;
-                break;
+                continue;
             case 2:
                 depth++;
                 break;
-            case 3:
+            default:
                 if (--depth == 0) return p + 1;
                 break;
             }
+            p++;
         }
-        return NULL;
     }
     const char *s = p;
     while (p < e && jclass[(unsigned char)*p] == 0)
         p++;
     return p > s ? p : NULL;
-}
-
-struct jit {
-    const char *p, *e;
-};
-
-static bool jopen(struct jit *it, const char *p, const char *e, char open)
-{
-    p = skip_ws(p, e);
-    if (p >= e || *p != open) return false;
-    it->p = p + 1;
-    it->e = e;
-    return true;
-}
-
-/* Next member of an object: key bytes (between the quotes, undecoded) and value span. */
-static bool jmember(struct jit *it, const char **k, size_t *kl, const char **v, const char **ve)
-{
-    const char *e = it->e, *p = skip_ws(it->p, e);
-    if (p < e && *p == ',') p = skip_ws(p + 1, e);
-    if (p >= e || *p != '"') return false;
-    const char *kend = jstr_end(p, e);
-    if (!kend) return false;
-    *k = p + 1;
-    *kl = (size_t)(kend - 1 - *k);
-    p = skip_ws(kend, e);
-    if (p >= e || *p != ':') return false;
-    p = skip_ws(p + 1, e);
-    const char *end = jskip(p, e);
-    if (!end) return false;
-    *v = p;
-    *ve = end;
-    it->p = end;
-    return true;
-}
-
-static bool jelement(struct jit *it, const char **v, const char **ve)
-{
-    const char *e = it->e, *p = skip_ws(it->p, e);
-    if (p < e && *p == ',') p = skip_ws(p + 1, e);
-    if (p >= e || *p == ']') return false;
-    const char *end = jskip(p, e);
-    if (!end) return false;
-    *v = p;
-    *ve = end;
-    it->p = end;
-    return true;
 }
 
 static int hexval(char c)
@@ -209,35 +244,281 @@ static long hex4(const char *s, size_t n)
     return v;
 }
 
-/* A key (raw bytes between its quotes) equals the ASCII `lit` once its escapes are decoded. */
-static bool key_is(const char *k, size_t kl, const char *lit, size_t ll)
+/* ---- member names the cost model reads ---- */
+
+enum key {
+    K_OTHER,
+    K_N,
+    K_TEXT,
+    K_SIZE,
+    K_MODEL,
+    K_INPUT,
+    K_DELTA,
+    K_USAGE,
+    K_STREAM,
+    K_PROMPT,
+    K_SECONDS,
+    K_CONTENT,
+    K_REFUSAL,
+    K_MESSAGE,
+    K_CHOICES,
+    K_MESSAGES,
+    K_FUNCTION,
+    K_RESPONSE,
+    K_ARGUMENTS,
+    K_MAX_TOKENS,
+    K_TOOL_CALLS,
+    K_INPUT_TOKENS,
+    K_TOTAL_TOKENS,
+    K_PROMPT_TOKENS,
+    K_INCLUDE_USAGE,
+    K_OUTPUT_TOKENS,
+    K_STREAM_OPTIONS,
+    K_COMPLETION_TOKENS,
+    K_REASONING_CONTENT,
+    K_MAX_COMPLETION_TOKENS,
+};
+
+#define KEY_MAX_LEN 21 /* max_completion_tokens */
+
+/* The name s[0..n) (escapes already decoded) as a key id. */
+HOT_INLINE enum key key_of_name(const char *s, size_t n)
 {
-    if (kl == ll && memcmp(k, lit, ll) == 0) return true;
-    if (kl <= ll || !memchr(k, '\\', kl)) return false;
+#define IS(lit) (memcmp(s, lit, sizeof lit - 1) == 0)
+    switch (n) {
+    case 1:
+        return s[0] == 'n' ? K_N : K_OTHER;
+    case 4:
+        return IS("text") ? K_TEXT : IS("size") ? K_SIZE : K_OTHER;
+    case 5:
+        return IS("model")   ? K_MODEL
+               : IS("input") ? K_INPUT
+               : IS("delta") ? K_DELTA
+               : IS("usage") ? K_USAGE
+                             : K_OTHER;
+    case 6:
+        return IS("stream") ? K_STREAM : IS("prompt") ? K_PROMPT : K_OTHER;
+    case 7:
+        return IS("seconds")   ? K_SECONDS
+               : IS("content") ? K_CONTENT
+               : IS("refusal") ? K_REFUSAL
+               : IS("message") ? K_MESSAGE
+               : IS("choices") ? K_CHOICES
+                               : K_OTHER;
+    case 8:
+        return IS("messages")   ? K_MESSAGES
+               : IS("function") ? K_FUNCTION
+               : IS("response") ? K_RESPONSE
+                                : K_OTHER;
+    case 9:
+        return IS("arguments") ? K_ARGUMENTS : K_OTHER;
+    case 10:
+        return IS("max_tokens") ? K_MAX_TOKENS : IS("tool_calls") ? K_TOOL_CALLS : K_OTHER;
+    case 12:
+        return IS("input_tokens") ? K_INPUT_TOKENS : IS("total_tokens") ? K_TOTAL_TOKENS : K_OTHER;
+    case 13:
+        return IS("prompt_tokens")   ? K_PROMPT_TOKENS
+               : IS("include_usage") ? K_INCLUDE_USAGE
+               : IS("output_tokens") ? K_OUTPUT_TOKENS
+                                     : K_OTHER;
+    case 14:
+        return IS("stream_options") ? K_STREAM_OPTIONS : K_OTHER;
+    case 17:
+        return IS("completion_tokens")   ? K_COMPLETION_TOKENS
+               : IS("reasoning_content") ? K_REASONING_CONTENT
+                                         : K_OTHER;
+    case 21:
+        return IS("max_completion_tokens") ? K_MAX_COMPLETION_TOKENS : K_OTHER;
+    }
+    return K_OTHER;
+#undef IS
+}
+
+/* A key with a backslash in it, decoded: a key whose escapes
+ * do not decode (a bad escape, or a \\u escape beyond ASCII, which no name
+ * here holds) is K_OTHER. */
+static enum key key_of_escaped(const char *k, size_t kl)
+{
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    char buf[KEY_MAX_LEN];
     size_t i = 0, j = 0;
     while (i < kl) {
         long c = (unsigned char)k[i++];
         if (c == '\\') {
-            if (i >= kl) return false;
+            if (i >= kl) return K_OTHER;
             char e = k[i++];
-            static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
             const char *f = e == 'u' ? NULL : memchr(from, e, sizeof from - 1);
             if (e == 'u') {
                 c = hex4(k + i, kl - i);
-                if (c < 0 || c > 0x7f) return false;
+                if (c < 0 || c > 0x7f) return K_OTHER;
                 i += 4;
             } else if (f) {
                 c = to[f - from];
             } else {
-                return false;
+                return K_OTHER;
             }
         }
-        if (j >= ll || lit[j++] != c) return false;
+        if (j >= KEY_MAX_LEN) return K_OTHER;
+        buf[j++] = (char)c;
     }
-    return j == ll;
+    return key_of_name(buf, j);
 }
 
-#define KEY_IS(k, kl, lit) key_is((k), (kl), (lit), sizeof(lit) - 1)
+/* A key (raw bytes between its quotes; esc: it holds a backslash) as a key
+ * id, once its escapes are decoded. */
+static inline enum key key_of(const char *k, size_t kl, bool esc)
+{
+    if (esc) return key_of_escaped(k, kl);
+    return kl <= KEY_MAX_LEN ? key_of_name(k, kl) : K_OTHER;
+}
+
+struct jit {
+    const char *p, *e;
+};
+
+static bool jopen(struct jit *it, const char *p, const char *e, char open)
+{
+    p = skip_ws(p, e);
+    if (p >= e || *p != open) return false;
+    it->p = p + 1;
+    it->e = e;
+    return true;
+}
+
+/* Next member of an object: its key (as a key id) and value span. */
+static bool jmember(struct jit *it, enum key *key, const char **v, const char **ve)
+{
+    const char *e = it->e, *p = skip_ws(it->p, e);
+    bool esc = false;
+    if (p < e && *p == ',') p = skip_ws(p + 1, e);
+    if (p >= e || *p != '"') return false;
+    const char *kend = jstr_end_esc(p, e, &esc);
+    if (!kend) return false;
+    const char *k = p + 1;
+    size_t kl = (size_t)(kend - 1 - k);
+    p = skip_ws(kend, e);
+    if (p >= e || *p != ':') return false;
+    p = skip_ws(p + 1, e);
+    const char *end = jskip(p, e);
+    if (!end) return false;
+    *key = key_of(k, kl, esc);
+    *v = p;
+    *ve = end;
+    it->p = end;
+    return true;
+}
+
+static bool jelement(struct jit *it, const char **v, const char **ve)
+{
+    const char *e = it->e, *p = skip_ws(it->p, e);
+    if (p < e && *p == ',') p = skip_ws(p + 1, e);
+    if (p >= e || *p == ']') return false;
+    const char *end = jskip(p, e);
+    if (!end) return false;
+    *v = p;
+    *ve = end;
+    it->p = end;
+    return true;
+}
+
+/* ---- the same reading in one pass ----
+ * The reader above finds the end of a value (jskip) before it walks into it,
+ * so nested text is gone over once per level. The walker below goes into the
+ * values it reads as it meets them and skips the others with jskip, but only
+ * accepts containers of a strict shape (members "key": value separated by
+ * commas, the matching closing bracket): on those, jskip would have found the
+ * same ends and the reader above the same members, so the result is the same.
+ * On anything else it gives up, and the caller reads the input again the slow
+ * way, from a fresh copy of what it had. */
+
+struct jw {
+    const char *p, *e;
+    bool first, bad;
+};
+
+/* p at the opening bracket of the container to walk. */
+HOT_INLINE void jw_open(struct jw *w, const char *p, const char *e)
+{
+    w->p = p + 1;
+    w->e = e;
+    w->first = true;
+    w->bad = false;
+}
+
+/* Past the comma before the next item, or past the closing bracket `close`
+ * (returns false, w->bad unset). */
+HOT_INLINE bool jw_next(struct jw *w, char close)
+{
+    const char *p = skip_ws(w->p, w->e);
+    if (p < w->e && *p == close) {
+        w->p = p + 1;
+        return false;
+    }
+    if (!w->first) {
+        if (p >= w->e || *p != ',') goto bad;
+        p = skip_ws(p + 1, w->e);
+    }
+    w->first = false;
+    w->p = p;
+    return true;
+bad:
+    w->bad = true;
+    return false;
+}
+
+/* Next member: its key; w->p is left at its value. */
+static bool jw_member(struct jw *w, enum key *key)
+{
+    bool esc = false;
+    if (!jw_next(w, '}')) return false;
+    const char *p = w->p, *e = w->e;
+    if (p >= e || *p != '"') goto bad;
+    const char *kend = jstr_end_esc(p, e, &esc);
+    if (!kend) goto bad;
+    *key = key_of(p + 1, (size_t)(kend - 2 - p), esc);
+    p = skip_ws(kend, e);
+    if (p >= e || *p != ':') goto bad;
+    p = skip_ws(p + 1, e);
+    if (p >= e || *p == '}' || *p == ']') goto bad; /* as jskip would not take it */
+    w->p = p;
+    return true;
+bad:
+    w->bad = true;
+    return false;
+}
+
+static bool jw_element(struct jw *w)
+{
+    if (!jw_next(w, ']')) return false;
+    if (w->p >= w->e) {
+        w->bad = true;
+        return false;
+    }
+    return true;
+}
+
+/* Skips the value at w->p; its span in *v, *ve. */
+static bool jw_skip(struct jw *w, const char **v, const char **ve)
+{
+    const char *end = jskip(w->p, w->e);
+    if (!end) {
+        w->bad = true;
+        return false;
+    }
+    *v = w->p;
+    *ve = end;
+    w->p = end;
+    return true;
+}
+
+
+static inline unsigned bit_count(unsigned m)
+{
+    unsigned n = 0;
+    for (; m; m &= m - 1)
+        n++;
+    return n;
+}
 
 /* Code points of the JSON string [v, ve) (quotes included), escapes decoded. */
 static int64_t jstr_chars(const char *v, const char *ve)
@@ -247,6 +528,23 @@ static int64_t jstr_chars(const char *v, const char *ve)
     size_t n = (size_t)(ve - v - 2), i = 0;
     int64_t c = 0;
     while (i < n) {
+#ifdef __SSE2__
+        if (n >= BLK) {
+            /* the last block overlaps the one before: its first `skip` bytes are counted */
+            size_t at = n - i >= BLK ? i : n - BLK;
+            unsigned skip = (unsigned)(i - at), keep = (0xFFFFu << skip) & 0xFFFFu;
+            blk_t x = blk_load(s + at);
+            unsigned bs = blk_eq(x, '\\') & keep, cont = blk_cont(x) & keep;
+            if (!bs) {
+                c += BLK - skip - (cont ? bit_count(cont) : 0);
+                i = at + BLK;
+                continue;
+            }
+            unsigned k = (unsigned)__builtin_ctz(bs);
+            c += k - skip - (cont ? bit_count(cont & ((1u << k) - 1)) : 0);
+            i = at + k;
+        }
+#endif
         if (s[i] != '\\') {
             c += ((unsigned char)s[i] & 0xC0) != 0x80;
             i++;
@@ -288,6 +586,48 @@ static bool jis_string(const char *v, const char *ve)
     return ve - v >= 2 && *v == '"';
 }
 
+/* A value of the body: [v, ve), v == NULL when absent. */
+struct span {
+    const char *v, *ve;
+};
+
+/* The members of the top-level object that the estimate reads. */
+struct body {
+    struct span model, stream, stream_options, messages, prompt, input, max_completion_tokens,
+        max_tokens, n, seconds, size;
+};
+
+/* Where the member `k` of the top-level object goes, or NULL if unread. */
+static struct span *body_slot(struct body *b, enum key k)
+{
+    switch (k) {
+    case K_MODEL:
+        return &b->model;
+    case K_STREAM:
+        return &b->stream;
+    case K_STREAM_OPTIONS:
+        return &b->stream_options;
+    case K_MESSAGES:
+        return &b->messages;
+    case K_PROMPT:
+        return &b->prompt;
+    case K_INPUT:
+        return &b->input;
+    case K_MAX_COMPLETION_TOKENS:
+        return &b->max_completion_tokens;
+    case K_MAX_TOKENS:
+        return &b->max_tokens;
+    case K_N:
+        return &b->n;
+    case K_SECONDS:
+        return &b->seconds;
+    case K_SIZE:
+        return &b->size;
+    default:
+        return NULL;
+    }
+}
+
 /* ---- strict JSON check: exactly what jansson's json_loadb(JSON_DECODE_ANY) accepts ---- */
 
 /* jansson's JSON_PARSER_MAX_DEPTH, which it counts per value: a value inside
@@ -325,6 +665,7 @@ static size_t utf8_seq(const unsigned char *p, const unsigned char *e)
 
 struct jcheck {
     const unsigned char *p, *e;
+    bool esc; /* check_string saw a backslash */
 };
 
 static void check_ws(struct jcheck *c)
@@ -337,7 +678,19 @@ static void check_ws(struct jcheck *c)
 static bool check_string(struct jcheck *c)
 {
     const unsigned char *p = c->p + 1, *e = c->e;
-    while (p < e) {
+    for (;;) {
+#ifdef __SSE2__
+        while (e - p >= BLK) {
+            blk_t x = blk_load((const char *)p);
+            unsigned m = blk_eq(x, '"') | blk_eq(x, '\\') | blk_ctl_or_high(x);
+            if (m) {
+                p += __builtin_ctz(m);
+                break;
+            }
+            p += BLK;
+        }
+#endif
+        if (p >= e) return false;
         unsigned ch = *p;
         if (ch == '"') {
             c->p = p + 1;
@@ -354,6 +707,7 @@ static bool check_string(struct jcheck *c)
             p++;
             continue;
         }
+        c->esc = true;
         if (e - p < 2) return false;
         switch (p[1]) {
         case '"':
@@ -466,13 +820,17 @@ static bool check_scalar(struct jcheck *c)
 }
 
 /* The whole of body[0..len) is one JSON value (white space around it allowed).
- * Iterative: the open containers are a bit stack (1 = object). */
-static bool json_valid(const char *body, size_t len)
+ * Iterative: the open containers are a bit stack (1 = object). With `b`, the
+ * members of a top-level object that the estimate reads are noted there as
+ * they go by (a repeated key: the last one counts, as in jansson). */
+static bool json_valid(const char *body, size_t len, struct body *b)
 {
     uint8_t objects[JSON_MAX_DEPTH / 8 + 1];
-    struct jcheck c = {(const unsigned char *)body, (const unsigned char *)body + len};
+    struct jcheck c = {(const unsigned char *)body, (const unsigned char *)body + len, false};
     enum { VALUE, KEY, AFTER } st = VALUE;
     int depth = 0; /* open containers; a value is at depth + 1 */
+    struct span *slot = NULL; /* the top-level member being read, if noted */
+    if (b) memset(b, 0, sizeof *b);
     if (!body) return false;
     for (;;) {
         check_ws(&c);
@@ -480,9 +838,14 @@ static bool json_valid(const char *body, size_t len)
         if (st == VALUE) {
             if (depth + 1 > JSON_MAX_DEPTH) return false;
             unsigned char ch = *c.p;
+            if (slot && depth == 1) slot->v = (const char *)c.p;
             if (ch != '{' && ch != '[') {
                 if (!check_scalar(&c)) return false;
                 st = AFTER;
+                if (slot && depth == 1) {
+                    slot->ve = (const char *)c.p;
+                    slot = NULL;
+                }
                 continue;
             }
             c.p++;
@@ -490,6 +853,10 @@ static bool json_valid(const char *body, size_t len)
             if (c.p < c.e && *c.p == (ch == '{' ? '}' : ']')) {
                 c.p++;
                 st = AFTER;
+                if (slot && depth == 1) {
+                    slot->ve = (const char *)c.p;
+                    slot = NULL;
+                }
                 continue;
             }
             if (ch == '{')
@@ -499,7 +866,11 @@ static bool json_valid(const char *body, size_t len)
             depth++;
             st = ch == '{' ? KEY : VALUE;
         } else if (st == KEY) {
+            const unsigned char *k = c.p;
+            c.esc = false;
             if (*c.p != '"' || !check_string(&c)) return false;
+            if (b && depth == 1)
+                slot = body_slot(b, key_of((const char *)k + 1, (size_t)(c.p - k - 2), c.esc));
             check_ws(&c);
             if (c.p >= c.e || *c.p != ':') return false;
             c.p++;
@@ -513,6 +884,10 @@ static bool json_valid(const char *body, size_t len)
             } else if (*c.p == (obj ? '}' : ']')) {
                 c.p++;
                 depth--;
+                if (slot && depth == 1) {
+                    slot->ve = (const char *)c.p;
+                    slot = NULL;
+                }
             } else {
                 return false;
             }
@@ -523,11 +898,6 @@ static bool json_valid(const char *body, size_t len)
 /* ---- request side: the body was validated first, so the reader walks valid JSON ---- */
 
 enum jtype { J_OBJECT, J_ARRAY, J_STRING, J_INTEGER, J_REAL, J_TRUE, J_FALSE, J_NULL };
-
-/* A value of the body: [v, ve), v == NULL when absent. */
-struct span {
-    const char *v, *ve;
-};
 
 static enum jtype jtype_of(struct span s)
 {
@@ -563,15 +933,15 @@ static bool is_null(struct span s)
 }
 
 /* The last member `key` of the object s (a repeated key: the last one counts, as in jansson). */
-static struct span find(struct span s, const char *key)
+static struct span find(struct span s, enum key key)
 {
     struct span r = {NULL, NULL};
     struct jit it;
-    const char *k, *v, *ve;
-    size_t kl, len = strlen(key);
+    const char *v, *ve;
+    enum key k;
     if (!s.v || !jopen(&it, s.v, s.ve, '{')) return r;
-    while (jmember(&it, &k, &kl, &v, &ve)) {
-        if (key_is(k, kl, key, len)) {
+    while (jmember(&it, &k, &v, &ve)) {
+        if (k == key) {
             r.v = v;
             r.ve = ve;
         }
@@ -610,6 +980,12 @@ static size_t jstr_decode(struct span s, char *out, size_t cap, bool *whole)
     static const char esc_from[] = "\"\\/bfnrt", esc_to[] = "\"\\/\b\f\n\r\t";
     const char *p = s.v + 1, *e = s.ve - 1;
     size_t n = 0;
+    if ((size_t)(e - p) <= cap && find_quote_bs(p, e) == e) {
+        /* no escape and it fits: the bytes as they are (a valid string holds no '"') */
+        memcpy(out, p, (size_t)(e - p));
+        *whole = true;
+        return (size_t)(e - p);
+    }
     while (p < e) {
         char tmp[4];
         size_t tl;
@@ -739,25 +1115,59 @@ static int count_content(struct span content, struct prompt *pr)
     if (t != J_ARRAY) return -1;
     jopen(&it, content.v, content.ve, '[');
     while (jelement(&it, &part.v, &part.ve)) {
-        struct span text = *part.v == '{' ? find(part, "text") : (struct span){NULL, NULL};
+        struct span text = *part.v == '{' ? find(part, K_TEXT) : (struct span){NULL, NULL};
         if (text.v && jtype_of(text) == J_STRING) add_text(pr, text);
     }
     return 0;
 }
 
+/* The messages walked once (the body is valid, so the walker takes it; if it
+ * ever did not, they are counted again the slow way). */
 static int count_messages(struct span msgs, struct prompt *pr, char err[TG_ERR_LEN])
 {
     struct jit it;
+    struct jw arr, obj;
     struct span m;
+    struct prompt was = *pr;
+    enum key k;
+    const char *v, *ve;
     char param[48];
     if (jtype_of(msgs) != J_ARRAY) return bad_type(err, "messages", "an array", msgs);
+    jw_open(&arr, msgs.v, msgs.ve);
+    for (size_t i = 0; jw_element(&arr); i++) {
+        if (*arr.p != '{') {
+            if (!jw_skip(&arr, &m.v, &m.ve)) break;
+            snprintf(param, sizeof param, "messages[%zu]", i);
+            return bad_type(err, param, "an object", m);
+        }
+        struct span content = {NULL, NULL};
+        jw_open(&obj, arr.p, arr.e);
+        while (jw_member(&obj, &k)) {
+            if (!jw_skip(&obj, &v, &ve)) break;
+            if (k == K_CONTENT) {
+                content.v = v;
+                content.ve = ve;
+            }
+        }
+        if (obj.bad) {
+            arr.bad = true;
+            break;
+        }
+        arr.p = obj.p;
+        if (count_content(content, pr) < 0) {
+            snprintf(param, sizeof param, "messages[%zu].content", i);
+            return bad_type(err, param, "a string or an array", content);
+        }
+    }
+    if (!arr.bad) return 0;
+    *pr = was;
     jopen(&it, msgs.v, msgs.ve, '[');
     for (size_t i = 0; jelement(&it, &m.v, &m.ve); i++) {
         if (jtype_of(m) != J_OBJECT) {
             snprintf(param, sizeof param, "messages[%zu]", i);
             return bad_type(err, param, "an object", m);
         }
-        struct span content = find(m, "content");
+        struct span content = find(m, K_CONTENT);
         if (count_content(content, pr) < 0) {
             snprintf(param, sizeof param, "messages[%zu].content", i);
             return bad_type(err, param, "a string or an array", content);
@@ -799,7 +1209,7 @@ static int count_inputs(struct span v, const char *name, struct prompt *pr, char
             }
             break;
         case J_OBJECT: {
-            struct span text = find(el, "text"), content = find(el, "content");
+            struct span text = find(el, K_TEXT), content = find(el, K_CONTENT);
             if (text.v && jtype_of(text) == J_STRING) add_text(pr, text);
             if (count_content(content, pr) < 0) {
                 snprintf(param, sizeof param, "%s[%zu]", name, i);
@@ -826,56 +1236,13 @@ static void copy_model(struct tg_request_info *info, const char *s, size_t n)
     info->model[n] = '\0';
 }
 
-/* The members of the top-level object that the estimate reads. */
-struct body {
-    struct span model, stream, stream_options, messages, prompt, input, max_completion_tokens,
-        max_tokens, n, seconds, size;
-};
-
-static void read_body(const char *p, const char *e, struct body *b)
-{
-    static const struct {
-        const char *key;
-        size_t off;
-    } keys[] = {
-#define K(name) {#name, offsetof(struct body, name)}
-        K(model),
-        K(stream),
-        K(stream_options),
-        K(messages),
-        K(prompt),
-        K(input),
-        K(max_completion_tokens),
-        K(max_tokens),
-        K(n),
-        K(seconds),
-        K(size),
-#undef K
-    };
-    struct jit it;
-    const char *k, *v, *ve;
-    size_t kl;
-    memset(b, 0, sizeof *b);
-    if (!jopen(&it, p, e, '{')) return;
-    while (jmember(&it, &k, &kl, &v, &ve)) {
-        for (size_t i = 0; i < TG_ARRAY_LEN(keys); i++) {
-            if (key_is(k, kl, keys[i].key, strlen(keys[i].key))) {
-                struct span *s = (struct span *)((char *)b + keys[i].off);
-                s->v = v;
-                s->ve = ve;
-                break;
-            }
-        }
-    }
-}
-
 static void common_info(const struct body *b, struct tg_request_info *info)
 {
     bool whole;
     if (b->model.v && jtype_of(b->model) == J_STRING)
         info->model[jstr_decode(b->model, info->model, TG_MODEL_LEN - 1, &whole)] = '\0';
     info->stream = b->stream.v && jtype_of(b->stream) == J_TRUE;
-    struct span iu = find(b->stream_options, "include_usage");
+    struct span iu = find(b->stream_options, K_INCLUDE_USAGE);
     info->client_wants_usage = iu.v && jtype_of(iu) == J_TRUE;
 }
 
@@ -1037,14 +1404,12 @@ int tg_cost_estimate(enum tg_cost_model model, int chars_per_token, int default_
     }
     if (model == TG_COST_REQUESTS) {
         /* no body needed: read model and stream when it is a JSON object */
-        if (first && first < end && *first == '{' && json_valid(body, len)) {
-            read_body(first, end, &b);
+        if (first && first < end && *first == '{' && json_valid(body, len, &b))
             common_info(&b, info);
-        }
         rc = 0;
         goto out;
     }
-    if (!json_valid(body, len)) {
+    if (!json_valid(body, len, &b)) {
         snprintf(err, TG_ERR_LEN, "%s", bad_json_msg);
         goto out;
     }
@@ -1054,7 +1419,6 @@ int tg_cost_estimate(enum tg_cost_model model, int chars_per_token, int default_
                  type_name((struct span){first, end}));
         goto out;
     }
-    read_body(first, end, &b);
     common_info(&b, info);
     if (model == TG_COST_TOKENS) {
         rc = estimate_tokens(&b, cpt, default_max_tokens, out, info, err);
@@ -1080,17 +1444,17 @@ out:
 static void read_usage(struct tg_usage *u, const char *v, const char *ve)
 {
     struct jit it;
-    const char *k, *mv, *mve;
-    size_t kl;
+    const char *mv, *mve;
+    enum key k;
     int64_t p = 0, c = 0, t = -1, x;
     if (!jopen(&it, v, ve, '{')) return;
-    while (jmember(&it, &k, &kl, &mv, &mve)) {
+    while (jmember(&it, &k, &mv, &mve)) {
         if (!jint(mv, mve, &x)) continue;
-        if (KEY_IS(k, kl, "prompt_tokens") || KEY_IS(k, kl, "input_tokens"))
+        if (k == K_PROMPT_TOKENS || k == K_INPUT_TOKENS)
             p = x;
-        else if (KEY_IS(k, kl, "completion_tokens") || KEY_IS(k, kl, "output_tokens"))
+        else if (k == K_COMPLETION_TOKENS || k == K_OUTPUT_TOKENS)
             c = x;
-        else if (KEY_IS(k, kl, "total_tokens"))
+        else if (k == K_TOTAL_TOKENS)
             t = x;
     }
     u->prompt_tokens = p;
@@ -1103,24 +1467,23 @@ static void read_usage(struct tg_usage *u, const char *v, const char *ve)
 static int64_t message_chars(const char *v, const char *ve)
 {
     struct jit it, arr, fn;
-    const char *k, *mv, *mve, *ev, *eve, *fv, *fve;
-    size_t kl;
+    const char *mv, *mve, *ev, *eve, *fv, *fve;
+    enum key k;
     int64_t c = 0;
     if (!jopen(&it, v, ve, '{')) return 0;
-    while (jmember(&it, &k, &kl, &mv, &mve)) {
-        if (KEY_IS(k, kl, "content") || KEY_IS(k, kl, "reasoning_content") ||
-            KEY_IS(k, kl, "refusal")) {
+    while (jmember(&it, &k, &mv, &mve)) {
+        if (k == K_CONTENT || k == K_REASONING_CONTENT || k == K_REFUSAL) {
             c += jstr_chars(mv, mve);
-        } else if (KEY_IS(k, kl, "tool_calls") && jopen(&arr, mv, mve, '[')) {
+        } else if (k == K_TOOL_CALLS && jopen(&arr, mv, mve, '[')) {
             while (jelement(&arr, &ev, &eve)) {
                 if (!jopen(&fn, ev, eve, '{')) continue;
-                while (jmember(&fn, &k, &kl, &fv, &fve)) {
+                while (jmember(&fn, &k, &fv, &fve)) {
                     struct jit args;
-                    const char *ak, *av, *ave;
-                    size_t akl;
-                    if (!KEY_IS(k, kl, "function") || !jopen(&args, fv, fve, '{')) continue;
-                    while (jmember(&args, &ak, &akl, &av, &ave))
-                        if (KEY_IS(ak, akl, "arguments")) c += jstr_chars(av, ave);
+                    const char *av, *ave;
+                    enum key ak;
+                    if (k != K_FUNCTION || !jopen(&args, fv, fve, '{')) continue;
+                    while (jmember(&args, &ak, &av, &ave))
+                        if (ak == K_ARGUMENTS) c += jstr_chars(av, ave);
                 }
             }
         }
@@ -1132,50 +1495,50 @@ static int64_t message_chars(const char *v, const char *ve)
 static size_t read_choices(struct tg_usage *u, const char *v, const char *ve)
 {
     struct jit arr, it;
-    const char *ev, *eve, *k, *mv, *mve;
-    size_t kl, n = 0;
+    const char *ev, *eve, *mv, *mve;
+    enum key k;
+    size_t n = 0;
     if (!jopen(&arr, v, ve, '[')) return 0;
     while (jelement(&arr, &ev, &eve)) {
         n++;
         if (!jopen(&it, ev, eve, '{')) continue;
-        while (jmember(&it, &k, &kl, &mv, &mve)) {
-            if (KEY_IS(k, kl, "delta") || KEY_IS(k, kl, "message"))
+        while (jmember(&it, &k, &mv, &mve)) {
+            if (k == K_DELTA || k == K_MESSAGE)
                 u->content_chars += message_chars(mv, mve);
-            else if (KEY_IS(k, kl, "text"))
+            else if (k == K_TEXT)
                 u->content_chars += jstr_chars(mv, mve);
         }
     }
     return n;
 }
 
-/* One JSON object of a reply (the whole body, or an SSE payload). Returns true
- * when it carries usage and an empty `choices` (the usage-only chunk). */
-static bool read_object(struct tg_usage *u, const char *p, const char *e, bool video)
+/* read_object, member by member as each value's end is found. */
+static bool read_object_lax(struct tg_usage *u, const char *p, const char *e, bool video)
 {
     struct jit it, sub;
-    const char *k, *v, *ve, *sk, *sv, *sve;
-    size_t kl, skl;
+    const char *v, *ve, *sv, *sve;
+    enum key k, sk;
     bool choices_empty = false, have_usage = false, have_sec = false;
     double sec = 0;
     int w = 0, h = 0;
     if (!jopen(&it, p, e, '{')) return false;
-    while (jmember(&it, &k, &kl, &v, &ve)) {
-        if (KEY_IS(k, kl, "choices")) {
+    while (jmember(&it, &k, &v, &ve)) {
+        if (k == K_CHOICES) {
             choices_empty = *v == '[' && read_choices(u, v, ve) == 0;
-        } else if (KEY_IS(k, kl, "usage")) {
+        } else if (k == K_USAGE) {
             if (*v == '{') {
                 read_usage(u, v, ve);
                 have_usage = true;
             }
-        } else if (KEY_IS(k, kl, "response") && jopen(&sub, v, ve, '{')) {
-            while (jmember(&sub, &sk, &skl, &sv, &sve))
-                if (KEY_IS(sk, skl, "usage") && *sv == '{') read_usage(u, sv, sve);
-        } else if (video && KEY_IS(k, kl, "seconds")) {
+        } else if (k == K_RESPONSE && jopen(&sub, v, ve, '{')) {
+            while (jmember(&sub, &sk, &sv, &sve))
+                if (sk == K_USAGE && *sv == '{') read_usage(u, sv, sve);
+        } else if (video && k == K_SECONDS) {
             if (jis_string(v, ve))
                 have_sec = parse_seconds(v + 1, (size_t)(ve - v - 2), &sec);
             else
                 have_sec = parse_seconds(v, (size_t)(ve - v), &sec);
-        } else if (video && KEY_IS(k, kl, "size") && jis_string(v, ve)) {
+        } else if (video && k == K_SIZE && jis_string(v, ve)) {
             if (!parse_size(v + 1, (size_t)(ve - v - 2), &w, &h)) w = h = 0;
         }
     }
@@ -1186,6 +1549,191 @@ static bool read_object(struct tg_usage *u, const char *p, const char *e, bool v
         u->height = h;
     }
     return choices_empty && have_usage;
+}
+
+/* ---- reply objects in one pass (the walker is above, by jelement) ---- */
+
+static bool jw_usage(struct tg_usage *u, struct jw *up)
+{
+    struct jw w;
+    enum key k;
+    const char *v, *ve;
+    int64_t p = 0, c = 0, t = -1, x;
+    jw_open(&w, up->p, up->e);
+    while (jw_member(&w, &k)) {
+        if (!jw_skip(&w, &v, &ve)) return false;
+        if (!jint(v, ve, &x)) continue;
+        if (k == K_PROMPT_TOKENS || k == K_INPUT_TOKENS)
+            p = x;
+        else if (k == K_COMPLETION_TOKENS || k == K_OUTPUT_TOKENS)
+            c = x;
+        else if (k == K_TOTAL_TOKENS)
+            t = x;
+    }
+    if (w.bad) return false;
+    up->p = w.p;
+    u->prompt_tokens = p;
+    u->completion_tokens = c;
+    u->total_tokens = t >= 0 ? t : p + c;
+    u->have_tokens = true;
+    return true;
+}
+
+/* tool_calls[]: the text of function.arguments */
+static bool jw_tool_calls(int64_t *c, struct jw *up)
+{
+    struct jw arr, fn, args;
+    enum key k;
+    const char *v, *ve;
+    jw_open(&arr, up->p, up->e);
+    while (jw_element(&arr)) {
+        if (*arr.p != '{') {
+            if (!jw_skip(&arr, &v, &ve)) return false;
+            continue;
+        }
+        jw_open(&fn, arr.p, arr.e);
+        while (jw_member(&fn, &k)) {
+            if (k != K_FUNCTION || *fn.p != '{') {
+                if (!jw_skip(&fn, &v, &ve)) return false;
+                continue;
+            }
+            jw_open(&args, fn.p, fn.e);
+            while (jw_member(&args, &k)) {
+                if (!jw_skip(&args, &v, &ve)) return false;
+                if (k == K_ARGUMENTS) *c += jstr_chars(v, ve);
+            }
+            if (args.bad) return false;
+            fn.p = args.p;
+        }
+        if (fn.bad) return false;
+        arr.p = fn.p;
+    }
+    if (arr.bad) return false;
+    up->p = arr.p;
+    return true;
+}
+
+/* As message_chars, the value at up->p being an object. */
+static bool jw_message(int64_t *c, struct jw *up)
+{
+    struct jw w;
+    enum key k;
+    const char *v, *ve;
+    jw_open(&w, up->p, up->e);
+    while (jw_member(&w, &k)) {
+        if (k == K_TOOL_CALLS && *w.p == '[') {
+            if (!jw_tool_calls(c, &w)) return false;
+            continue;
+        }
+        if (!jw_skip(&w, &v, &ve)) return false;
+        if (k == K_CONTENT || k == K_REASONING_CONTENT || k == K_REFUSAL) *c += jstr_chars(v, ve);
+    }
+    if (w.bad) return false;
+    up->p = w.p;
+    return true;
+}
+
+/* As read_choices, the value at up->p being an array. */
+static bool jw_choices(struct tg_usage *u, struct jw *up, size_t *n)
+{
+    struct jw arr, it;
+    enum key k;
+    const char *v, *ve;
+    *n = 0;
+    jw_open(&arr, up->p, up->e);
+    while (jw_element(&arr)) {
+        ++*n;
+        if (*arr.p != '{') {
+            if (!jw_skip(&arr, &v, &ve)) return false;
+            continue;
+        }
+        jw_open(&it, arr.p, arr.e);
+        while (jw_member(&it, &k)) {
+            if ((k == K_DELTA || k == K_MESSAGE) && *it.p == '{') {
+                if (!jw_message(&u->content_chars, &it)) return false;
+                continue;
+            }
+            if (!jw_skip(&it, &v, &ve)) return false;
+            if (k == K_TEXT) u->content_chars += jstr_chars(v, ve);
+        }
+        if (it.bad) return false;
+        arr.p = it.p;
+    }
+    if (arr.bad) return false;
+    up->p = arr.p;
+    return true;
+}
+
+/* read_object in one pass: false if it gave up (u is then half written). */
+static bool jw_object(struct tg_usage *u, const char *p, const char *e, bool video, bool *drop)
+{
+    struct jw w, sub;
+    enum key k, sk;
+    const char *v, *ve;
+    bool choices_empty = false, have_usage = false, have_sec = false;
+    double sec = 0;
+    int wd = 0, ht = 0;
+    size_t n;
+    jw_open(&w, p, e);
+    while (jw_member(&w, &k)) {
+        if (k == K_CHOICES && *w.p == '[') {
+            if (!jw_choices(u, &w, &n)) return false;
+            choices_empty = n == 0;
+            continue;
+        }
+        if (k == K_USAGE && *w.p == '{') {
+            if (!jw_usage(u, &w)) return false;
+            have_usage = true;
+            continue;
+        }
+        if (k == K_RESPONSE && *w.p == '{') {
+            jw_open(&sub, w.p, w.e);
+            while (jw_member(&sub, &sk)) {
+                if (sk == K_USAGE && *sub.p == '{') {
+                    if (!jw_usage(u, &sub)) return false;
+                } else if (!jw_skip(&sub, &v, &ve)) {
+                    return false;
+                }
+            }
+            if (sub.bad) return false;
+            w.p = sub.p;
+            continue;
+        }
+        if (!jw_skip(&w, &v, &ve)) return false;
+        if (k == K_CHOICES) {
+            choices_empty = false;
+        } else if (video && k == K_SECONDS) {
+            if (jis_string(v, ve))
+                have_sec = parse_seconds(v + 1, (size_t)(ve - v - 2), &sec);
+            else
+                have_sec = parse_seconds(v, (size_t)(ve - v), &sec);
+        } else if (video && k == K_SIZE && jis_string(v, ve)) {
+            if (!parse_size(v + 1, (size_t)(ve - v - 2), &wd, &ht)) wd = ht = 0;
+        }
+    }
+    if (w.bad) return false;
+    if (have_sec) {
+        u->have_video = true;
+        u->video_seconds = sec;
+        u->width = wd;
+        u->height = ht;
+    }
+    *drop = choices_empty && have_usage;
+    return true;
+}
+
+/* One JSON object of a reply (the whole body, or an SSE payload). Returns true
+ * when it carries usage and an empty `choices` (the usage-only chunk). */
+static bool read_object(struct tg_usage *u, const char *p, const char *e, bool video)
+{
+    const char *q = skip_ws(p, e);
+    struct tg_usage was;
+    bool drop;
+    if (q >= e || *q != '{') return false;
+    was = *u;
+    if (jw_object(u, q, e, video, &drop)) return drop;
+    *u = was;
+    return read_object_lax(u, q, e, video);
 }
 
 /* ---- the scanner ---- */
@@ -1499,16 +2047,15 @@ static char *splice(const char *body, size_t len, size_t at, size_t cut, const c
     return out;
 }
 
-char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen)
+/* The work of tg_cost_request_usage on a valid body. */
+static char *request_usage(const char *body, size_t len, size_t *outlen)
 {
     static const char member[] = "\"stream_options\":{\"include_usage\":true},";
     static const char obj[] = "{\"include_usage\":true}";
-    const char *end = body ? body + len : NULL, *open;
-    if (!json_valid(body, len)) return NULL;
-    open = skip_ws(body, end);
-    if (*open != '{') return NULL;
+    const char *end = body + len, *open = skip_ws(body, end);
+    if (open >= end || *open != '{') return NULL;
     struct span top = {open, end};
-    struct span so = find(top, "stream_options");
+    struct span so = find(top, K_STREAM_OPTIONS);
     if (!so.v) {
         /* insert after the '{'; no comma when the object is empty */
         const char *next = skip_ws(open + 1, end);
@@ -1518,8 +2065,20 @@ char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen)
     size_t at = (size_t)(so.v - body), cut = (size_t)(so.ve - so.v);
     if (jtype_of(so) != J_OBJECT || *skip_ws(so.v + 1, so.ve) == '}')
         return splice(body, len, at, cut, obj, sizeof obj - 1, outlen);
-    struct span iu = find(so, "include_usage");
+    struct span iu = find(so, K_INCLUDE_USAGE);
     if (iu.v)
         return splice(body, len, (size_t)(iu.v - body), (size_t)(iu.ve - iu.v), "true", 4, outlen);
     return splice(body, len, at + 1, 0, "\"include_usage\":true,", 21, outlen);
+}
+
+char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen)
+{
+    if (!json_valid(body, len, NULL)) return NULL;
+    return request_usage(body, len, outlen);
+}
+
+char *tg_cost_request_usage_valid(const char *body, size_t len, size_t *outlen)
+{
+    if (!body || len == 0) return NULL;
+    return request_usage(body, len, outlen);
 }

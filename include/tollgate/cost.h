@@ -52,6 +52,11 @@ int tg_cost_estimate(enum tg_cost_model model, int chars_per_token, int default_
  * other byte of the body is kept as it was. */
 char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen);
 
+/* The same, for a body that tg_cost_estimate has just accepted on a
+ * TG_COST_TOKENS route (so it is known to be a valid JSON object): it is not
+ * checked again. Any other body is the caller's error. */
+char *tg_cost_request_usage_valid(const char *body, size_t len, size_t *outlen);
+
 /* Actual usage read from a reply. */
 struct tg_usage {
     int64_t prompt_tokens;

@@ -972,6 +972,150 @@ static void test_actual(void **state)
     free(r.out.buf);
 }
 
+/* Long strings: escapes and multi-byte characters on every side of 16-byte
+ * boundaries; member names given with escapes; repeated members. */
+static void test_estimate_long_strings_and_keys(void **state)
+{
+    struct tg_request_info info;
+    char body[512];
+    /* 40 x "a\"é" (3 code points each, 4 bytes and an escape) at shifts 0..15 */
+    for (int shift = 0; shift < 16; shift++) {
+        int n = snprintf(body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"%.*s",
+                         shift, "bbbbbbbbbbbbbbbb");
+        for (int i = 0; i < 40; i++)
+            n += snprintf(body + n, sizeof body - (size_t)n, "a\\\"\xc3\xa9");
+        snprintf(body + n, sizeof body - (size_t)n, "\"}],\"max_tokens\":1}");
+        (void)est_full(TG_COST_TOKENS, 1, DEF_MAX, body, strlen(body), &info);
+        assert_int_equal(info.prompt_tokens_est, shift + 120);
+    }
+    /* an escaped member name is the same name; the last of a repeated member counts */
+    const char *b = "{\"m\\u0065ssages\":[{\"content\":\"abcd\",\"cont\\u0065nt\":\"efghijkl\"}],"
+                    "\"max_tokens\":1,\"max_tokens\":2}";
+    assert_int_equal(tokens_of(est_full(TG_COST_TOKENS, 4, DEF_MAX, b, strlen(b), &info)), 2 + 2);
+    b = "{\"messages\":[{\"content\":\"abcd\"}],\"messages\":[],\"max_tokens\":1}";
+    assert_int_equal(tokens_of(est_full(TG_COST_TOKENS, 4, DEF_MAX, b, strlen(b), &info)), 1);
+    /* a name that only looks alike is another member */
+    b = "{\"messages\":[{\"content\":\"abcd\",\"\\u00e7ontent\":\"efghijkl\"}],\"max_tokens\":1}";
+    assert_int_equal(tokens_of(est_full(TG_COST_TOKENS, 4, DEF_MAX, b, strlen(b), &info)), 1 + 1);
+    b = "{\"model\":\"gpt\\u002d4o\",\"model \":\"x\",\"stream\":true}";
+    (void)est_full(TG_COST_TOKENS, 4, DEF_MAX, b, strlen(b), &info);
+    assert_string_equal(info.model, "gpt-4o");
+    assert_true(info.stream);
+    /* members of nested objects are not the top level's */
+    b = "{\"metadata\":{\"max_tokens\":7,\"model\":\"y\"},\"model\":\"z\"}";
+    (void)est_full(TG_COST_TOKENS, 4, 3, b, strlen(b), &info);
+    assert_string_equal(info.model, "z");
+    assert_int_equal(info.prompt_tokens_est, 0);
+    /* the second message is not an object: named after all the walking */
+    est_err(TG_COST_TOKENS, "{\"messages\":[{\"content\":\"x\",\"a\":[1,{}]},1.5e3]}",
+            "Invalid type for 'messages[1]': expected an object, but got a decimal number");
+    est_err(TG_COST_TOKENS, "{\"messages\":[{\"content\":{\"a\":1},\"content\":7}]}",
+            "Invalid type for 'messages[0].content': expected a string or an array, but got an "
+            "integer");
+}
+
+/* The rewrite for a body the estimate has accepted is the checked one's. */
+static void test_request_usage_valid(void **state)
+{
+    const char *bodies[] = {
+        "{\"model\":\"gpt-4o\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        "  {\n  \"stream\" : true\n}\n",
+        "{}",
+        "{\"stream\":true,\"stream_options\":{\"include_usage\":false},\"top_p\":0.9}",
+        "{\"stream_options\":{},\"a\":1}",
+        "{\"stream_options\":null,\"stream\":true}",
+        "{\"stream_opti\\u006fns\":{\"x\":1},\"stream\":true}",
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(bodies); i++) {
+        size_t n = strlen(bodies[i]), la = 0, lb = 0;
+        struct tg_request_info info;
+        (void)est_full(TG_COST_TOKENS, 4, DEF_MAX, bodies[i], n, &info);
+        char *a = tg_cost_request_usage(bodies[i], n, &la);
+        char *b = tg_cost_request_usage_valid(bodies[i], n, &lb);
+        assert_non_null(a);
+        assert_non_null(b);
+        assert_int_equal(la, lb);
+        assert_memory_equal(a, b, la);
+        free(a);
+        free(b);
+    }
+    size_t n;
+    assert_null(tg_cost_request_usage_valid("", 0, &n));
+    assert_null(tg_cost_request_usage_valid("  ", 2, &n));
+    assert_null(tg_cost_request_usage_valid("[1]", 3, &n));
+}
+
+/* Where `usage` is and is not read from; replies of an odd shape are read as
+ * before, member by member up to where they stop making sense. */
+static void test_scan_json_shapes(void **state)
+{
+    struct result r;
+    /* escapes and multi-byte text across 16-byte boundaries, an escaped name */
+    r = scan_str(false, false,
+                 "{\"choices\":[{\"message\":{\"content\":\"0123456789abcde\\\"\\\\\xc3\xa9\\u00e9"
+                 "\\ud83d\\ude00\xf0\x9f\x98\x80xyz0123456789\",\"tool_calls\":[{\"function\":{"
+                 "\"name\":\"f\",\"arguments\":\"{\\\"a\\\":1}\"}}]}}],"
+                 "\"us\\u0061ge\":{\"prompt_tokens\":1,\"completion_tokens\":2}}");
+    assert_true(r.usage.have_tokens);
+    assert_int_equal(r.usage.total_tokens, 3);
+    assert_int_equal(r.usage.content_chars, 15 + 6 + 13 + 7);
+    free(r.out.buf);
+    /* repeated: the last usage counts, the text of every choices counts */
+    r = scan_str(false, false,
+                 "{\"usage\":{\"total_tokens\":5},\"choices\":[{\"text\":\"ab\"}],\"usage\":{"
+                 "\"total_tokens\":9},\"choices\":[{\"text\":\"cde\"}]}");
+    assert_int_equal(r.usage.total_tokens, 9);
+    assert_int_equal(r.usage.content_chars, 5);
+    free(r.out.buf);
+    /* "usage" inside a string, or deeper than the top: not read; response.usage: read */
+    const char *none[] = {
+        "{\"note\":\"\\\"usage\\\":{\\\"total_tokens\\\":7}\",\"x\":1}",
+        "{\"choices\":[{\"usage\":{\"total_tokens\":7}}]}",
+        "{\"data\":[{\"usage\":{\"total_tokens\":7}}],\"usage\":7}",
+        "[{\"usage\":{\"total_tokens\":7}}]",
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(none); i++) {
+        r = scan_str(false, false, none[i]);
+        assert_false(r.usage.have_tokens);
+        free(r.out.buf);
+    }
+    r = scan_str(false, false, "{\"response\":{\"id\":\"r\",\"usage\":{\"input_tokens\":4}}}");
+    assert_true(r.usage.have_tokens);
+    assert_int_equal(r.usage.total_tokens, 4);
+    free(r.out.buf);
+    /* odd shapes: what comes before the point where the reading stops counts */
+    const struct {
+        const char *in;
+        bool have;
+        int64_t total, chars;
+    } odd[] = {
+        {"{\"usage\":{\"total_tokens\":4} \"x\":1}", true, 4, 0},
+        {"{,\"usage\":{\"total_tokens\":4}}", true, 4, 0},
+        {"{\"usage\":{\"total_tokens\":4},}", true, 4, 0},
+        {"{\"usage\":{\"total_tokens\":4,}", true, 4, 0},
+        {"{\"choices\":[{\"text\":\"ab\"},],\"usage\":{\"total_tokens\":4}}", true, 4, 2},
+        {"{\"choices\":[{\"text\":\"ab\"}}],\"usage\":{\"total_tokens\":4}}", false, 0, 2},
+        {"{\"choices\":[{\"text\":\"ab\"}]],\"usage\":{\"total_tokens\":4}}", false, 0, 2},
+        {"{\"choices\":[{\"text\":\"ab\" \"delta\":{\"content\":\"c\"}}],\"usage\":{}}", true, 0, 3},
+        {"{\"usage\":{\"prompt_tokens\":2 \"completion_tokens\":3}, \"choices\":[", true, 5, 0},
+    };
+    for (size_t i = 0; i < TG_ARRAY_LEN(odd); i++) {
+        r = scan_str(false, false, odd[i].in);
+        if (r.usage.have_tokens != odd[i].have || r.usage.total_tokens != odd[i].total ||
+            r.usage.content_chars != odd[i].chars)
+            fail_msg("%s: have %d total %lld chars %lld", odd[i].in, r.usage.have_tokens,
+                     (long long)r.usage.total_tokens, (long long)r.usage.content_chars);
+        free(r.out.buf);
+    }
+    /* SSE: a usage-only chunk of an odd shape is still dropped when stripping */
+    r = scan_str(true, true,
+                 "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"
+                 "data: {\"choices\":[],\"usage\":{\"total_tokens\":3} ,}\n\n");
+    assert_int_equal(r.usage.total_tokens, 3);
+    assert_int_equal(r.usage.content_chars, 2);
+    expect_out(&r, "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1001,6 +1145,9 @@ int main(void)
         cmocka_unit_test(test_sse_partial_at_finish),
         cmocka_unit_test(test_sse_oversized_event),
         cmocka_unit_test(test_actual),
+        cmocka_unit_test(test_estimate_long_strings_and_keys),
+        cmocka_unit_test(test_request_usage_valid),
+        cmocka_unit_test(test_scan_json_shapes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
