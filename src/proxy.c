@@ -945,7 +945,7 @@ static void on_request_complete(struct tg_conn *c)
         return;
     }
     if (r->route->cost == TG_COST_TOKENS && r->info.stream && !r->info.client_wants_usage) {
-        r->fwd_body = tg_cost_request_usage(r->body, r->body_len, &r->fwd_len);
+        r->fwd_body = tg_cost_request_usage_valid(r->body, r->body_len, &r->fwd_len);
         r->strip_usage = r->fwd_body != NULL;
     }
     tg_limiter_plan(r->tenant, &r->est, r->info.model, &r->lreq);
