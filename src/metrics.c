@@ -167,12 +167,26 @@ static inline void probe_init(struct probe *k, enum tg_metric m, const char *con
     k->hash = h;
 }
 
+/* memcmp(a, b, len) == 0 for the short strings labels are, without a call. */
+static inline bool equal_bytes(const char *a, const char *b, size_t len)
+{
+    if (len >= 8) {
+        for (size_t i = 0; i + 8 < len; i += 8)
+            if (load8(a + i) != load8(b + i)) return false;
+        return load8(a + len - 8) == load8(b + len - 8);
+    }
+    if (len >= 4) return load4(a) == load4(b) && load4(a + len - 4) == load4(b + len - 4);
+    for (size_t i = 0; i < len; i++)
+        if (a[i] != b[i]) return false;
+    return true;
+}
+
 static inline bool same(const struct tg_metric_series *s, const struct probe *k)
 {
     if (s->hash != k->hash || s->metric != k->metric) return false;
     const char *p = s->vals;
     for (size_t i = 0; i < k->n; i++) {
-        if (s->len[i] != k->len[i] || memcmp(p, k->v[i], k->len[i]) != 0) return false;
+        if (s->len[i] != k->len[i] || !equal_bytes(p, k->v[i], k->len[i])) return false;
         p += k->len[i] + 1;
     }
     return true;
@@ -204,7 +218,7 @@ static void grow(struct table *t)
     free(old);
 }
 
-static struct table *thread_table(void)
+static inline struct table *thread_table(void)
 {
     if (__builtin_expect(my_table == NULL, 0)) {
         pthread_once(&label_count_once, count_labels);
