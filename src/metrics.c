@@ -258,8 +258,8 @@ static struct tg_metric_series *new_series(const struct table *t, const struct p
 }
 
 /* Finds or inserts a series; inserting takes the table's mutex unless `locked`. */
-static struct tg_metric_series *lookup(struct table *t, enum tg_metric m,
-                                       const char *const *labels, bool locked)
+static struct tg_metric_series *lookup(struct table *t, enum tg_metric m, const char *const *labels,
+                                       bool locked)
 {
     struct probe k;
     probe_init(&k, m, labels);
