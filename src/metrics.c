@@ -54,6 +54,10 @@ struct table {
     struct tg_metric_series **slots;
     size_t cap, n;
     struct table *next;
+    struct {
+        struct tg_metric_series *s;
+        const char *p[MAX_LABELS]; /* the label pointers it was found with */
+    } last[TG_M_COUNT];            /* the series each metric updated last */
 };
 
 static pthread_mutex_t tables_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -257,15 +261,44 @@ static struct tg_metric_series *new_series(const struct table *t, const struct p
     return s;
 }
 
-/* Finds or inserts a series; inserting takes the table's mutex unless `locked`. */
-static struct tg_metric_series *lookup(struct table *t, enum tg_metric m, const char *const *labels,
-                                       bool locked)
+/* Whether `labels` are the values of the series metric `m` updated last. The
+ * pointers must be the same as then (cheap, and false when calls alternate),
+ * and so must the contents (a pointer may now hold another string). */
+static inline bool same_as_last(const struct table *t, enum tg_metric m, size_t n,
+                                const char *const *labels)
 {
+    for (size_t i = 0; i < n; i++)
+        if (t->last[m].p[i] != (labels ? labels[i] : NULL)) return false;
+    const struct tg_metric_series *s = t->last[m].s;
+    const char *p = s->vals;
+    for (size_t i = 0; i < n; i++) {
+        const char *v = labels && labels[i] ? labels[i] : "other";
+        if (strcmp(p, v) != 0) return false;
+        p += s->len[i] + 1;
+    }
+    return true;
+}
+
+static inline struct tg_metric_series *remember(struct table *t, enum tg_metric m, size_t n,
+                                                const char *const *labels,
+                                                struct tg_metric_series *s)
+{
+    t->last[m].s = s;
+    for (size_t i = 0; i < n; i++)
+        t->last[m].p[i] = labels ? labels[i] : NULL;
+    return s;
+}
+
+/* Finds or inserts a series; inserting takes the table's mutex unless `locked`. */
+static __attribute__((noinline)) struct tg_metric_series *
+lookup_hashed(struct table *t, enum tg_metric m, const char *const *labels, bool locked)
+{
+    size_t n = label_count[m];
     struct probe k;
     probe_init(&k, m, labels);
     if (__builtin_expect(t->cap != 0, 1)) {
         struct tg_metric_series *s = *find_slot(t, &k);
-        if (__builtin_expect(s != NULL, 1)) return s;
+        if (__builtin_expect(s != NULL, 1)) return remember(t, m, n, labels, s);
     }
     if (!locked) pthread_mutex_lock(&t->mu);
     if ((t->n + 1) * 2 > t->cap) grow(t);
@@ -276,7 +309,14 @@ static struct tg_metric_series *lookup(struct table *t, enum tg_metric m, const 
     }
     struct tg_metric_series *s = *slot;
     if (!locked) pthread_mutex_unlock(&t->mu);
-    return s;
+    return remember(t, m, n, labels, s);
+}
+
+static inline struct tg_metric_series *lookup(struct table *t, enum tg_metric m,
+                                              const char *const *labels, bool locked)
+{
+    if (t->last[m].s && same_as_last(t, m, label_count[m], labels)) return t->last[m].s;
+    return lookup_hashed(t, m, labels, locked);
 }
 
 static void store_double(double *p, double v)
