@@ -41,7 +41,6 @@ struct tg_metric_series {
     uint64_t count; /* histogram */
     uint64_t hash;  /* of the metric and the exact label values */
     enum tg_metric metric;
-    unsigned nvals;
     const struct table *owner; /* the table holding it; only its thread writes */
     size_t len[MAX_LABELS];    /* lengths of the values in `vals` */
     char *vals;                /* the label values, each followed by '\0' */
@@ -247,7 +246,6 @@ static struct tg_metric_series *new_series(const struct table *t, const struct p
     struct tg_metric_series *s = calloc(1, sizeof(*s) + vlen + klen + 1);
     s->hash = k->hash;
     s->metric = k->metric;
-    s->nvals = (unsigned)k->n;
     s->owner = t;
     s->vals = (char *)(s + 1);
     char *p = s->vals;

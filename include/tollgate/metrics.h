@@ -60,9 +60,10 @@ void tg_metrics_observe(enum tg_metric m, const char *const *labels, double v);
  * Callers may keep it to skip the look-up by labels on later updates. */
 struct tg_metric_series;
 /* Returns the calling thread's series of `m` with these label values (as for
- * tg_metrics_add), creating it on first use. The handle stays valid for the
- * life of the process but belongs to the calling thread: only that thread may
- * update through it. Its label values are copied; the caller's may go away. */
+ * tg_metrics_add), creating it on first use: from then on it is on the page,
+ * zero until updated. The handle stays valid for the life of the process but
+ * belongs to the calling thread: only that thread may update through it. The
+ * label values are copied; the caller's strings may go away. */
 struct tg_metric_series *tg_metrics_series(enum tg_metric m, const char *const *labels);
 /* tg_metrics_add through a handle of the calling thread (counter or gauge). */
 void tg_metrics_series_add(struct tg_metric_series *s, double v);
