@@ -1,4 +1,5 @@
 /* Prometheus metrics: per-thread series tables, summed and rendered at scrape time. */
+#include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -32,21 +33,30 @@ static const double hist_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 #define KEY_MAX 512
 
 /* One series: a metric with one set of label values. Only its owner thread
- * writes the numbers; the scraper reads them with relaxed atomics. */
-struct series {
-    enum tg_metric metric;
-    uint64_t hash;
-    char *key;      /* label values joined by '\x1f' */
+ * writes the numbers; the scraper reads them with relaxed atomics. A series is
+ * found by its exact label values (`vals`); `key` is what the page shows (values
+ * joined by '\x1f', cleaned and cut), and render merges series with equal keys. */
+struct tg_metric_series {
     double value;   /* counter/gauge, or histogram sum */
     uint64_t count; /* histogram */
+    uint64_t hash;  /* of the metric and the exact label values */
+    enum tg_metric metric;
+    const struct table *owner; /* the table holding it; only its thread writes */
+    size_t len[MAX_LABELS];    /* lengths of the values in `vals` */
+    char *vals;                /* the label values, each followed by '\0' */
+    char *key;
     uint64_t buckets[NBOUNDS];
 };
 
 struct table {
     pthread_mutex_t mu; /* held by the owner to insert, by the scraper to read */
-    struct series **slots;
+    struct tg_metric_series **slots;
     size_t cap, n;
     struct table *next;
+    struct {
+        struct tg_metric_series *s;
+        const char *p[MAX_LABELS]; /* the label pointers it was found with */
+    } last[TG_M_COUNT];            /* the series each metric updated last */
 };
 
 static pthread_mutex_t tables_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -77,48 +87,144 @@ static size_t nlabels(enum tg_metric m)
 
 /* Joins the label values with '\x1f' into out[KEY_MAX]; a '\x1f' inside a value
  * becomes '?', and the whole key is cut at KEY_MAX-1 bytes. */
-static size_t make_key(enum tg_metric m, const char *const *labels, char *out, uint64_t *hash)
+static size_t make_key(size_t n, const char *const *vals, char *out)
 {
-    size_t n = nlabels(m), len = 0;
-    uint64_t h = 1469598103934665603ULL ^ (uint64_t)m;
+    size_t len = 0;
     for (size_t i = 0; i < n; i++) {
-        const char *v = labels && labels[i] ? labels[i] : "other";
+        const char *v = vals[i];
         if (i > 0 && len < KEY_MAX - 1) out[len++] = '\x1f';
         for (; *v && len < KEY_MAX - 1; v++)
             out[len++] = *v == '\x1f' ? '?' : *v;
     }
     out[len] = '\0';
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)out[i]) * 1099511628211ULL;
-    *hash = h;
     return len;
 }
 
-static struct series **find_slot(struct table *t, enum tg_metric m, uint64_t h, const char *key)
+/* A hash of short strings that reads them a word at a time (the multiply-fold
+ * mixing of wyhash); the table compares the values too, so it need not be strong. */
+static inline uint64_t mix(uint64_t a, uint64_t b)
+{
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+static inline uint64_t load8(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+static inline uint64_t load4(const char *p)
+{
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+#define K1 0xa0761d6478bd642fULL
+#define K2 0xe7037ed1a0b428dbULL
+#define K3 0x8ebc6af09c88c6e3ULL
+
+static inline uint64_t hash_str(uint64_t h, const char *p, size_t len)
+{
+    uint64_t a;
+    if (len >= 8) {
+        const char *last = p + len - 8;
+        for (; p < last; p += 8)
+            h = mix(load8(p) ^ K1, h ^ K2);
+        a = load8(last);
+    } else if (len >= 4) {
+        a = load4(p) << 32 | load4(p + len - 4);
+    } else if (len > 0) {
+        a = (uint64_t)(unsigned char)p[0] << 16 | (uint64_t)(unsigned char)p[len >> 1] << 8 |
+            (unsigned char)p[len - 1];
+    } else {
+        a = 0;
+    }
+    return mix(a ^ K1, h ^ len ^ K3);
+}
+
+/* The label values of one update, their lengths and hash. */
+struct probe {
+    enum tg_metric metric;
+    size_t n;
+    uint64_t hash;
+    const char *v[MAX_LABELS];
+    size_t len[MAX_LABELS];
+};
+
+static inline void probe_init(struct probe *k, enum tg_metric m, const char *const *labels)
+{
+    size_t n = label_count[m];
+    uint64_t h = mix((uint64_t)m ^ K2, K1);
+    k->metric = m;
+    k->n = n;
+    for (size_t i = 0; i < n; i++) {
+        const char *v = labels && labels[i] ? labels[i] : "other";
+        size_t len = strlen(v);
+        k->v[i] = v;
+        k->len[i] = len;
+        h = hash_str(h, v, len);
+    }
+    k->hash = h;
+}
+
+/* memcmp(a, b, len) == 0 for the short strings labels are, without a call. */
+static inline bool equal_bytes(const char *a, const char *b, size_t len)
+{
+    if (len >= 8) {
+        for (size_t i = 0; i + 8 < len; i += 8)
+            if (load8(a + i) != load8(b + i)) return false;
+        return load8(a + len - 8) == load8(b + len - 8);
+    }
+    if (len >= 4) return load4(a) == load4(b) && load4(a + len - 4) == load4(b + len - 4);
+    for (size_t i = 0; i < len; i++)
+        if (a[i] != b[i]) return false;
+    return true;
+}
+
+static inline bool same(const struct tg_metric_series *s, const struct probe *k)
+{
+    if (s->hash != k->hash || s->metric != k->metric) return false;
+    const char *p = s->vals;
+    for (size_t i = 0; i < k->n; i++) {
+        if (s->len[i] != k->len[i] || !equal_bytes(p, k->v[i], k->len[i])) return false;
+        p += k->len[i] + 1;
+    }
+    return true;
+}
+
+static struct tg_metric_series **find_slot(struct table *t, const struct probe *k)
 {
     size_t mask = t->cap - 1;
-    for (size_t i = h & mask;; i = (i + 1) & mask) {
-        struct series *s = t->slots[i];
-        if (s == NULL || (s->hash == h && s->metric == m && strcmp(s->key, key) == 0))
-            return &t->slots[i];
+    for (size_t i = k->hash & mask;; i = (i + 1) & mask) {
+        struct tg_metric_series *s = t->slots[i];
+        if (s == NULL || same(s, k)) return &t->slots[i];
     }
 }
 
 static void grow(struct table *t)
 {
     size_t ncap = t->cap ? t->cap * 2 : 64;
-    struct series **old = t->slots;
+    struct tg_metric_series **old = t->slots;
     size_t ocap = t->cap;
     t->slots = calloc(ncap, sizeof(*t->slots));
     t->cap = ncap;
-    for (size_t i = 0; i < ocap; i++)
-        if (old[i]) *find_slot(t, old[i]->metric, old[i]->hash, old[i]->key) = old[i];
+    for (size_t i = 0; i < ocap; i++) {
+        if (old[i] == NULL) continue;
+        size_t j = old[i]->hash & (ncap - 1);
+        while (t->slots[j])
+            j = (j + 1) & (ncap - 1);
+        t->slots[j] = old[i];
+    }
     free(old);
 }
 
-static struct table *thread_table(void)
+static inline struct table *thread_table(void)
 {
-    if (my_table == NULL) {
+    if (__builtin_expect(my_table == NULL, 0)) {
+        pthread_once(&label_count_once, count_labels);
         struct table *t = calloc(1, sizeof(*t));
         pthread_mutex_init(&t->mu, NULL);
         pthread_mutex_lock(&tables_mu);
@@ -130,31 +236,85 @@ static struct table *thread_table(void)
     return my_table;
 }
 
-/* Finds or inserts a series; inserting takes the table's mutex. */
-static struct series *lookup(struct table *t, enum tg_metric m, const char *const *labels,
-                             bool locked)
+/* A new series for `k`, with its values and key in the same allocation. */
+static struct tg_metric_series *new_series(const struct table *t, const struct probe *k)
 {
     char key[KEY_MAX];
-    uint64_t h;
-    make_key(m, labels, key, &h);
-    if (t->cap) {
-        struct series *s = *find_slot(t, m, h, key);
-        if (s) return s;
+    size_t klen = make_key(k->n, k->v, key), vlen = 0;
+    for (size_t i = 0; i < k->n; i++)
+        vlen += k->len[i] + 1;
+    struct tg_metric_series *s = calloc(1, sizeof(*s) + vlen + klen + 1);
+    s->hash = k->hash;
+    s->metric = k->metric;
+    s->owner = t;
+    s->vals = (char *)(s + 1);
+    char *p = s->vals;
+    for (size_t i = 0; i < k->n; i++) {
+        s->len[i] = k->len[i];
+        memcpy(p, k->v[i], k->len[i] + 1);
+        p += k->len[i] + 1;
+    }
+    s->key = p;
+    memcpy(s->key, key, klen + 1);
+    return s;
+}
+
+/* Whether `labels` are the values of the series metric `m` updated last. The
+ * pointers must be the same as then (cheap, and false when calls alternate),
+ * and so must the contents (a pointer may now hold another string). */
+static inline bool same_as_last(const struct table *t, enum tg_metric m, size_t n,
+                                const char *const *labels)
+{
+    for (size_t i = 0; i < n; i++)
+        if (t->last[m].p[i] != (labels ? labels[i] : NULL)) return false;
+    const struct tg_metric_series *s = t->last[m].s;
+    const char *p = s->vals;
+    for (size_t i = 0; i < n; i++) {
+        const char *v = labels && labels[i] ? labels[i] : "other";
+        if (strcmp(p, v) != 0) return false;
+        p += s->len[i] + 1;
+    }
+    return true;
+}
+
+static inline struct tg_metric_series *remember(struct table *t, enum tg_metric m, size_t n,
+                                                const char *const *labels,
+                                                struct tg_metric_series *s)
+{
+    t->last[m].s = s;
+    for (size_t i = 0; i < n; i++)
+        t->last[m].p[i] = labels ? labels[i] : NULL;
+    return s;
+}
+
+/* Finds or inserts a series; inserting takes the table's mutex unless `locked`. */
+static __attribute__((noinline)) struct tg_metric_series *
+lookup_hashed(struct table *t, enum tg_metric m, const char *const *labels, bool locked)
+{
+    size_t n = label_count[m];
+    struct probe k;
+    probe_init(&k, m, labels);
+    if (__builtin_expect(t->cap != 0, 1)) {
+        struct tg_metric_series *s = *find_slot(t, &k);
+        if (__builtin_expect(s != NULL, 1)) return remember(t, m, n, labels, s);
     }
     if (!locked) pthread_mutex_lock(&t->mu);
     if ((t->n + 1) * 2 > t->cap) grow(t);
-    struct series **slot = find_slot(t, m, h, key);
+    struct tg_metric_series **slot = find_slot(t, &k);
     if (*slot == NULL) {
-        struct series *s = calloc(1, sizeof(*s));
-        s->metric = m;
-        s->hash = h;
-        s->key = strdup(key);
-        *slot = s;
+        *slot = new_series(t, &k);
         t->n++;
     }
-    struct series *s = *slot;
+    struct tg_metric_series *s = *slot;
     if (!locked) pthread_mutex_unlock(&t->mu);
-    return s;
+    return remember(t, m, n, labels, s);
+}
+
+static inline struct tg_metric_series *lookup(struct table *t, enum tg_metric m,
+                                              const char *const *labels, bool locked)
+{
+    if (t->last[m].s && same_as_last(t, m, label_count[m], labels)) return t->last[m].s;
+    return lookup_hashed(t, m, labels, locked);
 }
 
 static void store_double(double *p, double v)
@@ -169,15 +329,13 @@ static double load_double(double *p)
     return v;
 }
 
-void tg_metrics_add(enum tg_metric m, const char *const *labels, double v)
+static inline void add_to(struct tg_metric_series *s, double v)
 {
-    struct series *s = lookup(thread_table(), m, labels, false);
     store_double(&s->value, s->value + v);
 }
 
-void tg_metrics_observe(enum tg_metric m, const char *const *labels, double v)
+static inline void observe_into(struct tg_metric_series *s, double v)
 {
-    struct series *s = lookup(thread_table(), m, labels, false);
     store_double(&s->value, s->value + v);
     __atomic_store_n(&s->count, s->count + 1, __ATOMIC_RELAXED);
     for (size_t i = 0; i < NBOUNDS; i++) {
@@ -186,6 +344,33 @@ void tg_metrics_observe(enum tg_metric m, const char *const *labels, double v)
             break;
         }
     }
+}
+
+void tg_metrics_add(enum tg_metric m, const char *const *labels, double v)
+{
+    add_to(lookup(thread_table(), m, labels, false), v);
+}
+
+void tg_metrics_observe(enum tg_metric m, const char *const *labels, double v)
+{
+    observe_into(lookup(thread_table(), m, labels, false), v);
+}
+
+struct tg_metric_series *tg_metrics_series(enum tg_metric m, const char *const *labels)
+{
+    return lookup(thread_table(), m, labels, false);
+}
+
+void tg_metrics_series_add(struct tg_metric_series *s, double v)
+{
+    assert(s->owner == my_table && defs[s->metric].type != M_HISTOGRAM);
+    add_to(s, v);
+}
+
+void tg_metrics_series_observe(struct tg_metric_series *s, double v)
+{
+    assert(s->owner == my_table && defs[s->metric].type == M_HISTOGRAM);
+    observe_into(s, v);
 }
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -197,8 +382,9 @@ static void global_init(void)
 void tg_metrics_set(enum tg_metric m, const char *const *labels, double v)
 {
     pthread_once(&global_once, global_init);
+    pthread_once(&label_count_once, count_labels);
     pthread_mutex_lock(&global_tb.mu);
-    struct series *s = lookup(&global_tb, m, labels, true);
+    struct tg_metric_series *s = lookup(&global_tb, m, labels, true);
     store_double(&s->value, v);
     pthread_mutex_unlock(&global_tb.mu);
 }
@@ -219,7 +405,7 @@ static int cmp_agg(const void *a, const void *b)
 static void collect(struct table *t, enum tg_metric m, struct agg **out, size_t *n, size_t *cap)
 {
     for (size_t i = 0; i < t->cap; i++) {
-        struct series *s = t->slots[i];
+        struct tg_metric_series *s = t->slots[i];
         if (s == NULL || s->metric != m) continue;
         if (*n == *cap) {
             *cap = *cap ? *cap * 2 : 16;

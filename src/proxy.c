@@ -1441,45 +1441,86 @@ static void settle(struct tg_conn *c, enum tg_decision decision, struct tg_cost 
 
 static void count(struct tg_conn *c, const struct tg_usage_record *rec, bool admitted)
 {
+    /* This worker's series for the labels of its last request, reused while the
+     * labels stay the same. Labels are compared by content, never by address: a
+     * reload frees the old config's strings and a new one may reuse the memory.
+     * A label longer than its copy is `unkept`: its series are looked up again. */
+    static __thread struct {
+        char route[128], tenant[128], upstream[128], model[TG_MODEL_LEN];
+        int status;
+        unsigned unkept;
+        struct tg_metric_series *req, *dur, *up, *cost[TG_UNIT_COUNT][2], *tok[2];
+    } memo;
+    enum { ROUTE = 1, TENANT = 2, UPSTREAM = 4, MODEL = 8, STATUS = 16 };
     struct tg_req *r = c->req;
-    char digits[24], code[8];
-    size_t cn;
-    const char *cd = tg_fmt_int(digits, rec->status, &cn);
-    if (cn >= sizeof(code)) cn = sizeof(code) - 1;
-    memcpy(code, cd, cn);
-    code[cn] = '\0';
     const char *tenant = rec->tenant;
     const char *route = rec->route;
-    const char *req_labels[] = {route, tenant, code};
-    tg_metrics_add(TG_M_REQUESTS, req_labels, 1);
-    const char *route_labels[] = {route};
-    tg_metrics_observe(TG_M_REQUEST_DURATION, route_labels, rec->latency_ms / 1000.0);
-    if (rec->upstream_ms >= 0) {
-        const char *up_labels[] = {rec->upstream};
-        tg_metrics_observe(TG_M_UPSTREAM_DURATION, up_labels, rec->upstream_ms / 1000.0);
-    }
-    if (tenant == NULL || !admitted) return;
-    for (int u = 0; u < TG_UNIT_COUNT; u++) {
-        const char *unit = tg_unit_name((enum tg_unit)u);
-        if (rec->estimated.u[u]) {
-            const char *l[] = {tenant, unit, "estimated"};
-            tg_metrics_add(TG_M_COST_UNITS, l, (double)rec->estimated.u[u] / TG_MICRO);
-        }
-        if (rec->actual.u[u]) {
-            const char *l[] = {tenant, unit, "actual"};
-            tg_metrics_add(TG_M_COST_UNITS, l, (double)rec->actual.u[u] / TG_MICRO);
-        }
-    }
     /* Models are labelled only when some limit names them; others are "other". */
     const char *model = NULL;
-    for (size_t i = 0; i < r->tenant->nlimits && model == NULL; i++)
-        for (size_t k = 0; k < r->tenant->limits[i].nmodels; k++)
-            if (strcmp(r->tenant->limits[i].models[k], rec->model) == 0) model = rec->model;
+    if (tenant && admitted)
+        for (size_t i = 0; i < r->tenant->nlimits && model == NULL; i++)
+            for (size_t k = 0; k < r->tenant->limits[i].nmodels; k++)
+                if (strcmp(r->tenant->limits[i].models[k], rec->model) == 0) model = rec->model;
+    const char *now[] = {route, tenant, rec->upstream, model};
+    char *copy[] = {memo.route, memo.tenant, memo.upstream, memo.model};
+    const size_t cap[] = {sizeof(memo.route), sizeof(memo.tenant), sizeof(memo.upstream),
+                          sizeof(memo.model)};
+    unsigned changed = rec->status != memo.status ? STATUS : 0;
+    memo.status = rec->status;
+    for (unsigned i = 0; i < 4; i++) {
+        const char *v = now[i] ? now[i] : "other"; /* as the metrics write NULL */
+        if (!(memo.unkept & 1u << i) && strcmp(copy[i], v) == 0) continue;
+        changed |= 1u << i;
+        size_t n = strlen(v);
+        memo.unkept &= ~(1u << i);
+        if (n < cap[i])
+            memcpy(copy[i], v, n + 1);
+        else
+            memo.unkept |= 1u << i;
+    }
+    if (changed & (ROUTE | TENANT | STATUS)) memo.req = NULL;
+    if (changed & ROUTE) memo.dur = NULL;
+    if (changed & UPSTREAM) memo.up = NULL;
+    if (changed & TENANT) memset(memo.cost, 0, sizeof(memo.cost));
+    if (changed & (TENANT | MODEL)) memo.tok[0] = memo.tok[1] = NULL;
+
+    if (memo.req == NULL) {
+        char digits[24], code[8];
+        size_t cn;
+        const char *cd = tg_fmt_int(digits, rec->status, &cn);
+        if (cn >= sizeof(code)) cn = sizeof(code) - 1;
+        memcpy(code, cd, cn);
+        code[cn] = '\0';
+        memo.req = tg_metrics_series(TG_M_REQUESTS, (const char *[]){route, tenant, code});
+    }
+    tg_metrics_series_add(memo.req, 1);
+    if (memo.dur == NULL) memo.dur = tg_metrics_series(TG_M_REQUEST_DURATION, &route);
+    tg_metrics_series_observe(memo.dur, rec->latency_ms / 1000.0);
+    if (rec->upstream_ms >= 0) {
+        if (memo.up == NULL) memo.up = tg_metrics_series(TG_M_UPSTREAM_DURATION, &rec->upstream);
+        tg_metrics_series_observe(memo.up, rec->upstream_ms / 1000.0);
+    }
+    if (tenant == NULL || !admitted) return;
+    static const char *const phase[] = {"estimated", "actual"};
+    for (int u = 0; u < TG_UNIT_COUNT; u++) {
+        const int64_t micro[] = {rec->estimated.u[u], rec->actual.u[u]};
+        for (int p = 0; p < 2; p++) {
+            if (micro[p] == 0) continue;
+            if (memo.cost[u][p] == NULL) {
+                const char *l[] = {tenant, tg_unit_name((enum tg_unit)u), phase[p]};
+                memo.cost[u][p] = tg_metrics_series(TG_M_COST_UNITS, l);
+            }
+            tg_metrics_series_add(memo.cost[u][p], (double)micro[p] / TG_MICRO);
+        }
+    }
     if (rec->usage.have_tokens) {
-        const char *lp[] = {tenant, model, "prompt"};
-        const char *lc[] = {tenant, model, "completion"};
-        tg_metrics_add(TG_M_TOKENS, lp, (double)rec->usage.prompt_tokens);
-        tg_metrics_add(TG_M_TOKENS, lc, (double)rec->usage.completion_tokens);
+        static const char *const kind[] = {"prompt", "completion"};
+        for (int k = 0; k < 2; k++)
+            if (memo.tok[k] == NULL)
+                memo.tok[k] =
+                    tg_metrics_series(TG_M_TOKENS, (const char *[]){tenant, model, kind[k]});
+        tg_metrics_series_add(memo.tok[0], (double)rec->usage.prompt_tokens);
+        tg_metrics_series_add(memo.tok[1], (double)rec->usage.completion_tokens);
     }
     if (rec->usage.have_video) {
         const char *lv[] = {tenant, model};

@@ -56,6 +56,19 @@ enum tg_metric {
 void tg_metrics_add(enum tg_metric m, const char *const *labels, double v);
 /* Records one observation (seconds) in a histogram of the calling thread. */
 void tg_metrics_observe(enum tg_metric m, const char *const *labels, double v);
+/* One series of the calling thread: a metric with one set of label values.
+ * Callers may keep it to skip the look-up by labels on later updates. */
+struct tg_metric_series;
+/* Returns the calling thread's series of `m` with these label values (as for
+ * tg_metrics_add), creating it on first use: from then on it is on the page,
+ * zero until updated. The handle stays valid for the life of the process but
+ * belongs to the calling thread: only that thread may update through it. The
+ * label values are copied; the caller's strings may go away. */
+struct tg_metric_series *tg_metrics_series(enum tg_metric m, const char *const *labels);
+/* tg_metrics_add through a handle of the calling thread (counter or gauge). */
+void tg_metrics_series_add(struct tg_metric_series *s, double v);
+/* tg_metrics_observe through a handle of the calling thread (histogram). */
+void tg_metrics_series_observe(struct tg_metric_series *s, double v);
 /* Sets a process-wide gauge (not per thread), e.g. spool bytes. Any thread. */
 void tg_metrics_set(enum tg_metric m, const char *const *labels, double v);
 

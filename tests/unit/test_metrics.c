@@ -1,4 +1,5 @@
-/* Tests for metrics.c: per-thread series summed at scrape, the text format, the docs table. */
+/* Tests for metrics.c: per-thread series summed at scrape, handles, the text format, the docs
+ * table. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -286,6 +287,208 @@ static void test_gauges_set_not_summed(void **state)
     free(s);
 }
 
+/* Every line of `text` that contains `needle`, each occurrence replaced by
+ * `with`, joined in page order (malloc'd). */
+static char *lines_with(const char *text, const char *needle, const char *with)
+{
+    char *out = NULL;
+    size_t outlen = 0;
+    FILE *f = open_memstream(&out, &outlen);
+    assert_non_null(f);
+    size_t nl = strlen(needle);
+    for (const char *p = text; *p;) {
+        const char *e = strchr(p, '\n');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (memmem(p, len, needle, nl)) {
+            for (const char *q = p, *end = p + len; q < end;) {
+                const char *hit = memmem(q, (size_t)(end - q), needle, nl);
+                if (hit == NULL) hit = end;
+                fwrite(q, 1, (size_t)(hit - q), f);
+                if (hit < end) fputs(with, f);
+                q = hit < end ? hit + nl : end;
+            }
+            fputc('\n', f);
+        }
+        p += len + (e != NULL);
+    }
+    fclose(f);
+    return out;
+}
+
+/* The same updates by labels and through handles give the same page lines. */
+static void test_handles_render_as_labels(void **state)
+{
+    static const double lat[] = {0.0003, 0.001, 0.0042, 0.7, 3, 1000, 0.02, 0.0005};
+    const char *tenants[] = {"via-labels", "via-handle"};
+    const char *routes[] = {"/via-labels", "/via-handle"};
+    for (int k = 0; k < 2; k++) {
+        char code[4] = "200";
+        const char *req[] = {routes[k], tenants[k], code};
+        const char *route[] = {routes[k]};
+        const char *tok[] = {tenants[k], NULL, "prompt"};
+        struct tg_metric_series *h_req = tg_metrics_series(TG_M_REQUESTS, req);
+        struct tg_metric_series *h_dur = tg_metrics_series(TG_M_REQUEST_DURATION, route);
+        struct tg_metric_series *h_tok = tg_metrics_series(TG_M_TOKENS, tok);
+        for (int i = 0; i < 40; i++) {
+            double v = lat[i % 8];
+            if (k == 0) {
+                tg_metrics_add(TG_M_REQUESTS, req, 1);
+                tg_metrics_observe(TG_M_REQUEST_DURATION, route, v);
+                tg_metrics_add(TG_M_TOKENS, tok, 12.5);
+            } else {
+                tg_metrics_series_add(h_req, 1);
+                tg_metrics_series_observe(h_dur, v);
+                tg_metrics_series_add(h_tok, 12.5);
+            }
+        }
+        /* A handle and the labels reach the same series, whichever comes first. */
+        memcpy(code, "429", 4);
+        tg_metrics_add(TG_M_REQUESTS, req, 1);
+        struct tg_metric_series *h429 = tg_metrics_series(TG_M_REQUESTS, req);
+        assert_ptr_equal(h429, tg_metrics_series(TG_M_REQUESTS, req));
+        assert_ptr_not_equal(h429, h_req);
+        tg_metrics_series_add(h429, 2);
+    }
+    char *s = render();
+    char *a = lines_with(s, "via-labels", "X");
+    char *b = lines_with(s, "via-handle", "X");
+    assert_true(strlen(a) > 0);
+    assert_string_equal(a, b);
+    const char *l =
+        "tollgate_requests_total{route=\"/via-handle\",tenant=\"via-handle\",code=\"200\"} 40";
+    assert_int_equal(count_line(s, l), 1);
+    l = "tollgate_requests_total{route=\"/via-handle\",tenant=\"via-handle\",code=\"429\"} 3";
+    assert_int_equal(count_line(s, l), 1);
+    l = "tollgate_tokens_total{tenant=\"via-handle\",model=\"other\",kind=\"prompt\"} 500";
+    assert_int_equal(count_line(s, l), 1);
+    assert_true(sample(s, "tollgate_request_duration_seconds_count{route=\"/via-handle\"}") == 40);
+    assert_no_duplicates(s);
+    promtool_check(s);
+    free(a);
+    free(b);
+    free(s);
+}
+
+/* A series exists from its first look-up (zero until updated), and a handle
+ * stays good while the thread's table grows under it. */
+static void test_series_created_on_first_use(void **state)
+{
+    const char *first[] = {"first-use", "rpm"};
+    char *s = render();
+    assert_null(strstr(s, "first-use"));
+    free(s);
+    struct tg_metric_series *h = tg_metrics_series(TG_M_RATELIMITED, first);
+    assert_non_null(h);
+    s = render();
+    assert_int_equal(
+        count_line(s, "tollgate_ratelimited_total{tenant=\"first-use\",limit=\"rpm\"} 0"), 1);
+    free(s);
+    for (int i = 0; i < 300; i++) { /* the table grows several times */
+        char tenant[32];
+        snprintf(tenant, sizeof(tenant), "grow-%d", i);
+        const char *l[] = {tenant, "rpm"};
+        tg_metrics_add(TG_M_RATELIMITED, l, 1);
+        tg_metrics_series_add(h, 1);
+    }
+    assert_ptr_equal(h, tg_metrics_series(TG_M_RATELIMITED, first));
+    s = render();
+    assert_int_equal(
+        count_line(s, "tollgate_ratelimited_total{tenant=\"first-use\",limit=\"rpm\"} 300"), 1);
+    assert_int_equal(
+        count_line(s, "tollgate_ratelimited_total{tenant=\"grow-299\",limit=\"rpm\"} 1"), 1);
+    free(s);
+}
+
+/* One buffer, rewritten between updates: the labels are its contents, not its
+ * address (status digits and model names come in per-request buffers). */
+static void test_same_pointer_new_contents(void **state)
+{
+    char tenant[16], limit[16];
+    const char *l[] = {tenant, limit};
+    static const char *const names[][2] = {{"buf-a", "x"}, {"buf-b", "x"}, {"buf-a", "y"},
+                                           {"buf-a", "x"}, {"buf-b", "x"}, {"buf-a", "x"}};
+    for (size_t i = 0; i < TG_ARRAY_LEN(names); i++) {
+        strcpy(tenant, names[i][0]);
+        strcpy(limit, names[i][1]);
+        tg_metrics_add(TG_M_RATELIMITED, l, 1);
+        tg_metrics_add(TG_M_RATELIMITED, l, 1);
+    }
+    char *s = render();
+    assert_int_equal(count_line(s, "tollgate_ratelimited_total{tenant=\"buf-a\",limit=\"x\"} 6"),
+                     1);
+    assert_int_equal(count_line(s, "tollgate_ratelimited_total{tenant=\"buf-b\",limit=\"x\"} 4"),
+                     1);
+    assert_int_equal(count_line(s, "tollgate_ratelimited_total{tenant=\"buf-a\",limit=\"y\"} 2"),
+                     1);
+    free(s);
+}
+
+#define HANDLE_THREADS 8
+#define HANDLE_TIMES 20000
+
+/* Each thread takes its own handles (by labels in a buffer of its own) and
+ * mixes them with updates by labels while another thread scrapes. */
+static void *handle_worker(void *arg)
+{
+    intptr_t id = (intptr_t)arg;
+    char tenant[16];
+    snprintf(tenant, sizeof(tenant), "%s", "many");
+    const char *req[] = {"/many", tenant, "200"};
+    const char *up[] = {"many-up"};
+    struct tg_metric_series *h = tg_metrics_series(TG_M_REQUESTS, req);
+    struct tg_metric_series *hu = tg_metrics_series(TG_M_UPSTREAM_DURATION, up);
+    assert_ptr_equal(h, tg_metrics_series(TG_M_REQUESTS, req));
+    for (int i = 0; i < HANDLE_TIMES; i++) {
+        if ((i + id) % 3 == 0)
+            tg_metrics_add(TG_M_REQUESTS, req, 1);
+        else
+            tg_metrics_series_add(h, 1);
+        tg_metrics_series_observe(hu, i % 2 ? 0.002 : 0.2);
+    }
+    return h;
+}
+
+static void *scraper(void *arg)
+{
+    volatile int *stop = arg;
+    while (!__atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
+        char *s = render();
+        free(s);
+    }
+    return NULL;
+}
+
+static void test_handles_many_threads(void **state)
+{
+    pthread_t t[HANDLE_THREADS], sc;
+    int stop = 0;
+    assert_int_equal(pthread_create(&sc, NULL, scraper, &stop), 0);
+    for (intptr_t i = 0; i < HANDLE_THREADS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, handle_worker, (void *)i), 0);
+    void *h[HANDLE_THREADS];
+    for (int i = 0; i < HANDLE_THREADS; i++)
+        pthread_join(t[i], &h[i]);
+    __atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
+    pthread_join(sc, NULL);
+    /* Every thread had a series of its own. */
+    for (int i = 0; i < HANDLE_THREADS; i++)
+        for (int j = i + 1; j < HANDLE_THREADS; j++)
+            assert_ptr_not_equal(h[i], h[j]);
+    char *s = render();
+    char line[160];
+    snprintf(line, sizeof(line),
+             "tollgate_requests_total{route=\"/many\",tenant=\"many\",code=\"200\"} %d",
+             HANDLE_THREADS * HANDLE_TIMES);
+    assert_int_equal(count_line(s, line), 1);
+    const char *up = "tollgate_upstream_duration_seconds_bucket{upstream=\"many-up\",le=";
+    snprintf(line, sizeof(line), "%s\"0.0025\"}", up);
+    assert_true(sample(s, line) == HANDLE_THREADS * HANDLE_TIMES / 2);
+    snprintf(line, sizeof(line), "%s\"+Inf\"}", up);
+    assert_true(sample(s, line) == HANDLE_THREADS * HANDLE_TIMES);
+    assert_no_duplicates(s);
+    free(s);
+}
+
 /* After every test above: the whole page, as Prometheus would scrape it. */
 static void test_full_page_passes_promtool(void **state)
 {
@@ -366,6 +569,10 @@ int main(void)
         cmocka_unit_test(test_long_labels_truncated),
         cmocka_unit_test(test_histogram_cumulative),
         cmocka_unit_test(test_gauges_set_not_summed),
+        cmocka_unit_test(test_handles_render_as_labels),
+        cmocka_unit_test(test_series_created_on_first_use),
+        cmocka_unit_test(test_same_pointer_new_contents),
+        cmocka_unit_test(test_handles_many_threads),
         cmocka_unit_test(test_full_page_passes_promtool),
         cmocka_unit_test(test_docs_table_matches),
     };
