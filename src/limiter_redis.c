@@ -20,7 +20,7 @@ extern const char tg_lua_settle[];
 #define MAX_INFLIGHT_CHECKS 1024
 #define BATCH_MAX_CHECKS 256 /* checks of one tenant in one EVALSHA */
 #define SETTLE_MAX_KEYS 128
-#define SETTLE_FLUSH_MS 2
+#define SETTLE_FLUSH_MS 10 /* settles lag by at most this; fewer calls under load */
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
 #define CONNECT_TIMEOUT_MIN_MS 500 /* connect + AUTH/SELECT/SCRIPT LOAD */
