@@ -98,6 +98,7 @@ struct rl {
     struct op *qhead, *qtail; /* checks waiting for the end of this loop turn */
     struct event *batch_ev;
     bool batch_scheduled;
+    size_t batches_inflight; /* OP_BATCH calls sent, not yet answered */
     struct op *free_ops;
     struct event *deadline_ev, *reconnect_ev, *flush_ev, *ping_ev;
     int64_t timer_at_ms; /* when deadline_ev fires */
@@ -676,6 +677,10 @@ static void finish_batch(struct rl *rl, struct op *batch, const redisReply *r)
         else if (resend_after_noscript(rl, batch) == 0)
             return;
     }
+    if (--rl->batches_inflight == 0 && rl->qhead && !rl->batch_scheduled) {
+        rl->batch_scheduled = true;
+        event_active(rl->batch_ev, EV_TIMEOUT, 1);
+    }
     double lv0[TG_MAX_BUCKETS], lv[TG_MAX_BUCKETS];
     long long allowed = 0, replayed = 0;
     bool ok = r && !is_noscript(r) && parse_batch(batch, r, lv0, &allowed);
@@ -854,6 +859,10 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
 {
     struct rl *rl = arg;
     rl->batch_scheduled = false;
+    /* One round of batches in flight at a time: checks that arrive while one
+     * is out wait for its answer and then go together. Idle, a check goes at
+     * the end of its loop turn; under load, rounds grow instead of calls. */
+    if (rl->state == ST_UP && rl->batches_inflight > 0) return;
     while (rl->qhead) {
         struct op *first = rl->qhead;
         if (first->cancelled) { /* abandoned before it was sent: costs nothing */
@@ -900,6 +909,7 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
         }
         rl->qtail = last;
         build_batch(rl, batch);
+        rl->batches_inflight++;
         if (send_op(rl, batch, rl->timeout_ms) != 0) finish_batch(rl, batch, NULL);
     }
     write_now(rl);
