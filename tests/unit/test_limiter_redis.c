@@ -719,6 +719,37 @@ static void test_cancel_refunds(void **state)
     env_close(&e);
 }
 
+/* Checks that arrive while a round of batches is out wait for it, then go
+ * together: two rounds, two calls, for three checks in three loop turns. */
+static void test_one_round_in_flight(void **state)
+{
+    NEED_REDIS();
+    struct env e;
+    env_open(&e, "rnd:", TG_REDIS_ERROR_DENY);
+    env_wait_up(&e);
+    tg_limiter_redis_set_clock(e.l, 3000000);
+    struct tg_limit rpm = mk("rpm", TG_UNIT_REQUESTS, 1, DAY, 10);
+    struct tg_limit_req r = {.tenant = "acme", .n = 1};
+    r.b[0] = (struct tg_bucket_ref){&rpm, U};
+    struct answer a[3];
+    memset(a, 0, sizeof(a));
+    long long calls = evalsha_calls();
+    freeReplyObject(cmd("CLIENT PAUSE %s", "300")); /* holds the first round's answer */
+    for (int i = 0; i < 3; i++) {
+        (void)tg_limiter_check(e.l, &r, on_answer, &a[i]);
+        event_base_loop(e.base, EVLOOP_NONBLOCK); /* a loop turn of its own */
+    }
+    wait_evalsha(&e, calls + 2);
+    spin(e.base, 50, NULL, NULL);
+    assert_int_equal(evalsha_calls(), calls + 2);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(a[i].calls, 1);
+        assert_int_equal(a[i].res.status, TG_LIMIT_ALLOWED);
+        assert_int_equal(a[i].res.b[0].remaining_u, (9 - i) * U); /* judged in order */
+    }
+    env_close(&e);
+}
+
 #define FLOOD 1100
 static struct answer flood[FLOOD];
 
@@ -872,6 +903,7 @@ int main(void)
         cmocka_unit_test(test_settle_coalescing),
         cmocka_unit_test(test_noscript),
         cmocka_unit_test(test_cancel_refunds),
+        cmocka_unit_test(test_one_round_in_flight),
         cmocka_unit_test(test_inflight_bound),
         cmocka_unit_test(test_destroy_with_pending),
         cmocka_unit_test(test_concurrency),
