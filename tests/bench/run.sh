@@ -56,6 +56,7 @@ nginx -c "$WORK/upstream/nginx.conf" -p "$WORK/upstream" 2>"$WORK/upstream/stder
 PIDS+=($!)
 nginx -c "$WORK/proxy/nginx.conf" -p "$WORK/proxy" 2>"$WORK/proxy/stderr" &
 PIDS+=($!)
+NGXMASTER=$!
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
   >"$WORK/redis.log" 2>&1 &
 PIDS+=($!)
@@ -92,13 +93,23 @@ YAML
 }
 stop_tollgate() { kill "$TGPID"; wait "$TGPID" 2>/dev/null || true; }
 
-# wrk prints "Requests/sec: N" and with --latency the 99% line.
-bench() { # $1 = port -> "rps p99ms"
-  local out
+# CPU time (user + system, clock ticks) of a process and all its threads.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The proxy being measured on port $1: nginx's worker process, or tollgate.
+proxy_pid() { if [ "$1" = "$NGX" ]; then pgrep -P "$NGXMASTER" | head -1; else echo "$TGPID"; fi; }
+
+# wrk prints "Requests/sec: N" and with --latency the 99% line. The proxy's own
+# CPU per request (µs, all its threads) is steadier than req/s on a shared machine.
+bench() { # $1 = port -> "rps p99ms cpu_us_per_request"
+  local out pid t0 t1
+  pid=$(proxy_pid "$1")
+  t0=$(cpu_ticks "$pid")
   out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$SRC/tests/bench/post.lua" \
         "http://127.0.0.1:$1/v1/chat/completions")
-  local rps p99
+  t1=$(cpu_ticks "$pid")
+  local rps p99 cpu
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  cpu=$(echo "($t1 - $t0) * 1000000 / $(getconf CLK_TCK) / ($rps * $DURATION)" | bc -l)
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
   # A fast error is no throughput: any non-2xx reply or socket error fails the run.
   local errs; errs=$(awk '/Non-2xx/ {print $4}' <<<"$out")
@@ -106,7 +117,7 @@ bench() { # $1 = port -> "rps p99ms"
     echo "error: port $1 answered with errors: $(grep -E 'Non-2xx|Socket errors' <<<"$out")" >&2
     exit 1
   fi
-  echo "$rps $p99"
+  echo "$rps $p99 $cpu"
 }
 
 redis_calls() { redis-cli -p "$RP" info commandstats | awk -F'[=,:]' '/cmdstat_evalsha/ {print $3}'; }
@@ -117,21 +128,23 @@ median() { printf "%s\n" "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1
 # the median over ROUNDS rounds is what the table reports, so that drift on a
 # shared machine moves both sides of a ratio alike.
 measure() { # $1 = label
-  local nr=() np=() tr=() tp=() ratio=() pratio=() a b c d
+  local nr=() np=() tr=() tp=() ratio=() pratio=() nc=() tc=() a b c d e f
   for _ in $(seq "$ROUNDS"); do
-    read -r a b < <(bench "$NGX")
-    read -r c d < <(bench "$TG")
-    nr+=("$a"); np+=("$b"); tr+=("$c"); tp+=("$d")
+    read -r a b e < <(bench "$NGX")
+    read -r c d f < <(bench "$TG")
+    nr+=("$a"); np+=("$b"); tr+=("$c"); tp+=("$d"); nc+=("$e"); tc+=("$f")
     ratio+=("$(echo "$c/$a" | bc -l)"); pratio+=("$(echo "$d/$b" | bc -l)")
   done
-  printf "%-50s %9.0f %7.2f %9.0f %7.2f %6.2f %6.2f\n" "$1" "$(median "${nr[@]}")" \
+  printf "%-50s %9.0f %7.2f %9.0f %7.2f %6.2f %6.2f %6.1f %6.1f\n" "$1" "$(median "${nr[@]}")" \
     "$(median "${np[@]}")" "$(median "${tr[@]}")" "$(median "${tp[@]}")" \
-    "$(median "${ratio[@]}")" "$(median "${pratio[@]}")"
+    "$(median "${ratio[@]}")" "$(median "${pratio[@]}")" "$(median "${nc[@]}")" \
+    "$(median "${tc[@]}")"
 }
 
 echo "wrk -t1 -c$CONNS, ${DURATION}s per run, median of $ROUNDS rounds (nginx, then tollgate, each round)"
-printf "%-50s %9s %7s %9s %7s %6s %6s\n" "tollgate configuration" "nginx/s" "p99 ms" \
-  "tg req/s" "p99 ms" "ratio" "p99 x"
+printf "%-50s %9s %7s %9s %7s %6s %6s %6s %6s\n" "tollgate configuration" "nginx/s" "p99 ms" \
+  "tg req/s" "p99 ms" "ratio" "p99 x" "ngx us" "tg us"
+echo "(us: the proxy's CPU time per request, all its threads; nginx: its worker process)"
 
 start_tollgate redis file 1 ""
 redis-cli -p "$RP" config resetstat >/dev/null
