@@ -261,10 +261,14 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv);
  * for EPOLLOUT in the next turn: one turn less of latency, and hiredis's write
  * event is turned on and off within the turn, which costs no epoll_ctl with the
  * worker's changelist. A failed write disconnects and answers every command
- * queued so far through its callback, so it comes after every queueing. */
+ * queued so far through its callback, so it comes after every queueing; and
+ * never from inside a reply callback (a settle flushed by a refund), where a
+ * disconnect would free the context under hiredis's feet: there the write
+ * event hiredis armed does it. */
 static void write_now(struct rl *rl)
 {
-    if (rl->ac && rl->state == ST_UP) redisAsyncHandleWrite(rl->ac);
+    if (rl->ac && rl->state == ST_UP && !(rl->ac->c.flags & REDIS_IN_CALLBACK))
+        redisAsyncHandleWrite(rl->ac);
 }
 
 static void arm_deadline(struct rl *rl, int64_t at_ms, int64_t now_ms)
