@@ -1,8 +1,6 @@
 /* Instruction-count bench for cost.c: the bench request's estimate and the bench reply's scan.
- * Build and run (from the source dir, after building build/):
- *   gcc -O2 -g -Iinclude tests/bench/bench_cost.c build/libtollgate_core.a -lm -o /tmp/bench_cost
- * (add -DBEFORE to build it against a cost.c without tg_cost_request_usage_valid)
- *   valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out /tmp/bench_cost 100000
+ * Built as build/bench_cost by `make`; run from the source dir:
+ *   valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out build/bench_cost 100000
  *   callgrind_annotate --inclusive=yes /tmp/cg.out | grep -E 'bench_|tg_'
  * Each bench_* function runs once per request; divide its inclusive count by N. */
 #include <stdio.h>
@@ -68,9 +66,7 @@ int main(int argc, char **argv)
         bench_estimate();
         bench_scan();
         bench_request_usage();
-#ifndef BEFORE
         bench_request_usage_valid();
-#endif
     }
     printf("%ld rounds\n", n);
     return 0;

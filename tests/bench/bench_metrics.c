@@ -4,8 +4,7 @@
 #include <string.h>
 #include "tollgate/metrics.h"
 
-/* Build: cc -O2 -g -Iinclude tests/bench/bench_metrics.c build/libtollgate_core.a \
- *            $(pkg-config --libs libevent) -lpthread -lm -o build/bench_metrics
+/* Built as build/bench_metrics by `make`.
  * Run:   valgrind --tool=callgrind build/bench_metrics labels|memo 100000
  * Instructions per request = (Ir at 2N - Ir at N) / N. */
 
