@@ -253,8 +253,10 @@ def test_kafka_produce_consume_down_up():
     got = h.consume(kb.bootstrap, "t.usage", n=4, timeout=5)
     assert len(got) == 4 and ("acme", '{"n":4}') in got
     t0 = time.monotonic()
-    assert len(kb.consume(n=0, timeout=0.5)) == 4  # stops when nothing new arrives
-    assert time.monotonic() - t0 < 10
+    # Stops when nothing new arrives. The idle window also covers the consumer's
+    # start (metadata, assignment), which can take over half a second under ASan.
+    assert len(kb.consume(n=0, timeout=2.0)) == 4
+    assert time.monotonic() - t0 < 15
     assert kb.stop() == 0
 
 
