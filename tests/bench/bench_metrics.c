@@ -5,7 +5,7 @@
 #include "tollgate/metrics.h"
 
 /* Built as build/bench_metrics by `make`.
- * Run:   valgrind --tool=callgrind build/bench_metrics labels|memo 100000
+ * Run:   valgrind --tool=callgrind build/bench_metrics labels|handles 100000
  * Instructions per request = (Ir at 2N - Ir at N) / N. */
 
 /* What src/proxy.c's count() and on_limit() record for one small chat
@@ -39,85 +39,54 @@ static void by_labels(int status, double lat_s, double up_s, double lim_s)
     tg_metrics_add(TG_M_TOKENS, lc, 8);
 }
 
-/* The same updates the way count() makes them now: labels compared with the
- * worker's copies of the last request's, series kept as handles. */
-static void by_memo(int status, double lat_s, double up_s, double lim_s)
+/* The same updates through series handles, looked up once: what count() in
+ * src/proxy.c does while a worker's requests keep the same labels (it also
+ * compares four label strings per request to know that they did). */
+static void by_handles(int status, double lat_s, double up_s, double lim_s)
 {
-    static __thread struct {
-        char route[128], tenant[128], upstream[128], model[128];
-        int status;
-        unsigned unkept;
-        struct tg_metric_series *req, *dur, *up, *cost[TG_UNIT_COUNT][2], *tok[2];
-    } memo;
-    enum { ROUTE = 1, TENANT = 2, UPSTREAM = 4, MODEL = 8, STATUS = 16 };
+    static __thread struct tg_metric_series *req[2], *dur, *up, *cost[2][2], *tok[2];
     const char *backend[] = {"redis"};
     tg_metrics_observe(TG_M_LIMITER_DURATION, backend, lim_s);
     const char *tenant = "bench", *route = "/v1/chat/completions", *upstream = "model";
-    const char *model = NULL;
-    const char *now[] = {route, tenant, upstream, model};
-    char *copy[] = {memo.route, memo.tenant, memo.upstream, memo.model};
-    const size_t cap[] = {sizeof(memo.route), sizeof(memo.tenant), sizeof(memo.upstream),
-                          sizeof(memo.model)};
-    unsigned changed = status != memo.status ? STATUS : 0;
-    memo.status = status;
-    for (unsigned i = 0; i < 4; i++) {
-        const char *v = now[i] ? now[i] : "other";
-        if (!(memo.unkept & 1u << i) && strcmp(copy[i], v) == 0) continue;
-        changed |= 1u << i;
-        size_t n = strlen(v);
-        memo.unkept &= ~(1u << i);
-        if (n < cap[i])
-            memcpy(copy[i], v, n + 1);
-        else
-            memo.unkept |= 1u << i;
+    int s = status == 200 ? 0 : 1;
+    if (req[s] == NULL) {
+        const char *labels[] = {route, tenant, s ? "429" : "200"};
+        req[s] = tg_metrics_series(TG_M_REQUESTS, labels);
     }
-    if (changed & (ROUTE | TENANT | STATUS)) memo.req = NULL;
-    if (changed & ROUTE) memo.dur = NULL;
-    if (changed & UPSTREAM) memo.up = NULL;
-    if (changed & TENANT) memset(memo.cost, 0, sizeof(memo.cost));
-    if (changed & (TENANT | MODEL)) memo.tok[0] = memo.tok[1] = NULL;
-    if (memo.req == NULL) {
-        char digits[24], code[8];
-        size_t cn;
-        const char *cd = tg_fmt_int(digits, status, &cn);
-        memcpy(code, cd, cn);
-        code[cn] = '\0';
-        memo.req = tg_metrics_series(TG_M_REQUESTS, (const char *[]){route, tenant, code});
-    }
-    tg_metrics_series_add(memo.req, 1);
-    if (memo.dur == NULL) memo.dur = tg_metrics_series(TG_M_REQUEST_DURATION, &route);
-    tg_metrics_series_observe(memo.dur, lat_s);
-    if (memo.up == NULL) memo.up = tg_metrics_series(TG_M_UPSTREAM_DURATION, &upstream);
-    tg_metrics_series_observe(memo.up, up_s);
+    tg_metrics_series_add(req[s], 1);
+    if (dur == NULL) dur = tg_metrics_series(TG_M_REQUEST_DURATION, &route);
+    tg_metrics_series_observe(dur, lat_s);
+    if (up == NULL) up = tg_metrics_series(TG_M_UPSTREAM_DURATION, &upstream);
+    tg_metrics_series_observe(up, up_s);
     static const char *const phase[] = {"estimated", "actual"};
     for (int u = 0; u < 2; u++) {
         const int64_t micro[] = {u ? 4108 : 1, u ? 20 : 1};
         for (int p = 0; p < 2; p++) {
-            if (memo.cost[u][p] == NULL) {
+            if (cost[u][p] == NULL) {
                 const char *l[] = {tenant, tg_unit_name((enum tg_unit)u), phase[p]};
-                memo.cost[u][p] = tg_metrics_series(TG_M_COST_UNITS, l);
+                cost[u][p] = tg_metrics_series(TG_M_COST_UNITS, l);
             }
-            tg_metrics_series_add(memo.cost[u][p], (double)micro[p]);
+            tg_metrics_series_add(cost[u][p], (double)micro[p]);
         }
     }
     static const char *const kind[] = {"prompt", "completion"};
     for (int k = 0; k < 2; k++)
-        if (memo.tok[k] == NULL)
-            memo.tok[k] = tg_metrics_series(TG_M_TOKENS, (const char *[]){tenant, model, kind[k]});
-    tg_metrics_series_add(memo.tok[0], 12);
-    tg_metrics_series_add(memo.tok[1], 8);
+        if (tok[k] == NULL)
+            tok[k] = tg_metrics_series(TG_M_TOKENS, (const char *[]){tenant, NULL, kind[k]});
+    tg_metrics_series_add(tok[0], 12);
+    tg_metrics_series_add(tok[1], 8);
 }
 
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s labels|memo N\n", argv[0]);
+        fprintf(stderr, "usage: %s labels|handles N\n", argv[0]);
         return 2;
     }
     long n = atol(argv[2]);
     void (*fn)(int, double, double, double) = NULL;
     if (strcmp(argv[1], "labels") == 0) fn = by_labels;
-    if (strcmp(argv[1], "memo") == 0) fn = by_memo;
+    if (strcmp(argv[1], "handles") == 0) fn = by_handles;
     if (fn == NULL) {
         fprintf(stderr, "unknown mode %s\n", argv[1]);
         return 2;
