@@ -1115,6 +1115,16 @@ static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool tim
     struct tg_conn *c = arg;
     struct tg_req *r = c->req;
     r->acquiring = false;
+    if (up != NULL) {
+        int ms = r->route->upstream->response_timeout_ms;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        bufferevent_disable(tg_upconn_bev(up), EV_WRITE);
+        if (!up_attach(c, up, &tv)) {
+            tg_pool_release(up, false);
+            up = NULL;
+            err = "out of memory";
+        }
+    }
     if (up == NULL) {
         log_upstream_failure("request %s tenant %s: %s", r->id, r->tenant->name, err);
         r->upstream_failed = true;
@@ -1126,18 +1136,6 @@ static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool tim
     if (r->tup_us == 0) r->tup_us = now_us();
     struct bufferevent *ub = tg_upconn_bev(up);
     bufferevent_setcb(ub, up_read_cb, up_write_cb, up_event_cb, c);
-    int ms = r->route->upstream->response_timeout_ms;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    bufferevent_disable(ub, EV_WRITE);
-    if (!up_attach(c, up, &tv)) {
-        r->up = NULL;
-        bufferevent_setcb(ub, NULL, NULL, NULL, NULL);
-        tg_pool_release(up, false);
-        r->upstream_failed = true;
-        reply_error(c, 502, "server_error", "upstream_unavailable",
-                    "The upstream model server could not be reached.", false, TG_DECISION_ERROR);
-        return;
-    }
     write_request(c);
     flush_out(ub, !tg_upconn_tls(up));
 }
