@@ -1018,7 +1018,7 @@ static void rl_destroy(struct tg_limiter *l)
     rl->destroying = true;
     if (rl->ac) {
         redisAsyncContext *ac = rl->ac;
-        if (rl->state == ST_UP) redisAsyncHandleWrite(ac); /* best effort: last settles */
+        write_now(rl); /* best effort: the last settles */
         if (rl->ac == ac) {
             rl->ac = NULL;
             set_state(rl, ST_DOWN);
