@@ -36,74 +36,73 @@ else
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function refill(key, cap, rate, per)
-    local v = redis.call('GET', key)
-    if not v then return cap end
-    local l, t = string.match(v, '^(-?%d+) (-?%d+)$')
-    if not l then return cap end
-    l = tonumber(l)
-    if l >= cap then return cap end
-    local elapsed = now - tonumber(t)
-    if elapsed < 0 then elapsed = 0 end
-    l = l + math.floor(elapsed * rate * 1000000 / per)
-    if l >= cap then return cap end
-    return l
-end
-
-local function store(key, l, cap, rate, per)
-    local ttl = MARGIN_MS
-    if l < cap then ttl = ttl + math.ceil((cap - l) * per / (rate * 1000000)) end
-    redis.call('SET', key, string.format('%d %d', l, now), 'PX', string.format('%d', ttl))
-end
-
+-- Written for speed: Redis runs it for every round of checks. One MGET, no
+-- closures, rows judged straight from struct.unpack's results.
+local vals = redis.call('MGET', unpack(KEYS))
 local cap, rate, per, level, dirty = {}, {}, {}, {}, {}
-for k = 1, nk do
-    cap[k] = tonumber(ARGV[3 * k - 1])
-    rate[k] = tonumber(ARGV[3 * k])
-    per[k] = tonumber(ARGV[3 * k + 1])
-    level[k] = refill(KEYS[k], cap[k], rate[k], per[k])
-end
-
 local out = {now, 0}
-for k = 1, nk do out[k + 2] = level[k] end
-local a = 3 * nk + 2
-local m = tonumber(ARGV[a])
-local costs, total, packed = {}, m * nk, ARGV[a + 1]
-if #packed ~= 8 * total then return redis.error_reply('tollgate: cost rows do not match') end
-local got, pos = 0, 1
-while got < total do -- struct.unpack returns its values on the C stack: in chunks
-    local n = total - got
-    if n > 4000 then n = 4000 end
-    local chunk = {struct.unpack('<' .. string.rep('d', n), packed, pos)}
-    for j = 1, n do costs[got + j] = chunk[j] end
-    pos = chunk[n + 1]
-    got = got + n
-end
-local allowed = 0
-local i = 0
-for _ = 1, m do
-    local ok = true
-    for k = 1, nk do
-        local c = costs[i + k]
-        if c >= 0 and level[k] < c then
-            ok = false
-            break
-        end
-    end
-    if ok then
-        allowed = allowed + 1
-        for k = 1, nk do
-            local c = costs[i + k]
-            if c >= 0 then
-                level[k] = level[k] - c
-                dirty[k] = true
+for k = 1, nk do -- refill
+    local c, r, p = tonumber(ARGV[3 * k - 1]), tonumber(ARGV[3 * k]), tonumber(ARGV[3 * k + 1])
+    cap[k], rate[k], per[k] = c, r, p
+    local l = c
+    local v = vals[k]
+    if v then
+        local sl, st = string.match(v, '^(-?%d+) (-?%d+)$')
+        if sl then
+            l = tonumber(sl)
+            if l >= c then
+                l = c
+            else
+                local elapsed = now - tonumber(st)
+                if elapsed < 0 then elapsed = 0 end
+                l = l + math.floor(elapsed * r * 1000000 / p)
+                if l >= c then l = c end
             end
         end
     end
-    i = i + nk
+    level[k] = l
+    out[k + 2] = l
+end
+
+local a = 3 * nk + 2
+local m = tonumber(ARGV[a])
+local total, packed = m * nk, ARGV[a + 1]
+if #packed ~= 8 * total then return redis.error_reply('tollgate: cost rows do not match') end
+local allowed, got, pos = 0, 0, 1
+while got < total do -- struct.unpack returns its values on the C stack: in chunks of whole rows
+    local n = total - got
+    if n > 4000 then n = 4000 - 4000 % nk end
+    local costs = {struct.unpack('<' .. string.rep('d', n), packed, pos)}
+    pos = costs[n + 1]
+    for i = 0, n - nk, nk do
+        local ok = true
+        for k = 1, nk do
+            local c = costs[i + k]
+            if c >= 0 and level[k] < c then
+                ok = false
+                break
+            end
+        end
+        if ok then
+            allowed = allowed + 1
+            for k = 1, nk do
+                local c = costs[i + k]
+                if c >= 0 then
+                    level[k] = level[k] - c
+                    dirty[k] = true
+                end
+            end
+        end
+    end
+    got = got + n
 end
 out[2] = allowed
-for k = 1, nk do
-    if dirty[k] then store(KEYS[k], level[k], cap[k], rate[k], per[k]) end
+for k = 1, nk do -- store what an allowed check charged
+    if dirty[k] then
+        local l, c = level[k], cap[k]
+        local ttl = MARGIN_MS
+        if l < c then ttl = ttl + math.ceil((c - l) * per[k] / (rate[k] * 1000000)) end
+        redis.call('SET', KEYS[k], string.format('%d %d', l, now), 'PX', string.format('%d', ttl))
+    end
 end
 return out

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark: tollgate against nginx proxy_pass on the same upstream, same run.
-# Usage: tests/bench/run.sh [BUILD_DIR]   (env: DURATION=5 ROUNDS=3 CONNS=64 QUICK=1)
+# Usage: tests/bench/run.sh [BUILD_DIR]   (env: DURATION=5 ROUNDS=3 CONNS=64 QUICK=1 VERBOSE=1)
 # Prints a table of req/s, p99 and the ratio to nginx. Loopback only; bounded in time.
 set -euo pipefail
 BUILD=${1:-build}
@@ -134,6 +134,7 @@ measure() { # $1 = label
     read -r c d f < <(bench "$TG")
     nr+=("$a"); np+=("$b"); tr+=("$c"); tp+=("$d"); nc+=("$e"); tc+=("$f")
     ratio+=("$(echo "$c/$a" | bc -l)"); pratio+=("$(echo "$d/$b" | bc -l)")
+    if [ -n "${VERBOSE:-}" ]; then echo "  round: nginx $a/s ${b}ms ${e}us, tollgate $c/s ${d}ms ${f}us" >&2; fi
   done
   printf "%-50s %9.0f %7.2f %9.0f %7.2f %6.2f %6.2f %6.1f %6.1f\n" "$1" "$(median "${nr[@]}")" \
     "$(median "${np[@]}")" "$(median "${tr[@]}")" "$(median "${tp[@]}")" \
