@@ -750,6 +750,86 @@ static void test_one_round_in_flight(void **state)
     env_close(&e);
 }
 
+/* A round of 256 checks on 17 buckets (4352 costs) is unpacked by bucket.lua
+ * in more than one chunk: every check is judged as the C twin judges it, in
+ * order, on one call. */
+#define WIDE_N 17
+#define WIDE_M 256
+static struct answer wide[WIDE_M];
+
+static bool wide_done(void *arg)
+{
+    for (int i = 0; i < WIDE_M; i++)
+        if (wide[i].calls == 0) return false;
+    return true;
+}
+
+static void test_wide_round(void **state)
+{
+    NEED_REDIS();
+    struct env e;
+    env_open(&e, "wide:", TG_REDIS_ERROR_DENY);
+    env_wait_up(&e);
+    int64_t now = 5000000;
+    tg_limiter_redis_set_clock(e.l, now);
+    static char names[WIDE_N][8];
+    struct tg_limit limits[WIDE_N];
+    struct tg_bucket c[WIDE_N];
+    struct tg_bucket *cp[WIDE_N];
+    for (int k = 0; k < WIDE_N; k++) {
+        snprintf(names[k], sizeof(names[k]), "l%d", k);
+        limits[k] = mk(names[k], TG_UNIT_TOKENS, 1, DAY, k == WIDE_N - 1 ? 1000 : 60 + 10 * k);
+        c[k] = (struct tg_bucket)TG_BUCKET_FULL;
+        cp[k] = &c[k];
+    }
+    static struct tg_limit_req reqs[WIDE_M];
+    memset(wide, 0, sizeof(wide));
+    long long calls = evalsha_calls();
+    for (int i = 0; i < WIDE_M; i++) { /* one loop turn: one round, one call */
+        reqs[i] = (struct tg_limit_req){.tenant = "acme", .n = WIDE_N};
+        for (int k = 0; k < WIDE_N; k++) /* the last rows only use the roomy last bucket */
+            reqs[i].b[k] = (struct tg_bucket_ref){
+                &limits[k], k == WIDE_N - 1 ? U : i < 200 ? (int64_t)rnd(3) * U : 0};
+        (void)tg_limiter_check(e.l, &reqs[i], on_answer, &wide[i]);
+    }
+    assert_true(spin(e.base, 5000, wide_done, NULL));
+    assert_int_equal(evalsha_calls(), calls + 1);
+    int allowed = 0, denied = 0, allowed_after_denial = 0;
+    for (int i = 0; i < WIDE_M; i++) {
+        struct tg_bucket_param p[WIDE_N];
+        int64_t level[WIDE_N];
+        for (int k = 0; k < WIDE_N; k++)
+            tg_bucket_param_init(&p[k], reqs[i].b[k].limit, 1, reqs[i].b[k].cost_u);
+        struct tg_limit_result want;
+        tg_limiter_result_fill(p, level, WIDE_N, tg_bucket_check(cp, p, WIDE_N, now, level),
+                               &want);
+        assert_int_equal(wide[i].calls, 1);
+        assert_int_equal(wide[i].res.status, want.status);
+        assert_int_equal(wide[i].res.denied, want.denied);
+        for (int k = 0; k < WIDE_N; k++)
+            assert_int_equal(wide[i].res.b[k].remaining_u, want.b[k].remaining_u);
+        if (want.status == TG_LIMIT_ALLOWED) {
+            allowed++;
+            allowed_after_denial += denied > 0;
+        } else {
+            denied++;
+        }
+    }
+    for (int k = 0; k < WIDE_N; k++) { /* what Redis stored is what C charged */
+        char key[160];
+        snprintf(key, sizeof(key), "wide:{acme}:%s", names[k]);
+        struct tg_bucket got;
+        assert_true(get_bucket(key, &got));
+        assert_int_equal(got.level_u, c[k].level_u);
+        assert_int_equal(got.updated_ms, c[k].updated_ms);
+    }
+    print_message("wide round: %d allowed (%d after the first denial), %d denied\n", allowed,
+                  allowed_after_denial, denied);
+    /* both outcomes, and allowed checks late in the round, past the first chunk */
+    assert_true(allowed > 20 && denied > 20 && allowed_after_denial > 56);
+    env_close(&e);
+}
+
 #define FLOOD 1100
 static struct answer flood[FLOOD];
 
@@ -904,6 +984,7 @@ int main(void)
         cmocka_unit_test(test_noscript),
         cmocka_unit_test(test_cancel_refunds),
         cmocka_unit_test(test_one_round_in_flight),
+        cmocka_unit_test(test_wide_round),
         cmocka_unit_test(test_inflight_bound),
         cmocka_unit_test(test_destroy_with_pending),
         cmocka_unit_test(test_concurrency),
