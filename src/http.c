@@ -134,10 +134,6 @@ static bool url_char(unsigned char ch)
     return (cclass[ch] & U) != 0;
 }
 
-static bool lit_is(const char *p, size_t len, const char *lit)
-{
-    return strncasecmp(p, lit, len) == 0 && lit[len] == '\0';
-}
 
 /* "HTTP/1.0" or "HTTP/1.1" at p (8 bytes available). */
 static bool version(struct tg_http_msg *m, const char *p)
@@ -221,25 +217,25 @@ static bool fast_head(struct tg_http_msg *m, const char *head, size_t len)
         p += 2;
         switch (nlen) {
         case 6:
-            if (lit_is(name, nlen, "expect") && vlen == 12 &&
+            if (tg_http_lc_is(name, nlen, "expect") && vlen == 12 &&
                 strncasecmp(value, "100-continue", 12) == 0)
                 m->expect_continue = true;
             break;
         case 7:
-            if (lit_is(name, nlen, "upgrade")) return false;
+            if (tg_http_lc_is(name, nlen, "upgrade")) return false;
             break;
         case 10:
-            if (lit_is(name, nlen, "connection")) {
-                if (lit_is(value, vlen, "close"))
+            if (tg_http_lc_is(name, nlen, "connection")) {
+                if (tg_http_lc_is(value, vlen, "close"))
                     close = true;
-                else if (lit_is(value, vlen, "keep-alive"))
+                else if (tg_http_lc_is(value, vlen, "keep-alive"))
                     keep = true;
                 else
                     return false;
             }
             break;
         case 14:
-            if (lit_is(name, nlen, "content-length")) {
+            if (tg_http_lc_is(name, nlen, "content-length")) {
                 if (clen >= 0 || vlen > 15) return false;
                 clen = 0;
                 for (size_t i = 0; i < vlen; i++) {
@@ -249,10 +245,10 @@ static bool fast_head(struct tg_http_msg *m, const char *head, size_t len)
             }
             break;
         case 16:
-            if (lit_is(name, nlen, "proxy-connection")) return false;
+            if (tg_http_lc_is(name, nlen, "proxy-connection")) return false;
             break;
         case 17:
-            if (lit_is(name, nlen, "transfer-encoding")) return false;
+            if (tg_http_lc_is(name, nlen, "transfer-encoding")) return false;
             break;
         default:
             break;
@@ -346,7 +342,7 @@ const char *tg_http_header(const struct tg_http_msg *m, const char *name, size_t
     size_t len = strlen(name);
     for (size_t i = 0; i < m->nheaders; i++) {
         const struct tg_http_header *h = &m->headers[i];
-        if (h->nlen == len && strncasecmp(h->name, name, len) == 0) {
+        if (h->nlen == len && tg_http_lc_is(h->name, len, name)) {
             if (vlen) *vlen = h->vlen;
             return h->value;
         }
@@ -358,15 +354,15 @@ bool tg_http_is_hop_by_hop(const char *name, size_t len)
 {
     switch (len) {
     case 2:
-        return tg_http_name_is(name, len, "te");
+        return tg_http_lc_is(name, len, "te");
     case 7:
-        return tg_http_name_is(name, len, "trailer") || tg_http_name_is(name, len, "upgrade");
+        return tg_http_lc_is(name, len, "trailer") || tg_http_lc_is(name, len, "upgrade");
     case 10:
-        return tg_http_name_is(name, len, "connection") || tg_http_name_is(name, len, "keep-alive");
+        return tg_http_lc_is(name, len, "connection") || tg_http_lc_is(name, len, "keep-alive");
     case 17:
-        return tg_http_name_is(name, len, "transfer-encoding");
+        return tg_http_lc_is(name, len, "transfer-encoding");
     default:
-        return len > 6 && strncasecmp(name, "proxy-", 6) == 0;
+        return len > 6 && tg_http_lc_is(name, 6, "proxy-");
     }
 }
 

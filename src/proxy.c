@@ -218,6 +218,41 @@ static void hb_header(struct headbuf *hb, const char *name, size_t nlen, const c
     hb_add(hb, "\r\n", 2);
 }
 
+/* Header lines kept as they came ("Name: value\r\n", in the head they were
+ * parsed from) are copied in runs: consecutive kept lines are one copy. A
+ * line written any other way (other spacing, or a value the parser trimmed)
+ * is written afresh by hb_header, as before. Flush the run before adding
+ * anything else. */
+struct hrun {
+    const char *p;
+    size_t n;
+};
+
+static void hb_run_flush(struct headbuf *hb, struct hrun *run)
+{
+    if (run->n) hb_add(hb, run->p, run->n);
+    run->n = 0;
+}
+
+static void hb_keep(struct headbuf *hb, struct hrun *run, const struct tg_http_header *h)
+{
+    const char *line = h->name;
+    if (h->value == line + h->nlen + 2 && line[h->nlen] == ':' && line[h->nlen + 1] == ' ' &&
+        h->value[h->vlen] == '\r' && h->value[h->vlen + 1] == '\n') {
+        size_t len = (size_t)h->nlen + 2 + h->vlen + 2;
+        if (run->n && run->p + run->n == line) {
+            run->n += len;
+            return;
+        }
+        hb_run_flush(hb, run);
+        run->p = line;
+        run->n = len;
+        return;
+    }
+    hb_run_flush(hb, run);
+    hb_header(hb, h->name, h->nlen, h->value, h->vlen);
+}
+
 /* Writes what is buffered; returns the head's whole length. */
 static size_t hb_flush(struct headbuf *hb)
 {
@@ -784,6 +819,26 @@ static bool reserve_head(char **buf, size_t *cap, size_t need)
     return true;
 }
 
+/* Where the head ends ("\r\n\r\n") in `in`, searching from byte `from`;
+ * -1 if not there yet. A head that arrived in one piece (nearly all of them)
+ * is searched in place; evbuffer_search is for heads split across chains. */
+static ev_ssize_t find_head_end(struct evbuffer *in, size_t from)
+{
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(in, -1, NULL, &v, 1) == 1) {
+        if (from >= v.iov_len) return -1;
+        const char *p = v.iov_base, *end = p + v.iov_len, *q = p + from;
+        while ((q = memchr(q, '\n', (size_t)(end - q))) != NULL) { /* line by line */
+            if (q - p >= 3 && memcmp(q - 3, "\r\n\r\n", 4) == 0) return q - 3 - p;
+            q++;
+        }
+        return -1;
+    }
+    struct evbuffer_ptr start;
+    if (evbuffer_ptr_set(in, &start, from, EVBUFFER_PTR_SET) != 0) return -1;
+    return evbuffer_search(in, "\r\n\r\n", 4, &start).pos;
+}
+
 /* Tries to read a whole head from the input. */
 static void read_head(struct tg_conn *c)
 {
@@ -810,12 +865,10 @@ static void read_head(struct tg_conn *c)
     struct tg_req *r = c->req;
     /* Resume the search where the last one stopped: a client sending its
      * head a byte at a time must not cost a rescan per byte. */
-    struct evbuffer_ptr from;
-    evbuffer_ptr_set(in, &from, r->head_scanned > 3 ? r->head_scanned - 3 : 0, EVBUFFER_PTR_SET);
-    struct evbuffer_ptr pos = evbuffer_search(in, "\r\n\r\n", 4, &from);
-    if (pos.pos < 0) r->head_scanned = len;
-    if (pos.pos < 0 || pos.pos + 4 > TG_HTTP_MAX_HEAD) {
-        if (len > TG_HTTP_MAX_HEAD || (pos.pos >= 0 && pos.pos + 4 > TG_HTTP_MAX_HEAD)) {
+    ev_ssize_t end = find_head_end(in, r->head_scanned > 3 ? r->head_scanned - 3 : 0);
+    if (end < 0) r->head_scanned = len;
+    if (end < 0 || end + 4 > TG_HTTP_MAX_HEAD) {
+        if (len > TG_HTTP_MAX_HEAD || (end >= 0 && end + 4 > TG_HTTP_MAX_HEAD)) {
             tg_usage_new_id(r->id);
             reply_error(c, 431, "invalid_request_error", "request_header_fields_too_large",
                         "The request header block exceeds 65536 bytes.", true,
@@ -823,7 +876,7 @@ static void read_head(struct tg_conn *c)
         }
         return;
     }
-    size_t hlen = (size_t)pos.pos + 4;
+    size_t hlen = (size_t)end + 4;
     if (!reserve_head(&r->head, &r->head_cap, hlen)) {
         conn_free(c);
         return;
@@ -1050,8 +1103,8 @@ static enum fwd forward_kind(const char *name, size_t len)
                                             [12] = "x-request-id",
                                             [13] = "authorization",
                                             [14] = "content-length"};
-    if (len < 16 && dropped[len] && tg_http_name_is(name, len, dropped[len])) return FWD_DROP;
-    if (len == 15 && tg_http_name_is(name, len, "x-forwarded-for")) return FWD_XFF;
+    if (len < 16 && dropped[len] && tg_http_lc_is(name, len, dropped[len])) return FWD_DROP;
+    if (len == 15 && tg_http_lc_is(name, len, "x-forwarded-for")) return FWD_XFF;
     return tg_http_is_hop_by_hop(name, len) ? FWD_DROP : FWD_KEEP;
 }
 
@@ -1071,6 +1124,7 @@ static void write_request(struct tg_conn *c)
     hb_add(&hb, "\r\n", 2);
     const char *xff = NULL;
     size_t xff_len = 0;
+    struct hrun run = {NULL, 0};
     for (size_t i = 0; i < m->nheaders; i++) {
         const struct tg_http_header *h = &m->headers[i];
         enum fwd what = forward_kind(h->name, h->nlen);
@@ -1083,8 +1137,9 @@ static void write_request(struct tg_conn *c)
         bool configured = false;
         for (size_t k = 0; k < u->nheaders && !configured; k++)
             configured = tg_http_name_is(h->name, h->nlen, u->headers[k].key);
-        if (!configured) hb_header(&hb, h->name, h->nlen, h->value, h->vlen);
+        if (!configured) hb_keep(&hb, &run, h);
     }
+    hb_run_flush(&hb, &run);
     hb_add(&hb, "X-Forwarded-For: ", 17);
     if (xff) {
         hb_add(&hb, xff, xff_len);
@@ -1207,14 +1262,16 @@ static void send_resp_head(struct tg_conn *c)
     struct headbuf hb;
     hb_init(&hb, bufferevent_get_output(c->bev));
     hb_status_line(&hb, um->status);
+    struct hrun run = {NULL, 0};
     for (size_t i = 0; i < um->nheaders; i++) {
         const struct tg_http_header *h = &um->headers[i];
         if (tg_http_is_hop_by_hop(h->name, h->nlen) ||
-            tg_http_name_is(h->name, h->nlen, "x-request-id") ||
-            (r->out_mode == OUT_REFRAME && tg_http_name_is(h->name, h->nlen, "content-length")))
+            tg_http_lc_is(h->name, h->nlen, "x-request-id") ||
+            (r->out_mode == OUT_REFRAME && tg_http_lc_is(h->name, h->nlen, "content-length")))
             continue;
-        hb_header(&hb, h->name, h->nlen, h->value, h->vlen);
+        hb_keep(&hb, &run, h);
     }
+    hb_run_flush(&hb, &run);
     if (r->out_chunked || (r->out_mode == OUT_PASS && um->chunked))
         hb_add(&hb, "Transfer-Encoding: chunked\r\n", 28);
     add_common_headers(c, &hb, close);
@@ -1289,13 +1346,13 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
     struct tg_req *r = c->req;
     if (!r->resp_head) {
         struct evbuffer *in = bufferevent_get_input(bev);
-        struct evbuffer_ptr pos = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-        if (pos.pos < 0) {
+        ev_ssize_t end = find_head_end(in, 0);
+        if (end < 0) {
             if (evbuffer_get_length(in) > TG_HTTP_MAX_HEAD)
                 up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
             return;
         }
-        size_t hlen = (size_t)pos.pos + 4;
+        size_t hlen = (size_t)end + 4;
         if (!reserve_head(&r->uhead, &r->uhead_cap, hlen)) {
             up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
             return;

@@ -2,6 +2,7 @@
 #ifndef TOLLGATE_HTTP_H
 #define TOLLGATE_HTTP_H
 
+#include <string.h>
 #include <http_parser.h>
 #include "tollgate/common.h"
 
@@ -67,7 +68,8 @@ ssize_t tg_http_feed(struct tg_http_msg *m, const char *data, size_t len) TG_WUR
 /* Marks the end of input for a reply read until close. */
 void tg_http_feed_eof(struct tg_http_msg *m);
 
-/* Case-insensitive header lookup; NULL when absent (vlen set otherwise). */
+/* Case-insensitive header lookup of a name written as tg_http_lc_is wants it;
+ * NULL when absent (vlen set otherwise). */
 const char *tg_http_header(const struct tg_http_msg *m, const char *name, size_t *vlen);
 
 /* True for headers a proxy never forwards (RFC 9110 hop-by-hop and friends). */
@@ -78,5 +80,30 @@ const char *tg_http_reason(int status);
 
 /* Case-insensitive comparison of a counted name with a C string. */
 bool tg_http_name_is(const char *name, size_t len, const char *lit);
+
+/* The same for a literal in lower case, of letters, digits and '-' only, and
+ * a name of printable ASCII (a header name or value): then `c | 0x20` lowers
+ * a letter and matches nothing else by accident, so eight bytes compare at
+ * once. Inline: the proxy compares a few names per header of every message,
+ * and strlen of a literal folds to a constant. */
+static inline bool tg_http_lc_is(const char *name, size_t len, const char *lit)
+{
+    if (strlen(lit) != len) return false;
+    if (len < 8) {
+        for (size_t i = 0; i < len; i++)
+            if (((unsigned char)name[i] | 0x20) != (unsigned char)lit[i]) return false;
+        return true;
+    }
+    const uint64_t lower = 0x2020202020202020ULL;
+    uint64_t a, b;
+    for (size_t i = 0; i + 8 <= len; i += 8) {
+        memcpy(&a, name + i, 8);
+        memcpy(&b, lit + i, 8);
+        if ((a | lower) != b) return false;
+    }
+    memcpy(&a, name + len - 8, 8); /* the last eight, overlapping: the tail */
+    memcpy(&b, lit + len - 8, 8);
+    return (a | lower) == b;
+}
 
 #endif

@@ -246,6 +246,48 @@ static void test_mutated_heads_agree(void **state)
     assert_true(fast > total / 10); /* the comparison covered the fast path */
 }
 
+/* Header names compare without regard to ASCII case, and only whole: a
+ * prefix or an extension of the name is another name. tg_http_lc_is (for
+ * lower-case literals) agrees with tg_http_name_is on every printable byte. */
+static void test_name_comparison(void **state)
+{
+    (void)state;
+    assert_true(tg_http_name_is("Content-Length", 14, "content-length"));
+    assert_true(tg_http_name_is("content-length", 14, "Content-Length"));
+    assert_true(tg_http_name_is("X-API-KEY", 9, "x-api-Key"));
+    assert_true(tg_http_lc_is("Content-Length", 14, "content-length"));
+    assert_true(tg_http_lc_is("X-REQUEST-ID", 12, "x-request-id"));
+    assert_false(tg_http_lc_is("Content-Lengt", 13, "content-length"));
+    assert_false(tg_http_lc_is("Content-Length2", 15, "content-length"));
+    assert_false(tg_http_lc_is("Content_Length", 14, "content-length"));
+    assert_true(tg_http_lc_is("", 0, ""));
+    const char *lits[] = {"a", "z", "0", "9", "-", "te"};
+    for (size_t l = 0; l < sizeof(lits) / sizeof(lits[0]); l++) {
+        size_t n = strlen(lits[l]);
+        for (int c = 0x20; c < 0x7f; c++) { /* first byte varied over all printables */
+            char name[16] = {(char)c, lits[l][1], 0};
+            assert_int_equal(tg_http_lc_is(name, n, lits[l]), tg_http_name_is(name, n, lits[l]));
+        }
+    }
+    const char *longer[] = {"x-request-id", "content-length", "transfer-encoding", "keep-alive"};
+    for (size_t l = 0; l < sizeof(longer) / sizeof(longer[0]); l++) {
+        size_t n = strlen(longer[l]);
+        for (size_t at = 0; at < n; at++) { /* each byte in turn over all printables */
+            for (int c = 0x20; c < 0x7f; c++) {
+                char name[32];
+                memcpy(name, longer[l], n + 1);
+                name[at] = (char)c;
+                assert_int_equal(tg_http_lc_is(name, n, longer[l]),
+                                 tg_http_name_is(name, n, longer[l]));
+            }
+        }
+    }
+    assert_true(tg_http_is_hop_by_hop("Proxy-Authorization", 19));
+    assert_true(tg_http_is_hop_by_hop("KEEP-ALIVE", 10));
+    assert_false(tg_http_is_hop_by_hop("proxy-", 6));
+    assert_false(tg_http_is_hop_by_hop("Content-Type", 12));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -253,6 +295,7 @@ int main(void)
         cmocka_unit_test(test_other_heads_are_judged_as_before),
         cmocka_unit_test(test_reply_to_head_request_is_left_to_http_parser),
         cmocka_unit_test(test_mutated_heads_agree),
+        cmocka_unit_test(test_name_comparison),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
