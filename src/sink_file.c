@@ -224,7 +224,7 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-static int file_submit(struct tg_sink *s, char *json, size_t len, const char *key)
+static int file_submit(struct tg_sink *s, const char *json, size_t len, const char *key)
 {
     struct fsink *f = (struct fsink *)s;
     int rc = 0;
@@ -261,7 +261,6 @@ static int file_submit(struct tg_sink *s, char *json, size_t len, const char *ke
                          "records dropped (see tollgate_usage_records_total)",
                          f->path, queued);
     }
-    free(json);
     return rc;
 }
 

@@ -346,7 +346,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the sink ---- */
 
-static int kafka_submit(struct tg_sink *s, char *json, size_t len, const char *key)
+static int kafka_submit(struct tg_sink *s, const char *json, size_t len, const char *key)
 {
     struct ksink *ks = (struct ksink *)s;
     size_t klen = strlen(key);
@@ -355,8 +355,8 @@ static int kafka_submit(struct tg_sink *s, char *json, size_t len, const char *k
         pthread_rwlock_rdlock(&ks->lock);
         if (ks->rk)
             e = rd_kafka_producev(
-                ks->rk, RD_KAFKA_V_RKT(ks->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
-                RD_KAFKA_V_VALUE(json, len), RD_KAFKA_V_KEY(klen ? key : NULL, klen),
+                ks->rk, RD_KAFKA_V_RKT(ks->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                RD_KAFKA_V_VALUE((void *)json, len), RD_KAFKA_V_KEY(klen ? key : NULL, klen),
                 RD_KAFKA_V_OPAQUE(NULL), RD_KAFKA_V_END);
         pthread_rwlock_unlock(&ks->lock);
         if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
@@ -365,7 +365,6 @@ static int kafka_submit(struct tg_sink *s, char *json, size_t len, const char *k
      * rather than waiting in memory for message.timeout.ms. */
     int rc = spool_record(ks, key, klen, json, len, false);
     if (rc == 0) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_spooled, 1);
-    free(json);
     return rc;
 }
 

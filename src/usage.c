@@ -179,15 +179,29 @@ static size_t opt_len(const char *s)
     return s ? strlen(s) : 0;
 }
 
-char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len)
+/* The lengths of a record's strings, and the most its JSON can take. */
+struct json_lens {
+    size_t id, key, tenant, route, model, upstream, limit;
+};
+
+static size_t json_cap(const struct tg_usage_record *r, struct json_lens *l)
 {
-    size_t idl = strnlen(r->id, sizeof(r->id));
-    size_t keyl = strnlen(r->key, sizeof(r->key));
-    size_t tl = opt_len(r->tenant), rl = opt_len(r->route), ml = opt_len(r->model);
-    size_t ul = opt_len(r->upstream), ll = opt_len(r->limit);
-    size_t cap = JSON_FIXED_MAX + JSON_ESC_MAX * (idl + keyl + tl + rl + ml + ul + ll);
-    char *buf = malloc(cap);
-    if (buf == NULL) return NULL;
+    l->id = strnlen(r->id, sizeof(r->id));
+    l->key = strnlen(r->key, sizeof(r->key));
+    l->tenant = opt_len(r->tenant);
+    l->route = opt_len(r->route);
+    l->model = opt_len(r->model);
+    l->upstream = opt_len(r->upstream);
+    l->limit = opt_len(r->limit);
+    return JSON_FIXED_MAX +
+           JSON_ESC_MAX * (l->id + l->key + l->tenant + l->route + l->model + l->upstream + l->limit);
+}
+
+/* Writes the JSON into buf (json_cap bytes); returns its length. */
+static size_t json_write(const struct tg_usage_record *r, const struct json_lens *l, char *buf)
+{
+    size_t idl = l->id, keyl = l->key, tl = l->tenant, rl = l->route, ml = l->model;
+    size_t ul = l->upstream, ll = l->limit;
     char *p = buf;
 
     PUT(p, "{\"v\":1,\"id\":");
@@ -244,7 +258,14 @@ char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len)
     p = put_i64(p, r->bytes_out);
     *p++ = '}';
     *p = '\0';
-    *len = (size_t)(p - buf);
+    return (size_t)(p - buf);
+}
+
+char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len)
+{
+    struct json_lens l;
+    char *buf = malloc(json_cap(r, &l));
+    if (buf) *len = json_write(r, &l, buf);
     return buf;
 }
 
@@ -406,20 +427,26 @@ int tg_usage_emit(struct tg_sink *s, const struct tg_usage_record *r)
         tg_metrics_add(TG_M_USAGE_RECORDS, (const char *[]){s->ops->name, "skipped"}, 1);
         return 0;
     }
-    size_t len;
-    char *json = tg_usage_to_json(r, &len);
-    if (json == NULL) {
+    /* Written into a buffer of the calling thread's: the sink copies what it
+     * keeps, so a record costs no allocation (but one with very long names). */
+    static _Thread_local char local[8192];
+    struct json_lens l;
+    size_t need = json_cap(r, &l);
+    char *buf = need <= sizeof(local) ? local : malloc(need);
+    if (buf == NULL) {
         tg_metrics_add(TG_M_USAGE_RECORDS, (const char *[]){s->ops->name, "error"}, 1);
         tg_log_error("usage record %.*s: out of memory, record lost", 32, r->id);
         return -1;
     }
-    return s->ops->submit(s, json, len, r->tenant ? r->tenant : "");
+    size_t len = json_write(r, &l, buf);
+    int rc = s->ops->submit(s, buf, len, r->tenant ? r->tenant : "");
+    if (buf != local) free(buf);
+    return rc;
 }
 
 /* The "none" sink: takes records and discards them (tg_usage_emit does not even build them). */
-static int none_submit(struct tg_sink *s, char *json, size_t len, const char *key)
+static int none_submit(struct tg_sink *s, const char *json, size_t len, const char *key)
 {
-    free(json);
     return 0;
 }
 

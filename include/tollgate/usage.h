@@ -59,9 +59,10 @@ struct tg_sink;
 struct tg_sink_ops {
     const char *name; /* "file", "kafka", "none" */
     bool discards;    /* keeps nothing: tg_usage_emit does not even build records */
-    /* Takes ownership of `json` (malloc'd). `key` is the tenant ("" if none).
-     * Returns 0, or -1 if the record could not be kept (it is counted and logged). */
-    int (*submit)(struct tg_sink *s, char *json, size_t len, const char *key);
+    /* Borrows `json` for the call: a sink copies what it keeps. `key` is the
+     * tenant ("" if none). Returns 0, or -1 if the record could not be kept
+     * (it is counted and logged). */
+    int (*submit)(struct tg_sink *s, const char *json, size_t len, const char *key);
     /* false while the sink cannot take records without losing them (spool
      * full in reject mode): new requests get 503. */
     bool (*accepting)(struct tg_sink *s);

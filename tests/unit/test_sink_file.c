@@ -182,6 +182,7 @@ static void test_write_error(void **state)
         char *json = malloc(n);
         memset(json, 'x', n);
         assert_int_equal(s->ops->submit(s, json, n, "acme"), 0);
+        free(json);
         big++;
     }
     bool refused = !s->ops->accepting(s);
