@@ -1,5 +1,7 @@
 /* Writing JSON text into buffers the caller sized: one string escaper for every JSON the gateway
  * writes. */
+#include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 #include "tollgate/jsonw.h"
 
@@ -49,11 +51,28 @@ static size_t utf8_seq(const unsigned char *s, size_t n, size_t *bad)
     return need + 1;
 }
 
+/* True if any of the eight bytes of x needs more than a copy: a control
+ * byte, '"', '\\', or a byte of a multi-byte sequence (to be checked). */
+static bool word_needs_care(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+    uint64_t ctrl = (x - ones * 0x20) & ~x;                /* high bit: some byte < 0x20 */
+    uint64_t zq = (q - ones) & ~q, zb = (b - ones) & ~b; /* high bit: byte == '"', '\\' */
+    return ((ctrl | zq | zb) & high) != 0 || (x & high) != 0;
+}
+
 char *tg_jsonw_str(char *p, const char *str, size_t n)
 {
     const unsigned char *s = (const unsigned char *)str;
     *p++ = '"';
     size_t i = 0;
+    for (uint64_t x; i + 8 <= n; i += 8) { /* plain ASCII, eight bytes at a time */
+        memcpy(&x, s + i, 8);
+        if (word_needs_care(x)) break;
+        memcpy(p, &x, 8);
+        p += 8;
+    }
     while (i < n) {
         unsigned c = s[i];
         if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') { /* a run of plain bytes at once */

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "tollgate/limiter.h"
 
@@ -236,16 +237,6 @@ static void put_str(struct out *o, const char *s)
     }
 }
 
-/* put_str for a string literal: its length is known at compile time. */
-#define put_lit(o, lit) put_n((o), (lit), sizeof(lit) - 1)
-static void put_n(struct out *o, const char *s, size_t n)
-{
-    if (o->len + 1 < o->cap) {
-        put_bytes(o, s, n);
-        o->p[o->len] = '\0';
-    }
-}
-
 static void put_int(struct out *o, long long v)
 {
     char d[24];
@@ -271,27 +262,6 @@ static void put_json(struct out *o, const char *s)
             put_char(o, (char)c);
         }
     }
-}
-
-/* An HTTP structured-field String (RFC 8941): printable ASCII, \ and " escaped. */
-static void put_sf_string(struct out *o, const char *s)
-{
-    size_t n = 0;
-    while (s && s[n] >= 0x20 && s[n] < 0x7f && s[n] != '"' && s[n] != '\\')
-        n++;
-    if (s == NULL || s[n] == '\0') { /* the common case: nothing to escape */
-        put_char(o, '"');
-        put_n(o, s ? s : "", n);
-        put_char(o, '"');
-        return;
-    }
-    put_char(o, '"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') put_char(o, '\\');
-        put_char(o, c >= 0x20 && c < 0x7f ? (char)c : '?');
-    }
-    put_char(o, '"');
 }
 
 static long long whole_units(int64_t u)
@@ -380,13 +350,61 @@ static long long ceil_seconds(int64_t ms)
     return ms > 0 ? (long long)((ms + 999) / 1000) : 0;
 }
 
+/* An unchecked writer for text whose size is bounded beforehand. */
+struct wr {
+    char *p;
+};
+
+static inline void wr_n(struct wr *w, const char *s, size_t n)
+{
+    memcpy(w->p, s, n);
+    w->p += n;
+}
+#define wr_lit(w, lit) wr_n((w), (lit), sizeof(lit) - 1)
+
+static inline void wr_int(struct wr *w, long long v)
+{
+    char d[24];
+    size_t n;
+    const char *p = tg_fmt_int(d, v, &n);
+    wr_n(w, p, n);
+}
+
+/* An HTTP structured-field String (RFC 8941): printable ASCII, \\ and "
+ * escaped, anything else '?'. At most 2 * strlen + 2 bytes. */
+static void wr_sf_string(struct wr *w, const char *s)
+{
+    *w->p++ = '"';
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') *w->p++ = '\\';
+        *w->p++ = c >= 0x20 && c < 0x7f ? (char)c : '?';
+    }
+    *w->p++ = '"';
+}
+
+/* The headers' size is at most the fixed part (three units' lines, the
+ * RateLimit and Retry-After lines: under 700 bytes) plus, per limit, its
+ * RateLimit-Policy item (under 50 bytes and its name, escaped) and its name
+ * again in RateLimit. A number takes at most 20 bytes, a duration 32. */
+#define HEADERS_FIXED_MAX 1024
+#define HEADERS_PER_LIMIT 80
+
 size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg_limit_result *res,
                                  char *out, size_t cap)
 {
-    struct out o;
-    out_init(&o, out, cap);
+    if (cap > 0) out[0] = '\0';
     if (res->status != TG_LIMIT_ALLOWED && res->status != TG_LIMIT_DENIED) return 0;
     size_t n = req->n < res->n ? req->n : res->n;
+    /* Formatted on every reply: into a buffer that surely holds it, without a
+     * bound check per piece, then copied (cut at cap - 1 as documented). */
+    size_t bound = HEADERS_FIXED_MAX;
+    for (size_t i = 0; i < n; i++)
+        bound += HEADERS_PER_LIMIT + 4 * strlen(req->b[i].limit->name) + 4;
+    char local[4096];
+    char *buf = bound <= sizeof(local) ? local : malloc(bound);
+    if (buf == NULL) return 0;
+    struct wr w = {buf};
     char dur[32];
     int tightest = -1;
     for (int u = 0; u < TG_UNIT_COUNT; u++) {
@@ -400,49 +418,63 @@ size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg
             tightest = t;
         const struct tg_bucket_state *s = &res->b[t];
         size_t dlen = tg_limiter_format_duration(s->reset_ms, dur, sizeof(dur));
-        /* Formatted on every request: plain appends, no format strings. */
-        put_lit(&o, "x-ratelimit-limit-");
-        put_str(&o, unit_header[u]);
-        put_lit(&o, ": ");
-        put_int(&o, whole_units(s->limit_u));
-        put_lit(&o, "\r\nx-ratelimit-remaining-");
-        put_str(&o, unit_header[u]);
-        put_lit(&o, ": ");
-        put_int(&o, whole_units(s->remaining_u));
-        put_lit(&o, "\r\nx-ratelimit-reset-");
-        put_str(&o, unit_header[u]);
-        put_lit(&o, ": ");
-        put_n(&o, dur, dlen);
-        put_lit(&o, "\r\n");
+        const char *uh = unit_header[u];
+        size_t uhl = strlen(uh);
+        wr_lit(&w, "x-ratelimit-limit-");
+        wr_n(&w, uh, uhl);
+        wr_lit(&w, ": ");
+        wr_int(&w, whole_units(s->limit_u));
+        wr_lit(&w, "\r\nx-ratelimit-remaining-");
+        wr_n(&w, uh, uhl);
+        wr_lit(&w, ": ");
+        wr_int(&w, whole_units(s->remaining_u));
+        wr_lit(&w, "\r\nx-ratelimit-reset-");
+        wr_n(&w, uh, uhl);
+        wr_lit(&w, ": ");
+        wr_n(&w, dur, dlen);
+        wr_lit(&w, "\r\n");
     }
-    if (n == 0) return o.len;
-    put_lit(&o, "RateLimit-Policy: ");
-    for (size_t i = 0; i < n; i++) {
-        const struct tg_limit *l = req->b[i].limit;
-        if (i) put_lit(&o, ", ");
-        put_sf_string(&o, l->name);
-        put_lit(&o, ";q=");
-        put_int(&o, whole_units(res->b[i].limit_u));
-        put_lit(&o, ";w=");
-        put_int(&o, ceil_seconds(l->per_ms));
+    if (n > 0) {
+        wr_lit(&w, "RateLimit-Policy: ");
+        for (size_t i = 0; i < n; i++) {
+            const struct tg_limit *l = req->b[i].limit;
+            if (i) wr_lit(&w, ", ");
+            wr_sf_string(&w, l->name);
+            wr_lit(&w, ";q=");
+            wr_int(&w, whole_units(res->b[i].limit_u));
+            wr_lit(&w, ";w=");
+            wr_int(&w, ceil_seconds(l->per_ms));
+        }
+        wr_lit(&w, "\r\n");
+        int shown = res->status == TG_LIMIT_DENIED && res->denied >= 0 && (size_t)res->denied < n
+                        ? res->denied
+                        : tightest;
+        wr_lit(&w, "RateLimit: ");
+        wr_sf_string(&w, req->b[shown].limit->name);
+        wr_lit(&w, ";r=");
+        wr_int(&w, whole_units(res->b[shown].remaining_u));
+        wr_lit(&w, ";t=");
+        wr_int(&w, ceil_seconds(res->b[shown].reset_ms));
+        wr_lit(&w, "\r\n");
+        if (res->status == TG_LIMIT_DENIED) {
+            long long secs = ceil_seconds(res->retry_ms);
+            wr_lit(&w, "Retry-After: ");
+            wr_int(&w, secs > 0 ? secs : 1);
+            wr_lit(&w, "\r\nretry-after-ms: ");
+            wr_int(&w, (long long)res->retry_ms);
+            wr_lit(&w, "\r\n");
+        }
     }
-    put_lit(&o, "\r\n");
-    int shown = res->status == TG_LIMIT_DENIED && res->denied >= 0 && (size_t)res->denied < n
-                    ? res->denied
-                    : tightest;
-    put_lit(&o, "RateLimit: ");
-    put_sf_string(&o, req->b[shown].limit->name);
-    put_lit(&o, ";r=");
-    put_int(&o, whole_units(res->b[shown].remaining_u));
-    put_lit(&o, ";t=");
-    put_int(&o, ceil_seconds(res->b[shown].reset_ms));
-    put_lit(&o, "\r\n");
-    if (res->status == TG_LIMIT_DENIED) {
-        long long secs = ceil_seconds(res->retry_ms);
-        put(&o, "Retry-After: %lld\r\nretry-after-ms: %lld\r\n", secs > 0 ? secs : 1,
-            (long long)res->retry_ms);
+    size_t len = (size_t)(w.p - buf);
+    if (cap == 0) {
+        len = 0;
+    } else {
+        if (len > cap - 1) len = cap - 1;
+        memcpy(out, buf, len);
+        out[len] = '\0';
     }
-    return o.len;
+    if (buf != local) free(buf);
+    return len;
 }
 
 /* "tokens per minute (tpm) for tenant acme" */

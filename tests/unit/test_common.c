@@ -69,6 +69,50 @@ static void test_jsonw_str_escapes(void **state)
     check_str("\xff" "ab", 3, "\"\xEF\xBF\xBD" "ab\"");      /* invalid byte, then a run */
     check_str("\xed\xa0\x80z", 4, "\"\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBDz\""); /* surrogate */
     check_str("ab\0cd", 5, "\"ab\\u0000cd\"");
+    check_str("0123456789abcdef", 16, "\"0123456789abcdef\""); /* whole words */
+    check_str("01234567\"9abcdef\\", 17, "\"01234567\\\"9abcdef\\\\\"");
+    check_str("0123456\x1f" "89ab", 12, "\"0123456\\u001f89ab\"");
+    check_str("0123456\x7f" "89ab", 12, "\"0123456\x7f" "89ab\"");
+    check_str("012345678901234\xc3\xa9", 17, "\"012345678901234\xc3\xa9\"");
+}
+
+/* Strings long enough for the eight-byte path, with every kind of byte at
+ * every position: the result is the concatenation of the results for pieces
+ * shorter than eight bytes (which go byte by byte), cut before ASCII bytes
+ * (where no UTF-8 sequence can be cut). */
+static void test_jsonw_str_words_agree_with_bytes(void **state)
+{
+    (void)state;
+    static const unsigned char kinds[] = {'a', 'Z', ' ', '~', 0x7f, '"', '\\', 0, 0x1f, '\n',
+                                          0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xf0, 0x9f, 0xff, 0x80};
+    uint64_t x = 1234567;
+    for (int round = 0; round < 20000; round++) {
+        unsigned char in[48];
+        size_t n = 8 + (size_t)(round % 40);
+        for (size_t i = 0; i < n; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            in[i] = (x % 4) ? (unsigned char)('a' + x % 26) : kinds[(x >> 8) % sizeof(kinds)];
+        }
+        char whole[TG_JSONW_STR_MAX(48)], parts[TG_JSONW_STR_MAX(48)], piece[TG_JSONW_STR_MAX(8)];
+        size_t wlen = (size_t)(tg_jsonw_str(whole, (const char *)in, n) - whole);
+        size_t plen = 0, start = 0;
+        bool cut = true;
+        parts[plen++] = '"';
+        for (size_t i = 1; i <= n && cut; i++) {
+            if (i == n || (in[i] < 0x80 && (i - start == 7 || (x >> (i % 64)) & 1))) {
+                size_t k = (size_t)(tg_jsonw_str(piece, (const char *)in + start, i - start) - piece);
+                memcpy(parts + plen, piece + 1, k - 2); /* without its quotes */
+                plen += k - 2;
+                start = i;
+            } else if (i - start == 7) {
+                cut = false; /* seven bytes and no place to cut: another round */
+            }
+        }
+        parts[plen++] = '"';
+        if (!cut) continue;
+        if (wlen != plen || memcmp(whole, parts, wlen) != 0)
+            fail_msg("round %d: words and bytes disagree on %zu bytes", round, n);
+    }
 }
 
 int main(void)
@@ -76,6 +120,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fmt_int_matches_printf),
         cmocka_unit_test(test_jsonw_str_escapes),
+        cmocka_unit_test(test_jsonw_str_words_agree_with_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -448,6 +448,44 @@ static void test_headers_denied(void **state)
     assert_non_null(strstr(out, "Retry-After: 1\r\nretry-after-ms: 17\r\n"));
 }
 
+/* Many limits with long names that need escaping: the headers outgrow the
+ * formatter's stack buffer and still come out whole, and any cut of them is a
+ * prefix of the whole. */
+static void test_headers_long_names(void **state)
+{
+    enum { N = 24, NAME = 150 };
+    static char names[N][NAME + 1];
+    static struct tg_limit l[N];
+    struct tg_limit_req r = {.tenant = "acme", .n = N};
+    struct tg_limit_result res = {.status = TG_LIMIT_DENIED, .denied = N - 1, .n = N,
+                                  .retry_ms = 2500};
+    for (int i = 0; i < N; i++) {
+        memset(names[i], 'a' + i % 26, NAME);
+        names[i][0] = '"';
+        names[i][1] = '\\';
+        names[i][NAME] = '\0';
+        l[i] = mk(names[i], (enum tg_unit)(i % TG_UNIT_COUNT), 100 + i, 60000, 0);
+        r.b[i] = (struct tg_bucket_ref){&l[i], U};
+        res.b[i] = (struct tg_bucket_state){(100 + i) * U, (50 + i) * U, 1000 + i};
+    }
+    static char out[16384], cut[16384];
+    size_t n = tg_limiter_format_headers(&r, &res, out, sizeof(out));
+    assert_int_equal(n, strlen(out));
+    assert_true(n > 4096); /* more than the stack buffer holds */
+    char want[NAME + 32];
+    snprintf(want, sizeof(want), "\"\\\"\\\\%s\";q=123;w=60", names[N - 1] + 2);
+    assert_non_null(strstr(out, want)); /* the last limit, escaped, in the policy */
+    assert_non_null(strstr(out, "Retry-After: 3\r\nretry-after-ms: 2500\r\n"));
+    const size_t caps[] = {1, 2, 100, 4095, 4096, 4097, 8000, n, n + 1};
+    for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
+        size_t k = tg_limiter_format_headers(&r, &res, cut, caps[i]);
+        size_t w = caps[i] - 1 < n ? caps[i] - 1 : n;
+        assert_int_equal(k, w);
+        assert_int_equal(strlen(cut), w);
+        assert_memory_equal(cut, out, w);
+    }
+}
+
 static void test_headers_video_and_none(void **state)
 {
     struct tg_limit v = mk("vsd", TG_UNIT_VIDEO_SECONDS, 3600, DAY, 0);
@@ -595,6 +633,7 @@ int main(void)
         cmocka_unit_test(test_headers_allowed),
         cmocka_unit_test(test_headers_denied),
         cmocka_unit_test(test_headers_video_and_none),
+        cmocka_unit_test(test_headers_long_names),
         cmocka_unit_test(test_error_denied),
         cmocka_unit_test(test_error_video),
         cmocka_unit_test(test_error_too_large_and_unavailable),
