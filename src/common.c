@@ -1,4 +1,6 @@
-/* Definitions shared by every module: unit names and clocks. */
+/* Definitions shared by every module: unit names, clocks, thread scheduling. */
+#include <pthread.h>
+#include <sched.h>
 #include <time.h>
 #include "tollgate/common.h"
 
@@ -45,4 +47,16 @@ char *tg_fmt_int(char buf[24], long long v, size_t *len)
     if (v < 0) buf[23 - n++] = '-';
     *len = n;
     return buf + 24 - n;
+}
+
+void tg_thread_background(void)
+{
+    struct sched_param sp = {0};
+    (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+}
+
+void tg_thread_foreground(void)
+{
+    struct sched_param sp = {0};
+    (void)pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp);
 }

@@ -144,6 +144,9 @@ static int run(struct daemon *d)
             tg_log_warn("cannot raise the open-files limit: %s", strerror(errno));
     }
     tg_log_set_level(d->cfg->log.level);
+    /* The main loop and the threads it starts (the access log's, the sink's)
+     * are background work; workers make themselves foreground again. */
+    tg_thread_background();
     errpos = "access log";
     if (tg_log_access_open(d->cfg->log.access_path, err) != 0) goto error;
     tg_metrics_set(TG_M_BUILD_INFO, (const char *[]){TG_VERSION}, 1);

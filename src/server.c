@@ -111,6 +111,7 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 static void *worker_main(void *arg)
 {
     struct tg_worker *w = arg;
+    tg_thread_foreground();
     event_base_dispatch(w->base);
     return NULL;
 }

@@ -148,6 +148,7 @@ static int merge(struct fsink *f)
 static void *writer_main(void *arg)
 {
     struct fsink *f = arg;
+    tg_thread_background(); /* woken by workers: it must not preempt them */
     int backoff = 0;       /* ms; 0 while writes succeed */
     size_t counted_to = 0; /* failed records of the batch up to here are counted */
     pthread_mutex_lock(&f->mu);

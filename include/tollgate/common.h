@@ -33,4 +33,12 @@ char *tg_fmt_int(char buf[24], long long v, size_t *len);
 int64_t tg_now_mono_ms(void);
 int64_t tg_now_wall_ms(void);
 
+/* Scheduling of the calling thread, best effort. Background threads (the main
+ * loop, the file sink's writer, librdkafka's threads, which inherit it from
+ * the main thread) run as SCHED_BATCH: their wake-ups never preempt a worker
+ * on its CPU; they run on an idle CPU or at the worker's next tick. Workers
+ * run as SCHED_OTHER. Neither needs privileges. */
+void tg_thread_background(void);
+void tg_thread_foreground(void);
+
 #endif

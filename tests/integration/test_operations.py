@@ -418,5 +418,15 @@ def test_admin_token():
     assert tg.admin("/healthz").status == 200
 
 
+def test_only_workers_preempt():
+    """Workers run as SCHED_OTHER; every other thread (main loop, access log,
+    file writer) as SCHED_BATCH, so that waking one never preempts a worker."""
+    mock, tg = start(server={"workers": 3})
+    assert tg.request("POST", CHAT, headers=auth(), json=chat_body()).status == 200
+    policies = [os.sched_getscheduler(int(t)) for t in os.listdir("/proc/%d/task" % tg.pid)]
+    assert policies.count(os.SCHED_OTHER) == 3, policies
+    assert policies.count(os.SCHED_BATCH) == len(policies) - 3 >= 2, policies
+
+
 if __name__ == "__main__":
     h.main()
