@@ -780,22 +780,35 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 
 /* ---- the ops table ---- */
 
-/* Writes a check's keys into its own buffer (kept for refunds). */
+/* Writes a check's keys into its own buffer (kept for refunds): one
+ * reservation, then plain copies. */
 static void build_keys(struct rl *rl, struct op *op)
 {
     const struct tg_limit_req *req = &op->req;
     struct buf *b = &op->cmd;
-    op->tenant_len = strlen(req->tenant);
+    size_t tlen = strlen(req->tenant), nlen[TG_MAX_BUCKETS], total = 0;
+    op->tenant_len = tlen;
     for (size_t i = 0; i < req->n; i++) {
-        const char *name = req->b[i].limit->name;
-        size_t nlen = strlen(name);
+        nlen[i] = strlen(req->b[i].limit->name);
+        total += rl->prefix_len + tlen + 3 + nlen[i];
+    }
+    if (b->len > b->cap || !buf_reserve(b, total)) {
+        b->len = b->cap + 1; /* refused by buf_ok */
+        return;
+    }
+    for (size_t i = 0; i < req->n; i++) {
+        char *k = b->p + b->len;
         op->key_off[i] = (uint32_t)b->len;
-        op->key_len[i] = (uint32_t)(rl->prefix_len + op->tenant_len + 3 + nlen);
-        buf_add(b, rl->prefix, rl->prefix_len);
-        buf_add(b, "{", 1);
-        buf_add(b, req->tenant, op->tenant_len);
-        buf_add(b, "}:", 2);
-        buf_add(b, name, nlen);
+        op->key_len[i] = (uint32_t)(rl->prefix_len + tlen + 3 + nlen[i]);
+        memcpy(k, rl->prefix, rl->prefix_len);
+        k += rl->prefix_len;
+        *k++ = '{';
+        memcpy(k, req->tenant, tlen);
+        k += tlen;
+        *k++ = '}';
+        *k++ = ':';
+        memcpy(k, req->b[i].limit->name, nlen[i]);
+        b->len += op->key_len[i];
     }
 }
 
@@ -805,13 +818,14 @@ static void build_batch(struct rl *rl, struct op *batch)
     const struct op *kop[TG_MAX_BUCKETS]; /* which check holds each distinct key */
     uint8_t kb[TG_MAX_BUCKETS];
     size_t nk = 0, m = 0;
+    /* The checks of a batch share their tenant (the same config's): two of
+     * their buckets are one key exactly when they are one limit (a tenant's
+     * limit names are unique), so limits compare by pointer. */
     for (struct op *c = batch->members; c; c = c->mnext, m++) {
         for (size_t i = 0; i < c->req.n; i++) {
-            const char *key = c->cmd.p + c->key_off[i];
+            const struct tg_limit *limit = c->req.b[i].limit;
             size_t k = 0;
-            while (k < nk &&
-                   !(kop[k]->key_len[kb[k]] == c->key_len[i] &&
-                     memcmp(kop[k]->cmd.p + kop[k]->key_off[kb[k]], key, c->key_len[i]) == 0))
+            while (k < nk && kop[k]->req.b[kb[k]].limit != limit)
                 k++;
             if (k == nk) {
                 kop[nk] = c;

@@ -315,6 +315,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg);
 static void req_finish(struct tg_conn *c, enum tg_decision decision);
 static void start_forward(struct tg_conn *c);
 
+/* (Re)arms the connection's timer: event_add reschedules a pending one. */
 static void arm_timer(struct tg_conn *c, int ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
@@ -799,7 +800,6 @@ static void on_head(struct tg_conn *c)
         return;
     }
     c->state = C_BODY;
-    evtimer_del(c->timer);
     arm_timer(c, r->cfg->server.idle_timeout_ms);
     read_body(c);
 }
@@ -858,7 +858,6 @@ static void read_head(struct tg_conn *c)
             return;
         }
         c->state = C_HEAD;
-        evtimer_del(c->timer);
         arm_timer(c, c->req->cfg->server.header_timeout_ms);
     }
     struct tg_req *r = c->req;
@@ -1643,7 +1642,6 @@ static void req_finish(struct tg_conn *c, enum tg_decision decision)
     }
     flush_out(c->bev, true);
     c->state = C_IDLE;
-    evtimer_del(c->timer);
     arm_timer(c, w->cfg->server.idle_timeout_ms);
     client_reading(c, true);
     if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
