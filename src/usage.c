@@ -95,10 +95,9 @@ static char *put_2(char *p, unsigned v)
 
 /* "2026-11-24T11:00:00.123Z" from Unix milliseconds, without gmtime's locale
  * machinery (days to civil date: H. Hinnant's algorithm). */
-static char *put_ts(char *p, int64_t ms)
+/* "YYYY-MM-DDTHH:MM:SS" of a second since the epoch (UTC), 19 bytes. */
+static void format_second(char *p, int64_t secs)
 {
-    int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
-    unsigned msec = (unsigned)(ms - secs * 1000);
     int64_t days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
     unsigned sod = (unsigned)(secs - days * 86400);
     int64_t z = days + 719468;
@@ -112,7 +111,6 @@ static char *put_ts(char *p, int64_t ms)
     unsigned m = mp < 10 ? mp + 3 : mp - 9;
     y += m <= 2;
     if (y < 0 || y > 9999) y = 0;
-    *p++ = '"';
     p = put_2(p, (unsigned)(y / 100));
     p = put_2(p, (unsigned)(y % 100));
     *p++ = '-';
@@ -124,7 +122,23 @@ static char *put_ts(char *p, int64_t ms)
     *p++ = ':';
     p = put_2(p, sod / 60 % 60);
     *p++ = ':';
-    p = put_2(p, sod % 60);
+    put_2(p, sod % 60);
+}
+
+/* "\"YYYY-MM-DDTHH:MM:SS.mmmZ\"": the second's text is kept per thread, as
+ * records of one second share it. */
+static char *put_ts(char *p, int64_t ms)
+{
+    static _Thread_local int64_t last_sec = INT64_MIN;
+    static _Thread_local char last_text[19];
+    int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
+    unsigned msec = (unsigned)(ms - secs * 1000);
+    if (secs != last_sec) {
+        format_second(last_text, secs);
+        last_sec = secs;
+    }
+    *p++ = '"';
+    p = put_lit(p, last_text, sizeof(last_text));
     *p++ = '.';
     *p++ = (char)('0' + msec / 100);
     p = put_2(p, msec % 100);

@@ -518,10 +518,44 @@ static void test_emit_while_sink_full(void **state)
     assert_true(skipped_count() == 1);
 }
 
+/* Timestamps of records in any order, across seconds, days, months and
+ * years: each is what gmtime says (the text of a second is reused while
+ * records keep to it). */
+static void test_timestamps_in_sequence(void **state)
+{
+    (void)state;
+    struct tg_usage_record r;
+    base_record(&r);
+    int64_t t = utc_ms(1999, 12, 31, 23, 59, 58, 990);
+    uint64_t x = 99991;
+    for (int i = 0; i < 20000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        if (i % 1000 == 999)
+            t = (int64_t)(x % 4102444800000ull); /* anywhere in 1970-2099 */
+        else
+            t += (int64_t)(x % 1500) - (i % 7 == 0 ? 1200 : 0); /* mostly forward, some back */
+        if (t < 0) t = 0;
+        r.ts_ms = t;
+        size_t len;
+        char *json = tg_usage_to_json(&r, &len);
+        assert_non_null(json);
+        time_t secs = (time_t)(t / 1000);
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        char want[64];
+        snprintf(want, sizeof(want), "\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                 (int)(t % 1000));
+        if (strstr(json, want) == NULL) fail_msg("ts %lld: want %s in %s", (long long)t, want, json);
+        free(json);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allowed),
+        cmocka_unit_test(test_timestamps_in_sequence),
         cmocka_unit_test(test_access_line),
         cmocka_unit_test(test_limited),
         cmocka_unit_test(test_rejected),
