@@ -21,7 +21,8 @@ struct tg_upconn {
     struct tg_pool *pool;
     struct bufferevent *bev;
     bool reused;
-    tg_pool_cb cb; /* while connecting */
+    bool idle_timeout; /* plain TCP: the read timeout is already the pool's idle one */
+    tg_pool_cb cb;     /* while connecting */
     void *arg;
     struct tg_upconn *next; /* idle list */
 };
@@ -343,10 +344,17 @@ void tg_pool_release(struct tg_upconn *c, bool reusable)
         cb(arg, c, NULL, false);
         return;
     }
-    struct timeval tv = {POOL_IDLE_TIMEOUT_S, 0};
-    bufferevent_set_timeouts(c->bev, &tv, NULL);
+    /* A plain connection keeps the idle timeout from its last release (the
+     * proxy reads it with its own event), and the proxy left its read on:
+     * setting either again would re-add the read event for nothing. A TLS
+     * connection had the response timeout set on it. */
+    if (p->tls || !c->idle_timeout) {
+        struct timeval tv = {POOL_IDLE_TIMEOUT_S, 0};
+        bufferevent_set_timeouts(c->bev, &tv, NULL);
+        c->idle_timeout = !p->tls;
+    }
     bufferevent_setcb(c->bev, idle_read_cb, NULL, idle_event_cb, c);
-    bufferevent_enable(c->bev, EV_READ);
+    if (!(bufferevent_get_enabled(c->bev) & EV_READ)) bufferevent_enable(c->bev, EV_READ);
     c->next = p->idle;
     p->idle = c;
 }
