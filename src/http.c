@@ -134,7 +134,6 @@ static bool url_char(unsigned char ch)
     return (cclass[ch] & U) != 0;
 }
 
-
 /* "HTTP/1.0" or "HTTP/1.1" at p (8 bytes available). */
 static bool version(struct tg_http_msg *m, const char *p)
 {

@@ -93,9 +93,8 @@ static char *put_2(char *p, unsigned v)
     return p;
 }
 
-/* "2026-11-24T11:00:00.123Z" from Unix milliseconds, without gmtime's locale
- * machinery (days to civil date: H. Hinnant's algorithm). */
-/* "YYYY-MM-DDTHH:MM:SS" of a second since the epoch (UTC), 19 bytes. */
+/* "YYYY-MM-DDTHH:MM:SS" (19 bytes) of a second since the epoch, UTC, without
+ * gmtime's locale machinery (days to civil date: H. Hinnant's algorithm). */
 static void format_second(char *p, int64_t secs)
 {
     int64_t days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
@@ -125,8 +124,8 @@ static void format_second(char *p, int64_t secs)
     put_2(p, sod % 60);
 }
 
-/* "\"YYYY-MM-DDTHH:MM:SS.mmmZ\"": the second's text is kept per thread, as
- * records of one second share it. */
+/* "\"2026-11-24T11:00:00.123Z\"" from Unix milliseconds; the second's text is
+ * kept per thread, as records of one second share it. */
 static char *put_ts(char *p, int64_t ms)
 {
     static _Thread_local int64_t last_sec = INT64_MIN;

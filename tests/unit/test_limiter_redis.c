@@ -213,6 +213,20 @@ static void on_answer(void *arg, const struct tg_limit_result *res)
     a->at_ms = tg_now_mono_ms();
 }
 
+/* For spin(): every one of n answers has come. */
+struct answers {
+    struct answer *a;
+    int n;
+};
+
+static bool all_answered(void *arg)
+{
+    const struct answers *as = arg;
+    for (int i = 0; i < as->n; i++)
+        if (as->a[i].calls == 0) return false;
+    return true;
+}
+
 static bool answered(void *arg)
 {
     return ((struct answer *)arg)->calls > 0;
@@ -757,13 +771,6 @@ static void test_one_round_in_flight(void **state)
 #define WIDE_M 256
 static struct answer wide[WIDE_M];
 
-static bool wide_done(void *arg)
-{
-    for (int i = 0; i < WIDE_M; i++)
-        if (wide[i].calls == 0) return false;
-    return true;
-}
-
 static void test_wide_round(void **state)
 {
     NEED_REDIS();
@@ -792,7 +799,7 @@ static void test_wide_round(void **state)
                 &limits[k], k == WIDE_N - 1 ? U : i < 200 ? (int64_t)rnd(3) * U : 0};
         (void)tg_limiter_check(e.l, &reqs[i], on_answer, &wide[i]);
     }
-    assert_true(spin(e.base, 5000, wide_done, NULL));
+    assert_true(spin(e.base, 5000, all_answered, &(struct answers){wide, WIDE_M}));
     assert_int_equal(evalsha_calls(), calls + 1);
     int allowed = 0, denied = 0, allowed_after_denial = 0;
     for (int i = 0; i < WIDE_M; i++) {
@@ -833,13 +840,6 @@ static void test_wide_round(void **state)
 #define FLOOD 1100
 static struct answer flood[FLOOD];
 
-static bool flood_done(void *arg)
-{
-    for (int i = 0; i < FLOOD; i++)
-        if (flood[i].calls == 0) return false;
-    return true;
-}
-
 static void test_inflight_bound(void **state)
 {
     NEED_REDIS();
@@ -858,7 +858,7 @@ static void test_inflight_bound(void **state)
         }
     }
     assert_int_equal(at_once, FLOOD - 1024);
-    assert_true(spin(e.base, 5000, flood_done, NULL));
+    assert_true(spin(e.base, 5000, all_answered, &(struct answers){flood, FLOOD}));
     for (int i = 0; i < 1024; i++) {
         assert_int_equal(flood[i].calls, 1);
         assert_int_equal(flood[i].res.status, TG_LIMIT_ALLOWED);
