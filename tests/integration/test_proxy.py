@@ -430,5 +430,38 @@ def test_stale_keep_alive_connection_is_retried_once():
         up.close()
 
 
+class ClosingUpstream(StaleUpstream):
+    """Answers one request per connection with a keep-alive reply, then closes
+    the connection a moment later, while tollgate's pool holds it idle."""
+
+    def _serve(self, c):
+        with c:
+            if not self._read_request(c):
+                return
+            self.answered += 1
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(self.BODY), self.BODY))
+            time.sleep(0.2)
+
+
+def test_idle_upstream_connection_closed_by_upstream_leaves_the_pool():
+    up = ClosingUpstream()
+    try:
+        url = "http://127.0.0.1:%d" % up.port
+        tg = h.Tollgate(h.tollgate_config(url)).start()
+        gauge = 'tollgate_connections{side="upstream"}'
+        for i in range(3):
+            r = tg.request("POST", "/v1/chat/completions", headers=auth(), json=chat_body())
+            assert r.status == 200, (i, r.status, r.text)
+            assert tg.metrics().get(gauge) == 1  # held idle (the upstream closes it 0.2 s later)
+            # The pool watches its idle connection and drops it when the
+            # upstream closes it: the next request needs no retry.
+            h.wait_until(lambda: tg.metrics().get(gauge, 0) == 0, 5,
+                         what="the closed idle connection out of the pool")
+        assert up.answered == 3 and up.connections == 3, (up.answered, up.connections)
+    finally:
+        up.close()
+
+
 if __name__ == "__main__":
     h.main()
