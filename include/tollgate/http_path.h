@@ -1,5 +1,4 @@
-/* Request-target paths in normal form (RFC 3986), so that routes are chosen on what upstreams
- * serve. */
+/* Request paths in normal form (RFC 3986): the route is chosen on the path upstreams serve. */
 #ifndef TOLLGATE_HTTP_PATH_H
 #define TOLLGATE_HTTP_PATH_H
 

@@ -1,5 +1,4 @@
-/* Fuzzes request path normalisation and the query check against plain references: decode, split,
- * resolve with a stack. */
+/* Fuzzes path normalisation and the query check against plain references (decode, split, stack). */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>

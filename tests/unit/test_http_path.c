@@ -1,5 +1,4 @@
-/* Tests of request path normalisation and the query check: a table of paths, every byte, every
- * encoding. */
+/* Tests of path normalisation and the query check: a table, every byte, every encoding. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -447,7 +446,8 @@ static void test_query(void **state)
     assert_true(qvalid("limit=3&after=model-x"));
     assert_true(qvalid("a=b&c=%20d&e=%c3%A9"));
     assert_true(qvalid("next=/v1/models?x=1"));
-    assert_true(qvalid("?" "?//"));
+    assert_true(qvalid("?"
+                       "?//"));
     assert_true(qvalid("!$&'()*+,;=:@-._~"));
     assert_true(qvalid("a=%00")); /* well formed: what it decodes to is not checked */
     assert_true(qvalid("a=%2F%2e%2E"));
