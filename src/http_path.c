@@ -1,10 +1,10 @@
-/* Request-target paths in normal form (RFC 3986 2, 5.2.4, 6.2.2): one checking pass, a rewrite only
- * when needed. */
+/* Request paths in normal form (RFC 3986): one checking pass, a rewrite only when needed. */
+#include <stdint.h>
 #include <string.h>
 #include "tollgate/http_path.h"
 
 /* How it works. A first pass reads every byte once, with one table lookup
- * each (eight plain bytes at a time where it can): it refuses what the rules
+ * each (eight at a time where it can, see chunk_ok): it refuses what the rules
  * refuse and notes where the first segment starts that the normal form would
  * change (a '%' to decode or to put in upper case, an empty segment before a
  * '/', a "." or ".." segment). When there is none, which is what a gateway
@@ -25,15 +25,16 @@
 
 /* Byte classes, one table for both checks. */
 enum {
-    C_PLAIN = 1, /* a pchar other than '%': unreserved, sub-delims, ':', '@' */
-    C_UNRES = 2, /* unreserved: decoded when it arrives percent-encoded */
-    C_QUERY = 4, /* allowed raw in a query: C_PLAIN, '/', '?' */
-    C_HEX = 8,   /* a hex digit */
-    C_LOWER = 16 /* a lower-case hex digit: 'a'-'f' */
+    C_PLAIN = 1,  /* a pchar other than '%': unreserved, sub-delims, ':', '@' */
+    C_UNRES = 2,  /* unreserved: decoded when it arrives percent-encoded */
+    C_QUERY = 4,  /* allowed raw in a query: C_PLAIN, '/', '?' */
+    C_HEX = 8,    /* a hex digit */
+    C_LOWER = 16, /* a lower-case hex digit: 'a'-'f' */
+    C_PATH = 32   /* C_PLAIN or '/': what eight bytes at a time may hold */
 };
 
-#define PU (C_PLAIN | C_UNRES | C_QUERY)
-#define PS (C_PLAIN | C_QUERY)
+#define PU (C_PLAIN | C_UNRES | C_QUERY | C_PATH)
+#define PS (C_PLAIN | C_QUERY | C_PATH)
 static const unsigned char cls[256] = {
     ['a' ... 'f'] = PU | C_HEX | C_LOWER,
     ['g' ... 'z'] = PU,
@@ -57,7 +58,7 @@ static const unsigned char cls[256] = {
     ['='] = PS,
     [':'] = PS,
     ['@'] = PS,
-    ['/'] = C_QUERY,
+    ['/'] = C_QUERY | C_PATH,
     ['?'] = C_QUERY,
 };
 
@@ -89,6 +90,43 @@ static inline bool dropped_segment(const unsigned char *p, size_t s, size_t len)
     if (p[s] != '.') return false;
     if (s + 1 == len || p[s + 1] == '/') return true;
     return p[s + 1] == '.' && (s + 2 == len || p[s + 2] == '/');
+}
+
+/* Eight bytes at a time: x holds p[0..8) and y the byte after each, as
+ * loaded from p + 1, or x >> 8 (a zero byte after the last) when p[7] ends
+ * the path. True when all eight are plain or '/' and no '/' among them is
+ * followed by '.' or '/': nothing in them refuses the path or changes it.
+ * (A segment like ".well-known" fails this too and is then judged byte by
+ * byte.) */
+#define ONES 0x0101010101010101ULL
+#define LOW7 0x7F7F7F7F7F7F7F7FULL
+static inline bool chunk_ok(const unsigned char *p, uint64_t x, uint64_t y)
+{
+    if (!(cls[p[0]] & cls[p[1]] & cls[p[2]] & cls[p[3]] & cls[p[4]] & cls[p[5]] & cls[p[6]] &
+          cls[p[7]] & C_PATH))
+        return false;
+    uint64_t a = x ^ (ONES * '/');                   /* zero where x is '/' */
+    uint64_t b = (y | ONES) ^ (ONES * '/');          /* zero where y is '.' or '/' */
+    uint64_t az = ~(((a & LOW7) + LOW7) | a | LOW7); /* 0x80 exactly at the zero bytes */
+    uint64_t bz = ~(((b & LOW7) + LOW7) | b | LOW7);
+    return (az & bz) == 0;
+}
+
+static inline uint64_t load8(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* The bytes after x's as a word: x's bytes moved down one place in memory order. */
+static inline uint64_t next_bytes(uint64_t x)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return x >> 8;
+#else
+    return x << 8;
+#endif
 }
 
 /* Rewrites p[from..len) into out[from..), `out[0..from)` holding the normal
@@ -147,40 +185,47 @@ ssize_t tg_http_path_normalize(const char *in, size_t len, char *out, const char
         return -1;
     }
     size_t from = 0; /* 0: nothing to change yet; else where the rewrite starts */
-    size_t seg = 1;  /* where the current segment starts */
     size_t i = 0;
-    for (;;) {
-        while (len - i >= 8 &&
-               (cls[p[i]] & cls[p[i + 1]] & cls[p[i + 2]] & cls[p[i + 3]] & cls[p[i + 4]] &
-                cls[p[i + 5]] & cls[p[i + 6]] & cls[p[i + 7]] & C_PLAIN))
+    while (i < len) {
+        while (len - i >= 9 && chunk_ok(p + i, load8(p + i), load8(p + i + 1)))
             i += 8;
-        while (i < len && (cls[p[i]] & C_PLAIN))
-            i++;
-        if (i == len) break;
-        unsigned char c = p[i];
-        if (c == '/') {
-            seg = ++i;
-            if (!from && dropped_segment(p, seg, len)) from = seg;
-        } else if (c == '%') {
-            if (len - i < 3 || !(cls[p[i + 1]] & cls[p[i + 2]] & C_HEX)) {
-                *why = r_pct;
+        if (len - i <= 8 && len >= 8) { /* the last eight, overlapping what was judged */
+            uint64_t x = load8(p + len - 8);
+            if (chunk_ok(p + len - 8, x, next_bytes(x))) break;
+        }
+        /* byte by byte up to the next eight */
+        size_t stop = len - i > 8 ? i + 8 : len;
+        while (i < stop) {
+            unsigned char c = p[i];
+            if (cls[c] & C_PLAIN) {
+                i++;
+            } else if (c == '/') {
+                i++;
+                if (!from && dropped_segment(p, i, len)) from = i;
+            } else if (c == '%') {
+                if (len - i < 3 || !(cls[p[i + 1]] & cls[p[i + 2]] & C_HEX)) {
+                    *why = r_pct;
+                    return -1;
+                }
+                unsigned v = hexval(p[i + 1]) << 4 | hexval(p[i + 2]);
+                if (v < 0x20 || v == 0x7f) {
+                    *why = r_ctl;
+                    return -1;
+                }
+                if (v == '/' || v == '\\') {
+                    *why = r_slash;
+                    return -1;
+                }
+                if (!from && ((cls[v] & C_UNRES) || ((cls[p[i + 1]] | cls[p[i + 2]]) & C_LOWER))) {
+                    from = i; /* the rewrite starts with this segment */
+                    while (p[from - 1] != '/')
+                        from--;
+                }
+                i += 3;
+            } else {
+                *why = r_byte;
                 return -1;
             }
-            unsigned v = hexval(p[i + 1]) << 4 | hexval(p[i + 2]);
-            if (v < 0x20 || v == 0x7f) {
-                *why = r_ctl;
-                return -1;
-            }
-            if (v == '/' || v == '\\') {
-                *why = r_slash;
-                return -1;
-            }
-            if (!from && ((cls[v] & C_UNRES) || ((cls[p[i + 1]] | cls[p[i + 2]]) & C_LOWER)))
-                from = seg;
-            i += 3;
-        } else {
-            *why = r_byte;
-            return -1;
         }
     }
     if (!from) return 0;

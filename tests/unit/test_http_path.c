@@ -433,6 +433,76 @@ static void test_long_paths(void **state)
     free(out);
 }
 
+/* Expands a pattern: '~' is the prefix, '$' the suffix, other bytes stand
+ * for themselves. */
+static size_t expand(char *dst, const char *pat, const char *pre, size_t pl, const char *suf)
+{
+    size_t n = 0;
+    for (; *pat; pat++) {
+        if (*pat == '~') {
+            memcpy(dst + n, pre, pl);
+            n += pl;
+        } else if (*pat == '$') {
+            memcpy(dst + n, suf, strlen(suf));
+            n += strlen(suf);
+        } else {
+            dst[n++] = *pat;
+        }
+    }
+    return n;
+}
+
+/* Every rule at every offset: after a first segment of 1 to 40 letters, at
+ * the end of the path and before another segment. The first pass reads eight
+ * bytes at a time; this puts what it must see in every place in and across
+ * those eight. */
+static void test_every_offset(void **state)
+{
+    (void)state;
+    static const char suf[] = "/xyzxyzxyzxyzxyzxyzx";
+    static const struct {
+        const char *tail, *end, *mid; /* what P tail and P tail S become; NULL: kept */
+    } rules[] = {
+        {"/./b", "~/b", "~/b$"}, {"//b", "~/b", "~/b$"},      {"/../b", "/b", "/b$"},
+        {"/.", "~/", "~$"},      {"/..", "/", "$"},           {"//", "~/", "~$"},
+        {"/.b", NULL, NULL},     {"/..b", NULL, NULL},        {"/b.", NULL, NULL},
+        {"/...", NULL, NULL},    {"/", NULL, "~$"},           {"/%2e/b", "~/b", "~/b$"},
+        {"/%41", "~/A", "~/A$"}, {"/%3a", "~/%3A", "~/%3A$"}, {"/%3A", NULL, NULL},
+        {"/.%2E", "/", "$"},     {"/%2e.", "/", "$"},
+    };
+    for (size_t r = 0; r < TG_ARRAY_LEN(rules); r++) {
+        for (size_t k = 1; k <= 40; k++) {
+            char pre[48];
+            pre[0] = '/';
+            for (size_t j = 0; j < k; j++)
+                pre[1 + j] = (char)('a' + j % 26);
+            size_t pl = k + 1;
+            for (int mid = 0; mid < 2; mid++) {
+                char in[128], want[128], out[128];
+                size_t tl = strlen(rules[r].tail), len = 0;
+                memcpy(in, pre, pl);
+                memcpy(in + pl, rules[r].tail, tl);
+                len = pl + tl;
+                if (mid) {
+                    memcpy(in + len, suf, sizeof suf - 1);
+                    len += sizeof suf - 1;
+                }
+                const char *pat = mid ? rules[r].mid : rules[r].end;
+                const char *why = NULL;
+                ssize_t n = tg_http_path_normalize(in, len, out, &why);
+                if (!pat) {
+                    if (n != 0) fail_msg("[%.*s]: %zd, should be kept", (int)len, in, n);
+                    continue;
+                }
+                size_t wl = expand(want, pat, pre, pl, suf);
+                if (n <= 0 || (size_t)n != wl || memcmp(out, want, wl) != 0)
+                    fail_msg("[%.*s] gave [%.*s] (%zd), want [%.*s]", (int)len, in,
+                             (int)(n > 0 ? n : 0), out, n, (int)wl, want);
+            }
+        }
+    }
+}
+
 static bool qvalid(const char *s)
 {
     return tg_http_query_valid(s, strlen(s));
@@ -482,6 +552,7 @@ int main(void)
         cmocka_unit_test(test_every_encoding),
         cmocka_unit_test(test_common_paths_unchanged),
         cmocka_unit_test(test_long_paths),
+        cmocka_unit_test(test_every_offset),
         cmocka_unit_test(test_query),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
