@@ -71,7 +71,7 @@ static const struct path_case cases[] = {
     SAME("/!$&'()*+,;=:@-._~"),
     SAME("/ABCDEFGHIJKLMNOPQRSTUVWXYZ/abcdefghijklmnopqrstuvwxyz/0123456789"),
 
-    /* the audit's cases: every spelling of "../" reaches the chat route */
+    /* the route-cost bypass: every spelling of "../" from /v1/models to the chat route */
     NORM("/v1/models/../chat/completions", "/v1/chat/completions"),
     NORM("/v1/models/%2e%2e/chat/completions", "/v1/chat/completions"),
     NORM("/v1/models/%2E%2E/chat/completions", "/v1/chat/completions"),
