@@ -1342,6 +1342,9 @@ static const struct directive server_keys[] = {
      .defi = TG_DEFAULT_IDLE_TIMEOUT_MS, .min = 1, .max = MAX_MS_DAY, .reload_safe = true},
     {KEY("drain_timeout_ms", N_SCALAR, set_int, CFG(server.drain_timeout_ms)), .store = ST_INT,
      .defi = TG_DEFAULT_DRAIN_TIMEOUT_MS, .min = 0, .max = MAX_MS_HOUR, .reload_safe = true},
+    {KEY("max_idle_connections", N_SCALAR, set_int, CFG(server.max_idle_connections)),
+     .store = ST_INT, .defi = TG_DEFAULT_MAX_IDLE_CONNECTIONS, .min = 1, .max = 1000000,
+     .reload_safe = true},
 };
 
 static const struct directive admin_keys[] = {
@@ -1785,9 +1788,10 @@ void tg_config_print(const struct tg_config *cfg, FILE *out)
             cfg->server.workers == 1 ? "" : "s");
     fprintf(out,
             "server: max body %lld bytes, header timeout %d ms, idle timeout %d ms, drain "
-            "timeout %d ms\n",
+            "timeout %d ms, at most %d idle connections per worker\n",
             (long long)cfg->server.max_body_bytes, cfg->server.header_timeout_ms,
-            cfg->server.idle_timeout_ms, cfg->server.drain_timeout_ms);
+            cfg->server.idle_timeout_ms, cfg->server.drain_timeout_ms,
+            cfg->server.max_idle_connections);
     fprintf(out, "admin: listen %s, token %s\n", cfg->admin.listen.text,
             cfg->admin.token[0] ? "set" : "none");
     fprintf(out, "log: level %s, access log %s\n", level_names[cfg->log.level],

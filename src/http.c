@@ -1,253 +1,388 @@
-/* The HTTP/1.1 codec: a fast path for plain heads, libhttp-parser for everything else. */
+/* The HTTP/1.1 codec: strict message framing (RFC 9112) for requests and replies. */
 #include <string.h>
 #include <strings.h>
 #include <sys/types.h>
 #include "tollgate/http.h"
 
-/* Heads are parsed whole (the caller waits for the blank line), so every
- * callback points into the caller's copy of the head and tokens come in one
- * piece; the pieces are still joined in case the parser splits one. */
-static int on_url(http_parser *p, const char *at, size_t len)
-{
-    struct tg_http_msg *m = p->data;
-    if (m->url == NULL) m->url = at;
-    m->url_len = (uint32_t)(at + len - m->url);
-    return 0;
-}
-
-static int on_header_field(http_parser *p, const char *at, size_t len)
-{
-    struct tg_http_msg *m = p->data;
-    if (m->nheaders > 0 && m->headers[m->nheaders - 1].value == NULL) {
-        struct tg_http_header *h = &m->headers[m->nheaders - 1];
-        h->nlen = (uint32_t)(at + len - h->name);
-        return 0;
-    }
-    if (m->nheaders == TG_HTTP_MAX_HEADERS) return -1;
-    struct tg_http_header *h = &m->headers[m->nheaders++];
-    h->name = at;
-    h->nlen = (uint32_t)len;
-    h->value = NULL;
-    h->vlen = 0;
-    return 0;
-}
-
-static int on_header_value(http_parser *p, const char *at, size_t len)
-{
-    struct tg_http_msg *m = p->data;
-    struct tg_http_header *h = &m->headers[m->nheaders - 1];
-    if (h->value == NULL) h->value = at;
-    h->vlen = (uint32_t)(at + len - h->value);
-    return 0;
-}
-
-static int on_headers_complete(http_parser *p)
-{
-    struct tg_http_msg *m = p->data;
-    m->head_done = true;
-    m->status = (int)p->status_code;
-    m->keep_alive = http_should_keep_alive(p) != 0;
-    m->content_length = (p->flags & F_CONTENTLENGTH) ? (int64_t)p->content_length : -1;
-    m->chunked = (p->flags & F_CHUNKED) != 0;
-    for (size_t i = 0; i < m->nheaders; i++) {
-        struct tg_http_header *h = &m->headers[i];
-        if (h->value == NULL) h->value = "";
-        if (tg_http_name_is(h->name, h->nlen, "transfer-encoding"))
-            m->has_te = true;
-        else if (tg_http_name_is(h->name, h->nlen, "expect") && h->vlen == 12 &&
-                 strncasecmp(h->value, "100-continue", 12) == 0)
-            m->expect_continue = true;
-    }
-    return m->skip_body ? 1 : 0;
-}
-
-static int on_body(http_parser *p, const char *at, size_t len)
-{
-    struct tg_http_msg *m = p->data;
-    if (m->on_body) m->on_body(m->arg, at, len);
-    return 0;
-}
-
-static int on_message_complete(http_parser *p)
-{
-    struct tg_http_msg *m = p->data;
-    m->done = true;
-    http_parser_pause(p, 1);
-    return 0;
-}
-
-static const http_parser_settings settings = {
-    .on_url = on_url,
-    .on_header_field = on_header_field,
-    .on_header_value = on_header_value,
-    .on_headers_complete = on_headers_complete,
-    .on_body = on_body,
-    .on_message_complete = on_message_complete,
+/* Character classes, one table lookup per byte:
+ *   T  tchar (RFC 9110 5.6.2): a method, a header name, a coding
+ *   V  what a field value holds: VCHAR, obs-text, SP, HTAB
+ *   R  what a request target holds: VCHAR (the path is judged later, by
+ *      tg_http_path_normalize)
+ *   X  a hex digit */
+enum { T = 1, V = 2, R = 4, X = 8 };
+static const unsigned char cclass[256] = {
+    ['\t'] = V,
+    [' '] = V,
+    ['!'] = T | V | R,
+    ['"'] = V | R,
+    ['#'] = T | V | R,
+    ['$'] = T | V | R,
+    ['%'] = T | V | R,
+    ['&'] = T | V | R,
+    ['\''] = T | V | R,
+    ['('] = V | R,
+    [')'] = V | R,
+    ['*'] = T | V | R,
+    ['+'] = T | V | R,
+    [','] = V | R,
+    ['-'] = T | V | R,
+    ['.'] = T | V | R,
+    ['/'] = V | R,
+    ['0' ... '9'] = T | V | R | X,
+    [':' ... '@'] = V | R,
+    ['A' ... 'F'] = T | V | R | X,
+    ['G' ... 'Z'] = T | V | R,
+    ['['] = V | R,
+    ['\\'] = V | R,
+    [']'] = V | R,
+    ['^'] = T | V | R,
+    ['_'] = T | V | R,
+    ['`'] = T | V | R,
+    ['a' ... 'f'] = T | V | R | X,
+    ['g' ... 'z'] = T | V | R,
+    ['{'] = V | R,
+    ['|'] = T | V | R,
+    ['}'] = V | R,
+    ['~'] = T | V | R,
+    [0x80 ... 0xff] = V,
 };
 
-void tg_http_msg_init(struct tg_http_msg *m, enum http_parser_type type, tg_http_body_fn body_fn,
+#define IS(ch, cls) ((cclass[(unsigned char)(ch)] & (cls)) != 0)
+
+int tg_http_status(enum tg_http_result res)
+{
+    switch (res) {
+    case TG_HTTP_OK:
+        return 200;
+    case TG_HTTP_TOO_MANY_HEADERS:
+    case TG_HTTP_HEAD_TOO_LARGE:
+        return 431;
+    case TG_HTTP_URI_TOO_LONG:
+        return 414;
+    case TG_HTTP_BAD_VERSION:
+        return 505;
+    case TG_HTTP_UNKNOWN_CODING:
+        return 501;
+    default:
+        return 400;
+    }
+}
+
+const char *tg_http_error(enum tg_http_result res)
+{
+    switch (res) {
+    case TG_HTTP_OK:
+        return "";
+    case TG_HTTP_TOO_MANY_HEADERS:
+        return "The request has more than 128 header fields.";
+    case TG_HTTP_HEAD_TOO_LARGE:
+        return "The request header block exceeds 65536 bytes.";
+    case TG_HTTP_URI_TOO_LONG:
+        return "The request line exceeds 8192 bytes.";
+    case TG_HTTP_BAD_VERSION:
+        return "Only HTTP/1.0 and HTTP/1.1 are supported.";
+    case TG_HTTP_UNKNOWN_CODING:
+        return "The only transfer coding supported is chunked.";
+    case TG_HTTP_SMUGGLING:
+        return "A request may carry one Content-Length or Transfer-Encoding: chunked, not both "
+               "and not twice.";
+    case TG_HTTP_OBS_FOLD:
+        return "A header field may not start with whitespace or be folded onto several lines.";
+    case TG_HTTP_BAD_HOST:
+        return "An HTTP/1.1 request must carry exactly one Host header field.";
+    case TG_HTTP_BAD_CHUNK:
+        return "The request body's chunked framing is invalid.";
+    case TG_HTTP_MALFORMED:
+    default:
+        return "The request could not be parsed as HTTP/1.1.";
+    }
+}
+
+/* ---- finding the end of a head ---- */
+
+ssize_t tg_http_scan_head(struct tg_http_scan *s, const char *data, size_t len)
+{
+    const char *p = data, *end = data + len;
+    const size_t base = s->pos;
+    while (p < end) {
+        if (s->cr) {
+            if (*p != '\n') return TG_HTTP_MALFORMED; /* a CR alone */
+            s->cr = false;
+            size_t lf = base + (size_t)(p - data);
+            p++;
+            if (lf - 1 == s->line) { /* an empty line */
+                if (s->lines == 0) return TG_HTTP_MALFORMED;
+                if (lf + 1 > TG_HTTP_MAX_HEAD) return TG_HTTP_HEAD_TOO_LARGE;
+                s->pos = lf + 1;
+                return (ssize_t)(lf + 1);
+            }
+            if (++s->lines > TG_HTTP_MAX_HEADERS + 1) return TG_HTTP_TOO_MANY_HEADERS;
+            s->line = lf + 1;
+            continue;
+        }
+        while (p < end && *p != '\r' && *p != '\n')
+            p++;
+        size_t at = base + (size_t)(p - data);
+        if (s->lines == 0 && s->kind == TG_HTTP_REQUEST && at - s->line > TG_HTTP_MAX_REQUEST_LINE)
+            return TG_HTTP_URI_TOO_LONG;
+        if (at > TG_HTTP_MAX_HEAD) return TG_HTTP_HEAD_TOO_LARGE;
+        if (p == end) break;
+        if (*p == '\n') return TG_HTTP_MALFORMED; /* a bare LF */
+        s->cr = true;
+        p++;
+    }
+    s->pos = base + len;
+    return 0;
+}
+
+/* ---- the head ---- */
+
+void tg_http_msg_init(struct tg_http_msg *m, enum tg_http_kind kind, tg_http_body_fn body_fn,
                       void *arg)
 {
     memset(m, 0, offsetof(struct tg_http_msg, headers));
-    http_parser_init(&m->parser, type);
-    m->parser.data = m;
+    m->kind = kind;
     m->on_body = body_fn;
     m->arg = arg;
     m->content_length = -1;
 }
 
-/* ---- the fast path ----
- * Most heads are plain: a common method and an origin-form target, HTTP/1.0 or
- * 1.1, token names, printable values, Content-Length or no body. Those are read
- * here in one pass, several times faster than http-parser's byte-at-a-time
- * state machine with a callback per piece. Anything else (Transfer-Encoding,
- * Upgrade, a Connection header other than close/keep-alive, an interim or
- * body-less reply, obs-fold, bytes outside the plain set, a duplicate
- * Content-Length, ...) makes it give up without a verdict, and http-parser
- * judges the head as before: the fast path accepts a subset of what
- * http-parser accepts and reads it the same way (test_http holds the two to
- * the same results). */
-
-/* Character classes of the fast path: T = token (RFC 9110 tchar), U = the
- * bytes it takes in a request target (unreserved, sub-delims, ':', '/', '?',
- * '@', '%'); one table lookup per byte. */
-enum { T = 1, U = 2 };
-static const unsigned char cclass[256] = {
-    ['a' ... 'z'] = T | U, ['A' ... 'Z'] = T | U, ['0' ... '9'] = T | U,
-    ['!'] = T | U,         ['#'] = T,             ['$'] = T | U,
-    ['%'] = T | U,         ['&'] = T | U,         ['\''] = T | U,
-    ['*'] = T | U,         ['+'] = T | U,         ['-'] = T | U,
-    ['.'] = T | U,         ['^'] = T,             ['_'] = T | U,
-    ['`'] = T,             ['|'] = T,             ['~'] = T | U,
-    ['('] = U,             [')'] = U,             [','] = U,
-    [';'] = U,             ['='] = U,             [':'] = U,
-    ['/'] = U,             ['?'] = U,             ['@'] = U,
-};
-
-static bool tchar(unsigned char ch)
-{
-    return (cclass[ch] & T) != 0;
-}
-
-static bool url_char(unsigned char ch)
-{
-    return (cclass[ch] & U) != 0;
-}
-
-/* "HTTP/1.0" or "HTTP/1.1" at p (8 bytes available). */
-static bool version(struct tg_http_msg *m, const char *p)
-{
-    if (memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1')) return false;
-    m->parser.http_major = 1;
-    m->parser.http_minor = (unsigned short)(p[7] - '0');
-    return true;
-}
-
-static const char *request_line(struct tg_http_msg *m, const char *p, const char *end)
+static enum tg_http_method method_of(const char *p, size_t n)
 {
     static const struct {
         const char *name;
-        size_t len;
-        enum http_method method;
-    } methods[] = {{"POST ", 5, HTTP_POST},     {"GET ", 4, HTTP_GET},
-                   {"PUT ", 4, HTTP_PUT},       {"DELETE ", 7, HTTP_DELETE},
-                   {"HEAD ", 5, HTTP_HEAD},     {"PATCH ", 6, HTTP_PATCH},
-                   {"OPTIONS ", 8, HTTP_OPTIONS}};
-    size_t i = 0, n = sizeof(methods) / sizeof(methods[0]);
-    while (i < n && !((size_t)(end - p) > methods[i].len &&
-                      memcmp(p, methods[i].name, methods[i].len) == 0))
-        i++;
-    if (i == n) return NULL;
-    m->parser.method = methods[i].method;
-    p += methods[i].len;
-    const char *url = p;
-    if (p >= end || *p != '/') return NULL;
-    while (p < end && url_char((unsigned char)*p))
-        p++;
-    if (end - p < 11 || *p != ' ' || !version(m, p + 1) || p[9] != '\r' || p[10] != '\n')
-        return NULL;
-    m->url = url;
-    m->url_len = (uint32_t)(p - url);
-    return p + 11;
+        enum tg_http_method method;
+    } methods[] = {{"GET", TG_HTTP_GET},         {"HEAD", TG_HTTP_HEAD},
+                   {"POST", TG_HTTP_POST},       {"PUT", TG_HTTP_PUT},
+                   {"DELETE", TG_HTTP_DELETE},   {"PATCH", TG_HTTP_PATCH},
+                   {"OPTIONS", TG_HTTP_OPTIONS}, {"TRACE", TG_HTTP_TRACE},
+                   {"CONNECT", TG_HTTP_CONNECT}};
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+        if (strlen(methods[i].name) == n && memcmp(methods[i].name, p, n) == 0)
+            return methods[i].method;
+    return TG_HTTP_OTHER;
 }
 
-static const char *status_line(struct tg_http_msg *m, const char *p, const char *end)
+/* "HTTP/1.0" or "HTTP/1.1" at p, with 8 bytes there. */
+static enum tg_http_result version(struct tg_http_msg *m, const char *p)
 {
-    if (end - p < 14 || !version(m, p) || p[8] != ' ') return NULL;
+    if (memcmp(p, "HTTP/", 5) != 0 || !(p[5] >= '0' && p[5] <= '9') || p[6] != '.' ||
+        !(p[7] >= '0' && p[7] <= '9'))
+        return TG_HTTP_MALFORMED;
+    if (p[5] != '1' || (p[7] != '0' && p[7] != '1')) return TG_HTTP_BAD_VERSION;
+    m->minor = (uint8_t)(p[7] - '0');
+    return TG_HTTP_OK;
+}
+
+/* An absolute-form target (RFC 9112 3.2.2): "http://authority/path?query".
+ * The route is chosen on its path and query, which it points the target at. */
+static enum tg_http_result absolute_form(struct tg_http_msg *m)
+{
+    const char *t = m->target, *end = t + m->target_len;
+    size_t skip = 0;
+    if (m->target_len > 7 && strncasecmp(t, "http://", 7) == 0)
+        skip = 7;
+    else if (m->target_len > 8 && strncasecmp(t, "https://", 8) == 0)
+        skip = 8;
+    else
+        return TG_HTTP_MALFORMED;
+    const char *a = t + skip, *q = a;
+    while (q < end && *q != '/' && *q != '?' && *q != '#')
+        q++;
+    if (q == a || (q < end && *q != '/')) return TG_HTTP_MALFORMED;
+    m->absolute_form = true;
+    if (q == end) {
+        m->target = "/";
+        m->target_len = 1;
+    } else {
+        m->target = q;
+        m->target_len = (uint32_t)(end - q);
+    }
+    return TG_HTTP_OK;
+}
+
+static const char *request_line(struct tg_http_msg *m, const char *p, const char *end,
+                                enum tg_http_result *res)
+{
+    *res = TG_HTTP_MALFORMED;
+    const char *start = p;
+    while (p < end && IS(*p, T))
+        p++;
+    if (p == start || p == end || *p != ' ') return NULL;
+    m->method_name = start;
+    m->method_len = (uint32_t)(p - start);
+    m->method = method_of(start, m->method_len);
+    const char *t = ++p;
+    while (p < end && IS(*p, R))
+        p++;
+    if (p == t || p == end || *p != ' ') return NULL; /* no target, two spaces, no version */
+    m->target = t;
+    m->target_len = (uint32_t)(p - t);
+    p++;
+    if (end - p < 10 || p[8] != '\r' || p[9] != '\n') return NULL;
+    if ((*res = version(m, p)) != TG_HTTP_OK) return NULL;
+    if (*t == '/' || (m->target_len == 1 && *t == '*') || m->method == TG_HTTP_CONNECT)
+        *res = TG_HTTP_OK;
+    else
+        *res = absolute_form(m);
+    return *res == TG_HTTP_OK ? p + 10 : NULL;
+}
+
+static const char *status_line(struct tg_http_msg *m, const char *p, const char *end,
+                               enum tg_http_result *res)
+{
+    *res = TG_HTTP_MALFORMED;
+    if (end - p < 14 || p[8] != ' ') return NULL;
+    if ((*res = version(m, p)) != TG_HTTP_OK) return NULL;
+    *res = TG_HTTP_MALFORMED;
     p += 9;
     for (int i = 0; i < 3; i++)
         if (p[i] < '0' || p[i] > '9') return NULL;
-    int status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
-    /* Interim and body-less replies are http-parser's. */
-    if (status < 200 || status == 204 || status == 304 || p[3] != ' ') return NULL;
-    p += 4;
-    while (p < end && ((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f))
+    m->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+    if (m->status < 100) return NULL;
+    p += 3;
+    if (*p == ' ') {
         p++;
+        while (p < end && IS(*p, V))
+            p++;
+    }
     if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return NULL;
-    m->status = status;
-    m->parser.status_code = (unsigned)status;
+    *res = TG_HTTP_OK;
     return p + 2;
 }
 
-static bool fast_head(struct tg_http_msg *m, const char *head, size_t len)
+/* One element of a comma-separated list value (RFC 9110 5.6.1), without
+ * its surrounding whitespace; empty elements are skipped. Returns false at
+ * the end of the value. */
+static bool list_next(const char **p, const char *end, const char **el, size_t *elen)
+{
+    while (*p < end) {
+        const char *s = *p;
+        while (*p < end && **p != ',')
+            (*p)++;
+        const char *e = *p;
+        if (*p < end) (*p)++; /* the comma */
+        while (s < e && (*s == ' ' || *s == '\t'))
+            s++;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if (e > s) {
+            *el = s;
+            *elen = (size_t)(e - s);
+            return true;
+        }
+    }
+    return false;
+}
+
+struct te_state {
+    unsigned fields, chunked, others;
+    bool chunked_last, bad;
+};
+
+static void transfer_codings(struct te_state *te, const char *v, size_t vlen)
+{
+    const char *p = v, *end = v + vlen, *el;
+    size_t elen;
+    te->fields++;
+    while (list_next(&p, end, &el, &elen)) {
+        size_t k = 0;
+        while (k < elen && IS(el[k], T))
+            k++;
+        if (k == 0 || (k < elen && el[k] != ';' && el[k] != ' ' && el[k] != '\t')) te->bad = true;
+        if (k == elen && tg_http_name_is(el, elen, "chunked")) {
+            te->chunked++;
+            te->chunked_last = true;
+        } else {
+            te->others++;
+            te->chunked_last = false;
+        }
+    }
+}
+
+static bool connection_options(struct tg_http_msg *m, const char *v, size_t vlen, bool *close,
+                               bool *keep)
+{
+    const char *p = v, *end = v + vlen, *el;
+    size_t elen;
+    bool ok = true;
+    while (list_next(&p, end, &el, &elen)) {
+        for (size_t k = 0; k < elen; k++)
+            ok = ok && IS(el[k], T);
+        if (tg_http_name_is(el, elen, "close"))
+            *close = true;
+        else if (tg_http_name_is(el, elen, "keep-alive"))
+            *keep = true;
+        else
+            m->connection_options = true;
+    }
+    return ok;
+}
+
+enum tg_http_result tg_http_parse_head(struct tg_http_msg *m, const char *head, size_t len)
 {
     const char *p = head, *end = head + len;
-    if (len < 4 || memcmp(end - 4, "\r\n\r\n", 4) != 0 || m->skip_body) return false;
-    bool request = m->parser.type == HTTP_REQUEST;
-    p = request ? request_line(m, p, end) : status_line(m, p, end);
-    if (p == NULL) return false;
+    enum tg_http_result res;
+    p = m->kind == TG_HTTP_REQUEST ? request_line(m, p, end, &res) : status_line(m, p, end, &res);
+    if (p == NULL) return res;
     bool close = false, keep = false;
-    int64_t clen = -1;
+    unsigned hosts = 0;
+    struct te_state te = {0};
     size_t nh = 0;
-    while (!(p[0] == '\r' && p[1] == '\n')) { /* the head ends with CRLF CRLF: no overrun */
+    for (;;) {
+        if (end - p < 2) return TG_HTTP_MALFORMED;
+        if (p[0] == '\r') {
+            if (p[1] != '\n') return TG_HTTP_MALFORMED;
+            p += 2;
+            break;
+        }
+        if (*p == ' ' || *p == '\t') return TG_HTTP_OBS_FOLD; /* or whitespace before a name */
         const char *name = p;
-        while (tchar((unsigned char)*p))
+        while (p < end && IS(*p, T))
             p++;
         size_t nlen = (size_t)(p - name);
-        if (nlen == 0 || *p != ':' || nh == TG_HTTP_MAX_HEADERS) return false;
+        if (nlen == 0 || p == end || *p != ':') return TG_HTTP_MALFORMED;
         p++;
-        while (*p == ' ' || *p == '\t')
+        while (p < end && (*p == ' ' || *p == '\t'))
             p++;
         const char *value = p;
-        while ((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f)
+        while (p < end && IS(*p, V))
             p++;
-        size_t vlen = (size_t)(p - value);
-        if (p[0] != '\r' || p[1] != '\n' || vlen == 0 || value[vlen - 1] == ' ') return false;
+        const char *vend = p;
+        while (vend > value && (vend[-1] == ' ' || vend[-1] == '\t'))
+            vend--;
+        size_t vlen = (size_t)(vend - value);
+        if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return TG_HTTP_MALFORMED;
         p += 2;
+        if (nh == TG_HTTP_MAX_HEADERS) return TG_HTTP_TOO_MANY_HEADERS;
         switch (nlen) {
+        case 4:
+            if (tg_http_lc_is(name, nlen, "host")) hosts++;
+            break;
         case 6:
-            if (tg_http_lc_is(name, nlen, "expect") && vlen == 12 &&
-                strncasecmp(value, "100-continue", 12) == 0)
+            if (tg_http_lc_is(name, nlen, "expect") && tg_http_name_is(value, vlen, "100-continue"))
                 m->expect_continue = true;
             break;
-        case 7:
-            if (tg_http_lc_is(name, nlen, "upgrade")) return false;
-            break;
         case 10:
-            if (tg_http_lc_is(name, nlen, "connection")) {
-                if (tg_http_lc_is(value, vlen, "close"))
-                    close = true;
-                else if (tg_http_lc_is(value, vlen, "keep-alive"))
-                    keep = true;
-                else
-                    return false;
-            }
+            if (tg_http_lc_is(name, nlen, "connection") &&
+                !connection_options(m, value, vlen, &close, &keep))
+                return TG_HTTP_MALFORMED;
             break;
         case 14:
             if (tg_http_lc_is(name, nlen, "content-length")) {
-                if (clen >= 0 || vlen > 15) return false;
-                clen = 0;
+                if (m->content_length >= 0) return TG_HTTP_SMUGGLING;
+                if (vlen == 0 || vlen > 18) return TG_HTTP_MALFORMED;
+                int64_t cl = 0;
                 for (size_t i = 0; i < vlen; i++) {
-                    if (value[i] < '0' || value[i] > '9') return false;
-                    clen = clen * 10 + (value[i] - '0');
+                    if (value[i] < '0' || value[i] > '9') return TG_HTTP_MALFORMED;
+                    cl = cl * 10 + (value[i] - '0');
                 }
+                m->content_length = cl;
             }
             break;
-        case 16:
-            if (tg_http_lc_is(name, nlen, "proxy-connection")) return false;
-            break;
         case 17:
-            if (tg_http_lc_is(name, nlen, "transfer-encoding")) return false;
+            if (tg_http_lc_is(name, nlen, "transfer-encoding")) transfer_codings(&te, value, vlen);
             break;
         default:
             break;
@@ -258,78 +393,184 @@ static bool fast_head(struct tg_http_msg *m, const char *head, size_t len)
         h->value = value;
         h->vlen = (uint32_t)vlen;
     }
-    if (p + 2 != end) return false;
-    if (!request && clen < 0) return false; /* read until close: http-parser's */
+    if (p != end) return TG_HTTP_MALFORMED;
     m->nheaders = nh;
-    m->content_length = clen;
-    /* http_should_keep_alive, for a message that never needs EOF to end */
-    m->keep_alive = m->parser.http_minor == 1 ? !close : keep;
-    m->head_done = true;
-    m->fast = true;
-    m->body_left = clen > 0 ? (uint64_t)clen : 0;
-    m->done = m->body_left == 0;
-    return true;
-}
-
-enum tg_http_result tg_http_parse_head(struct tg_http_msg *m, const char *head, size_t len)
-{
-    if (fast_head(m, head, len)) return TG_HTTP_OK;
-    /* Undo what the fast path may have set before it gave up. */
-    bool skip_body = m->skip_body;
-    tg_http_msg_init(m, (enum http_parser_type)m->parser.type, m->on_body, m->arg);
-    m->skip_body = skip_body;
-    return tg_http_parse_head_full(m, head, len);
-}
-
-enum tg_http_result tg_http_parse_head_full(struct tg_http_msg *m, const char *head, size_t len)
-{
-    size_t n = http_parser_execute(&m->parser, &settings, head, len);
-    enum http_errno e = HTTP_PARSER_ERRNO(&m->parser);
-    if (!m->head_done) {
-        if (m->nheaders == TG_HTTP_MAX_HEADERS) return TG_HTTP_TOO_MANY_HEADERS;
-        return TG_HTTP_MALFORMED;
+    if (te.fields) {
+        if (m->content_length >= 0) return TG_HTTP_SMUGGLING;
+        if (te.bad || te.chunked + te.others == 0 || te.chunked > 1 ||
+            (te.chunked && !te.chunked_last))
+            return TG_HTTP_MALFORMED;
+        if (te.others) return TG_HTTP_UNKNOWN_CODING;
+        m->chunked = true;
     }
-    if (e != HPE_PAUSED && e != HPE_OK) return TG_HTTP_MALFORMED;
-    if (n != len) return TG_HTTP_MALFORMED;
-    if (e == HPE_PAUSED) http_parser_pause(&m->parser, 0);
-    if (m->has_te && tg_http_header(m, "content-length", NULL) != NULL) return TG_HTTP_SMUGGLING;
-    if (m->has_te && !m->chunked) return TG_HTTP_MALFORMED;
-    /* A message without a body ends at its head. */
-    if (!m->done && m->parser.type == HTTP_REQUEST && !m->chunked && m->content_length <= 0)
+    m->keep_alive = m->minor == 1 ? !close : keep && !close;
+    m->head_done = true;
+    if (m->kind == TG_HTTP_REQUEST) {
+        if (hosts > 1 || (m->minor == 1 && hosts == 0)) return TG_HTTP_BAD_HOST;
+        if (!m->chunked) {
+            m->body_left = m->content_length > 0 ? (uint64_t)m->content_length : 0;
+            m->done = m->body_left == 0;
+        }
+        return TG_HTTP_OK;
+    }
+    if (m->skip_body || m->status / 100 == 1 || m->status == 204 || m->status == 304) {
+        m->chunked = false;
         m->done = true;
-    if (!m->done && m->skip_body) m->done = true;
-    if (!m->done && m->parser.type == HTTP_RESPONSE &&
-        (m->status == 204 || m->status == 304 || m->status / 100 == 1 || m->content_length == 0))
-        m->done = true;
+    } else if (!m->chunked) {
+        if (m->content_length >= 0) {
+            m->body_left = (uint64_t)m->content_length;
+            m->done = m->body_left == 0;
+        } else {
+            m->until_close = true;
+            m->keep_alive = false;
+        }
+    }
     return TG_HTTP_OK;
+}
+
+/* ---- the body ---- */
+
+enum {
+    CS_SIZE,       /* the first hex digit of a chunk size */
+    CS_SIZE_MORE,  /* more digits, or what follows them */
+    CS_SIZE_BWS,   /* whitespace after the size: an extension must follow */
+    CS_EXT,        /* a chunk extension, through its CR */
+    CS_SIZE_LF,    /* the LF after a chunk-size line */
+    CS_DATA,       /* chunk data */
+    CS_DATA_CR,    /* the CRLF after chunk data */
+    CS_DATA_LF,
+    CS_TRAILER,    /* the start of a trailer line, or the final CRLF */
+    CS_TRAILER_NAME,
+    CS_TRAILER_VALUE,
+    CS_TRAILER_LF,
+    CS_END_LF,     /* the LF of the final CRLF */
+};
+
+#define CHUNK_LINE_MAX 4096
+
+static ssize_t feed_chunked(struct tg_http_msg *m, const char *data, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char ch = (unsigned char)data[i];
+        switch (m->cstate) {
+        case CS_DATA: {
+            size_t n = len - i < m->body_left ? len - i : (size_t)m->body_left;
+            if (m->on_body) m->on_body(m->arg, data + i, n);
+            m->body_left -= n;
+            i += n;
+            if (m->body_left == 0) m->cstate = CS_DATA_CR;
+            continue;
+        }
+        case CS_SIZE:
+        case CS_SIZE_MORE:
+            if (IS(ch, X)) {
+                if (m->body_left >> 58) return TG_HTTP_BAD_CHUNK; /* over 2^62 bytes */
+                unsigned d = ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10;
+                m->body_left = m->body_left << 4 | d;
+                m->cstate = CS_SIZE_MORE;
+            } else if (m->cstate == CS_SIZE) {
+                return TG_HTTP_BAD_CHUNK;
+            } else if (ch == '\r') {
+                m->cstate = CS_SIZE_LF;
+            } else if (ch == ';') {
+                m->cstate = CS_EXT;
+            } else if (ch == ' ' || ch == '\t') {
+                m->cstate = CS_SIZE_BWS;
+            } else {
+                return TG_HTTP_BAD_CHUNK;
+            }
+            break;
+        case CS_SIZE_BWS:
+            if (ch == ';')
+                m->cstate = CS_EXT;
+            else if (ch != ' ' && ch != '\t')
+                return TG_HTTP_BAD_CHUNK;
+            break;
+        case CS_EXT:
+            if (ch == '\r')
+                m->cstate = CS_SIZE_LF;
+            else if (!IS(ch, V))
+                return TG_HTTP_BAD_CHUNK;
+            break;
+        case CS_SIZE_LF:
+            if (ch != '\n') return TG_HTTP_BAD_CHUNK;
+            m->cline = 0;
+            m->cstate = m->body_left ? CS_DATA : CS_TRAILER;
+            i++;
+            continue;
+        case CS_DATA_CR:
+            if (ch != '\r') return TG_HTTP_BAD_CHUNK;
+            m->cstate = CS_DATA_LF;
+            break;
+        case CS_DATA_LF:
+            if (ch != '\n') return TG_HTTP_BAD_CHUNK;
+            m->cstate = CS_SIZE;
+            m->cline = 0;
+            i++;
+            continue;
+        case CS_TRAILER:
+            if (ch == '\r') {
+                m->cstate = CS_END_LF;
+                break;
+            }
+            if (!IS(ch, T)) return TG_HTTP_BAD_CHUNK; /* whitespace (obs-fold) included */
+            m->cstate = CS_TRAILER_NAME;
+            break;
+        case CS_TRAILER_NAME:
+            if (ch == ':')
+                m->cstate = CS_TRAILER_VALUE;
+            else if (!IS(ch, T))
+                return TG_HTTP_BAD_CHUNK;
+            break;
+        case CS_TRAILER_VALUE:
+            if (ch == '\r')
+                m->cstate = CS_TRAILER_LF;
+            else if (!IS(ch, V))
+                return TG_HTTP_BAD_CHUNK;
+            break;
+        case CS_TRAILER_LF:
+            if (ch != '\n') return TG_HTTP_BAD_CHUNK;
+            m->cstate = CS_TRAILER;
+            m->cline = 0;
+            i++;
+            continue;
+        case CS_END_LF:
+            if (ch != '\n') return TG_HTTP_BAD_CHUNK;
+            m->done = true;
+            return (ssize_t)(i + 1);
+        default:
+            return TG_HTTP_BAD_CHUNK;
+        }
+        /* a byte of a size, extension or trailer line */
+        if (++m->cline > CHUNK_LINE_MAX) return TG_HTTP_BAD_CHUNK;
+        if (m->cstate >= CS_TRAILER && ++m->ctrailer > TG_HTTP_MAX_HEAD) return TG_HTTP_BAD_CHUNK;
+        i++;
+    }
+    return (ssize_t)len;
 }
 
 ssize_t tg_http_feed(struct tg_http_msg *m, const char *data, size_t len)
 {
     if (m->done || len == 0) return 0;
-    if (m->fast) {
-        size_t n = len < m->body_left ? len : (size_t)m->body_left;
-        if (m->on_body) m->on_body(m->arg, data, n);
-        m->body_left -= n;
-        m->done = m->body_left == 0;
-        return (ssize_t)n;
+    if (m->until_close) {
+        if (m->on_body) m->on_body(m->arg, data, len);
+        return (ssize_t)len;
     }
-    size_t n = http_parser_execute(&m->parser, &settings, data, len);
-    enum http_errno e = HTTP_PARSER_ERRNO(&m->parser);
-    if (e == HPE_PAUSED) {
-        http_parser_pause(&m->parser, 0);
-        return (ssize_t)n;
-    }
-    if (e != HPE_OK) return -1;
+    if (m->chunked) return feed_chunked(m, data, len);
+    size_t n = len < m->body_left ? len : (size_t)m->body_left;
+    if (m->on_body) m->on_body(m->arg, data, n);
+    m->body_left -= n;
+    m->done = m->body_left == 0;
     return (ssize_t)n;
 }
 
 void tg_http_feed_eof(struct tg_http_msg *m)
 {
-    if (m->done || m->fast) return; /* a fast message has a length: EOF before it is no end */
-    http_parser_execute(&m->parser, &settings, NULL, 0);
-    if (HTTP_PARSER_ERRNO(&m->parser) == HPE_PAUSED) http_parser_pause(&m->parser, 0);
+    if (m->until_close) m->done = true;
 }
+
+/* ---- headers ---- */
 
 bool tg_http_name_is(const char *name, size_t len, const char *lit)
 {
@@ -347,6 +588,20 @@ const char *tg_http_header(const struct tg_http_msg *m, const char *name, size_t
         }
     }
     return NULL;
+}
+
+bool tg_http_listed(const struct tg_http_msg *m, const char *name, size_t len)
+{
+    if (!m->connection_options) return false;
+    for (size_t i = 0; i < m->nheaders; i++) {
+        const struct tg_http_header *h = &m->headers[i];
+        if (h->nlen != 10 || !tg_http_lc_is(h->name, 10, "connection")) continue;
+        const char *p = h->value, *end = h->value + h->vlen, *el;
+        size_t elen;
+        while (list_next(&p, end, &el, &elen))
+            if (elen == len && strncasecmp(el, name, len) == 0) return true;
+    }
+    return false;
 }
 
 bool tg_http_is_hop_by_hop(const char *name, size_t len)
@@ -400,6 +655,8 @@ const char *tg_http_reason(int status)
         return "Conflict";
     case 413:
         return "Content Too Large";
+    case 414:
+        return "URI Too Long";
     case 422:
         return "Unprocessable Content";
     case 429:
@@ -408,12 +665,16 @@ const char *tg_http_reason(int status)
         return "Request Header Fields Too Large";
     case 500:
         return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
     case 502:
         return "Bad Gateway";
     case 503:
         return "Service Unavailable";
     case 504:
         return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
     default:
         return status < 300 ? "OK" : status < 500 ? "Client Error" : "Server Error";
     }

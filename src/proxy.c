@@ -17,6 +17,7 @@
 #include "tollgate/auth.h"
 #include "tollgate/cost.h"
 #include "tollgate/http.h"
+#include "tollgate/http_path.h"
 #include "tollgate/jsonw.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
@@ -51,8 +52,13 @@ struct tg_req {
     int64_t ts_ms;
     char *head; /* copy of the request head: header pointers point here */
     size_t head_cap;
-    size_t head_scanned; /* input bytes already searched for the blank line */
+    struct tg_http_scan hscan; /* where the search for the head's end stands */
     struct tg_http_msg msg;
+    char *path; /* the target's path in normal form (in `head`), and its query */
+    size_t path_len;
+    const char *query; /* after the '?', or NULL */
+    size_t query_len;
+    bool bodyless; /* no body and a method that takes none: costs one request */
     char *body;
     size_t body_len, body_cap;
     bool body_too_large;
@@ -74,7 +80,9 @@ struct tg_req {
     struct tg_upconn *up;
     char *uhead;
     size_t uhead_cap;
+    struct tg_http_scan uscan;
     struct tg_http_msg umsg;
+    bool bad_reply; /* the upstream's reply is not framed as HTTP/1.1 allows */
     bool resp_head, resp_started, upstream_failed, paused, strip_usage, scanning;
     bool out_chunked;
     enum out_mode out_mode;
@@ -151,6 +159,9 @@ struct tg_conn {
     enum conn_state state;
     bool keep_alive;
     bool http10;
+    bool served; /* a request was read on it */
+    bool idle;   /* on the worker's idle list: between requests, or before the first */
+    struct tg_conn *idle_prev, *idle_next; /* the idle list, the latest idle first */
     struct tg_req *req; /* while a request is under way; from the worker's pool */
     /* The last key this connection authenticated with, so that a keep-alive
      * client is not hashed again on every request. */
@@ -466,6 +477,9 @@ static void up_sock_read(evutil_socket_t fd, short what, void *arg)
 
 /* ---- connection lifecycle ---- */
 
+static void idle_enter(struct tg_conn *c);
+static void idle_leave(struct tg_conn *c);
+
 void tg_proxy_accept(struct tg_worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
 {
     struct tg_conn *c = calloc(1, sizeof(*c));
@@ -504,6 +518,50 @@ void tg_proxy_accept(struct tg_worker *w, evutil_socket_t fd, const struct socka
     client_reading(c, true);
     c->state = C_IDLE;
     arm_timer(c, w->cfg->server.header_timeout_ms);
+    idle_enter(c);
+}
+
+/* ---- idle connections ----
+ * A connection between requests (or before its first) is on its worker's
+ * idle list, the latest idle first. Past server.max_idle_connections the one
+ * idle longest is closed: connections that send nothing cannot pile up. */
+
+static void idle_leave(struct tg_conn *c)
+{
+    struct tg_worker *w = c->w;
+    if (!c->idle) return;
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else
+        w->idle_head = c->idle_next;
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        w->idle_tail = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+    c->idle = false;
+    w->nidle--;
+}
+
+static void conn_free(struct tg_conn *c);
+
+static void idle_enter(struct tg_conn *c)
+{
+    struct tg_worker *w = c->w;
+    if (c->idle) return;
+    c->idle = true;
+    c->idle_prev = NULL;
+    c->idle_next = w->idle_head;
+    if (w->idle_head)
+        w->idle_head->idle_prev = c;
+    else
+        w->idle_tail = c;
+    w->idle_head = c;
+    w->nidle++;
+    if (w->nidle > w->cfg->server.max_idle_connections && w->idle_tail != c) {
+        tg_metrics_add(TG_M_IDLE_CLOSED, NULL, 1);
+        conn_free(w->idle_tail);
+    }
 }
 
 /* Ends the request state of a connection and returns it to the pool. */
@@ -535,6 +593,7 @@ static void conn_free(struct tg_conn *c)
 {
     struct tg_worker *w = c->w;
     req_release(c);
+    idle_leave(c);
     if (c->auth_cfg) tg_config_unref(c->auth_cfg);
     if (c->prev)
         c->prev->next = c->next;
@@ -663,7 +722,12 @@ static bool req_begin(struct tg_conn *c)
     r->ts_ms = tg_now_wall_ms();
     r->id[0] = '\0';
     r->body_len = 0;
-    r->head_scanned = 0;
+    tg_http_scan_init(&r->hscan, TG_HTTP_REQUEST);
+    r->path = NULL;
+    r->path_len = 0;
+    r->query = NULL;
+    r->query_len = 0;
+    r->bodyless = r->bad_reply = false;
     r->body_too_large = false;
     r->fwd_len = 0;
     r->route = NULL;
@@ -718,13 +782,50 @@ static void on_req_body(void *arg, const char *data, size_t len)
 static void on_request_complete(struct tg_conn *c);
 static void read_body(struct tg_conn *c);
 
+/* Puts the request target in the form it is routed and forwarded in: the
+ * path in normal form (so that a route is chosen on the path the upstream
+ * serves: "/v1/models/../chat/completions" is the chat route), the query
+ * checked. False when the request was refused. */
+static bool route_target(struct tg_conn *c)
+{
+    struct tg_req *r = c->req;
+    struct tg_http_msg *m = &r->msg;
+    size_t plen = 0;
+    while (plen < m->target_len && m->target[plen] != '?')
+        plen++;
+    const char *why = NULL;
+    /* The target points into r->head (or is the literal "/", already normal). */
+    char *path = (char *)(uintptr_t)m->target;
+    ssize_t n = tg_http_path_normalize(path, plen, path, &why);
+    if (n < 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "The request path is not valid: %s.", why);
+        reply_error(c, 400, "invalid_request_error", "invalid_path", msg, !m->done,
+                    TG_DECISION_REJECTED);
+        return false;
+    }
+    r->path = path;
+    r->path_len = n > 0 ? (size_t)n : plen;
+    if (plen < m->target_len) {
+        r->query = m->target + plen + 1;
+        r->query_len = m->target_len - plen - 1;
+        if (!tg_http_query_valid(r->query, r->query_len)) {
+            reply_error(c, 400, "invalid_request_error", "invalid_path",
+                        "The request query holds bytes a URI may not hold.", !m->done,
+                        TG_DECISION_REJECTED);
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Called with a parsed head: route, authenticate, check size; then read the body. */
 static void on_head(struct tg_conn *c)
 {
     struct tg_req *r = c->req;
     struct tg_http_msg *m = &r->msg;
     c->keep_alive = m->keep_alive;
-    c->http10 = m->parser.http_major == 1 && m->parser.http_minor == 0;
+    c->http10 = m->minor == 0;
     size_t idlen;
     const char *rid = tg_http_header(m, "x-request-id", &idlen);
     if (rid && sane_request_id(rid, idlen)) {
@@ -733,16 +834,23 @@ static void on_head(struct tg_conn *c)
     } else {
         tg_usage_new_id(r->id);
     }
-    size_t plen = 0;
-    while (plen < m->url_len && m->url[plen] != '?')
-        plen++;
-    r->route = tg_config_route(r->cfg, m->url, plen);
     bool body_pending = !m->done;
+    if (m->method == TG_HTTP_CONNECT || m->method == TG_HTTP_TRACE) {
+        r->rl_len = (size_t)snprintf(r->rl, sizeof(r->rl),
+                                     "Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS\r\n");
+        reply_error(c, 405, "invalid_request_error", "method_not_allowed",
+                    "CONNECT and TRACE are not served by this gateway.", true,
+                    TG_DECISION_REJECTED);
+        return;
+    }
+    if (!route_target(c)) return;
+    r->route = tg_config_route(r->cfg, r->path, r->path_len);
     if (r->route == NULL) {
         char msg[256];
-        snprintf(msg, sizeof(msg), "Invalid URL (%s %.*s)",
-                 http_method_str((enum http_method)m->parser.method),
-                 (int)(plen > 160 ? 160 : plen), m->url);
+        size_t mlen;
+        const char *mname = tg_http_method_name(m, &mlen);
+        snprintf(msg, sizeof(msg), "Invalid URL (%.*s %.*s)", (int)(mlen > 16 ? 16 : mlen), mname,
+                 (int)(r->path_len > 160 ? 160 : r->path_len), r->path);
         reply_error(c, 404, "invalid_request_error", "unknown_url", msg, body_pending,
                     TG_DECISION_REJECTED);
         return;
@@ -818,24 +926,48 @@ static bool reserve_head(char **buf, size_t *cap, size_t need)
     return true;
 }
 
-/* Where the head ends ("\r\n\r\n") in `in`, searching from byte `from`;
- * -1 if not there yet. A head that arrived in one piece (nearly all of them)
- * is searched in place; evbuffer_search is for heads split across chains. */
-static ev_ssize_t find_head_end(struct evbuffer *in, size_t from)
+/* Scans the bytes of a head that arrived since the last call: its length
+ * once complete, 0 while more must come, a negative tg_http_result when the
+ * bytes can be no head. A head a client sends a byte at a time costs one
+ * pass over its bytes, not a rescan per byte. */
+static ssize_t scan_head(struct evbuffer *in, struct tg_http_scan *s)
 {
-    struct evbuffer_iovec v;
-    if (evbuffer_peek(in, -1, NULL, &v, 1) == 1) {
-        if (from >= v.iov_len) return -1;
-        const char *p = v.iov_base, *end = p + v.iov_len, *q = p + from;
-        while ((q = memchr(q, '\n', (size_t)(end - q))) != NULL) { /* line by line */
-            if (q - p >= 3 && memcmp(q - 3, "\r\n\r\n", 4) == 0) return q - 3 - p;
-            q++;
+    struct evbuffer_iovec v[8];
+    for (;;) {
+        if (s->pos >= evbuffer_get_length(in)) return 0;
+        struct evbuffer_ptr at;
+        if (evbuffer_ptr_set(in, &at, s->pos, EVBUFFER_PTR_SET) != 0) return 0;
+        int nv = evbuffer_peek(in, -1, &at, v, 8);
+        if (nv > 8) nv = 8;
+        for (int i = 0; i < nv; i++) {
+            ssize_t n = tg_http_scan_head(s, v[i].iov_base, v[i].iov_len);
+            if (n != 0) return n;
         }
-        return -1;
     }
-    struct evbuffer_ptr start;
-    if (evbuffer_ptr_set(in, &start, from, EVBUFFER_PTR_SET) != 0) return -1;
-    return evbuffer_search(in, "\r\n\r\n", 4, &start).pos;
+}
+
+/* The error code of an OpenAI-shaped error for a head refused so. */
+static const char *head_error_code(enum tg_http_result res)
+{
+    switch (tg_http_status(res)) {
+    case 431:
+        return "request_header_fields_too_large";
+    case 414:
+        return "uri_too_long";
+    case 505:
+        return "http_version_not_supported";
+    case 501:
+        return "not_implemented";
+    default:
+        return "bad_request";
+    }
+}
+
+static void refuse_head(struct tg_conn *c, enum tg_http_result res)
+{
+    if (c->req->id[0] == '\0') tg_usage_new_id(c->req->id);
+    reply_error(c, tg_http_status(res), "invalid_request_error", head_error_code(res),
+                tg_http_error(res), true, TG_DECISION_REJECTED);
 }
 
 /* Tries to read a whole head from the input. */
@@ -857,43 +989,31 @@ static void read_head(struct tg_conn *c)
             conn_free(c);
             return;
         }
+        idle_leave(c);
         c->state = C_HEAD;
-        arm_timer(c, c->req->cfg->server.header_timeout_ms);
+        /* A connection's first head has header_timeout_ms from the accept;
+         * a later one from its first byte (before it, idle_timeout_ms). */
+        if (c->served) arm_timer(c, c->req->cfg->server.header_timeout_ms);
+        c->served = true;
     }
     struct tg_req *r = c->req;
-    /* Resume the search where the last one stopped: a client sending its
-     * head a byte at a time must not cost a rescan per byte. */
-    ev_ssize_t end = find_head_end(in, r->head_scanned > 3 ? r->head_scanned - 3 : 0);
-    if (end < 0) r->head_scanned = len;
-    if (end < 0 || end + 4 > TG_HTTP_MAX_HEAD) {
-        if (len > TG_HTTP_MAX_HEAD || (end >= 0 && end + 4 > TG_HTTP_MAX_HEAD)) {
-            tg_usage_new_id(r->id);
-            reply_error(c, 431, "invalid_request_error", "request_header_fields_too_large",
-                        "The request header block exceeds 65536 bytes.", true,
-                        TG_DECISION_REJECTED);
-        }
+    ssize_t n = scan_head(in, &r->hscan);
+    if (n == 0) return;
+    if (n < 0) {
+        refuse_head(c, (enum tg_http_result)n);
         return;
     }
-    size_t hlen = (size_t)end + 4;
+    size_t hlen = (size_t)n;
     if (!reserve_head(&r->head, &r->head_cap, hlen)) {
         conn_free(c);
         return;
     }
     evbuffer_remove(in, r->head, hlen);
     r->bytes_in += (int64_t)hlen;
-    tg_http_msg_init(&r->msg, HTTP_REQUEST, on_req_body, c);
+    tg_http_msg_init(&r->msg, TG_HTTP_REQUEST, on_req_body, c);
     enum tg_http_result res = tg_http_parse_head(&r->msg, r->head, hlen);
     if (res != TG_HTTP_OK) {
-        tg_usage_new_id(r->id);
-        if (res == TG_HTTP_TOO_MANY_HEADERS)
-            reply_error(c, 431, "invalid_request_error", "request_header_fields_too_large",
-                        "The request has too many header fields.", true, TG_DECISION_REJECTED);
-        else
-            reply_error(c, 400, "invalid_request_error", "bad_request",
-                        res == TG_HTTP_SMUGGLING
-                            ? "A request may not carry both Content-Length and Transfer-Encoding."
-                            : "The request could not be parsed as HTTP/1.1.",
-                        true, TG_DECISION_REJECTED);
+        refuse_head(c, res);
         return;
     }
     on_head(c);
@@ -914,8 +1034,7 @@ static void read_body(struct tg_conn *c)
             ssize_t n = tg_http_feed(&r->msg, v[i].iov_base, v[i].iov_len);
             if (n < 0) {
                 evbuffer_drain(in, used);
-                reply_error(c, 400, "invalid_request_error", "bad_request",
-                            "The request body framing is invalid.", true, TG_DECISION_REJECTED);
+                refuse_head(c, (enum tg_http_result)n);
                 return;
             }
             used += (size_t)n;
@@ -989,8 +1108,15 @@ static void on_request_complete(struct tg_conn *c)
                     TG_DECISION_REJECTED);
         return;
     }
-    if (tg_cost_estimate(r->route->cost, cfg->costs.chars_per_token, r->route->default_max_tokens,
-                         r->body, r->body_len, &r->est, &r->info, err) != 0) {
+    enum tg_http_method method = r->msg.method;
+    r->bodyless = r->body_len == 0 && method != TG_HTTP_POST && method != TG_HTTP_PUT &&
+                  method != TG_HTTP_PATCH;
+    if (r->bodyless) {
+        /* Polling a job, fetching a result, listing, deleting: one request. */
+        r->est.u[TG_UNIT_REQUESTS] = TG_MICRO;
+    } else if (tg_cost_estimate(r->route->cost, cfg->costs.chars_per_token,
+                                r->route->default_max_tokens, r->body, r->body_len, &r->est,
+                                &r->info, err) != 0) {
         reply_error(c, 400, "invalid_request_error", "invalid_request_body", err, false,
                     TG_DECISION_REJECTED);
         return;
@@ -1113,10 +1239,16 @@ static void write_request(struct tg_conn *c)
     struct tg_http_msg *m = &r->msg;
     struct headbuf hb;
     hb_init(&hb, bufferevent_get_output(tg_upconn_bev(r->up)));
-    hb_str(&hb, http_method_str((enum http_method)m->parser.method));
+    size_t mlen;
+    const char *mname = tg_http_method_name(m, &mlen);
+    hb_add(&hb, mname, mlen);
     hb_add(&hb, " ", 1);
     hb_str(&hb, u->base_path);
-    hb_add(&hb, m->url, m->url_len);
+    hb_add(&hb, r->path, r->path_len);
+    if (r->query) {
+        hb_add(&hb, "?", 1);
+        hb_add(&hb, r->query, r->query_len);
+    }
     hb_add(&hb, " HTTP/1.1\r\nHost: ", 17);
     hb_str(&hb, u->host_header);
     hb_add(&hb, "\r\n", 2);
@@ -1126,7 +1258,7 @@ static void write_request(struct tg_conn *c)
     for (size_t i = 0; i < m->nheaders; i++) {
         const struct tg_http_header *h = &m->headers[i];
         enum fwd what = forward_kind(h->name, h->nlen);
-        if (what == FWD_DROP) continue;
+        if (what == FWD_DROP || tg_http_listed(m, h->name, h->nlen)) continue;
         if (what == FWD_XFF) {
             xff = h->value;
             xff_len = h->vlen;
@@ -1152,8 +1284,8 @@ static void write_request(struct tg_conn *c)
                   strlen(u->headers[k].value));
     const char *body = r->fwd_body ? r->fwd_body : r->body;
     size_t blen = r->fwd_body ? r->fwd_len : r->body_len;
-    if (blen > 0 || m->parser.method == HTTP_POST || m->parser.method == HTTP_PUT ||
-        m->parser.method == HTTP_PATCH) {
+    if (blen > 0 || m->method == TG_HTTP_POST || m->method == TG_HTTP_PUT ||
+        m->method == TG_HTTP_PATCH) {
         hb_add(&hb, "Content-Length: ", 16);
         hb_int(&hb, (long long)blen);
         hb_add(&hb, "\r\n", 2);
@@ -1186,6 +1318,7 @@ static void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool tim
         return;
     }
     r->up = up;
+    tg_http_scan_init(&r->uscan, TG_HTTP_REPLY);
     if (r->tup_us == 0) r->tup_us = now_us();
     struct bufferevent *ub = tg_upconn_bev(up);
     bufferevent_setcb(ub, up_read_cb, up_write_cb, up_event_cb, c);
@@ -1241,13 +1374,15 @@ static void send_resp_head(struct tg_conn *c)
     r->status = um->status;
     if (um->status >= 500) r->upstream_failed = true;
     bool sse = header_starts(um, "content-type", "text/event-stream");
-    if (r->route->cost != TG_COST_REQUESTS && !um->done) {
+    if (r->route->cost != TG_COST_REQUESTS && !r->bodyless && !um->done) {
         bool strip = r->strip_usage && sse;
         tg_scan_init(&r->scan, sse, strip, strip ? on_scan_emit : NULL, c);
         r->scanning = true;
     }
-    bool until_close = !um->chunked && um->content_length < 0 && !um->done;
-    if ((r->scanning && r->scan.strip_usage) || until_close)
+    /* An HTTP/1.0 client cannot read chunks (RFC 9112 7): it gets the body
+     * de-chunked, delimited by the close. */
+    bool dechunk = c->http10 && um->chunked && !um->done;
+    if ((r->scanning && r->scan.strip_usage) || (um->until_close && !um->done) || dechunk)
         r->out_mode = OUT_REFRAME;
     else
         r->out_mode = OUT_PASS;
@@ -1263,7 +1398,7 @@ static void send_resp_head(struct tg_conn *c)
     struct hrun run = {NULL, 0};
     for (size_t i = 0; i < um->nheaders; i++) {
         const struct tg_http_header *h = &um->headers[i];
-        if (tg_http_is_hop_by_hop(h->name, h->nlen) ||
+        if (tg_http_is_hop_by_hop(h->name, h->nlen) || tg_http_listed(um, h->name, h->nlen) ||
             tg_http_lc_is(h->name, h->nlen, "x-request-id") ||
             (r->out_mode == OUT_REFRAME && tg_http_lc_is(h->name, h->nlen, "content-length")))
             continue;
@@ -1309,6 +1444,7 @@ static void pump_body(struct tg_conn *c)
         for (int i = 0; i < nv && !stop; i++) {
             ssize_t n = tg_http_feed(&r->umsg, v[i].iov_base, v[i].iov_len);
             if (n < 0) {
+                r->bad_reply = true;
                 up_event_cb(ub, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
                 return;
             }
@@ -1344,26 +1480,30 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
     struct tg_req *r = c->req;
     if (!r->resp_head) {
         struct evbuffer *in = bufferevent_get_input(bev);
-        ev_ssize_t end = find_head_end(in, 0);
-        if (end < 0) {
-            if (evbuffer_get_length(in) > TG_HTTP_MAX_HEAD)
-                up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+        ssize_t n = scan_head(in, &r->uscan);
+        if (n == 0) return;
+        if (n < 0) {
+            r->bad_reply = true;
+            up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
             return;
         }
-        size_t hlen = (size_t)end + 4;
+        size_t hlen = (size_t)n;
         if (!reserve_head(&r->uhead, &r->uhead_cap, hlen)) {
             up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
             return;
         }
         evbuffer_remove(in, r->uhead, hlen);
         r->up_bytes += (int64_t)hlen;
-        tg_http_msg_init(&r->umsg, HTTP_RESPONSE, on_resp_body, c);
-        r->umsg.skip_body = r->msg.parser.method == HTTP_HEAD;
-        if (tg_http_parse_head(&r->umsg, r->uhead, hlen) != TG_HTTP_OK) {
+        tg_http_msg_init(&r->umsg, TG_HTTP_REPLY, on_resp_body, c);
+        r->umsg.skip_body = r->msg.method == TG_HTTP_HEAD;
+        /* 101 switches protocols, which was never asked for. */
+        if (tg_http_parse_head(&r->umsg, r->uhead, hlen) != TG_HTTP_OK || r->umsg.status == 101) {
+            r->bad_reply = true;
             up_event_cb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
             return;
         }
         if (r->umsg.status / 100 == 1) {
+            tg_http_scan_init(&r->uscan, TG_HTTP_REPLY);
             up_read_cb(bev, arg); /* an interim reply: wait for the final one */
             return;
         }
@@ -1398,7 +1538,8 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
     r->up = NULL;
     up_detach(c, up);
     tg_pool_release(up, false);
-    if (!r->resp_head && r->up_bytes == 0 && reused && !r->retried && !(what & BEV_EVENT_TIMEOUT)) {
+    if (!r->resp_head && r->up_bytes == 0 && reused && !r->retried && !r->bad_reply &&
+        !(what & BEV_EVENT_TIMEOUT)) {
         /* A stale keep-alive connection: once more on a fresh one. */
         r->retried = true;
         r->acquiring = true;
@@ -1410,8 +1551,14 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
         bool timeout = (what & BEV_EVENT_TIMEOUT) != 0;
         log_upstream_failure("request %s tenant %s: upstream %s %s", r->id, r->tenant->name,
                              r->route->upstream->name,
-                             timeout ? "did not answer in time" : "closed the connection");
-        if (timeout)
+                             timeout        ? "did not answer in time"
+                             : r->bad_reply ? "sent a reply that is not valid HTTP/1.1"
+                                            : "closed the connection");
+        if (r->bad_reply)
+            reply_error(c, 502, "server_error", "upstream_error",
+                        "The upstream model server sent a reply that is not valid HTTP/1.1.",
+                        false, TG_DECISION_ERROR);
+        else if (timeout)
             reply_error(c, 504, "server_error", "upstream_timeout",
                         "The upstream model server did not answer in time.", false,
                         TG_DECISION_ERROR);
@@ -1422,8 +1569,9 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     /* Mid-stream: the client's reply ends here, without a clean end. */
-    log_upstream_failure("request %s tenant %s: upstream %s stream cut after %lld bytes", r->id,
-                         r->tenant->name, r->route->upstream->name, (long long)r->up_bytes);
+    log_upstream_failure("request %s tenant %s: upstream %s stream %s after %lld bytes", r->id,
+                         r->tenant->name, r->route->upstream->name,
+                         r->bad_reply ? "broke its framing" : "cut", (long long)r->up_bytes);
     c->keep_alive = false;
     if (r->scanning) tg_scan_finish(&r->scan);
     req_finish(c, TG_DECISION_ERROR);
@@ -1466,15 +1614,20 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 /* ---- the end of a request: settle, record, count, log ---- */
 
 /* The actual cost of a finished request, and the settle of actual − estimate.
- * A failed upstream call (or a client gone before any reply byte) costs only
- * its request unit. */
+ * What reached the client is charged, however the request ended: a stream cut
+ * by the upstream or left by the client costs what was delivered of it (the
+ * usage the upstream reported, or else the text that passed). A failed
+ * upstream call (no reply, or a 5xx one) or a client gone before any reply
+ * byte costs only its request unit, and so does a bodyless request. */
 static void settle(struct tg_conn *c, enum tg_decision decision, struct tg_cost *actual)
 {
     struct tg_req *r = c->req;
     const struct tg_usage *usage = r->scanning ? &r->scan.usage : NULL;
     bool reported = usage && (usage->have_tokens || usage->have_video);
+    bool delivered = r->resp_head && r->umsg.status < 500;
     bool nothing_delivered = r->status == 499 && !r->resp_started;
-    if (decision == TG_DECISION_ERROR && (r->upstream_failed || nothing_delivered) && !reported) {
+    if (r->bodyless || (decision == TG_DECISION_ERROR && !delivered && !reported &&
+                        (r->upstream_failed || nothing_delivered))) {
         memset(actual, 0, sizeof(*actual));
         actual->u[TG_UNIT_REQUESTS] = TG_MICRO;
     } else {
@@ -1644,6 +1797,7 @@ static void req_finish(struct tg_conn *c, enum tg_decision decision)
     c->state = C_IDLE;
     arm_timer(c, w->cfg->server.idle_timeout_ms);
     client_reading(c, true);
+    idle_enter(c);
     if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
         bufferevent_trigger(c->bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
 }

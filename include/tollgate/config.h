@@ -13,6 +13,7 @@
 #define TG_DEFAULT_HEADER_TIMEOUT_MS 10000
 #define TG_DEFAULT_IDLE_TIMEOUT_MS 60000
 #define TG_DEFAULT_DRAIN_TIMEOUT_MS 30000
+#define TG_DEFAULT_MAX_IDLE_CONNECTIONS 4096 /* per worker */
 #define TG_DEFAULT_ADMIN_LISTEN "127.0.0.1:9090"
 #define TG_DEFAULT_LOG_LEVEL "info"
 #define TG_DEFAULT_REDIS_HOST "127.0.0.1"
@@ -130,6 +131,7 @@ struct tg_config {
         int header_timeout_ms;
         int idle_timeout_ms;
         int drain_timeout_ms;
+        int max_idle_connections; /* per worker */
     } server;
     struct {
         struct tg_listen listen;

@@ -38,6 +38,8 @@ struct evbuffer;
       "Records in the Kafka producer's queue, not yet acknowledged.")                              \
     X(CONNECTIONS, gauge, "tollgate_connections", "side",                                          \
       "Open connections, by side (client|upstream).")                                              \
+    X(IDLE_CLOSED, counter, "tollgate_idle_connections_closed_total", "",                          \
+      "Idle client connections closed because a worker held server.max_idle_connections.")      \
     X(CONFIG_RELOADS, counter, "tollgate_config_reloads_total", "result",                          \
       "Configuration reloads, by result (ok|error).")                                              \
     X(BUILD_INFO, gauge, "tollgate_build_info", "version",                                         \

@@ -32,6 +32,8 @@ struct tg_worker {
     size_t npools;
     SSL_CTX *ssl_verify, *ssl_noverify;
     struct tg_conn *conns;    /* every open client connection */
+    struct tg_conn *idle_head, *idle_tail; /* those between requests, latest idle first */
+    int nidle;
     struct tg_req *free_reqs; /* request state kept for reuse */
     int nfree_reqs;
     int inflight; /* read by other threads with __atomic */

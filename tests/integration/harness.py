@@ -966,10 +966,10 @@ def _parse_sse(data, t):
             yield SSEEvent(raw, t)
 
 
-def build_request(method, path, headers=None, body=None, json=None, host=None):
+def build_request(method, path, headers=None, body=None, json=None, host="localhost"):
     """Request bytes. Adds Host (unless given), Content-Length for a body (unless
     Content-Length or Transfer-Encoding is given; a chunked body must be pre-framed), and
-    Content-Type for json=. headers: dict or list of (name, value)."""
+    Content-Type for json=. headers: dict or list of (name, value). host="" sends no Host."""
     if json is not None:
         body = _json.dumps(json).encode()
     if isinstance(body, str):
