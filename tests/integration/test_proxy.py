@@ -242,6 +242,13 @@ def test_upstream_refused_hung_and_cut():
     assert [(r["status"], r["decision"]) for r in recs] == [(502, "error"), (504, "error"), (200, "error")]
     # A failed call costs only its request unit.
     assert recs[1]["cost"]["actual"] == {"requests": 1}
+    # A cut stream is charged for what reached the client: the prompt estimate
+    # and the completion text delivered, never less than what the client read.
+    chars = sum(len(e.json()["choices"][0]["delta"].get("content") or "") for e in got)
+    cut = recs[2]["cost"]
+    assert chars > 0
+    assert cut["actual"]["requests"] == 1
+    assert -(-chars // 4) < cut["actual"]["tokens"] < cut["estimated"]["tokens"], cut
     assert tg.alive()
 
 
