@@ -215,6 +215,33 @@ def test_keep_alive_pipelining_and_expect_continue():
     assert "expect" not in mock.last()["headers"]
 
 
+def test_idle_connections_are_bounded_per_worker():
+    mock, tg = start(server={"workers": 1, "max_idle_connections": 3, "idle_timeout_ms": 60000})
+    conns = []
+    for i in range(5):
+        c = h.Conn(tg.port, timeout=5)
+        assert c.request("GET", "/v1/models", headers=auth()).status == 200
+        conns.append(c)
+    # The two idle longest were closed when the fourth and fifth went idle.
+    for c in conns[:2]:
+        c.sock.settimeout(2)
+        assert c.sock.recv(1) == b"", "an idle connection past the bound stayed open"
+    for c in conns[2:]:
+        assert c.request("GET", "/v1/models", headers=auth()).status == 200
+    assert tg.metrics()["tollgate_idle_connections_closed_total"] == 2
+    # A connection that never sends a byte counts too: it is idle from its accept.
+    silent = [socket.create_connection(("127.0.0.1", tg.port)) for _ in range(4)]
+    for c in conns[2:]:
+        c.sock.settimeout(2)
+        assert c.sock.recv(1) == b""
+    silent[0].settimeout(2)
+    assert silent[0].recv(1) == b""
+    for s in silent:
+        s.close()
+    for c in conns:
+        c.close()
+
+
 def test_upstream_refused_hung_and_cut():
     closed = h.free_port()
     mock = h.MockModel().start()
