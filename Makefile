@@ -46,7 +46,7 @@ bench: deps build
 	tests/bench/run.sh $(BUILD)
 
 format:
-	clang-format -i src/*.c include/tollgate/*.h tests/unit/*.c tests/support/*.c tests/fuzz/*.c
+	clang-format -i $$(find src -name '*.c') include/tollgate/*.h tests/unit/*.c tests/support/*.c tests/fuzz/*.c
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
