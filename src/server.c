@@ -10,6 +10,8 @@
 #include <event2/listener.h>
 #include "tollgate/log.h"
 #include "tollgate/proxy.h"
+#include "tollgate/upstream.h"
+#include "tollgate/worker.h"
 #include "tollgate/server.h"
 
 #define LISTEN_BACKLOG 4096

@@ -12,7 +12,8 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include "tollgate/metrics.h"
-#include "tollgate/proxy.h"
+#include "tollgate/upstream.h"
+#include "tollgate/worker.h"
 
 /* An idle upstream connection unused this long is closed. */
 #define POOL_IDLE_TIMEOUT_S 60

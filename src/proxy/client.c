@@ -22,6 +22,8 @@
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
 #include "tollgate/proxy.h"
+#include "tollgate/upstream.h"
+#include "tollgate/worker.h"
 
 /* A reply buffered for a client past this stops reading from its upstream. */
 #define CLIENT_HIGH_WATER (256 * 1024)
