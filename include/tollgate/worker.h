@@ -30,7 +30,7 @@ struct tg_worker {
     struct tg_pool **pools;   /* one per cfg->upstreams[i] */
     size_t npools;
     SSL_CTX *ssl_verify, *ssl_noverify;
-    struct tg_conn *conns;    /* every open client connection */
+    struct tg_conn *conns;                 /* every open client connection */
     struct tg_conn *idle_head, *idle_tail; /* those between requests, latest idle first */
     int nidle;
     struct tg_req *free_reqs; /* request state kept for reuse */

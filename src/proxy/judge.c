@@ -1,0 +1,90 @@
+/* Judging a request read whole: its cost estimated, its buckets checked, a denied one waiting for
+ * room. */
+#include "conn.h"
+
+/* ---- judging ---- */
+
+static void on_limit(void *arg, const struct tg_limit_result *res);
+
+void run_check(struct tg_conn *c)
+{
+    struct tg_req *r = c->req;
+    r->checking = true;
+    r->t_lim_us = now_us();
+    if (tg_limiter_check(c->w->limiter, &r->lreq, on_limit, c) != 0 && r->checking) {
+        struct tg_limit_result err = {.status = TG_LIMIT_ERROR, .denied = -1};
+        on_limit(c, &err);
+    }
+}
+
+void on_request_complete(struct tg_conn *c)
+{
+    struct tg_req *r = c->req;
+    struct tg_config *cfg = r->cfg;
+    c->state = C_WORK;
+    evtimer_del(c->timer);
+    char err[TG_ERR_LEN];
+    if (!c->w->sink->ops->accepting(c->w->sink)) {
+        reply_error(c, 503, "server_error", "usage_sink_unavailable",
+                    "The gateway cannot record usage right now. Please retry shortly.", false,
+                    TG_DECISION_REJECTED);
+        return;
+    }
+    enum tg_http_method method = r->msg.method;
+    r->bodyless = r->body_len == 0 && method != TG_HTTP_POST && method != TG_HTTP_PUT &&
+                  method != TG_HTTP_PATCH;
+    if (r->bodyless) {
+        /* Polling a job, fetching a result, listing, deleting: one request. */
+        r->est.u[TG_UNIT_REQUESTS] = TG_MICRO;
+    } else if (tg_cost_estimate(r->route->cost, cfg->costs.chars_per_token,
+                                r->route->default_max_tokens, r->body, r->body_len, &r->est,
+                                &r->info, err) != 0) {
+        reply_error(c, 400, "invalid_request_error", "invalid_request_body", err, false,
+                    TG_DECISION_REJECTED);
+        return;
+    }
+    if (r->route->cost == TG_COST_TOKENS && r->info.stream && !r->info.client_wants_usage) {
+        r->fwd_body = tg_cost_request_usage_valid(r->body, r->body_len, &r->fwd_len);
+        r->strip_usage = r->fwd_body != NULL;
+    }
+    tg_limiter_plan(r->tenant, &r->est, r->info.model, &r->lreq);
+    r->lreq.tenant = r->tenant->name;
+    run_check(c);
+}
+
+static void on_limit(void *arg, const struct tg_limit_result *res)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = c->req;
+    r->checking = false;
+    r->denied = res->denied;
+    r->lreq.fallback = res->fallback;
+    const char *backend[] = {c->w->limiter->ops->name};
+    tg_metrics_observe(TG_M_LIMITER_DURATION, backend, (double)(now_us() - r->t_lim_us) / 1e6);
+    r->rl_len = tg_limiter_format_headers(&r->lreq, res, r->rl, sizeof(r->rl));
+    if (res->status == TG_LIMIT_ALLOWED) {
+        r->charged = true;
+        start_forward(c);
+        return;
+    }
+    if (res->status == TG_LIMIT_DENIED && r->route->max_wait_ms > 0 &&
+        r->waited_ms + res->retry_ms <= r->route->max_wait_ms) {
+        int ms = (int)(res->retry_ms > 0 ? res->retry_ms : 1);
+        r->waited_ms += ms;
+        r->rl_len = 0;
+        arm_timer(c, ms);
+        return;
+    }
+    char body[1024];
+    size_t n = tg_limiter_format_error(&r->lreq, res, body, sizeof(body));
+    if (res->status == TG_LIMIT_DENIED) {
+        const char *labels[] = {r->tenant->name, r->lreq.b[res->denied].limit->name};
+        tg_metrics_add(TG_M_RATELIMITED, labels, 1);
+        reply_json(c, 429, body, n, false, TG_DECISION_LIMITED);
+    } else if (res->status == TG_LIMIT_TOO_LARGE) {
+        reply_json(c, 400, body, n, false, TG_DECISION_REJECTED);
+    } else {
+        r->rl_len = (size_t)snprintf(r->rl, sizeof(r->rl), "Retry-After: 1\r\n");
+        reply_json(c, 503, body, n, false, TG_DECISION_ERROR);
+    }
+}
