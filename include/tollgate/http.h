@@ -62,6 +62,8 @@ struct tg_http_scan {
     size_t line;      /* where the current line starts */
     uint32_t lines;   /* complete lines so far */
     bool cr;          /* the last byte scanned was CR */
+    uint8_t tlen;     /* bytes in tail */
+    char tail[9];     /* a request line's last bytes so far: " HTTP/x.y" when whole */
     enum tg_http_kind kind;
 };
 
@@ -75,7 +77,8 @@ static inline void tg_http_scan_init(struct tg_http_scan *s, enum tg_http_kind k
  * each new piece once, in order). Returns the length of the whole head
  * (through its blank line) once it is found: that end lies within this
  * piece; 0 when more bytes are needed; or a negative tg_http_result: a bare
- * LF, a CR not followed by LF, a request line longer than
+ * LF, a CR not followed by LF, a request line that does not end in an
+ * HTTP version (" HTTP/x.y"), a request line longer than
  * TG_HTTP_MAX_REQUEST_LINE, more than TG_HTTP_MAX_HEADERS header lines or a
  * head longer than TG_HTTP_MAX_HEAD, each refused as soon as it is seen. */
 ssize_t tg_http_scan_head(struct tg_http_scan *s, const char *data, size_t len) TG_WUR;

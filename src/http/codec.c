@@ -101,6 +101,31 @@ const char *tg_http_error(enum tg_http_result res)
 
 /* ---- finding the end of a head ---- */
 
+/* Keeps the last sizeof(s->tail) bytes of the request line seen so far. */
+static void keep_tail(struct tg_http_scan *s, const char *seg, size_t n)
+{
+    const size_t cap = sizeof(s->tail);
+    if (n >= cap) {
+        memcpy(s->tail, seg + n - cap, cap);
+        s->tlen = (uint8_t)cap;
+        return;
+    }
+    size_t keep = s->tlen < cap - n ? s->tlen : cap - n;
+    memmove(s->tail, s->tail + s->tlen - keep, keep);
+    memcpy(s->tail + keep, seg, n);
+    s->tlen = (uint8_t)(keep + n);
+}
+
+/* A whole request line ends in " HTTP/" DIGIT "." DIGIT (RFC 9112 2.3); one
+ * without (HTTP/0.9's "GET /") is refused when its CR arrives, not after a
+ * head that will never come. The version itself is judged by parse_head. */
+static bool ends_in_version(const struct tg_http_scan *s)
+{
+    const char *t = s->tail;
+    return s->tlen == sizeof(s->tail) && memcmp(t, " HTTP/", 6) == 0 && t[6] >= '0' &&
+           t[6] <= '9' && t[7] == '.' && t[8] >= '0' && t[8] <= '9';
+}
+
 ssize_t tg_http_scan_head(struct tg_http_scan *s, const char *data, size_t len)
 {
     const char *p = data, *end = data + len;
@@ -121,14 +146,19 @@ ssize_t tg_http_scan_head(struct tg_http_scan *s, const char *data, size_t len)
             s->line = lf + 1;
             continue;
         }
+        const char *seg = p;
         while (p < end && *p != '\r' && *p != '\n')
             p++;
         size_t at = base + (size_t)(p - data);
-        if (s->lines == 0 && s->kind == TG_HTTP_REQUEST && at - s->line > TG_HTTP_MAX_REQUEST_LINE)
-            return TG_HTTP_URI_TOO_LONG;
+        bool request_line = s->lines == 0 && s->kind == TG_HTTP_REQUEST;
+        if (request_line) {
+            if (at - s->line > TG_HTTP_MAX_REQUEST_LINE) return TG_HTTP_URI_TOO_LONG;
+            keep_tail(s, seg, (size_t)(p - seg));
+        }
         if (at > TG_HTTP_MAX_HEAD) return TG_HTTP_HEAD_TOO_LARGE;
         if (p == end) break;
         if (*p == '\n') return TG_HTTP_MALFORMED; /* a bare LF */
+        if (request_line && !ends_in_version(s)) return TG_HTTP_MALFORMED;
         s->cr = true;
         p++;
     }
@@ -434,7 +464,14 @@ enum {
     CS_SIZE,       /* the first hex digit of a chunk size */
     CS_SIZE_MORE,  /* more digits, or what follows them */
     CS_SIZE_BWS,   /* whitespace after the size: an extension must follow */
-    CS_EXT,        /* a chunk extension, through its CR */
+    CS_EXT_NAME0,  /* after ';': whitespace, then an extension's name */
+    CS_EXT_NAME,   /* the name (a token) */
+    CS_EXT_NAMEWS, /* whitespace after the name: '=', ';' or CR follows */
+    CS_EXT_VAL0,   /* after '=': whitespace, then a token or a quoted string */
+    CS_EXT_TOKEN,  /* a token value */
+    CS_EXT_QUOTED, /* inside a quoted value */
+    CS_EXT_ESCAPE, /* after a backslash in a quoted value */
+    CS_EXT_END,    /* after a value: whitespace, then ';' or CR */
     CS_SIZE_LF,    /* the LF after a chunk-size line */
     CS_DATA,       /* chunk data */
     CS_DATA_CR,    /* the CRLF after chunk data */
@@ -474,24 +511,65 @@ static ssize_t feed_chunked(struct tg_http_msg *m, const char *data, size_t len)
             } else if (ch == '\r') {
                 m->cstate = CS_SIZE_LF;
             } else if (ch == ';') {
-                m->cstate = CS_EXT;
+                m->cstate = CS_EXT_NAME0;
             } else if (ch == ' ' || ch == '\t') {
                 m->cstate = CS_SIZE_BWS;
             } else {
                 return TG_HTTP_BAD_CHUNK;
             }
             break;
+        /* chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )
+         * (RFC 9112 7.1.1); extensions are checked and dropped. */
         case CS_SIZE_BWS:
             if (ch == ';')
-                m->cstate = CS_EXT;
+                m->cstate = CS_EXT_NAME0;
             else if (ch != ' ' && ch != '\t')
                 return TG_HTTP_BAD_CHUNK;
             break;
-        case CS_EXT:
+        case CS_EXT_NAME0:
+            if (IS(ch, T))
+                m->cstate = CS_EXT_NAME;
+            else if (ch != ' ' && ch != '\t')
+                return TG_HTTP_BAD_CHUNK;
+            break;
+        case CS_EXT_VAL0:
+            if (IS(ch, T))
+                m->cstate = CS_EXT_TOKEN;
+            else if (ch == '"')
+                m->cstate = CS_EXT_QUOTED;
+            else if (ch != ' ' && ch != '\t')
+                return TG_HTTP_BAD_CHUNK;
+            break;
+        case CS_EXT_NAME:
+        case CS_EXT_TOKEN:
+            if (IS(ch, T)) break;
+            /* what may follow a name or a value */
+            /* fall through */
+        case CS_EXT_NAMEWS:
+        case CS_EXT_END:
             if (ch == '\r')
                 m->cstate = CS_SIZE_LF;
+            else if (ch == ';')
+                m->cstate = CS_EXT_NAME0;
+            else if (ch == '=' && (m->cstate == CS_EXT_NAME || m->cstate == CS_EXT_NAMEWS))
+                m->cstate = CS_EXT_VAL0;
+            else if (ch == ' ' || ch == '\t')
+                m->cstate = m->cstate == CS_EXT_NAME || m->cstate == CS_EXT_NAMEWS ? CS_EXT_NAMEWS
+                                                                                   : CS_EXT_END;
+            else
+                return TG_HTTP_BAD_CHUNK;
+            break;
+        case CS_EXT_QUOTED: /* qdtext: HTAB, SP, VCHAR but '"' and '\\', obs-text */
+            if (ch == '"')
+                m->cstate = CS_EXT_END;
+            else if (ch == '\\')
+                m->cstate = CS_EXT_ESCAPE;
             else if (!IS(ch, V))
                 return TG_HTTP_BAD_CHUNK;
+            break;
+        case CS_EXT_ESCAPE: /* quoted-pair: HTAB, SP, VCHAR, obs-text */
+            if (!IS(ch, V)) return TG_HTTP_BAD_CHUNK;
+            m->cstate = CS_EXT_QUOTED;
             break;
         case CS_SIZE_LF:
             if (ch != '\n') return TG_HTTP_BAD_CHUNK;

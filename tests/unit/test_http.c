@@ -229,6 +229,20 @@ static void test_scanner_refuses_at_once(void **state)
                      TG_HTTP_MALFORMED);
     assert_int_equal(scan(TG_HTTP_REPLY, "HTTP/1.1 200 OK\r\n\n", 18), TG_HTTP_MALFORMED);
     assert_int_equal(scan(TG_HTTP_REQUEST, "GET / HTTP/1.1\rX", 16), TG_HTTP_MALFORMED);
+    /* a request line without a version (HTTP/0.9), judged at its CR */
+    tg_http_scan_init(&s, TG_HTTP_REQUEST);
+    assert_int_equal(tg_http_scan_head(&s, "GET /", 5), 0);
+    assert_int_equal(tg_http_scan_head(&s, "\r", 1), TG_HTTP_MALFORMED);
+    assert_int_equal(scan(TG_HTTP_REQUEST, "GET / HTTP/1\r\n", 14), TG_HTTP_MALFORMED);
+    assert_int_equal(scan(TG_HTTP_REQUEST, "GET / http/1.1\r\n", 16), TG_HTTP_MALFORMED);
+    assert_int_equal(scan(TG_HTTP_REQUEST, "HTTP/1.1\r\n", 10), TG_HTTP_MALFORMED);
+    /* the version's bytes may arrive one at a time */
+    tg_http_scan_init(&s, TG_HTTP_REQUEST);
+    const char *one = "GET /v1 HTTP/1.1\r\nHost: a\r\n\r\n";
+    for (size_t i = 0; one[i]; i++)
+        assert_int_equal(tg_http_scan_head(&s, one + i, 1), one[i + 1] ? 0 : (ssize_t)strlen(one));
+    /* HTTP/2.0 is a version: parse_head answers it (505) */
+    assert_int_equal(scan(TG_HTTP_REQUEST, "GET / HTTP/2.0\r\n\r\n", 18), 18);
     /* a request line past 8 KiB, before its end arrives */
     size_t n = TG_HTTP_MAX_REQUEST_LINE + 16;
     char *line = malloc(n);
@@ -332,6 +346,18 @@ static void test_chunked_bodies(void **state)
     chunked("5\r\nhello\r\n0\r\nX y\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
     chunked("5\r\nhello\r\n0\r\n\r\r", TG_HTTP_BAD_CHUNK, "", false);
     chunked("5;a\x01\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
+    /* chunk extensions: BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] */
+    chunked("5;a;b=c ; d = \"x\\\"y\" \r\nhello\r\n0;z\r\n\r\n", 37, "hello", true);
+    chunked("5;a=\"\"\r\nhello\r\n0\r\n\r\n", 20, "hello", true);
+    chunked("5;\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);       /* no name */
+    chunked("5;=v\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
+    chunked("5; \"quoted\"\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
+    chunked("5;a=\"open\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
+    chunked("5;a=\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);    /* no value */
+    chunked("5;a b\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
+    chunked("5;a=b=c\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
+    chunked("5;a=\"x\"y\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
+    chunked("5;a=(b)\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
 }
 
 static void test_length_bodies(void **state)
