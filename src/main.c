@@ -183,7 +183,7 @@ static int run(struct daemon *d)
                 "config %s",
                 TG_VERSION, d->cfg->server.listen.text, d->cfg->admin.listen.text,
                 d->cfg->server.workers,
-                d->cfg->limiter.backend == TG_LIMITER_REDIS ? "redis" : "local", d->sink->ops->name,
+                tg_limiter_backend_def(d->cfg->limiter.backend)->name, d->sink->ops->name,
                 d->path ? d->path : EMBEDDED_NAME);
     event_base_dispatch(d->base);
     rc = 0;

@@ -39,28 +39,44 @@ static SSL_CTX *make_ssl_ctx(bool verify)
     return ctx;
 }
 
-/* Builds the worker's pools for its current config, keeping connections of
- * upstreams that did not change. */
-static void rebuild_pools(struct tg_worker *w)
+/* Builds the worker's pools for `cfg`, keeping connections of upstreams that
+ * did not change. On failure (out of memory) nothing changed: the worker keeps
+ * its pools, and returns -1. */
+static int rebuild_pools(struct tg_worker *w, const struct tg_config *cfg)
 {
-    struct tg_config *cfg = w->cfg;
-    struct tg_pool **pools = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*pools));
-    for (size_t i = 0; i < cfg->nupstreams; i++) {
-        const struct tg_upstream *u = &cfg->upstreams[i];
-        for (size_t k = 0; k < w->npools && pools[i] == NULL; k++) {
-            if (w->pools[k] && tg_pool_matches(w->pools[k], u)) {
-                pools[i] = w->pools[k];
-                w->pools[k] = NULL;
-                tg_pool_rebind(pools[i], u);
+    size_t n = cfg->nupstreams;
+    struct tg_pool **pools = calloc(n ? n : 1, sizeof(*pools));
+    size_t *kept = calloc(n ? n : 1, sizeof(*kept)); /* index into w->pools + 1, or 0 */
+    bool *taken = calloc(w->npools ? w->npools : 1, sizeof(*taken));
+    if (!pools || !kept || !taken) goto fail;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t k = 0; k < w->npools && kept[i] == 0; k++)
+            if (!taken[k] && tg_pool_matches(w->pools[k], &cfg->upstreams[i])) {
+                taken[k] = true;
+                kept[i] = k + 1;
             }
-        }
-        if (pools[i] == NULL) pools[i] = tg_pool_create(w, u);
+        if (kept[i] == 0 && (pools[i] = tg_pool_create(w, &cfg->upstreams[i])) == NULL) goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (kept[i] == 0) continue;
+        pools[i] = w->pools[kept[i] - 1];
+        tg_pool_rebind(pools[i], &cfg->upstreams[i]);
     }
     for (size_t k = 0; k < w->npools; k++)
-        if (w->pools[k]) tg_pool_retire(w->pools[k]);
+        if (!taken[k]) tg_pool_retire(w->pools[k]);
     free(w->pools);
+    free(kept);
+    free(taken);
     w->pools = pools;
-    w->npools = cfg->nupstreams;
+    w->npools = n;
+    return 0;
+fail:
+    for (size_t i = 0; pools && i < n; i++)
+        if (pools[i] && (!kept || kept[i] == 0)) tg_pool_retire(pools[i]);
+    free(pools);
+    free(kept);
+    free(taken);
+    return -1;
 }
 
 static void wake_cb(evutil_socket_t fd, short what, void *arg)
@@ -73,10 +89,13 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     w->pending_cfg = NULL;
     bool stop_accepting = w->stop_accepting, stop = w->stop;
     pthread_mutex_unlock(&w->mu);
-    if (cfg) {
+    if (cfg && rebuild_pools(w, cfg) != 0) {
+        tg_log_error("worker %d: out of memory for the new config's upstreams; it keeps the old one",
+                     w->id);
+        tg_config_unref(cfg);
+    } else if (cfg) {
         tg_config_unref(w->cfg);
         w->cfg = cfg;
-        rebuild_pools(w);
     }
     if (stop_accepting && !w->draining) {
         w->draining = true;
@@ -108,6 +127,12 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
     struct tg_worker *w = arg;
     int err = EVUTIL_SOCKET_ERROR();
     tg_log_error("worker %d: accept failed: %s", w->id, evutil_socket_error_to_string(err));
+}
+
+static void limiter_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct tg_worker *w = arg;
+    w->limiter->ops->tick(w->limiter);
 }
 
 static void *worker_main(void *arg)
@@ -162,17 +187,22 @@ struct tg_server *tg_server_create(struct tg_config *cfg, struct tg_sink *sink,
         }
         w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
         event_add(w->wake, NULL);
-        if (cfg->limiter.backend == TG_LIMITER_REDIS) {
-            w->limiter = tg_limiter_redis_create(w->base, cfg, fallback);
-            w->own_limiter = true;
-            if (w->limiter == NULL) {
-                snprintf(err, TG_ERR_LEN, "worker %d: cannot create the Redis limiter", i);
+        const struct tg_limiter_env env = {w->base, cfg, local, fallback};
+        w->limiter = tg_limiter_for_worker(&env, &w->own_limiter, err);
+        if (w->limiter == NULL) goto error;
+        if (w->own_limiter && w->limiter->ops->tick) {
+            w->limiter_tick = event_new(w->base, -1, EV_PERSIST, limiter_tick_cb, w);
+            struct timeval tv = {w->limiter->ops->tick_ms / 1000,
+                                 w->limiter->ops->tick_ms % 1000 * 1000};
+            if (w->limiter_tick == NULL || event_add(w->limiter_tick, &tv) != 0) {
+                snprintf(err, TG_ERR_LEN, "worker %d: cannot arm the limiter's timer", i);
                 goto error;
             }
-        } else {
-            w->limiter = local;
         }
-        rebuild_pools(w);
+        if (rebuild_pools(w, cfg) != 0) {
+            snprintf(err, TG_ERR_LEN, "worker %d: out of memory for the upstream pools", i);
+            goto error;
+        }
     }
     return s;
 error:
@@ -274,6 +304,7 @@ void tg_server_destroy(struct tg_server *s)
         for (size_t k = 0; k < w->npools; k++)
             tg_pool_retire(w->pools[k]);
         free(w->pools);
+        if (w->limiter_tick) event_free(w->limiter_tick);
         if (w->own_limiter) tg_limiter_destroy(w->limiter);
         if (w->wake) event_free(w->wake);
         if (w->wake_fd >= 0) close(w->wake_fd);

@@ -66,11 +66,43 @@ struct tg_limiter_ops {
     void (*cancel)(struct tg_limiter *l, void *arg);
     bool (*ready)(struct tg_limiter *l); /* backend reachable (or in its fallback) */
     void (*destroy)(struct tg_limiter *l);
+    /* For backends that work on timers (a lease's periodic sync): when set,
+     * the owning worker calls it every tick_ms on its loop. NULL: none. */
+    void (*tick)(struct tg_limiter *l);
+    int tick_ms;
 };
 
 struct tg_limiter {
     const struct tg_limiter_ops *ops;
 };
+
+/* ---- the backends ---- */
+
+/* What a worker's limiter is made from. */
+struct tg_limiter_env {
+    struct event_base *base;     /* the worker's loop */
+    const struct tg_config *cfg; /* the config at start-up */
+    struct tg_limiter *local;    /* (ref) the process-wide local limiter */
+    struct tg_limiter *fallback; /* (ref) answers when a remote backend fails */
+};
+
+/* One backend: an entry in the table, chosen by limiter.backend. */
+struct tg_limiter_backend_def {
+    enum tg_limiter_backend backend;
+    const char *name; /* as in the config and the metrics' backend label */
+    /* true: every worker shares env->local, never destroyed by a worker;
+     * false: create makes one per worker, on that worker's loop. */
+    bool shared;
+    struct tg_limiter *(*create)(const struct tg_limiter_env *env);
+};
+
+/* The table entry for `backend` (never NULL for a value config.h names). */
+const struct tg_limiter_backend_def *tg_limiter_backend_def(enum tg_limiter_backend backend);
+
+/* A worker's limiter for its config: the shared one (*own = false) or a new
+ * one it owns and destroys (*own = true). NULL with `err` set on failure. */
+struct tg_limiter *tg_limiter_for_worker(const struct tg_limiter_env *env, bool *own,
+                                         char err[TG_ERR_LEN]) TG_WUR;
 
 /* Pure token-bucket math shared by the local backend and tests: the C twin of
  * src/lua/bucket.lua, operation for operation. */
@@ -128,12 +160,12 @@ bool tg_limiter_too_large(const struct tg_limit_req *req, struct tg_limit_result
 /* The process-wide in-process limiter (limiter_local.c); buckets are keyed by
  * tenant and limit name so they survive config reloads. `divisor` >= 1 divides
  * every rate and burst (fallback for Redis with expected_gateways). Thread-safe. */
-struct tg_limiter *tg_limiter_local_create(int divisor);
+struct tg_limiter *tg_limiter_local_create(int divisor) TG_WUR;
 
 /* The Redis limiter of one worker (limiter_redis.c) on that worker's loop.
  * `fallback` (ref) answers when Redis fails and on_redis_error is allow. */
 struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct tg_config *cfg,
-                                           struct tg_limiter *fallback);
+                                           struct tg_limiter *fallback) TG_WUR;
 /* Tests only: every later script call of this Redis limiter passes `now_ms` as
  * a fixed clock (the extra last ARGV) instead of the server's TIME; a negative
  * value goes back to TIME. Production never calls it. No-op on other backends. */

@@ -25,6 +25,7 @@ struct tg_worker {
     struct tg_config *cfg;      /* current snapshot, one reference */
     struct tg_limiter *limiter; /* this worker's Redis limiter, or the shared local one */
     bool own_limiter;
+    struct event *limiter_tick; /* calls limiter->ops->tick, for backends that have one */
     struct tg_limiter *local; /* (ref) process-wide local limiter */
     struct tg_sink *sink;     /* (ref) */
     struct tg_pool **pools;   /* one per cfg->upstreams[i] */

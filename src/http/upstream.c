@@ -69,6 +69,13 @@ struct tg_pool *tg_pool_create(struct tg_worker *w, const struct tg_upstream *u)
     p->name = strdup(u->name);
     p->url = strdup(u->url);
     p->host = strdup(u->host);
+    if (!p->name || !p->url || !p->host) {
+        free(p->name);
+        free(p->url);
+        free(p->host);
+        free(p);
+        return NULL;
+    }
     tg_pool_rebind(p, u);
     return p;
 }

@@ -615,10 +615,41 @@ static void test_duration(void **state)
     }
 }
 
+/* The table of backends: the local one is shared by every worker, never owned. */
+static void test_backend_table(void **state)
+{
+    (void)state;
+    const struct tg_limiter_backend_def *local = tg_limiter_backend_def(TG_LIMITER_LOCAL);
+    const struct tg_limiter_backend_def *redis = tg_limiter_backend_def(TG_LIMITER_REDIS);
+    assert_non_null(local);
+    assert_non_null(redis);
+    assert_string_equal(local->name, "local");
+    assert_true(local->shared);
+    assert_string_equal(redis->name, "redis");
+    assert_false(redis->shared);
+    assert_null(tg_limiter_backend_def((enum tg_limiter_backend)99));
+
+    struct tg_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.limiter.backend = TG_LIMITER_LOCAL;
+    struct tg_limiter *shared = tg_limiter_local_create(1);
+    assert_non_null(shared);
+    const struct tg_limiter_env env = {.cfg = &cfg, .local = shared, .fallback = shared};
+    bool own = true;
+    char err[TG_ERR_LEN] = "";
+    assert_ptr_equal(tg_limiter_for_worker(&env, &own, err), shared);
+    assert_false(own);
+    cfg.limiter.backend = (enum tg_limiter_backend)99;
+    assert_null(tg_limiter_for_worker(&env, &own, err));
+    assert_string_equal(err, "unknown limiter backend 99");
+    tg_limiter_destroy(shared);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_capacity),
+        cmocka_unit_test(test_backend_table),
         cmocka_unit_test(test_refill),
         cmocka_unit_test(test_time_to),
         cmocka_unit_test(test_check_all_or_nothing),
