@@ -90,8 +90,8 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     bool stop_accepting = w->stop_accepting, stop = w->stop;
     pthread_mutex_unlock(&w->mu);
     if (cfg && rebuild_pools(w, cfg) != 0) {
-        tg_log_error("worker %d: out of memory for the new config's upstreams; it keeps the old one",
-                     w->id);
+        tg_log_error(
+            "worker %d: out of memory for the new config's upstreams; it keeps the old one", w->id);
         tg_config_unref(cfg);
     } else if (cfg) {
         tg_config_unref(w->cfg);

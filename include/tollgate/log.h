@@ -14,6 +14,10 @@ void tg_log(enum tg_log_level level, const char *fmt, ...) TG_PRINTF(2, 3);
 #define tg_log_info(...) tg_log(TG_LOG_INFO, __VA_ARGS__)
 #define tg_log_warn(...) tg_log(TG_LOG_WARN, __VA_ARGS__)
 #define tg_log_error(...) tg_log(TG_LOG_ERROR, __VA_ARGS__)
+/* A line about one request, its id and tenant first (NULL tenant: "-"):
+ * "request 01J... tenant acme: upstream models did not answer in time". */
+#define tg_log_req(level, id, tenant, fmt, ...)                                                    \
+    tg_log((level), "request %s tenant %s: " fmt, (id), (tenant) ? (tenant) : "-", ##__VA_ARGS__)
 
 /* Opens the access log: "" = stderr. Replaces an open one. Returns 0 or -1
  * with err set. */

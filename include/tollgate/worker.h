@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <openssl/ssl.h>
 #include <event2/event.h>
+#include "tollgate/admission.h"
 #include "tollgate/config.h"
 #include "tollgate/limiter.h"
 #include "tollgate/usage.h"
@@ -27,6 +28,7 @@ struct tg_worker {
     bool own_limiter;
     struct event *limiter_tick; /* calls limiter->ops->tick, for backends that have one */
     struct tg_limiter *local; /* (ref) process-wide local limiter */
+    struct tg_admission admission;
     struct tg_sink *sink;     /* (ref) */
     struct tg_pool **pools;   /* one per cfg->upstreams[i] */
     size_t npools;

@@ -144,6 +144,8 @@ void req_release(struct tg_conn *c)
     struct tg_req *r = c->req;
     if (r == NULL) return;
     if (r->checking) tg_limiter_cancel(c->w->limiter, c);
+    if (r->admit.waiting) tg_admission_cancel(&c->w->admission, &r->admit);
+    tg_admission_release(&c->w->admission, &r->admit);
     if (r->acquiring && r->pool) tg_pool_cancel(r->pool, c);
     if (r->up) {
         up_detach(c, r->up);
@@ -305,7 +307,10 @@ static bool req_begin(struct tg_conn *c)
     r->body_too_large = false;
     r->fwd_len = 0;
     r->route = NULL;
+    r->upstream = NULL;
     r->tenant = NULL;
+    r->refused = false;
+    memset(&r->admit, 0, sizeof(r->admit));
     memset(&r->info, 0, sizeof(r->info));
     memset(&r->est, 0, sizeof(r->est));
     r->lreq.n = 0;

@@ -1,5 +1,6 @@
 /* A client connection and the request under way on it: the state the request path's files share.
- * The path runs client.c -> judge.c -> forward.c -> pump.c -> report.c; io.c moves the bytes. */
+ * The path runs client.c -> judge.c -> forward.c -> pump.c -> report.c; io.c moves the bytes.
+ * judge.c calls the router, accounting (reserve) and admission; report.c accounting (commit). */
 #ifndef TOLLGATE_PROXY_CONN_H
 #define TOLLGATE_PROXY_CONN_H
 
@@ -17,6 +18,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <openssl/crypto.h>
+#include "tollgate/accounting.h"
 #include "tollgate/auth.h"
 #include "tollgate/cost.h"
 #include "tollgate/http.h"
@@ -25,6 +27,7 @@
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
 #include "tollgate/proxy.h"
+#include "tollgate/router.h"
 #include "tollgate/upstream.h"
 #include "tollgate/worker.h"
 #include "tollgate/headbuf.h"
@@ -71,12 +74,15 @@ struct tg_req {
     char *fwd_body; /* body with usage requested, when rewritten */
     size_t fwd_len;
     const struct tg_route *route;
+    const struct tg_upstream *upstream; /* the router's pick, once the model is known */
     const struct tg_tenant *tenant;
     uint8_t key_digest[32];
     struct tg_request_info info;
     struct tg_cost est;
     struct tg_limit_req lreq;
-    int denied; /* index of the bucket that denied, or -1 */
+    struct tg_admit_ticket admit;
+    bool refused; /* held back by admission after the check: charged nothing */
+    int denied;   /* index of the bucket that denied, or -1 */
     bool checking, charged, acquiring, retried;
     int64_t t_lim_us;
     int waited_ms;
@@ -166,10 +172,11 @@ void idle_enter(struct tg_conn *c);
 bool reserve_head(char **buf, size_t *cap, size_t need);
 ssize_t scan_head(struct evbuffer *in, struct tg_http_scan *s);
 
-/* judge.c: judging a request read whole: its cost estimated, its buckets checked, a denied one
- * waiting for room */
+/* judge.c: judging a request read whole: its cost estimated, its upstream picked, its estimate
+ * reserved (a denied one waiting for room), its admission acquired */
 void on_request_complete(struct tg_conn *c);
 void run_check(struct tg_conn *c);
+void on_admit(void *arg, enum tg_admit_status status);
 
 /* forward.c: forwarding: an upstream connection for the request, and the request written to it */
 void start_forward(struct tg_conn *c);
@@ -184,6 +191,8 @@ void pump_body(struct tg_conn *c);
 /* report.c: the end of a request: settled, recorded, counted, logged (exactly once, whatever its
  * outcome) */
 void req_finish(struct tg_conn *c, enum tg_decision decision);
-TG_PRINTF(1, 2) void log_upstream_failure(const char *fmt, ...);
+/* Logs an upstream failure of request `r` (its id and tenant first), at most once a second per
+ * worker with the number of similar lines left out. */
+TG_PRINTF(2, 3) void log_upstream_failure(const struct tg_req *r, const char *fmt, ...);
 
 #endif

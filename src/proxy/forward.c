@@ -14,7 +14,7 @@ static struct tg_pool *pool_for(struct tg_worker *w, const struct tg_upstream *u
 void start_forward(struct tg_conn *c)
 {
     struct tg_req *r = c->req;
-    r->pool = pool_for(c->w, r->route->upstream);
+    r->pool = pool_for(c->w, r->upstream);
     if (r->pool == NULL) {
         r->upstream_failed = true;
         reply_error(c, 502, "server_error", "upstream_unavailable",
@@ -47,7 +47,7 @@ static enum fwd forward_kind(const char *name, size_t len)
 static void write_request(struct tg_conn *c)
 {
     struct tg_req *r = c->req;
-    const struct tg_upstream *u = r->route->upstream;
+    const struct tg_upstream *u = r->upstream;
     struct tg_http_msg *m = &r->msg;
     struct headbuf hb;
     hb_init(&hb, bufferevent_get_output(tg_upconn_bev(r->up)));
@@ -113,7 +113,7 @@ void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool timeout)
     struct tg_req *r = c->req;
     r->acquiring = false;
     if (up != NULL) {
-        int ms = r->route->upstream->response_timeout_ms;
+        int ms = r->upstream->response_timeout_ms;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         bufferevent_disable(tg_upconn_bev(up), EV_WRITE);
         if (!up_attach(c, up, &tv)) {
@@ -123,7 +123,7 @@ void on_upconn(void *arg, struct tg_upconn *up, const char *err, bool timeout)
         }
     }
     if (up == NULL) {
-        log_upstream_failure("request %s tenant %s: %s", r->id, r->tenant->name, err);
+        log_upstream_failure(r, "%s", err);
         r->upstream_failed = true;
         reply_error(c, 502, "server_error", "upstream_unavailable",
                     "The upstream model server could not be reached.", false, TG_DECISION_ERROR);

@@ -1,5 +1,5 @@
-/* Judging a request read whole: its cost estimated, its buckets checked, a denied one waiting for
- * room. */
+/* Judging a request read whole: its cost estimated, its upstream picked, its estimate reserved in
+ * its buckets (a denied one waiting for room), its admission acquired. */
 #include "conn.h"
 
 /* ---- judging ---- */
@@ -11,7 +11,9 @@ void run_check(struct tg_conn *c)
     struct tg_req *r = c->req;
     r->checking = true;
     r->t_lim_us = now_us();
-    if (tg_limiter_check(c->w->limiter, &r->lreq, on_limit, c) != 0 && r->checking) {
+    if (tg_account_reserve(c->w->limiter, r->tenant, &r->est, r->info.model, &r->lreq, on_limit,
+                           c) != 0 &&
+        r->checking) {
         struct tg_limit_result err = {.status = TG_LIMIT_ERROR, .denied = -1};
         on_limit(c, &err);
     }
@@ -47,8 +49,7 @@ void on_request_complete(struct tg_conn *c)
         r->fwd_body = tg_cost_request_usage_valid(r->body, r->body_len, &r->fwd_len);
         r->strip_usage = r->fwd_body != NULL;
     }
-    tg_limiter_plan(r->tenant, &r->est, r->info.model, &r->lreq);
-    r->lreq.tenant = r->tenant->name;
+    r->upstream = tg_router_pick(r->route, &r->info);
     run_check(c);
 }
 
@@ -64,7 +65,7 @@ static void on_limit(void *arg, const struct tg_limit_result *res)
     r->rl_len = tg_limiter_format_headers(&r->lreq, res, r->rl, sizeof(r->rl));
     if (res->status == TG_LIMIT_ALLOWED) {
         r->charged = true;
-        start_forward(c);
+        tg_admission_acquire(&c->w->admission, &r->admit, r->tenant, r->route, on_admit, c);
         return;
     }
     if (res->status == TG_LIMIT_DENIED && r->route->max_wait_ms > 0 &&
@@ -87,4 +88,22 @@ static void on_limit(void *arg, const struct tg_limit_result *res)
         r->rl_len = (size_t)snprintf(r->rl, sizeof(r->rl), "Retry-After: 1\r\n");
         reply_json(c, 503, body, n, false, TG_DECISION_ERROR);
     }
+}
+
+/* Admission answered: forward, or refuse without charging anything. */
+void on_admit(void *arg, enum tg_admit_status status)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = c->req;
+    if (status == TG_ADMIT_OK) {
+        start_forward(c);
+        return;
+    }
+    r->refused = true;
+    r->rl_len = 0;
+    reply_error(c, 429, "requests", "concurrency_limit_exceeded",
+                status == TG_ADMIT_TIMEOUT
+                    ? "The request waited as long as its route allows for a free slot."
+                    : "Too many requests of this tenant are under way. Please retry shortly.",
+                false, TG_DECISION_LIMITED);
 }

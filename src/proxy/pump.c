@@ -224,8 +224,7 @@ void up_event_cb(struct bufferevent *bev, short what, void *arg)
     r->upstream_failed = true;
     if (!r->resp_started) {
         bool timeout = (what & BEV_EVENT_TIMEOUT) != 0;
-        log_upstream_failure("request %s tenant %s: upstream %s %s", r->id, r->tenant->name,
-                             r->route->upstream->name,
+        log_upstream_failure(r, "upstream %s %s", r->upstream->name,
                              timeout        ? "did not answer in time"
                              : r->bad_reply ? "sent a reply that is not valid HTTP/1.1"
                                             : "closed the connection");
@@ -244,8 +243,7 @@ void up_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     /* Mid-stream: the client's reply ends here, without a clean end. */
-    log_upstream_failure("request %s tenant %s: upstream %s stream %s after %lld bytes", r->id,
-                         r->tenant->name, r->route->upstream->name,
+    log_upstream_failure(r, "upstream %s stream %s after %lld bytes", r->upstream->name,
                          r->bad_reply ? "broke its framing" : "cut", (long long)r->up_bytes);
     c->keep_alive = false;
     if (r->scanning) tg_scan_finish(&r->scan);

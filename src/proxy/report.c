@@ -7,7 +7,7 @@
 static __thread int64_t upstream_log_ms;
 static __thread long long upstream_log_skipped;
 
-TG_PRINTF(1, 2) void log_upstream_failure(const char *fmt, ...)
+TG_PRINTF(2, 3) void log_upstream_failure(const struct tg_req *r, const char *fmt, ...)
 {
     int64_t now = tg_now_mono_ms();
     if (upstream_log_ms && now - upstream_log_ms < UPSTREAM_LOG_EVERY_MS) {
@@ -19,10 +19,12 @@ TG_PRINTF(1, 2) void log_upstream_failure(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
+    const char *tenant = r->tenant ? r->tenant->name : NULL;
     if (upstream_log_skipped)
-        tg_log_warn("%s (%lld similar in the last second not logged)", line, upstream_log_skipped);
+        tg_log_req(TG_LOG_WARN, r->id, tenant, "%s (%lld similar in the last second not logged)",
+                   line, upstream_log_skipped);
     else
-        tg_log_warn("%s", line);
+        tg_log_req(TG_LOG_WARN, r->id, tenant, "%s", line);
     upstream_log_ms = now;
     upstream_log_skipped = 0;
 }
@@ -42,22 +44,15 @@ static void settle(struct tg_conn *c, enum tg_decision decision, struct tg_cost 
     bool reported = usage && (usage->have_tokens || usage->have_video);
     bool delivered = r->resp_head && r->umsg.status < 500;
     bool nothing_delivered = r->status == 499 && !r->resp_started;
-    if (r->bodyless || (decision == TG_DECISION_ERROR && !delivered && !reported &&
-                        (r->upstream_failed || nothing_delivered))) {
-        memset(actual, 0, sizeof(*actual));
-        actual->u[TG_UNIT_REQUESTS] = TG_MICRO;
-    } else {
-        static const struct tg_usage none;
-        tg_cost_actual(r->route->cost, r->cfg->costs.chars_per_token, &r->info,
-                       usage ? usage : &none, actual);
-    }
-    int64_t delta[TG_MAX_BUCKETS];
-    bool any = false;
-    for (size_t i = 0; i < r->lreq.n; i++) {
-        delta[i] = actual->u[r->lreq.b[i].limit->unit] - r->lreq.b[i].cost_u;
-        any = any || delta[i] != 0;
-    }
-    if (any) tg_limiter_settle(c->w->limiter, &r->lreq, delta);
+    const struct tg_outcome out = {
+        .refused = r->refused,
+        .bodyless = r->bodyless,
+        .failed_undelivered = decision == TG_DECISION_ERROR && !delivered && !reported &&
+                              (r->upstream_failed || nothing_delivered),
+        .usage = usage,
+    };
+    tg_account_actual(r->route->cost, r->cfg->costs.chars_per_token, &r->info, &out, actual);
+    (void)tg_account_commit(c->w->limiter, &r->lreq, actual);
     r->charged = false;
 }
 
@@ -179,7 +174,7 @@ void req_finish(struct tg_conn *c, enum tg_decision decision)
     }
     rec.route = r->route ? r->route->path : NULL;
     rec.model = r->info.model;
-    rec.upstream = r->tup_us ? r->route->upstream->name : NULL;
+    rec.upstream = r->tup_us ? r->upstream->name : NULL;
     rec.status = r->status;
     rec.stream = r->info.stream;
     rec.decision = decision;
