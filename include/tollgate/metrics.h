@@ -66,7 +66,7 @@ struct tg_metric_series;
  * zero until updated. The handle stays valid for the life of the process but
  * belongs to the calling thread: only that thread may update through it. The
  * label values are copied; the caller's strings may go away. */
-struct tg_metric_series *tg_metrics_series(enum tg_metric m, const char *const *labels);
+struct tg_metric_series *tg_metrics_series(enum tg_metric m, const char *const *labels) TG_WUR;
 /* tg_metrics_add through a handle of the calling thread (counter or gauge). */
 void tg_metrics_series_add(struct tg_metric_series *s, double v);
 /* tg_metrics_observe through a handle of the calling thread (histogram). */

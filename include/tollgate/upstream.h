@@ -12,7 +12,7 @@ struct tg_upconn;
 /* Called once with a connected connection, or with NULL and a reason. */
 typedef void (*tg_pool_cb)(void *arg, struct tg_upconn *c, const char *err, bool timeout);
 
-struct tg_pool *tg_pool_create(struct tg_worker *w, const struct tg_upstream *u);
+struct tg_pool *tg_pool_create(struct tg_worker *w, const struct tg_upstream *u) TG_WUR;
 /* Gives a connection: an idle keep-alive one, a new one, or the next one freed
  * when max_connections are busy. `cb` may run before this returns. */
 void tg_pool_acquire(struct tg_pool *p, tg_pool_cb cb, void *arg);
