@@ -1,7 +1,8 @@
-/* Definitions shared by every module: unit names, clocks, thread scheduling. */
+/* Definitions shared by every module: unit names, clocks, thread scheduling, growing buffers. */
 #include <pthread.h>
 #include <sched.h>
 #include <time.h>
+#include "tollgate/buf.h"
 #include "tollgate/common.h"
 
 static const char *const unit_names[TG_UNIT_COUNT] = {"requests", "tokens", "video_seconds"};
@@ -59,4 +60,21 @@ void tg_thread_foreground(void)
 {
     struct sched_param sp = {0};
     (void)pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp);
+}
+
+bool tg_grow(void *p, size_t *cap, size_t need, size_t size, size_t min)
+{
+    if (need <= *cap) return true;
+    size_t ncap = *cap ? *cap : (min ? min : 1);
+    while (ncap < need) {
+        if (ncap > SIZE_MAX / 2) return false;
+        ncap *= 2;
+    }
+    if (size && ncap > SIZE_MAX / size) return false;
+    void **slot = p;
+    void *np = realloc(*slot, ncap * size);
+    if (np == NULL) return false;
+    *slot = np;
+    *cap = ncap;
+    return true;
 }

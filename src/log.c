@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "tollgate/buf.h"
 #include "tollgate/log.h"
 
 static volatile int log_level = TG_LOG_INFO;
@@ -164,17 +165,9 @@ void tg_log_access(const char *line, size_t len)
         pthread_mutex_unlock(&acc.mu);
         return;
     }
-    if (acc.len + len + 1 > acc.cap) {
-        size_t cap = acc.cap ? acc.cap : 65536;
-        while (cap < acc.len + len + 1)
-            cap *= 2;
-        char *nb = realloc(acc.buf, cap);
-        if (nb == NULL) {
-            pthread_mutex_unlock(&acc.mu);
-            return;
-        }
-        acc.buf = nb;
-        acc.cap = cap;
+    if (!tg_grow(&acc.buf, &acc.cap, acc.len + len + 1, 1, 65536)) {
+        pthread_mutex_unlock(&acc.mu);
+        return;
     }
     memcpy(acc.buf + acc.len, line, len);
     acc.buf[acc.len + len] = '\n';

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <event2/buffer.h>
+#include "tollgate/buf.h"
 #include "tollgate/metrics.h"
 
 enum mtype { M_COUNTER, M_GAUGE, M_HISTOGRAM };
@@ -407,10 +408,7 @@ static void collect(struct table *t, enum tg_metric m, struct agg **out, size_t 
     for (size_t i = 0; i < t->cap; i++) {
         struct tg_metric_series *s = t->slots[i];
         if (s == NULL || s->metric != m) continue;
-        if (*n == *cap) {
-            *cap = *cap ? *cap * 2 : 16;
-            *out = realloc(*out, *cap * sizeof(**out));
-        }
+        if (!tg_grow(out, cap, *n + 1, sizeof(**out), 16)) return; /* out of memory: a shorter page */
         struct agg *a = &(*out)[(*n)++];
         a->key = s->key;
         a->value = load_double(&s->value);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "tollgate/buf.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
 #include "tollgate/usage.h"
@@ -28,11 +29,6 @@
 /* A batch buffer bigger than this is freed after use rather than kept. */
 #define FILE_KEEP_BUFFER (4u * 1024 * 1024)
 
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-
 struct fsink {
     struct tg_sink base;
     pthread_mutex_t mu;
@@ -41,8 +37,8 @@ struct fsink {
     pthread_t thread;
     char *path;
     int fd;             /* owned by the writer once it runs */
-    struct buf pending; /* appended by submit() */
-    struct buf batch;   /* being written by the writer */
+    struct tg_buf pending; /* appended by submit() */
+    struct tg_buf batch;   /* being written by the writer */
     size_t batch_off;   /* bytes of batch already written */
     size_t batch_left;  /* batch.len - batch_off, as the writer last saw it */
     bool idle, stop, reopen;
@@ -160,7 +156,7 @@ static void *writer_main(void *arg)
             pthread_mutex_lock(&f->mu);
         }
         if (f->batch.len == 0 && f->pending.len > 0) {
-            struct buf t = f->batch;
+            struct tg_buf t = f->batch;
             f->batch = f->pending;
             f->pending = t;
             f->batch_off = 0;
@@ -190,7 +186,7 @@ static void *writer_main(void *arg)
             f->batch.len = f->batch_off = 0;
             if (f->batch.cap > FILE_KEEP_BUFFER) {
                 free(f->batch.p);
-                f->batch = (struct buf){0};
+                f->batch = (struct tg_buf){0};
             }
             backoff = 0;
         }
@@ -234,17 +230,8 @@ static int file_submit(struct tg_sink *s, const char *json, size_t len, const ch
     size_t need = f->pending.len + len + 1;
     if (queued + len + 1 > FILE_HARD_MAX) {
         rc = -1;
-    } else if (need > f->pending.cap) {
-        size_t ncap = f->pending.cap ? f->pending.cap : 4096;
-        while (ncap < need)
-            ncap *= 2;
-        char *np = realloc(f->pending.p, ncap);
-        if (np == NULL) {
-            rc = -1;
-        } else {
-            f->pending.p = np;
-            f->pending.cap = ncap;
-        }
+    } else if (!tg_grow(&f->pending.p, &f->pending.cap, need, 1, 4096)) {
+        rc = -1;
     }
     if (rc == 0) {
         memcpy(f->pending.p + f->pending.len, json, len);

@@ -342,17 +342,9 @@ static void on_req_body(void *arg, const char *data, size_t len)
         r->body_too_large = true;
         return;
     }
-    if (r->body_len + len + 1 > r->body_cap) {
-        size_t cap = r->body_cap ? r->body_cap : 4096;
-        while (cap < r->body_len + len + 1)
-            cap *= 2;
-        char *nb = realloc(r->body, cap);
-        if (nb == NULL) {
-            r->body_too_large = true;
-            return;
-        }
-        r->body = nb;
-        r->body_cap = cap;
+    if (!tg_grow(&r->body, &r->body_cap, r->body_len + len + 1, 1, 4096)) {
+        r->body_too_large = true;
+        return;
     }
     memcpy(r->body + r->body_len, data, len);
     r->body_len += len;
@@ -493,15 +485,7 @@ static void on_head(struct tg_conn *c)
 /* Grows a head copy buffer to hold `need` bytes. */
 bool reserve_head(char **buf, size_t *cap, size_t need)
 {
-    if (need <= *cap) return true;
-    size_t ncap = *cap ? *cap : 2048;
-    while (ncap < need)
-        ncap *= 2;
-    char *nb = realloc(*buf, ncap);
-    if (nb == NULL) return false;
-    *buf = nb;
-    *cap = ncap;
-    return true;
+    return tg_grow(buf, cap, need, 1, 2048);
 }
 
 /* Scans the bytes of a head that arrived since the last call: its length

@@ -20,6 +20,7 @@
 #include <openssl/crypto.h>
 #include "tollgate/accounting.h"
 #include "tollgate/auth.h"
+#include "tollgate/buf.h"
 #include "tollgate/cost.h"
 #include "tollgate/http.h"
 #include "tollgate/http_path.h"

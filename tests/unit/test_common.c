@@ -5,8 +5,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include "tollgate/buf.h"
 #include "tollgate/common.h"
 #include "tollgate/jsonw.h"
 
@@ -115,10 +117,44 @@ static void test_jsonw_str_words_agree_with_bytes(void **state)
     }
 }
 
+/* Growing doubles from the first size until the need fits; a failure changes nothing. */
+static void test_grow_and_buf(void **state)
+{
+    (void)state;
+    int *a = NULL;
+    size_t cap = 0;
+    assert_true(tg_grow(&a, &cap, 1, sizeof(*a), 16));
+    assert_int_equal(cap, 16);
+    a[15] = 7;
+    assert_true(tg_grow(&a, &cap, 16, sizeof(*a), 16)); /* already fits */
+    assert_int_equal(cap, 16);
+    assert_true(tg_grow(&a, &cap, 100, sizeof(*a), 16));
+    assert_int_equal(cap, 128);
+    assert_int_equal(a[15], 7);
+    int *keep = a;
+    assert_false(tg_grow(&a, &cap, SIZE_MAX / 2, sizeof(*a), 16)); /* would overflow */
+    assert_ptr_equal(a, keep);
+    assert_int_equal(cap, 128);
+    free(a);
+
+    struct tg_buf b = {0};
+    for (int i = 0; i < 1000; i++)
+        assert_true(tg_buf_append(&b, "abc", 3, 64));
+    assert_int_equal(b.len, 3000);
+    assert_int_equal(b.cap, 4096);
+    assert_memory_equal(b.p + 2997, "abc", 3);
+    assert_false(tg_buf_reserve(&b, SIZE_MAX - 10, 64));
+    assert_int_equal(b.len, 3000);
+    tg_buf_free(&b);
+    assert_null(b.p);
+    assert_int_equal(b.cap, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fmt_int_matches_printf),
+        cmocka_unit_test(test_grow_and_buf),
         cmocka_unit_test(test_jsonw_str_escapes),
         cmocka_unit_test(test_jsonw_str_words_agree_with_bytes),
     };
