@@ -168,6 +168,34 @@ ssize_t tg_http_scan_head(struct tg_http_scan *s, const char *data, size_t len)
 
 /* ---- the head ---- */
 
+/* A Host value (RFC 9112 3.2, RFC 3986 3.2.2): uri-host [ ":" port ], where
+ * the host is a reg-name (unreserved, pct-encoded, sub-delims), an IPv4
+ * address or a bracketed IP literal; empty is allowed. Judged by its bytes:
+ * whitespace, '/', '?', '#', '@' and the like make it invalid. */
+static bool host_char(unsigned char ch)
+{
+    return IS(ch, R) && strchr("\"<>[]\\^`{|}/?#@:", ch) == NULL;
+}
+
+static bool host_valid(const char *v, size_t n)
+{
+    size_t i = 0;
+    if (n > 0 && v[0] == '[') { /* an IP literal: IPv6 or IPvFuture */
+        for (i = 1; i < n && v[i] != ']'; i++)
+            if (!host_char((unsigned char)v[i]) && v[i] != ':') return false;
+        if (i == n || i == 1) return false;
+        i++;
+    } else {
+        while (i < n && host_char((unsigned char)v[i]))
+            i++;
+    }
+    if (i == n) return true;
+    if (v[i] != ':') return false;
+    for (i++; i < n; i++)
+        if (v[i] < '0' || v[i] > '9') return false;
+    return true;
+}
+
 void tg_http_msg_init(struct tg_http_msg *m, enum tg_http_kind kind, tg_http_body_fn body_fn,
                       void *arg)
 {
@@ -388,7 +416,10 @@ enum tg_http_result tg_http_parse_head(struct tg_http_msg *m, const char *head, 
         if (nh == TG_HTTP_MAX_HEADERS) return TG_HTTP_TOO_MANY_HEADERS;
         switch (nlen) {
         case 4:
-            if (tg_http_lc_is(name, nlen, "host")) hosts++;
+            if (tg_http_lc_is(name, nlen, "host")) {
+                if (m->kind == TG_HTTP_REQUEST && !host_valid(value, vlen)) return TG_HTTP_BAD_HOST;
+                hosts++;
+            }
             break;
         case 6:
             if (tg_http_lc_is(name, nlen, "expect") && tg_http_name_is(value, vlen, "100-continue"))

@@ -355,7 +355,8 @@ static void read_body(struct tg_conn *c);
 /* Puts the request target in the form it is routed and forwarded in: the
  * path in normal form (so that a route is chosen on the path the upstream
  * serves: "/v1/models/../chat/completions" is the chat route), the query
- * checked. False when the request was refused. */
+ * checked. False when the request was refused (400, and the connection is
+ * closed: a client that sends such a target is not trusted with the next). */
 static bool route_target(struct tg_conn *c)
 {
     struct tg_req *r = c->req;
@@ -370,7 +371,7 @@ static bool route_target(struct tg_conn *c)
     if (n < 0) {
         char msg[160];
         snprintf(msg, sizeof(msg), "The request path is not valid: %s.", why);
-        reply_error(c, 400, "invalid_request_error", "invalid_path", msg, !m->done,
+        reply_error(c, 400, "invalid_request_error", "invalid_path", msg, true,
                     TG_DECISION_REJECTED);
         return false;
     }
@@ -381,7 +382,7 @@ static bool route_target(struct tg_conn *c)
         r->query_len = m->target_len - plen - 1;
         if (!tg_http_query_valid(r->query, r->query_len)) {
             reply_error(c, 400, "invalid_request_error", "invalid_path",
-                        "The request query holds bytes a URI may not hold.", !m->done,
+                        "The request query holds bytes a URI may not hold.", true,
                         TG_DECISION_REJECTED);
             return false;
         }

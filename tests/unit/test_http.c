@@ -117,6 +117,14 @@ static void test_request_heads(void **state)
     assert_int_equal(m.method, TG_HTTP_CONNECT);
     assert_int_equal(parse(TG_HTTP_REQUEST, "get / HTTP/1.1\r\nHost: a\r\n\r\n", &m, &b), TG_HTTP_OK);
     assert_int_equal(m.method, TG_HTTP_OTHER); /* methods are case-sensitive */
+    /* Host values: a name, an IPv4 or bracketed IPv6 address, a port; or empty */
+    static const char *const hosts[] = {"gw.example.com:8080", "127.0.0.1", "[::1]:443",
+                                        "[v1.x]", "my_host-1%41", ""};
+    for (size_t i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++) {
+        char head[128];
+        snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", hosts[i]);
+        assert_int_equal(parse(TG_HTTP_REQUEST, head, &m, &b), TG_HTTP_OK);
+    }
 
     /* Connection options name headers to drop */
     assert_int_equal(parse(TG_HTTP_REQUEST,
@@ -177,6 +185,13 @@ static void test_refused_request_heads(void **state)
         {"GET / HTTP/1.1\r\n\r\n", TG_HTTP_BAD_HOST},
         {"GET / HTTP/1.1\r\nX: y\r\n\r\n", TG_HTTP_BAD_HOST},
         {"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", TG_HTTP_BAD_HOST},
+        {"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", TG_HTTP_BAD_HOST}, /* not a uri-host */
+        {"GET / HTTP/1.1\r\nHost: x/y\r\n\r\n", TG_HTTP_BAD_HOST},
+        {"GET / HTTP/1.1\r\nHost: u@h\r\n\r\n", TG_HTTP_BAD_HOST},
+        {"GET / HTTP/1.1\r\nHost: h:80x\r\n\r\n", TG_HTTP_BAD_HOST},
+        {"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", TG_HTTP_BAD_HOST},
+        {"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", TG_HTTP_BAD_HOST},
+        {"GET / HTTP/1.1\r\nHost: h\xc3\xa9\r\n\r\n", TG_HTTP_BAD_HOST},
         {"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", TG_HTTP_BAD_HOST},
         /* lengths and codings */
         {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
