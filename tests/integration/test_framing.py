@@ -4,6 +4,7 @@ RawUpstream that records exactly what it receives. Each refused request must get
 upstream framed exactly as a strict reader reads the client's bytes."""
 import json
 import os
+import re
 import socket
 import time
 
@@ -77,14 +78,20 @@ def exchange(raw, timeout=5.0, method="GET", pieces=None, gap=0.0):
         return r, r.t_head - t0, (c.closed_by_peer(2.0) if r.status >= 400 else None)
 
 
+def short(raw):
+    """raw for a message: its start and its end."""
+    return repr(raw) if len(raw) <= 200 else "%r...%r" % (raw[:100], raw[-100:])
+
+
 def refused(raw, status, prompt=PROMPT, **kw):
     """Asserts raw is answered with `status` (an OpenAI-shaped error) within `prompt`
     seconds, the connection closed after it, and nothing reached the upstream."""
     up.reset()
+    what = short(raw)
     r, took, closed = exchange(raw, **kw)
-    assert r.status == status, "%r: got %d %s, wanted %d" % (raw[:120], r.status, r.text[:200], status)
-    assert took < prompt, "%r: answered after %.2fs" % (raw[:120], took)
-    assert closed, "%r: the connection stayed open after %d" % (raw[:120], status)
+    assert r.status == status, "%s: got %d %s, wanted %d" % (what, r.status, r.text[:200], status)
+    assert took < prompt, "%s: answered after %.2fs" % (what, took)
+    assert closed, "%s: the connection stayed open after %d" % (what, status)
     assert "error" in r.json(), r.text
     up.assert_nothing_received()
     return r
@@ -96,7 +103,7 @@ def accepted(raw, n=1, method="POST", reply=None):
     with h.Conn(tg.port, timeout=5) as c:
         c.send(raw)
         r = c.read_response(method)
-    assert 200 <= r.status < 300, "%r: got %d %s" % (raw[:120], r.status, r.text[:300])
+    assert 200 <= r.status < 300, "%s: got %d %s" % (short(raw), r.status, r.text[:300])
     got = up.wait_requests(n)
     time.sleep(0.05)
     assert len(up.requests) == n, up.requests
@@ -167,6 +174,132 @@ def test_whitespace_in_or_before_field_names_is_400():
     # The first header line starting with whitespace.
     refused(b"GET /v1/models HTTP/1.1\r\n Host: x\r\nAuthorization: Bearer " + KEY + b"\r\n\r\n", 400)
     refused(b"GET /v1/models HTTP/1.1\r\n\tX-A: 1\r\nHost: x\r\nAuthorization: Bearer " + KEY + b"\r\n\r\n", 400)
+
+
+# ---------------------------------------------------------------------------
+# bodies: chunked framing and codings
+
+def chunked_req(body, headers=()):
+    return req("POST", "/v1/chat/completions", [("Content-Type", "application/json"),
+                                                ("Transfer-Encoding", "chunked")] + list(headers), body)
+
+
+def test_chunk_data_not_followed_by_crlf_is_400():
+    half = len(CHAT) // 2
+    a, b = CHAT[:half], CHAT[half:]
+    refused(chunked_req(b"%x\r\n%sXX%x\r\n%s\r\n0\r\n\r\n" % (len(a), a, len(b), b)), 400)
+    refused(chunked_req(b"%x\r\n%s%x\r\n%s\r\n0\r\n\r\n" % (len(a), a, len(b), b)), 400)
+    refused(chunked_req(b"%x\r\n%s\n%x\r\n%s\r\n0\r\n\r\n" % (len(a), a, len(b), b)), 400)
+    refused(chunked_req(b"%x\r\n%s\r\n0\r\n\r\n" % (len(CHAT) - 1, CHAT)), 400)  # one byte too many
+
+
+def test_transfer_codings_other_than_chunked():
+    body = h.chunked(CHAT)
+    refused(req("POST", "/v1/chat/completions", [("Transfer-Encoding", "gzip, chunked")], body), 501)
+    refused(req("POST", "/v1/chat/completions", [("Transfer-Encoding", "gzip"),
+                                                 ("Transfer-Encoding", "chunked")], body), 501)
+    # chunked not last, or twice: the length cannot be known at all (RFC 9112 6.3).
+    refused(req("POST", "/v1/chat/completions", [("Transfer-Encoding", "chunked, gzip")], body), 400)
+    refused(req("POST", "/v1/chat/completions", [("Transfer-Encoding", "chunked, chunked")], body), 400)
+
+
+def test_chunk_extensions_valid_ones_are_accepted():
+    half = len(CHAT) // 2
+    a, b = CHAT[:half], CHAT[half:]
+    for ext in (b";name=value", b';name="quoted"', b';n="q \\" \\\\ x"', b";a", b";a=1;b=2;c"):
+        raw = chunked_req(b"%x%s\r\n%s\r\n%x%s\r\n%s\r\n0%s\r\n\r\n" % (len(a), ext, a, len(b), ext, b, ext))
+        r, [m] = accepted(raw)
+        assert m.body == CHAT, (ext, m.body[:100])
+        assert m.framing == "length" and m.chunk_exts == []
+        assert b";" not in up.received().split(b"\r\n\r\n", 1)[0].split(b"\r\n", 1)[0]
+
+
+def test_chunk_extensions_with_bws_are_accepted():
+    # RFC 9112 7.1.1: BWS around ';' and '=' is part of the grammar (a recipient parses
+    # and drops it).
+    r, [m] = accepted(chunked_req(b"%x ; a = b\r\n%s\r\n0\r\n\r\n" % (len(CHAT), CHAT)))
+    assert m.body == CHAT
+
+
+# FAILS until codec fix: chunk extensions are not validated yet (each of these was
+# accepted and forwarded).
+def test_chunk_extensions_invalid_ones_are_400():
+    wrong = []
+    for ext in (b";", b";=v", b'; "quoted"', b';a="open', b";a=", b";a b", b';a="x"y', b";a=\x01"):
+        for where, body in (("data chunk", b"%x%s\r\n%s\r\n0\r\n\r\n" % (len(CHAT), ext, CHAT)),
+                            ("last chunk", b"%x\r\n%s\r\n0%s\r\n\r\n" % (len(CHAT), CHAT, ext))):
+            try:
+                refused(chunked_req(body), 400)
+            except AssertionError as e:
+                m = re.search(r"got \d+|answered after \S+|stayed open|forwarded upstream", str(e))
+                wrong.append("%r on the %s: %s" % (ext, where, m.group(0) if m else str(e)[-80:]))
+    assert not wrong, "invalid chunk extensions not refused:\n" + "\n".join(wrong)
+
+
+# ---------------------------------------------------------------------------
+# the request line and the head's size
+
+def test_too_many_headers_is_431_at_once():
+    # 10,000 tiny header lines (60 KB, under the 64 KiB head limit), the head not ended:
+    # a reader that only counts lines once the head is whole would wait for the header
+    # timeout (20 s here).
+    many = b"a: b\r\n" * 10000
+    assert len(many) < 64 * 1024
+    refused(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + many, 431)
+    refused(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n", 431)
+    # 128 is the bound: 127 headers besides Host pass.
+    r, [m] = accepted(req("GET", "/v1/models", [b"a%d: b" % i for i in range(126)]), method="GET")
+
+
+def test_long_request_line_is_414_at_once():
+    line = b"GET /v1/models?q=" + b"a" * (9 * 1024)
+    refused(line, 414)                                   # the line not even ended
+    refused(line + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414)
+
+
+# FAILS until codec fix: `GET /v1/models\r\n` (the HTTP/0.9 form) waits for the header
+# timeout instead of a 400 at once.
+def test_request_line_without_version_is_400_at_once():
+    refused(b"GET /v1/models\r\n", 400)
+
+
+def test_request_line_without_version_then_blank_line_is_400():
+    refused(b"GET /v1/models\r\n\r\n", 400)
+    refused(b"GET /v1/models\r\nHost: x\r\n\r\n", 400)
+
+
+def test_unsupported_versions_are_505():
+    for v in (b"HTTP/2.0", b"HTTP/1.2", b"HTTP/3.0"):
+        refused(req("GET", "/v1/models", version=v), 505)
+
+
+def test_malformed_request_lines_are_400():
+    for line in (b"GET  /v1/models HTTP/1.1", b"GET /v1/models  HTTP/1.1", b"GET\t/v1/models HTTP/1.1",
+                 b"GET /v1/models\tHTTP/1.1", b" GET /v1/models HTTP/1.1", b"GET /v1/models HTTP/1.1 ",
+                 b"G(T /v1/models HTTP/1.1", b"GET /v1/models http/1.1", b"GET /v1/models HTTP/1"):
+        refused(line + b"\r\nHost: x\r\nAuthorization: Bearer " + KEY + b"\r\n\r\n", 400)
+
+
+def test_host_header_count():
+    refused(req("GET", "/v1/models", host=None), 400)
+    refused(req("GET", "/v1/models", [("Host", "y")]), 400)
+    refused(req("GET", "/v1/models", [("Host", "x")]), 400)  # even the same value twice
+    # HTTP/1.0 needs none.
+    r, [m] = accepted(req("GET", "/v1/models", version="HTTP/1.0", host=None), method="GET")
+    assert m.version == "HTTP/1.1"
+
+
+def test_absolute_form_target_is_routed_on_its_path():
+    raw = cl_req("POST", "http://elsewhere.example/v1/chat/completions?x=1", CHAT,
+                 [("Content-Type", "application/json")])
+    r, [m] = accepted(raw)
+    assert m.target == "/v1/chat/completions?x=1", m.target
+    assert m.headers.get_all("host") == ["127.0.0.1:%d" % up.port]
+    assert m.body == CHAT
+    # The path of an absolute-form target is normalised like any other.
+    r, [m] = accepted(cl_req("POST", "http://h/v1/models/../chat/completions", CHAT,
+                             [("Content-Type", "application/json")]))
+    assert m.target == "/v1/chat/completions", m.target
 
 
 if __name__ == "__main__":
