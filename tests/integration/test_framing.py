@@ -516,5 +516,120 @@ def test_upstream_sse_cut_after_head_cuts_the_client():
     assert b"\r\n0\r\n\r\n" not in got
 
 
+# ---------------------------------------------------------------------------
+# lengths, bytes and what follows a refused request
+
+def test_length_smuggling_and_bad_bytes_are_400():
+    smuggled = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY + b"\r\n\r\n"
+    body = h.chunked(CHAT)
+    for raw in (
+            req("POST", "/v1/chat/completions", [("Content-Length", len(body)), ("Transfer-Encoding", "chunked")], body),
+            req("POST", "/v1/chat/completions", [("Transfer-Encoding", "chunked"), ("Content-Length", "5")], body),
+            req("POST", "/v1/chat/completions", [("Content-Length", len(CHAT)), ("Content-Length", len(CHAT))], CHAT),
+            req("POST", "/v1/chat/completions", [("Content-Length", "%d, %d" % (len(CHAT), len(CHAT)))], CHAT),
+            req("POST", "/v1/chat/completions", [("Content-Length", "+%d" % len(CHAT))], CHAT),
+            req("POST", "/v1/chat/completions", [("Content-Length", "0x10")], CHAT),
+            req("POST", "/v1/chat/completions", [("Content-Length", "-1")], CHAT),
+            req("POST", "/v1/chat/completions", [("Transfer-Encoding", "chunked")], b"-5\r\nhello\r\n0\r\n\r\n"),
+            req("POST", "/v1/chat/completions", [("Transfer-Encoding", "chunked")], b"0x5\r\nhello\r\n0\r\n\r\n"),
+            req("POST", "/v1/chat/completions", [("Transfer-Encoding", "chunked")], b"5 \r\nhello\r\n0\r\n\r\n"),
+            req("POST", "/v1/chat/completions", [("Transfer-Encoding", "chunked")],
+                b"1" + b"0" * 17 + b"\r\nhello\r\n0\r\n\r\n"),
+            req("POST", "/v1/chat/completions", [("Transfer-Encoding", "chunked")],
+                b"%x\r\n%s\r\n0\r\nX-T: a\r\n b\r\n\r\n" % (len(CHAT), CHAT)),      # folded trailer
+            req("POST", "/v1/chat/completions", [("Transfer-Encoding", "chunked")],
+                b"%x\r\n%s\r\n0\r\nX-T : a\r\n\r\n" % (len(CHAT), CHAT)),          # bad trailer name
+            req("GET", "/v1/models", [b"X-A: a\x00b"]),
+            req("GET", "/v1/models", [b"X-A: a\rb"]),
+            req("GET", "/v1/models", [b"X-A: a\x7fb"]),
+            b"GET /v1/models HTTP/1.1\nHost: x\r\nAuthorization: Bearer " + KEY + b"\r\n\r\n",
+            b"GET /v1/models HTTP/1.1\r\nHost: x\nAuthorization: Bearer " + KEY + b"\r\n\r\n",
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY + b"\r\n\n",
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY + b"\n\n",
+            # a request smuggled after a refused one is never read
+            req("GET", "/v1/models", [b"X-Fold: a", b" b"]) + smuggled,
+            req("POST", "/v1/models", [("Content-Length", "0"), ("Transfer-Encoding", "chunked")],
+                b"0\r\n\r\n" + smuggled),
+    ):
+        refused(raw, 400)
+
+
+def test_connect_and_trace_are_405():
+    refused(b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n", 405)
+    refused(req("TRACE", "/v1/models"), 405)
+
+
+def test_hop_by_hop_and_connection_listed_headers_are_dropped():
+    raw = cl_req("POST", "/v1/chat/completions", CHAT, [
+        ("Content-Type", "application/json"), ("Connection", "keep-alive, X-Secret, x-other"),
+        ("X-Secret", "s"), ("X-Other", "o"), ("Keep-Alive", "timeout=5"), ("TE", "trailers"),
+        ("Upgrade", "h2c"), ("Proxy-Connection", "keep-alive"), ("Proxy-Authorization", "Basic eA=="),
+        ("X-Kept", "k"), ("Trailer", "X-T")])
+    r, [m] = accepted(raw)
+    names = m.header_names()
+    for gone in ("connection", "x-secret", "x-other", "keep-alive", "te", "upgrade", "proxy-connection",
+                 "proxy-authorization", "trailer", "authorization"):
+        assert gone not in names, (gone, m.headers)
+    assert m.headers.get("x-kept") == "k" and m.headers.get("content-type") == "application/json"
+
+
+# ---------------------------------------------------------------------------
+# timeouts
+
+def test_header_timeout_runs_from_the_accept():
+    mock = h.RawUpstream()
+    t = h.Tollgate(h.tollgate_config(mock.url, server={"workers": 1, "header_timeout_ms": 500,
+                                                       "idle_timeout_ms": 60000})).start()
+
+    def closed_after(sock, limit=5.0):
+        t0 = time.monotonic()
+        sock.settimeout(limit)
+        got = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except ConnectionResetError:
+            pass
+        return time.monotonic() - t0, got
+
+    # Sends nothing at all: closed at the header timeout, not the idle timeout.
+    s = socket.create_connection((h.LOCALHOST, t.port))
+    took, got = closed_after(s)
+    s.close()
+    assert 0.35 < took < 2.0, took
+    assert got == b"" or got.startswith(b"HTTP/1.1 408"), got
+    # A head that never ends: 408 at the header timeout, counted from the accept.
+    s = socket.create_connection((h.LOCALHOST, t.port))
+    t0 = time.monotonic()
+    s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
+    _, got = closed_after(s)
+    s.close()
+    assert got.startswith(b"HTTP/1.1 408"), got
+    assert 0.35 < time.monotonic() - t0 < 2.0
+    # A head that dribbles in a byte at a time does not restart the timer.
+    s = socket.create_connection((h.LOCALHOST, t.port))
+    t0 = time.monotonic()
+    try:
+        for b in b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
+            s.sendall(bytes([b]))
+            time.sleep(0.05)
+            if time.monotonic() - t0 > 3:
+                break
+    except OSError:
+        pass
+    _, got = closed_after(s)
+    s.close()
+    assert time.monotonic() - t0 < 2.0, "a dribbling head kept the connection %.1fs" % (time.monotonic() - t0)
+    # Between requests the idle timeout governs: a served connection waits longer.
+    with h.Conn(t.port, timeout=5) as c:
+        assert c.request("GET", "/v1/models", headers=auth()).status == 200
+        assert not c.closed_by_peer(1.0), "a keep-alive connection was closed at the header timeout"
+        assert c.request("GET", "/v1/models", headers=auth()).status == 200
+    assert not [cn for cn in mock.conns if cn.error]
+
+
 if __name__ == "__main__":
     h.main()
