@@ -1464,9 +1464,10 @@ class RawUpstream:
     scripted reply, then reads the next one (keep-alive) or closes (close=True).
 
     A reply is bytes, or a list of pieces sent one after another: bytes to send, a
-    number of seconds to sleep (to split a reply in time), "close" to close the
-    connection there, "hold" to keep it open unanswered until the test ends; or a
-    callable taking the request (Message) and returning one of those. The default is
+    number of seconds to sleep (to split a reply in time), a callable to call there
+    (e.g. an Event's wait), "close" to close the connection there, "hold" to keep it
+    open unanswered until the test ends; or a callable taking the request (Message)
+    and returning one of those. The default is
     a 200 chat completion with a Content-Length. A connection whose bytes the strict
     reader refuses is closed without an answer (its error is kept). reset() forgets
     what was recorded (connections still open go on in fresh records)."""
@@ -1573,6 +1574,9 @@ class RawUpstream:
                 return piece
             if isinstance(piece, (int, float)):
                 time.sleep(piece)
+                continue
+            if callable(piece):
+                piece()
                 continue
             if isinstance(piece, str):
                 piece = piece.encode("latin-1")

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 
 import harness as h
@@ -629,6 +630,61 @@ def test_header_timeout_runs_from_the_accept():
         assert not c.closed_by_peer(1.0), "a keep-alive connection was closed at the header timeout"
         assert c.request("GET", "/v1/models", headers=auth()).status == 200
     assert not [cn for cn in mock.conns if cn.error]
+
+
+# ---------------------------------------------------------------------------
+# the video route: bodyless requests cost one request and are forwarded
+
+def test_video_poll_download_list_and_delete():
+    big = os.urandom(4 << 20)
+    release = threading.Event()
+    job = b'{"id":"video_123","object":"video","status":"completed","seconds":"8"}'
+
+    def reply(m):
+        if m.path.endswith("/content"):
+            head = h.http_reply(200, b"", {"Content-Type": "video/mp4", "Content-Length": len(big)})
+            # The first MiB, then the rest only once the client has seen the first: a
+            # gateway that buffered the whole download would never let it through.
+            return [head, big[:1 << 20], lambda: release.wait(10), big[1 << 20:]]
+        if m.method == "DELETE":
+            return h.http_reply(200, b'{"id":"video_123","object":"video.deleted","deleted":true}',
+                                {"Content-Type": "application/json"})
+        if m.path == "/v1/videos":
+            return h.http_reply(200, b'{"object":"list","data":[' + job + b"]}", {"Content-Type": "application/json"})
+        return h.http_reply(200, job, {"Content-Type": "application/json"})
+
+    up.reset(reply)
+    ids = ["video-%d-%d" % (os.getpid(), i) for i in range(4)]
+    with h.Conn(tg.port, timeout=10) as c:
+        r = c.request("GET", "/v1/videos/video_123", headers=auth(**{"x-request-id": ids[0]}))
+        assert r.status == 200 and r.body == job, (r.status, r.text)
+        c.send_request("GET", "/v1/videos/video_123/content", headers=auth(**{"x-request-id": ids[1]}))
+        head = c.read_head()
+        assert head.status == 200 and head.headers["content-type"] == "video/mp4"
+        assert int(head.headers["content-length"]) == len(big)
+        got = []
+        n = 0
+        for piece in c.iter_body(head):
+            got.append(piece)
+            n += len(piece)
+            if n >= 1 << 20:
+                release.set()
+        assert b"".join(got) == big
+        r = c.request("GET", "/v1/videos?limit=1", headers=auth(**{"x-request-id": ids[2]}))
+        assert r.status == 200 and json.loads(r.body)["data"][0]["id"] == "video_123"
+        r = c.request("DELETE", "/v1/videos/video_123", headers=auth(**{"x-request-id": ids[3]}))
+        assert r.status == 200 and r.json()["deleted"] is True
+    got = [(m.method, m.target, m.body, m.framing) for m in up.requests]
+    assert got == [("GET", "/v1/videos/video_123", b"", "none"),
+                   ("GET", "/v1/videos/video_123/content", b"", "none"),
+                   ("GET", "/v1/videos?limit=1", b"", "none"),
+                   ("DELETE", "/v1/videos/video_123", b"", "none")], got
+    for rid in ids:
+        rec = record_of(rid)
+        assert rec["status"] == 200 and rec["decision"] == "allowed", rec
+        assert rec["route"] == "/v1/videos", rec
+        assert {k: v for k, v in rec["cost"]["actual"].items() if v} == {"requests": 1}, rec
+    assert record_of(ids[1])["bytes_out"] >= len(big)
 
 
 if __name__ == "__main__":
