@@ -687,5 +687,99 @@ def test_video_poll_download_list_and_delete():
     assert record_of(ids[1])["bytes_out"] >= len(big)
 
 
+# ---------------------------------------------------------------------------
+# differential: what the upstream reads is what a strict reader reads from the client
+
+HOP = {"host", "authorization", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
+       "trailer", "expect", "x-request-id", "x-forwarded-for", "upgrade", "proxy-connection",
+       "proxy-authorization", "proxy-authenticate"}
+
+
+def _chunks(body, size, ext=b""):
+    return b"".join(b"%04X%s\r\n%s\r\n" % (len(body[i:i + size]), ext, body[i:i + size])
+                    for i in range(0, len(body), size))
+
+
+def differential_cases():
+    ct = [("Content-Type", "application/json")]
+    te = ct + [("Transfer-Encoding", "chunked")]
+    binary = bytes(range(256)) * 4
+    looks_like_http = (b"0\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+                       b"POST /v1/chat/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    one_cl = cl_req("POST", "/v1/chat/completions", CHAT, ct + [("X-Custom", "a b"), ("x-custom", "c")])
+    one_chunked = req("POST", "/v1/chat/completions", te + [("X-Before", "1")],
+                      _chunks(CHAT, 7, b';name=value;q="a \\" b"') + b"0;last\r\nX-Trailer: t\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+    get = req("GET", "/v1/models?limit=2&order=desc", [("Accept", "application/json")])
+    raw_body = cl_req("POST", "/v1/models", looks_like_http, [("Content-Type", "text/plain")])
+    raw_chunked = req("POST", "/v1/models", [("Content-Type", "application/octet-stream"),
+                                             ("Transfer-Encoding", "chunked")],
+                      _chunks(binary, 100) + b"0\r\n\r\n")
+    empty = cl_req("POST", "/v1/models", b"")
+    http10 = cl_req("POST", "/v1/chat/completions", CHAT, ct, version="HTTP/1.0", host=None)
+    return [
+        ("Content-Length", [one_cl]),
+        ("chunked with extensions and trailers", [one_chunked]),
+        ("a body that looks like requests", [raw_body]),
+        ("binary chunked body", [raw_chunked]),
+        ("empty body", [empty]),
+        ("HTTP/1.0", [http10]),
+        ("pipelined in one write", [one_cl + one_chunked + get + raw_body + raw_chunked + empty]),
+        ("pipelined, split across writes", [one_chunked + get + one_cl + raw_chunked]),
+    ]
+
+
+def test_upstream_reads_what_a_strict_reader_reads():
+    wrong = []
+    for what, [data] in differential_cases():
+        want = h.read_messages(data)  # the client's bytes, read strictly: a valid case
+        up.reset()
+        with h.Conn(tg.port, timeout=5) as c:
+            if what.endswith("split across writes"):
+                for i in range(0, len(data), 97):
+                    c.send(data[i:i + 97])
+                    time.sleep(0.002)
+            else:
+                c.send(data)
+            statuses = [c.read_response(m.method).status for m in want]
+        if statuses != [200] * len(want):
+            wrong.append("%s: statuses %r" % (what, statuses))
+            continue
+        up.wait_requests(len(want))
+        time.sleep(0.05)
+        got = []
+        for cn in up.conns:
+            try:
+                got += h.read_messages(cn.data)  # strict, and nothing left over
+            except h.ProtocolError as e:
+                wrong.append("%s: the upstream's bytes are not strict HTTP/1.1: %s" % (what, e))
+        if len(got) != len(want):
+            wrong.append("%s: %d requests sent, %d forwarded" % (what, len(want), len(got)))
+            continue
+        for i, (w, g) in enumerate(zip(want, got)):
+            where = "%s, request %d" % (what, i + 1)
+            if (g.method, g.target, g.version) != (w.method, w.target, "HTTP/1.1"):
+                wrong.append("%s: %s %s %s forwarded as %s %s %s" % (where, w.method, w.target, w.version,
+                                                                     g.method, g.target, g.version))
+            if g.body != w.body:
+                wrong.append("%s: body of %d bytes forwarded as %d bytes" % (where, len(w.body), len(g.body)))
+            if g.trailers or g.headers.get("transfer-encoding"):
+                wrong.append("%s: forwarded chunked" % where)
+            cl = g.headers.get_all("content-length")
+            if w.body or w.method == "POST":
+                if cl != [str(len(w.body))]:
+                    wrong.append("%s: Content-Length %r for %d bytes" % (where, cl, len(w.body)))
+            elif cl not in ([], ["0"]):
+                wrong.append("%s: Content-Length %r on a bodyless request" % (where, cl))
+            e2e_w = [(k.lower(), v) for k, v in w.headers if k.lower() not in HOP]
+            e2e_g = [(k.lower(), v) for k, v in g.headers if k.lower() not in HOP]
+            if e2e_w != e2e_g:
+                wrong.append("%s: end-to-end headers %r forwarded as %r" % (where, e2e_w, e2e_g))
+            names = [k.lower() for k, _ in w.trailers]
+            if any(n in g.header_names() for n in names if n != "x-forwarded-for") or \
+                    any("6.6.6.6" in v for v in g.headers.get_all("x-forwarded-for")):
+                wrong.append("%s: a trailer field became a header" % where)
+    assert not wrong, "\n".join(wrong)
+
+
 if __name__ == "__main__":
     h.main()
