@@ -517,6 +517,25 @@ def test_upstream_sse_cut_after_head_cuts_the_client():
     assert b"\r\n0\r\n\r\n" not in got
 
 
+def test_refused_requests_are_recorded_as_rejected():
+    mock = h.RawUpstream()
+    t = h.Tollgate(h.tollgate_config(mock.url)).start()
+    cases = [(req("GET", "/v1/models", [b"X-Fold: a", b" b"]), 400),
+             (b"GET /v1/models?q=" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+             (b"GET /v1/models HTTP/1.1\r\n" + b"a: b\r\n" * 200 + b"\r\n", 431),
+             (req("POST", "/v1/chat/completions", [("Transfer-Encoding", "gzip, chunked")], h.chunked(CHAT)), 501),
+             (req("GET", "/v1/models", version="HTTP/2.0"), 505),
+             (req("GET", "/v1/chat%2Fcompletions"), 400)]
+    for raw, status in cases:
+        with h.Conn(t.port, timeout=5) as c:
+            c.send(raw)
+            assert c.read_response().status == status
+    h.wait_until(lambda: len(h.read_jsonl(t.usage_path)) >= len(cases), 5, what="the records")
+    recs = h.read_jsonl(t.usage_path)
+    assert [(r["status"], r["decision"]) for r in recs] == [(st, "rejected") for _, st in cases], recs
+    assert mock.received() == b""
+
+
 # ---------------------------------------------------------------------------
 # lengths, bytes and what follows a refused request
 
