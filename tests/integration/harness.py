@@ -1,6 +1,8 @@
 """Integration-test harness for tollgate: processes (redis-server, the mock model server, the
 Kafka mock broker, stunnel, tollgate itself), a raw-socket HTTP/1.1 client with an SSE
-reader, and a tiny test runner. Python 3 standard library only.
+reader, a strict RFC 9112 message reader (read_message) and a raw upstream that records
+the bytes it receives (RawUpstream), and a tiny test runner. Python 3 standard library
+only.
 
 A test file defines test_* functions (optionally setup_module/teardown_module) and ends
 with `harness.main()`. Every test gets its own temp dir (tmpdir()); every process a test
@@ -1470,7 +1472,8 @@ class RawUpstream:
     and returning one of those. The default is
     a 200 chat completion with a Content-Length. A connection whose bytes the strict
     reader refuses is closed without an answer (its error is kept). reset() forgets
-    what was recorded (connections still open go on in fresh records)."""
+    what was recorded (a connection still open gets a fresh record when it brings more
+    bytes)."""
 
     def __init__(self, reply=None, close=False):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -1509,8 +1512,13 @@ class RawUpstream:
             self.conns = []
             self.requests = []
             for st in self._live:
-                st["rec"] = self._new_conn()
+                st["rec"] = None  # a new record when the connection brings more bytes
         self.script(reply, close)
+
+    def _rec(self, st):
+        if st["rec"] is None:
+            st["rec"] = self._new_conn()
+        return st["rec"]
 
     def _new_conn(self):
         rec = RawUpstreamConn(len(self.conns))
@@ -1590,23 +1598,24 @@ class RawUpstream:
                 try:
                     got = read_message(buf, "request")
                 except ProtocolError as e:
-                    st["rec"].error = str(e)
+                    self._rec(st).error = str(e)
                     return
                 if got is None:
                     chunk = s.recv(65536)
                     if not chunk:
-                        st["rec"].closed = True
+                        if st["rec"] is not None:
+                            st["rec"].closed = True
                         if buf:
-                            st["rec"].error = "closed with %d bytes of a request" % len(buf)
+                            self._rec(st).error = "closed with %d bytes of a request" % len(buf)
                         return
                     with self.lock:
-                        st["rec"].data += chunk
+                        self._rec(st).data += chunk
                     buf += chunk
                     continue
                 msg, used = got
                 buf = buf[used:]
                 with self.lock:
-                    st["rec"].requests.append(msg)
+                    self._rec(st).requests.append(msg)
                     self.requests.append(msg)
                 how = self._send(s, self.reply, msg)
                 if how == "hold":
