@@ -65,16 +65,13 @@ def cl_req(method, target, body=b"", headers=(), **kw):
 CHAT = json.dumps(chat_body("hello there")).encode()
 
 
-def exchange(raw, timeout=5.0, method="GET", pieces=None, gap=0.0, close_wait=1.0):
-    """Sends raw on a new connection (pieces: a list sent `gap` seconds apart instead)
-    and reads one response. Returns (Response, seconds until the head, closed after it:
-    waited for after an error only; None after a success)."""
+def exchange(raw, timeout=5.0, method="GET", close_wait=1.0):
+    """Sends raw on a new connection and reads one response. Returns (Response, seconds
+    until the head, closed after it: waited for after an error only; None after a
+    success)."""
     with h.Conn(tg.port, timeout=timeout) as c:
         t0 = time.monotonic()
-        for i, p in enumerate(pieces or [raw]):
-            if i and gap:
-                time.sleep(gap)
-            c.send(p)
+        c.send(raw)
         r = c.read_response(method)
         return r, r.t_head - t0, (c.closed_by_peer(close_wait) if r.status >= 400 else None)
 
