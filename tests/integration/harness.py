@@ -1,6 +1,8 @@
 """Integration-test harness for tollgate: processes (redis-server, the mock model server, the
 Kafka mock broker, stunnel, tollgate itself), a raw-socket HTTP/1.1 client with an SSE
-reader, and a tiny test runner. Python 3 standard library only.
+reader, a strict RFC 9112 message reader (read_message) and a raw upstream that records
+the bytes it receives (RawUpstream), and a tiny test runner. Python 3 standard library
+only.
 
 A test file defines test_* functions (optionally setup_module/teardown_module) and ends
 with `harness.main()`. Every test gets its own temp dir (tmpdir()); every process a test
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -124,6 +127,8 @@ _test_dir = None
 _all_procs = []      # every live Process
 _test_procs = None   # processes started by the running test (None outside a test)
 _module_procs = []   # processes started outside any test (setup_module), checked at exit
+_test_servers = None  # in-process servers (RawUpstream) started by the running test, closed at its end
+_module_servers = []  # those started outside any test, closed at exit
 
 
 def session_dir():
@@ -1229,6 +1234,410 @@ def auth(key=TEST_KEY, **more):
 
 
 # ---------------------------------------------------------------------------
+# a strict HTTP/1.1 reader, and a raw upstream that records the bytes it receives
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t !\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_TOKEN_RX = re.compile(_TOKEN + rb"\Z")
+_CHUNK_EXT_RX = re.compile(rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|"
+                           + _QUOTED + rb"))?)*\Z")
+_VALUE_RX = re.compile(rb"[\t \x21-\x7e\x80-\xff]*\Z")
+_TARGET_RX = re.compile(rb"[\x21-\x7e]+\Z")
+_VERSION_RX = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
+_STATUS_RX = re.compile(rb"(HTTP/[0-9]\.[0-9]) ([0-9]{3}) ([\t \x21-\x7e\x80-\xff]*)\Z")
+
+
+class Message:
+    """One HTTP/1.x message as read_message read it. A request has method, target and
+    version; a reply version, status and reason. headers: Headers as received (names as
+    sent, values without surrounding whitespace); body: the body bytes (de-chunked);
+    framing: "length", "chunked", "close" (a reply read until EOF) or "none";
+    chunk_exts: the extension text of each chunk line; trailers: [(name, value)];
+    raw: the message's bytes exactly as received."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.method = self.target = self.version = self.reason = None
+        self.status = None
+        self.headers = Headers()
+        self.body = b""
+        self.framing = "none"
+        self.chunk_exts = []
+        self.trailers = []
+        self.raw = b""
+
+    @property
+    def path(self):
+        return self.target.split("?", 1)[0] if self.target else None
+
+    def header_names(self):
+        return [k.lower() for k, _ in self.headers]
+
+    def __repr__(self):
+        if self.kind == "request":
+            return "<Message %s %s %s, %d body bytes>" % (self.method, self.target, self.version, len(self.body))
+        return "<Message %s %s, %d body bytes>" % (self.version, self.status, len(self.body))
+
+
+def _field_line(line):
+    """(name, value) of a header or trailer field line, strictly (RFC 9112 5)."""
+    if line[:1] in (b" ", b"\t"):
+        raise ProtocolError("obs-fold or whitespace before a field: %r" % line[:80])
+    name, sep, value = line.partition(b":")
+    if not sep or not _TOKEN_RX.match(name):
+        raise ProtocolError("bad field name in %r" % line[:80])
+    value = value.strip(b" \t")
+    if not _VALUE_RX.match(value):
+        raise ProtocolError("bad byte in the value of %r" % name)
+    return name.decode("latin-1"), value.decode("latin-1")
+
+
+def _lines_crlf(data):
+    """Raises ProtocolError if data holds a bare LF or a CR not followed by LF."""
+    if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
+        raise ProtocolError("a bare LF or CR in %r" % data[:200])
+
+
+def read_message(buf, kind="request", eof=False, head_request=False):
+    """Reads one HTTP/1.x message from the start of buf the way a strict RFC 9112 reader
+    does: single spaces in the start line, no whitespace in or after a field name, no
+    obs-fold, CRLF only, one Content-Length or Transfer-Encoding: chunked (never both),
+    valid chunk sizes and extensions, CRLF after chunk data. Returns (Message, bytes
+    consumed), None when buf holds only part of a message (eof=True: the bytes end here,
+    so a part is a ProtocolError; a reply without a length is read up to eof). Raises
+    ProtocolError for anything a strict reader refuses."""
+    end = buf.find(b"\r\n\r\n")
+    _lines_crlf(buf if end < 0 else buf[:end + 4])
+    if end < 0:
+        if eof and buf:
+            raise ProtocolError("cut inside the head: %r" % buf[:200])
+        return None
+    m = Message(kind)
+    lines = buf[:end].split(b"\r\n")
+    start = lines[0]
+    if kind == "request":
+        parts = start.split(b" ")
+        if len(parts) != 3 or not _TOKEN_RX.match(parts[0]) or not _TARGET_RX.match(parts[1]) \
+                or not _VERSION_RX.match(parts[2]):
+            raise ProtocolError("bad request line %r" % start[:200])
+        m.method, m.target, m.version = (p.decode("latin-1") for p in parts)
+    else:
+        sm = _STATUS_RX.match(start)
+        if not sm:
+            raise ProtocolError("bad status line %r" % start[:200])
+        m.version, m.status, m.reason = sm.group(1).decode(), int(sm.group(2)), sm.group(3).decode("latin-1")
+    m.headers = Headers([_field_line(l) for l in lines[1:]])
+    pos = end + 4
+    te = m.headers.get_all("transfer-encoding")
+    cl = m.headers.get_all("content-length")
+    if te and cl:
+        raise ProtocolError("Content-Length with Transfer-Encoding")
+    if len(cl) > 1:
+        raise ProtocolError("two Content-Length fields")
+    bodyless = kind == "reply" and (head_request or m.status in (204, 304) or 100 <= m.status < 200)
+    if bodyless:
+        pass
+    elif te:
+        if len(te) != 1 or te[0].lower() != "chunked":
+            raise ProtocolError("Transfer-Encoding %r" % te)
+        m.framing = "chunked"
+        body = []
+        while True:
+            i = buf.find(b"\r\n", pos)
+            if i < 0:
+                _lines_crlf(buf[pos:])
+                if eof:
+                    raise ProtocolError("cut in a chunk-size line")
+                return None
+            line = buf[pos:i]
+            _lines_crlf(line)
+            size_m = re.match(rb"([0-9A-Fa-f]{1,16})(.*)\Z", line, re.S)
+            if not size_m or not _CHUNK_EXT_RX.match(size_m.group(2)):
+                raise ProtocolError("bad chunk line %r" % line[:200])
+            size = int(size_m.group(1), 16)
+            m.chunk_exts.append(size_m.group(2).decode("latin-1"))
+            pos = i + 2
+            if size == 0:
+                while True:
+                    j = buf.find(b"\r\n", pos)
+                    if j < 0:
+                        _lines_crlf(buf[pos:])
+                        if eof:
+                            raise ProtocolError("cut in the trailer")
+                        return None
+                    tline = buf[pos:j]
+                    _lines_crlf(tline)
+                    pos = j + 2
+                    if not tline:
+                        break
+                    m.trailers.append(_field_line(tline))
+                break
+            if len(buf) < pos + size + 2:
+                if eof:
+                    raise ProtocolError("cut in chunk data")
+                return None
+            body.append(buf[pos:pos + size])
+            if buf[pos + size:pos + size + 2] != b"\r\n":
+                raise ProtocolError("chunk data not followed by CRLF")
+            pos += size + 2
+        m.body = b"".join(body)
+    elif cl:
+        if not re.match(r"[0-9]{1,18}\Z", cl[0]):
+            raise ProtocolError("bad Content-Length %r" % cl[0])
+        n = int(cl[0])
+        m.framing = "length"
+        if len(buf) < pos + n:
+            if eof:
+                raise ProtocolError("cut with %d of %d body bytes" % (len(buf) - pos, n))
+            return None
+        m.body = buf[pos:pos + n]
+        pos += n
+    elif kind == "reply":
+        if not eof:
+            return None
+        m.framing = "close"
+        m.body = buf[pos:]
+        pos = len(buf)
+    m.raw = buf[:pos]
+    return m, pos
+
+
+def read_messages(data, kind="request"):
+    """Every message in data, read strictly in order (read_message); raises ProtocolError
+    when bytes are left over that do not make a whole message."""
+    out, pos = [], 0
+    while pos < len(data):
+        got = read_message(data[pos:], kind, eof=True)
+        out.append(got[0])
+        pos += got[1]
+    return out
+
+
+def http_reply(status=200, body=b"", headers=None, reason=None, length=True, version="HTTP/1.1"):
+    """Reply bytes: a status line, headers (dict or list of (name, value)), a
+    Content-Length unless length=False or the headers frame it, then body."""
+    if isinstance(body, str):
+        body = body.encode()
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    names = {k.lower() for k, _ in items}
+    if length and "content-length" not in names and "transfer-encoding" not in names:
+        items.append(("Content-Length", str(len(body))))
+    head = "%s %d %s\r\n" % (version, status, reason or "OK") + "".join("%s: %s\r\n" % kv for kv in items) + "\r\n"
+    return head.encode("latin-1") + body
+
+
+def chunked(*pieces, trailers=b""):
+    """A chunked body: each piece as one chunk, then the last chunk and `trailers`
+    (raw field lines, each ending in CRLF)."""
+    out = []
+    for p in pieces:
+        if isinstance(p, str):
+            p = p.encode()
+        out.append(b"%x\r\n%s\r\n" % (len(p), p))
+    return b"".join(out) + b"0\r\n" + trailers + b"\r\n"
+
+
+CHAT_REPLY_BODY = (b'{"id":"chatcmpl-raw","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,'
+                   b'"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],'
+                   b'"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}')
+
+
+class RawUpstreamConn:
+    """What one connection to a RawUpstream carried: data (every byte received, as
+    received), requests (the Messages read from it), error (why the strict reader gave
+    up, or None), closed (the peer closed it)."""
+
+    def __init__(self, index):
+        self.index = index
+        self.data = b""
+        self.requests = []
+        self.error = None
+        self.closed = False
+
+    def __repr__(self):
+        return "<RawUpstreamConn %d: %d bytes, %d requests%s>" % (
+            self.index, len(self.data), len(self.requests), ", error %s" % self.error if self.error else "")
+
+
+class RawUpstream:
+    """A loopback TCP server standing in for the model server, one thread per
+    connection. It records exactly the bytes each connection brings (conns, received()),
+    reads them strictly (read_message) into requests, and answers each request with the
+    scripted reply, then reads the next one (keep-alive) or closes (close=True).
+
+    A reply is bytes, or a list of pieces sent one after another: bytes to send, a
+    number of seconds to sleep (to split a reply in time), a callable to call there
+    (e.g. an Event's wait), "close" to close the connection there, "hold" to keep it
+    open unanswered until the test ends; or a callable taking the request (Message)
+    and returning one of those. The default is
+    a 200 chat completion with a Content-Length. A connection whose bytes the strict
+    reader refuses is closed without an answer (its error is kept). reset() forgets
+    what was recorded (a connection still open gets a fresh record when it brings more
+    bytes)."""
+
+    def __init__(self, reply=None, close=False):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((LOCALHOST, 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._live = []     # [handler state dict] of connections still open
+        self._socks = []
+        self.conns = []     # RawUpstreamConn, in accept order (since the last reset)
+        self.requests = []  # Message, in arrival order (since the last reset)
+        self.accepted = 0
+        self.script(reply, close)
+        threading.Thread(target=self._accept, daemon=True, name="raw-upstream").start()
+        if _test_servers is not None:
+            _test_servers.append(self)
+        else:
+            _module_servers.append(self)
+
+    @property
+    def url(self):
+        return "http://%s:%d" % (LOCALHOST, self.port)
+
+    def script(self, reply=None, close=False):
+        """Sets the reply to later requests (see the class) and whether the connection
+        closes after it."""
+        self.reply = http_reply(200, CHAT_REPLY_BODY, {"Content-Type": "application/json"}) \
+            if reply is None else reply
+        self.close_after = close
+
+    def reset(self, reply=None, close=False):
+        """Forgets the records and sets the script (the default reply unless given)."""
+        with self.lock:
+            self.conns = []
+            self.requests = []
+            for st in self._live:
+                st["rec"] = None  # a new record when the connection brings more bytes
+        self.script(reply, close)
+
+    def _rec(self, st):
+        if st["rec"] is None:
+            st["rec"] = self._new_conn()
+        return st["rec"]
+
+    def _new_conn(self):
+        rec = RawUpstreamConn(len(self.conns))
+        self.conns.append(rec)
+        return rec
+
+    def received(self):
+        """Every byte received since the last reset, connection after connection."""
+        with self.lock:
+            return b"".join(c.data for c in self.conns)
+
+    def wait_requests(self, n, timeout=5.0):
+        """Waits until n requests were read; returns the list."""
+        wait_until(lambda: len(self.requests) >= n, timeout, what="%d upstream requests" % n)
+        return list(self.requests)
+
+    def assert_nothing_received(self, settle=0.05):
+        """Asserts that no byte reached the upstream (after a moment for stragglers)."""
+        time.sleep(settle)
+        got = self.received()
+        assert got == b"", "forwarded upstream although refused: %r" % got[:500]
+
+    def close(self):
+        self._stopped.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self.lock:
+            socks = list(self._socks)
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    stop = close
+
+    def _accept(self):
+        while not self._stopped.is_set():
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                self.accepted += 1
+                st = {"rec": self._new_conn()}
+                self._live.append(st)
+                self._socks.append(s)
+            threading.Thread(target=self._serve, args=(s, st), daemon=True).start()
+
+    def _send(self, s, reply, req):
+        """Sends a reply; returns "close", "hold" or None."""
+        if callable(reply):
+            reply = reply(req)
+        if isinstance(reply, (bytes, bytearray, str)):
+            reply = [reply]
+        for piece in reply:
+            if piece in ("close", "hold"):
+                return piece
+            if isinstance(piece, (int, float)):
+                time.sleep(piece)
+                continue
+            if callable(piece):
+                piece()
+                continue
+            if isinstance(piece, str):
+                piece = piece.encode("latin-1")
+            s.sendall(piece)
+        return None
+
+    def _serve(self, s, st):
+        buf = b""
+        try:
+            while not self._stopped.is_set():
+                try:
+                    got = read_message(buf, "request")
+                except ProtocolError as e:
+                    self._rec(st).error = str(e)
+                    return
+                if got is None:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        if st["rec"] is not None:
+                            st["rec"].closed = True
+                        if buf:
+                            self._rec(st).error = "closed with %d bytes of a request" % len(buf)
+                        return
+                    with self.lock:
+                        self._rec(st).data += chunk
+                    buf += chunk
+                    continue
+                msg, used = got
+                buf = buf[used:]
+                with self.lock:
+                    self._rec(st).requests.append(msg)
+                    self.requests.append(msg)
+                how = self._send(s, self.reply, msg)
+                if how == "hold":
+                    self._stopped.wait()
+                    return
+                if how == "close" or self.close_after:
+                    return
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                if st in self._live:
+                    self._live.remove(st)
+                if s in self._socks:
+                    self._socks.remove(s)
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------
 # runner
 
 class TestTimeout(Exception):
@@ -1251,7 +1660,7 @@ def main():
     """Runs the calling module's test_* functions in definition order (names given on the
     command line select a subset), prints PASS/FAIL per test and `N passed, N failed` last;
     exits 1 if any failed. Keeps the temp dir of a failed run (path printed)."""
-    global _test_dir, _test_procs
+    global _test_dir, _test_procs, _test_servers
     mod = sys.modules["__main__"]
     tests = [(n, f) for n, f in vars(mod).items() if n.startswith("test_") and callable(f)]
     wanted = sys.argv[1:] or [w for w in os.environ.get("TG_TEST_FILTER", "").split(",") if w]
@@ -1271,6 +1680,7 @@ def main():
         _test_dir = os.path.join(session_dir(), name)
         os.makedirs(_test_dir, exist_ok=True)
         _test_procs = []
+        _test_servers = []
         t0 = time.monotonic()
         ok = True
         signal.setitimer(signal.ITIMER_REAL, getattr(fn, "timeout", TEST_TIMEOUT))
@@ -1299,7 +1709,10 @@ def main():
                         ok = False
                         print("FAIL %s: sanitizer report from %s (%s):\n%s"
                               % (name, p.name, p.stderr_path, "\n".join(errs[:20])))
+            for s in _test_servers:
+                s.close()
             _test_procs = None
+            _test_servers = None
             _test_dir = None
         if ok:
             passed += 1
@@ -1314,6 +1727,8 @@ def main():
             traceback.print_exc()
             failed += 1
     cleanup_all()
+    for s in _module_servers:
+        s.close()
     for p in _module_procs:
         errs = p.sanitizer_errors()
         if errs:

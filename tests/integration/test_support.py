@@ -313,6 +313,56 @@ def test_tollgate_start_failure_is_reported():
     assert not tg.alive()
 
 
+def test_strict_reader_and_raw_upstream():
+    # The strict reader that test_framing judges by: what it reads, what it refuses.
+    two = (b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b'3;n=v;q="a\\"b"\r\nabc\r\n0;e\r\nX-T: 1\r\n\r\nGET /b?c HTTP/1.0\r\n\r\n')
+    a, b = h.read_messages(two)
+    assert (a.method, a.target, a.body, a.framing, a.trailers) == ("POST", "/a", b"abc", "chunked", [("X-T", "1")])
+    assert a.chunk_exts == [';n=v;q="a\\"b"', ";e"]
+    assert (b.method, b.path, b.version, b.framing) == ("GET", "/b", "HTTP/1.0", "none")
+    assert h.read_message(two[:40]) is None  # incomplete
+    head = b"POST / HTTP/1.1\r\nHost: x\r\n"
+    for bad in (b"GET  / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\nHost: x\r\n\r\n", b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+                b"GET / HTTP/1.1\r\n Host: x\r\n\r\n", b"GET / HTTP/1.1\r\nA b: 1\r\n\r\n", b"GET / HTTP/1.1\r\nA : 1\r\n\r\n",
+                head + b"Content-Length: 1\r\nContent-Length: 1\r\n\r\nab",
+                head + b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                head + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+                head + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n",
+                head + b"Transfer-Encoding: chunked\r\n\r\n3;\r\nabc\r\n0\r\n\r\n",
+                head + b"Transfer-Encoding: chunked\r\n\r\n3;=v\r\nabc\r\n0\r\n\r\n",
+                head + b'Transfer-Encoding: chunked\r\n\r\n3; "q"\r\nabc\r\n0\r\n\r\n',
+                head + b'Transfer-Encoding: chunked\r\n\r\n3;a="open\r\nabc\r\n0\r\n\r\n',
+                head + b"Content-Length: 5\r\n\r\nab"):
+        try:
+            h.read_messages(bad)
+        except h.ProtocolError:
+            continue
+        raise AssertionError("the strict reader accepted %r" % bad)
+    m, n = h.read_message(h.http_reply(200, b"hi", {"X": "1"}) + b"rest", "reply")
+    assert (m.status, m.body, n) == (200, b"hi", len(m.raw))
+    m, _ = h.read_message(b"HTTP/1.1 200 OK\r\n\r\nuntil close", "reply", eof=True)
+    assert (m.framing, m.body) == ("close", b"until close")
+    # The raw upstream: bytes recorded as received, scripted replies split in time.
+    up = h.RawUpstream([h.http_reply(200, b"", {"Transfer-Encoding": "chunked"}), b"2\r\nok\r\n", 0.05, b"0\r\n\r\n"])
+    with h.Conn(up.port) as c:
+        sent = h.build_request("POST", "/x", body=b"12345") + h.build_request("GET", "/y")
+        c.send(sent)
+        assert c.read_response("POST").body == b"ok" and c.read_response().body == b"ok"
+    reqs = up.wait_requests(2)
+    assert up.received() == sent and [r.target for r in reqs] == ["/x", "/y"] and reqs[0].body == b"12345"
+    up.reset(h.http_reply(204), close=True)
+    with h.Conn(up.port) as c:
+        assert c.request("GET", "/z").status == 204
+        assert c.closed_by_peer(2)
+    assert [len(cn.requests) for cn in up.conns] == [1]
+    up.reset()
+    with h.Conn(up.port) as c:
+        c.send(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n")
+        assert c.closed_by_peer(2)
+    assert up.conns[0].error and not up.requests
+
+
 def test_config_rendering():
     cfg = h.tollgate_config("http://127.0.0.1:1", limiter={"backend": "redis", "redis": {"port": 7}})
     assert cfg["limiter"]["redis"]["port"] == 7 and cfg["upstreams"][0]["url"] == "http://127.0.0.1:1"
