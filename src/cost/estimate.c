@@ -1,5 +1,4 @@
-/* The request side: a body's estimated cost (tokens, video seconds from JSON or multipart), and
- * the rewrite that asks the upstream for usage. */
+/* The request side: a body's estimated cost (tokens, video, multipart), the usage rewrite. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,4 @@
-/* The cost model's small JSON reader: walks the bytes without allocating, in one pass where it
- * can, and checks JSON strictly, as jansson reads it. */
+/* The cost model's JSON reader: walks the bytes without allocating; the strict JSON check. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -197,15 +196,6 @@ static inline enum key key_of(const char *k, size_t kl, bool esc)
 {
     if (esc) return key_of_escaped(k, kl);
     return kl <= KEY_MAX_LEN ? key_of_name(k, kl) : K_OTHER;
-}
-
-bool jopen(struct jit *it, const char *p, const char *e, char open)
-{
-    p = skip_ws(p, e);
-    if (p >= e || *p != open) return false;
-    it->p = p + 1;
-    it->e = e;
-    return true;
 }
 
 /* Next member of an object: its key (as a key id) and value span. */

@@ -1,5 +1,4 @@
-/* The cost model's JSON reader, for the other cost files: the walkers' state, their hot inline
- * helpers, and the strict check. The walk itself is in json.c. */
+/* The cost files' JSON reader: the walkers' state, their hot helpers inline, the strict check. */
 #ifndef TOLLGATE_COST_JSON_H
 #define TOLLGATE_COST_JSON_H
 
@@ -113,7 +112,15 @@ struct jit {
     const char *p, *e;
 };
 
-bool jopen(struct jit *it, const char *p, const char *e, char open);
+static inline bool jopen(struct jit *it, const char *p, const char *e, char open)
+{
+    p = skip_ws(p, e);
+    if (p >= e || *p != open) return false;
+    it->p = p + 1;
+    it->e = e;
+    return true;
+}
+
 /* Next member of an object: its key (as a key id) and value span. */
 bool jmember(struct jit *it, enum key *key, const char **v, const char **ve);
 bool jelement(struct jit *it, const char **v, const char **ve);

@@ -1,5 +1,4 @@
-/* What a reply says: the usage and generated text in its JSON objects, and the actual cost they
- * settle to. */
+/* What a reply says: the usage and text in its JSON objects, and the cost they settle to. */
 #include <math.h>
 #include <string.h>
 #include "tollgate/cost.h"

@@ -1,5 +1,4 @@
-/* The reply scanner: a reply body fed in pieces, kept (JSON) or read event by event (SSE), for
- * its usage; usage-only SSE events stripped on the way. */
+/* The reply scanner: a body fed in pieces, JSON kept or SSE read event by event, for usage. */
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>

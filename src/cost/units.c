@@ -1,4 +1,4 @@
-/* Video sizes and lengths as text: "WxH", and seconds as a plain decimal. */
+/* Video sizes and lengths read from text: "WxH", and seconds as a plain decimal. */
 #include <stdlib.h>
 #include <string.h>
 #include "units.h"

@@ -1,5 +1,4 @@
-/* What the request and reply sides share besides JSON: video limits, rounding to micro-units,
- * video lengths and sizes read from text. */
+/* What both sides share besides JSON: video limits, micro-unit rounding, video text forms. */
 #ifndef TOLLGATE_COST_UNITS_H
 #define TOLLGATE_COST_UNITS_H
 
