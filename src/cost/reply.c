@@ -9,6 +9,8 @@
 /* Usage numbers from a reply are clamped to this, so that micro-units never overflow. */
 #define MAX_USAGE_TOKENS 1000000000000LL
 
+/* ---- what a reply says ---- */
+
 /* A non-negative integer (a fraction is ignored), clamped to MAX_USAGE_TOKENS. */
 static bool jint(const char *v, const char *ve, int64_t *out)
 {
@@ -29,8 +31,6 @@ static bool jis_string(const char *v, const char *ve)
 {
     return ve - v >= 2 && *v == '"';
 }
-
-/* ---- what a reply says ---- */
 
 /* usage {prompt_tokens|input_tokens, completion_tokens|output_tokens, total_tokens} */
 void read_usage(struct tg_usage *u, const char *v, const char *ve)
