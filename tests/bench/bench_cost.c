@@ -1,4 +1,4 @@
-/* Instruction-count bench for cost.c: the bench request's estimate and the bench reply's scan.
+/* Instruction-count bench for src/cost/: the bench request's estimate and the bench reply's scan.
  * Built as build/bench_cost by `make`; run from the source dir:
  *   valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out build/bench_cost 100000
  *   callgrind_annotate --inclusive=yes /tmp/cg.out | grep -E 'bench_|tg_'
