@@ -54,7 +54,7 @@ enum tg_spool_full { TG_SPOOL_FULL_REJECT, TG_SPOOL_FULL_DROP_OLDEST };
 /* How a route is charged: `cost:` of a route. */
 enum tg_cost_model { TG_COST_REQUESTS, TG_COST_TOKENS, TG_COST_VIDEO };
 
-/* Private to src/config.c: the memory and the name index behind one config. */
+/* Private to src/config/: the memory and the name index behind one config. */
 struct tg_arena;
 struct tg_strset;
 
@@ -215,7 +215,7 @@ const struct tg_tenant *tg_config_tenant(const struct tg_config *cfg, const char
 
 /* Compares two configs over the settings that a reload cannot apply (listen
  * addresses, workers, limiter backend and Redis, usage sink, ...; the tables in
- * src/config.c mark them and docs/configuration.md lists them). Returns 0 when
+ * src/config/schema.c mark them and docs/configuration.md lists them). Returns 0 when
  * none differ, else 1 with `what` set to the key path of the first that does,
  * e.g. "server.listen". */
 int tg_config_restart_needed(const struct tg_config *old, const struct tg_config *cur,

@@ -1,4 +1,4 @@
-/* Unit tests of src/config.c: error fixtures, the shipped configs, routing, ${VAR}, reloads. */
+/* Unit tests of src/config/: error fixtures, the shipped configs, routing, ${VAR}, reloads. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
