@@ -132,7 +132,7 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 static void limiter_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct tg_worker *w = arg;
-    w->limiter->ops->tick(w->limiter);
+    tg_limiter_tick(w->limiter);
 }
 
 static void *worker_main(void *arg)
@@ -190,10 +190,10 @@ struct tg_server *tg_server_create(struct tg_config *cfg, struct tg_sink *sink,
         const struct tg_limiter_env env = {w->base, cfg, local, fallback};
         w->limiter = tg_limiter_for_worker(&env, &w->own_limiter, err);
         if (w->limiter == NULL) goto error;
-        if (w->own_limiter && w->limiter->ops->tick) {
+        int tick_ms = tg_limiter_tick_ms(w->limiter);
+        if (w->own_limiter && tick_ms > 0) {
             w->limiter_tick = event_new(w->base, -1, EV_PERSIST, limiter_tick_cb, w);
-            struct timeval tv = {w->limiter->ops->tick_ms / 1000,
-                                 w->limiter->ops->tick_ms % 1000 * 1000};
+            struct timeval tv = {tick_ms / 1000, tick_ms % 1000 * 1000};
             if (w->limiter_tick == NULL || event_add(w->limiter_tick, &tv) != 0) {
                 snprintf(err, TG_ERR_LEN, "worker %d: cannot arm the limiter's timer", i);
                 goto error;
@@ -274,7 +274,7 @@ bool tg_server_ready(struct tg_server *s, char *why, size_t cap)
         struct tg_worker *w = &s->workers[i];
         if (w->limiter && !tg_limiter_ready(w->limiter)) {
             snprintf(why, cap, "worker %d: limiter backend %s unreachable", i,
-                     w->limiter->ops->name);
+                     tg_limiter_name(w->limiter));
             return false;
         }
     }

@@ -221,6 +221,22 @@ static inline bool tg_limiter_ready(struct tg_limiter *l)
     return l->ops->ready(l);
 }
 
+static inline const char *tg_limiter_name(const struct tg_limiter *l)
+{
+    return l->ops->name;
+}
+
+/* The period of the backend's tick in ms, or 0 when it has none. */
+static inline int tg_limiter_tick_ms(const struct tg_limiter *l)
+{
+    return l->ops->tick ? l->ops->tick_ms : 0;
+}
+
+static inline void tg_limiter_tick(struct tg_limiter *l)
+{
+    l->ops->tick(l);
+}
+
 static inline void tg_limiter_destroy(struct tg_limiter *l)
 {
     if (l) l->ops->destroy(l);

@@ -60,7 +60,7 @@ static void on_limit(void *arg, const struct tg_limit_result *res)
     r->checking = false;
     r->denied = res->denied;
     r->lreq.fallback = res->fallback;
-    const char *backend[] = {c->w->limiter->ops->name};
+    const char *backend[] = {tg_limiter_name(c->w->limiter)};
     tg_metrics_observe(TG_M_LIMITER_DURATION, backend, (double)(now_us() - r->t_lim_us) / 1e6);
     r->rl_len = tg_limiter_format_headers(&r->lreq, res, r->rl, sizeof(r->rl));
     if (res->status == TG_LIMIT_ALLOWED) {
