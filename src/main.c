@@ -109,7 +109,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
         break;
     case SIGUSR1:
         tg_log_reopen();
-        if (d->sink->ops->reopen) d->sink->ops->reopen(d->sink);
+        tg_sink_reopen(d->sink);
         tg_log_info("log files reopened");
         break;
     case SIGTERM:
@@ -183,7 +183,7 @@ static int run(struct daemon *d)
                 "config %s",
                 TG_VERSION, d->cfg->server.listen.text, d->cfg->admin.listen.text,
                 d->cfg->server.workers,
-                tg_limiter_backend_def(d->cfg->limiter.backend)->name, d->sink->ops->name,
+                tg_limiter_backend_def(d->cfg->limiter.backend)->name, tg_sink_name(d->sink),
                 d->path ? d->path : EMBEDDED_NAME);
     event_base_dispatch(d->base);
     rc = 0;
@@ -198,8 +198,8 @@ out:
         int flush_ms = d->cfg->server.drain_timeout_ms < SINK_FLUSH_MAX_MS
                            ? d->cfg->server.drain_timeout_ms
                            : SINK_FLUSH_MAX_MS;
-        d->sink->ops->flush(d->sink, flush_ms);
-        d->sink->ops->destroy(d->sink);
+        tg_sink_flush(d->sink, flush_ms);
+        tg_sink_destroy(d->sink);
     }
     tg_admin_destroy(d->admin);
     for (size_t i = 0; i < TG_ARRAY_LEN(sigs); i++)

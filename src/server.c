@@ -278,8 +278,8 @@ bool tg_server_ready(struct tg_server *s, char *why, size_t cap)
             return false;
         }
     }
-    if (s->sink && !s->sink->ops->accepting(s->sink)) {
-        snprintf(why, cap, "usage sink %s is not accepting records", s->sink->ops->name);
+    if (s->sink && !tg_sink_accepting(s->sink)) {
+        snprintf(why, cap, "usage sink %s is not accepting records", tg_sink_name(s->sink));
         return false;
     }
     return true;

@@ -26,7 +26,7 @@ void on_request_complete(struct tg_conn *c)
     c->state = C_WORK;
     evtimer_del(c->timer);
     char err[TG_ERR_LEN];
-    if (!c->w->sink->ops->accepting(c->w->sink)) {
+    if (!tg_sink_accepting(c->w->sink)) {
         reply_error(c, 503, "server_error", "usage_sink_unavailable",
                     "The gateway cannot record usage right now. Please retry shortly.", false,
                     TG_DECISION_REJECTED);

@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "tollgate/spool.h"
-#include "tollgate/usage.h"
+#include "tollgate/sink.h"
 
 /* Segment file: the 8-byte magic, then frames. A frame is a 12-byte header
  * (u32 body length, u16 key length, u16 zero, u32 CRC-32 of the first 8 header

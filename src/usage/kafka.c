@@ -13,7 +13,7 @@
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
 #include "tollgate/spool.h"
-#include "tollgate/usage.h"
+#include "tollgate/sink.h"
 
 /* Spooled records replayed at once while the producer is healthy (one while
  * it is not: that record probes the broker). */

@@ -11,7 +11,7 @@
 #include "tollgate/buf.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
-#include "tollgate/usage.h"
+#include "tollgate/sink.h"
 
 /* Past this many queued bytes the sink stops accepting (the proxy answers 503). */
 #define FILE_MAX_PENDING (64u * 1024 * 1024)
