@@ -27,10 +27,14 @@
 /* After a purge, how long to keep polling for the purged delivery reports. */
 #define KAFKA_PURGE_POLL_MS 1000
 
-/* The per-record context of a replayed record: where it sits in the spool.
- * Live records carry no context (opaque NULL): they are not in the spool. */
-struct replay_ctx {
+/* Every message's context (its opaque): where the record sits in the spool.
+ * Every record is written to the spool before it is produced (write-ahead)
+ * and acknowledged there when Kafka has it, so that a record in librdkafka's
+ * memory is on disk too and a crash cannot lose it. */
+struct msg_ctx {
     struct tg_spool_pos pos;
+    bool in_spool; /* false: the spool could not take it (then a failed delivery appends it) */
+    bool replay;   /* produced by replay(), counted in `inflight` */
 };
 
 struct ksink {
@@ -53,7 +57,7 @@ struct ksink {
     int inflight;             /* replays produced and not yet reported */
     struct tg_spool_rec next; /* read from the spool, not yet produced */
     bool have_next;
-    bool unsynced; /* delivery reports spooled records without fdatasync */
+    bool unsynced; /* delivery reports appended records without fdatasync */
     enum tg_spool_fsync spool_fsync;
     uint64_t n_delivered, n_replayed, n_spooled, n_failed;
     rd_kafka_resp_err_t last_fail;
@@ -80,22 +84,39 @@ static TG_PRINTF(2, 3) void set_err(char err[TG_ERR_LEN], const char *fmt, ...)
     va_end(ap);
 }
 
-/* Writes one record to the spool; counts and logs what it cost. Any thread.
- * `batch`: from the delivery reports of one poll, synced together after it. */
-static int spool_record(struct ksink *ks, const void *key, size_t klen, const void *data,
-                        size_t len, bool batch)
+/* Writes one record to the spool (flags: TG_SPOOL_*); counts what
+ * drop_oldest deleted for it and logs a failure (a record written whose
+ * fdatasync failed returns 0: it is in the spool). Returns 0 or -1, which the
+ * caller counts. Any thread. */
+static int spool_write(struct ksink *ks, const void *key, size_t klen, const void *data,
+                       size_t len, unsigned flags, struct tg_spool_pos *pos)
 {
     char err[TG_ERR_LEN];
     uint64_t dropped = 0;
-    int rc = tg_spool_append(ks->spool, key, klen, data, len, batch, &dropped, err);
+    int rc = tg_spool_append(ks->spool, key, klen, data, len, flags, pos, &dropped, err);
     if (dropped) {
         tg_metrics_add(TG_M_USAGE_RECORDS, lbl_dropped, (double)dropped);
         __atomic_add_fetch(&ks->dropped_unlogged, dropped, __ATOMIC_RELAXED);
     }
+    if (rc > 0 && tg_usage_log_due(&ks->last_err_log_ms))
+        tg_log_error("usage spool: %s; the record is written but may not survive a power loss",
+                     err);
+    if (rc < 0 && tg_usage_log_due(&ks->last_err_log_ms))
+        tg_log_error("usage spool: %s", err);
+    return rc < 0 ? -1 : 0;
+}
+
+/* A record that only Kafka had and Kafka could not take: to the spool, for
+ * replay. `batch`: from the delivery reports of one poll, synced together
+ * after it. Returns 0, or -1 if it is lost (counted and logged). */
+static int spool_record(struct ksink *ks, const void *key, size_t klen, const void *data,
+                        size_t len, bool batch)
+{
+    int rc = spool_write(ks, key, klen, data, len, batch ? TG_SPOOL_DEFER_SYNC : 0, NULL);
     if (rc < 0) {
         tg_metrics_add(TG_M_USAGE_RECORDS, lbl_error, 1);
         if (tg_usage_log_due(&ks->last_err_log_ms))
-            tg_log_error("usage record lost: Kafka cannot take it and %s", err);
+            tg_log_error("usage record lost: neither Kafka nor the spool could take it");
     }
     return rc;
 }
@@ -106,15 +127,15 @@ static int spool_record(struct ksink *ks, const void *key, size_t klen, const vo
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     struct ksink *ks = opaque;
-    struct replay_ctx *ctx = m->_private;
+    struct msg_ctx *ctx = m->_private;
+    if (ctx == NULL) return; /* every message has one */
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         __atomic_store_n(&ks->healthy, 1, __ATOMIC_RELAXED);
-        if (ctx) {
-            tg_spool_ack(ks->spool, ctx->pos);
+        if (ctx->in_spool) tg_spool_ack(ks->spool, ctx->pos);
+        if (ctx->replay)
             ks->n_replayed++;
-        } else {
+        else
             ks->n_delivered++;
-        }
     } else {
         if (m->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE &&
             m->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT) {
@@ -122,17 +143,18 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
             ks->n_failed++;
             ks->last_fail = m->err;
         }
-        /* A failed replay goes to the tail again before its old place is
-         * released, so that it is always on disk at least once. */
-        int rc = spool_record(ks, m->key, m->key_len, m->payload, m->len, true);
-        ks->unsynced = true;
-        if (ctx && rc == 0) tg_spool_ack(ks->spool, ctx->pos);
-        if (!ctx && rc == 0) ks->n_spooled++;
+        /* The record is in the spool already: it is unread there again, and
+         * replayed. Unless the spool no longer holds it (drop_oldest deleted
+         * its segment, or its write had failed): then it is appended. */
+        int rc = 0;
+        if (!ctx->in_spool || tg_spool_release(ks->spool, ctx->pos) < 0) {
+            rc = spool_record(ks, m->key, m->key_len, m->payload, m->len, true);
+            ks->unsynced = true;
+        }
+        if (!ctx->replay && rc == 0) ks->n_spooled++;
     }
-    if (ctx) {
-        ks->inflight--;
-        free(ctx);
-    }
+    if (ctx->replay) ks->inflight--;
+    free(ctx);
 }
 
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -217,9 +239,9 @@ error:
     return -1;
 }
 
-/* After a poll: syncs what the delivery reports spooled (fsync mode always
- * syncs once per poll, not once per record: these records were answered long
- * ago, so a batch loses nothing the mode promises), and publishes counts. */
+/* After a poll: syncs what the delivery reports appended (rarely: records
+ * the spool no longer held; fsync mode always syncs once per poll, not once
+ * per record), and publishes counts. */
 static void publish_counts(struct ksink *ks)
 {
     char err[TG_ERR_LEN];
@@ -245,7 +267,7 @@ static void publish_counts(struct ksink *ks)
 }
 
 /* Purges everything the producer holds and serves the purged delivery
- * reports, which put the records into the spool. Main thread. */
+ * reports, which leave the records unread in the spool. Main thread. */
 static void purge_into_spool(struct ksink *ks)
 {
     rd_kafka_purge(ks->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
@@ -297,9 +319,9 @@ static void replay(struct ksink *ks)
             if (r <= 0) return;
             ks->have_next = true;
         }
-        struct replay_ctx *ctx = malloc(sizeof(*ctx));
+        struct msg_ctx *ctx = malloc(sizeof(*ctx));
         if (ctx == NULL) return;
-        ctx->pos = ks->next.pos;
+        *ctx = (struct msg_ctx){.pos = ks->next.pos, .in_spool = true, .replay = true};
         rd_kafka_resp_err_t e = rd_kafka_producev(
             ks->rk, RD_KAFKA_V_RKT(ks->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
             RD_KAFKA_V_VALUE(ks->next.data, ks->next.len),
@@ -346,24 +368,41 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the sink ---- */
 
+/* Every record goes to the spool first (write-ahead: written, and in fsync
+ * mode always synced, before this returns and so before the client gets the
+ * last bytes of its answer), then to the producer, which acknowledges it in
+ * the spool once Kafka has it. While the brokers are known to be down it is
+ * only spooled, unread: replay() sends it when they are back, rather than it
+ * waiting in memory for message.timeout.ms. */
 static int kafka_submit(struct tg_sink *s, const char *json, size_t len, const char *key)
 {
     struct ksink *ks = (struct ksink *)s;
     size_t klen = strlen(key);
-    if (__atomic_load_n(&ks->healthy, __ATOMIC_RELAXED)) {
-        rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__STATE;
-        pthread_rwlock_rdlock(&ks->lock);
-        if (ks->rk)
-            e = rd_kafka_producev(
-                ks->rk, RD_KAFKA_V_RKT(ks->rkt), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_VALUE((void *)json, len), RD_KAFKA_V_KEY(klen ? key : NULL, klen),
-                RD_KAFKA_V_OPAQUE(NULL), RD_KAFKA_V_END);
-        pthread_rwlock_unlock(&ks->lock);
-        if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
+    struct msg_ctx *ctx = NULL;
+    if (__atomic_load_n(&ks->healthy, __ATOMIC_RELAXED)) ctx = malloc(sizeof(*ctx));
+    if (ctx == NULL) {
+        int rc = spool_write(ks, key, klen, json, len, 0, NULL);
+        tg_metrics_add(TG_M_USAGE_RECORDS, rc == 0 ? lbl_spooled : lbl_error, 1);
+        return rc;
     }
-    /* Queue full, producer broken, or brokers known to be down: to disk now,
-     * rather than waiting in memory for message.timeout.ms. */
-    int rc = spool_record(ks, key, klen, json, len, false);
+    *ctx = (struct msg_ctx){.in_spool = true};
+    if (spool_write(ks, key, klen, json, len, TG_SPOOL_HANDED_OUT, &ctx->pos) < 0)
+        ctx->in_spool = false; /* Kafka may still take it (logged) */
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR__STATE;
+    pthread_rwlock_rdlock(&ks->lock);
+    if (ks->rk)
+        e = rd_kafka_producev(ks->rk, RD_KAFKA_V_RKT(ks->rkt),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                              RD_KAFKA_V_VALUE((void *)json, len),
+                              RD_KAFKA_V_KEY(klen ? key : NULL, klen), RD_KAFKA_V_OPAQUE(ctx),
+                              RD_KAFKA_V_END);
+    pthread_rwlock_unlock(&ks->lock);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR) return 0;
+    /* Queue full or producer broken: the spool has it; replay() sends it. */
+    int rc = 0;
+    if (!ctx->in_spool || tg_spool_release(ks->spool, ctx->pos) < 0)
+        rc = spool_record(ks, key, klen, json, len, false);
+    free(ctx);
     if (rc == 0) tg_metrics_add(TG_M_USAGE_RECORDS, lbl_spooled, 1);
     return rc;
 }

@@ -19,21 +19,32 @@
 #include "tollgate/sink.h"
 
 /* Segment file: the 8-byte magic, then frames. A frame is a 12-byte header
- * (u32 body length, u16 key length, u16 zero, u32 CRC-32 of the first 8 header
- * bytes and the body; little-endian) and the body: payload then key. */
+ * (u32 body length, u16 key length, u8 flags, u8 zero, u32 CRC-32 of the
+ * first 8 header bytes with the flags byte as zero, and the body;
+ * little-endian) and the body: payload then key. The one flag, FRAME_ACKED,
+ * is set in place when the record is acknowledged, so that a restart does not
+ * replay it; the CRC does not cover it. */
 static const char seg_magic[8] = {'T', 'G', 'S', 'P', 'O', 'O', 'L', '1'};
 #define SEG_HDR ((int64_t)sizeof(seg_magic))
 #define FRAME_HDR 12
+#define FRAME_FLAGS_AT 6
+#define FRAME_ACKED 1u
 #define SEG_NAME_FMT "%012" PRIu64 ".spool"
 #define SEG_NAME_LEN 18
 
+/* A record's state, one byte per record of a segment. */
+enum { REC_UNREAD, REC_OUT, REC_ACKED };
+
 struct seg {
     uint64_t seq;
-    int64_t size;  /* bytes of the file that hold valid frames */
-    int64_t nrec;  /* records in it */
-    int64_t nread; /* handed out by tg_spool_next */
-    int64_t nacked;
-    int rfd; /* for reading; -1 until the cursor gets here */
+    int64_t size;    /* bytes of the file that hold valid frames */
+    int64_t nrec;    /* records in it */
+    int64_t nunread; /* REC_UNREAD */
+    int64_t nout;    /* REC_OUT: handed out, not yet acknowledged or released */
+    int64_t nacked;  /* REC_ACKED */
+    uint8_t *st;     /* nrec states (cap of them allocated) */
+    int64_t cap;
+    int fd; /* read-write, for reading and ack marks; -1 until needed */
 };
 
 struct tg_spool {
@@ -45,12 +56,20 @@ struct tg_spool {
     size_t nsegs, cap;
     int wfd; /* the last segment, open for appending; -1 if none */
     uint64_t next_seq;
-    uint64_t cur_seq; /* the read cursor */
-    int64_t cur_off;
-    int64_t bytes, records, unread;
+    /* The read cursor: no unread record is before it. */
+    uint64_t cur_seq;
+    int64_t cur_off, cur_idx;
+    int64_t bytes, records, unread, out;
     uint64_t dropped, truncated;
-    bool dirty; /* written since the last fdatasync */
-    bool full;  /* read without the lock by tg_spool_accepting */
+    bool dirty;     /* written since the last fdatasync */
+    bool dir_dirty; /* a segment was created since the directory's last fsync */
+    bool full;      /* read without the lock by tg_spool_accepting */
+    /* fsync mode always: appends are numbered; an appender waits until
+     * `synced` reaches its number. One fdatasync at a time (`syncing`) covers
+     * every append before it started. */
+    uint64_t wseq, synced;
+    bool syncing;
+    pthread_cond_t sync_cv;
     /* fsync every opts.fsync_interval_ms (interval mode) */
     pthread_t syncer;
     pthread_cond_t cv;
@@ -108,8 +127,22 @@ static int64_t frame_body_len(const unsigned char *h, size_t *klen)
 {
     uint32_t len = get_le32(h);
     *klen = (size_t)h[4] | (size_t)h[5] << 8;
-    if (h[6] != 0 || h[7] != 0 || len > TG_SPOOL_MAX_RECORD || *klen > len) return -1;
+    if ((h[FRAME_FLAGS_AT] & ~FRAME_ACKED) != 0 || h[7] != 0 || len > TG_SPOOL_MAX_RECORD ||
+        *klen > len)
+        return -1;
     return len;
+}
+
+/* The CRC of a frame's header (flags as zero) and its body, given in two parts. */
+static uint32_t frame_crc(const unsigned char *hdr, const void *a, size_t alen, const void *b,
+                          size_t blen)
+{
+    unsigned char h[8];
+    memcpy(h, hdr, 8);
+    h[FRAME_FLAGS_AT] = 0;
+    uint32_t crc = crc_update(0, h, 8);
+    crc = crc_update(crc, a, alen);
+    return crc_update(crc, b, blen);
 }
 
 /* ---- segments ---- */
@@ -124,6 +157,25 @@ static struct seg *last_seg(struct tg_spool *sp)
     return sp->nsegs ? &sp->segs[sp->nsegs - 1] : NULL;
 }
 
+static bool is_writer(const struct tg_spool *sp, size_t i)
+{
+    return i + 1 == sp->nsegs && sp->wfd >= 0;
+}
+
+/* The index of segment `seq`, or -1 (binary search: segs are by seq). */
+static ssize_t find_seg(const struct tg_spool *sp, uint64_t seq)
+{
+    size_t lo = 0, hi = sp->nsegs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (sp->segs[mid].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < sp->nsegs && sp->segs[lo].seq == seq ? (ssize_t)lo : -1;
+}
+
 static struct seg *push_seg(struct tg_spool *sp, uint64_t seq)
 {
     if (sp->nsegs == sp->cap) {
@@ -134,30 +186,61 @@ static struct seg *push_seg(struct tg_spool *sp, uint64_t seq)
         sp->cap = ncap;
     }
     struct seg *s = &sp->segs[sp->nsegs++];
-    *s = (struct seg){.seq = seq, .size = SEG_HDR, .rfd = -1};
+    *s = (struct seg){.seq = seq, .size = SEG_HDR, .fd = -1};
     return s;
 }
 
-/* Deletes segment i (its file and its bookkeeping). Records in it not yet
- * handed out are counted as dropped; those handed out and not acknowledged
- * are with the caller, who delivers or appends them again (their acks are
- * then ignored). */
+/* Room for one more record's state. */
+static int reserve_state(struct seg *s)
+{
+    if (s->nrec < s->cap) return 0;
+    int64_t ncap = s->cap ? s->cap * 2 : 256;
+    uint8_t *n = realloc(s->st, (size_t)ncap);
+    if (n == NULL) return -1;
+    s->st = n;
+    s->cap = ncap;
+    return 0;
+}
+
+static void close_seg_fd(struct seg *s)
+{
+    if (s->fd >= 0) close(s->fd);
+    s->fd = -1;
+}
+
+static int seg_fd(struct tg_spool *sp, struct seg *s)
+{
+    if (s->fd < 0) {
+        char path[4096];
+        seg_path(sp, s->seq, path, sizeof(path));
+        s->fd = open(path, O_RDWR | O_CLOEXEC);
+    }
+    return s->fd;
+}
+
+/* Deletes segment i (its file and its bookkeeping). Unread records in it are
+ * counted as dropped; those handed out and not acknowledged are with the
+ * caller, who delivers them or, as tg_spool_release fails for them, appends
+ * them again (their acks are ignored). */
 static void remove_seg(struct tg_spool *sp, size_t i)
 {
     struct seg *s = &sp->segs[i];
     char path[4096];
     seg_path(sp, s->seq, path, sizeof(path));
-    if (s->rfd >= 0) close(s->rfd);
-    if (i == sp->nsegs - 1 && sp->wfd >= 0) {
+    close_seg_fd(s);
+    if (is_writer(sp, i)) {
         close(sp->wfd);
         sp->wfd = -1;
         sp->dirty = false;
+        sp->synced = sp->wseq; /* what is left was synced when its segments rolled over */
     }
     unlink(path);
-    sp->dropped += (uint64_t)(s->nrec - s->nread);
+    sp->dropped += (uint64_t)s->nunread;
     sp->records -= s->nrec - s->nacked;
-    sp->unread -= s->nrec - s->nread;
+    sp->unread -= s->nunread;
+    sp->out -= s->nout;
     sp->bytes -= s->size;
+    free(s->st);
     memmove(&sp->segs[i], &sp->segs[i + 1], (sp->nsegs - i - 1) * sizeof(*s));
     sp->nsegs--;
 }
@@ -194,20 +277,33 @@ static int write_all_at(int fd, struct iovec *iov, int iovcnt, off_t off)
     return 0;
 }
 
-/* Closes the segment being written (synced first in interval mode, so that a
- * rolled segment is as durable as the interval promises). */
+/* fsyncs the directory if a segment was created since its last fsync, so that
+ * the new names survive a power loss. Lock held. */
+static int sync_dir(struct tg_spool *sp)
+{
+    if (!sp->dir_dirty) return 0;
+    if (fsync(sp->dirfd) < 0) return -1;
+    sp->dir_dirty = false;
+    return 0;
+}
+
+/* Closes the segment being written, synced first (so that a rolled segment
+ * is as durable as the mode promises, and `synced` covers every append to
+ * it). */
 static int close_writer(struct tg_spool *sp)
 {
     int rc = 0;
     if (sp->wfd < 0) return 0;
-    if (sp->dirty && fdatasync(sp->wfd) < 0) rc = -1;
+    if ((sp->dirty || sp->synced < sp->wseq) && fdatasync(sp->wfd) < 0) rc = -1;
     close(sp->wfd);
     sp->wfd = -1;
     sp->dirty = false;
+    sp->synced = sp->wseq;
     return rc;
 }
 
-/* Starts a new segment file for appends. */
+/* Starts a new segment file for appends. The directory is fsynced later: by
+ * the interval thread, or before an append in fsync mode always returns. */
 static int open_writer(struct tg_spool *sp, char err[TG_ERR_LEN])
 {
     char path[4096];
@@ -227,7 +323,8 @@ static int open_writer(struct tg_spool *sp, char err[TG_ERR_LEN])
         errno = e ? e : ENOMEM;
         goto error;
     }
-    fsync(sp->dirfd); /* the new name itself must survive a crash */
+    sp->dir_dirty = true;
+    sp->dirty = true;
     sp->wfd = fd;
     sp->bytes += SEG_HDR;
     return 0;
@@ -237,7 +334,8 @@ error:
 }
 
 /* Checks one existing segment frame by frame, truncating a torn or corrupt
- * tail. Keeps it if it holds records, deletes it otherwise. */
+ * tail. Keeps it if it holds records not marked acknowledged, deletes it
+ * otherwise. */
 static int load_seg(struct tg_spool *sp, uint64_t seq, char err[TG_ERR_LEN])
 {
     char path[4096];
@@ -245,11 +343,12 @@ static int load_seg(struct tg_spool *sp, uint64_t seq, char err[TG_ERR_LEN])
     const char *errpos = "open";
     unsigned char *map = MAP_FAILED;
     struct stat st;
+    struct seg tmp = {.seq = seq, .size = SEG_HDR, .fd = -1};
     int fd = open(path, O_RDWR | O_CLOEXEC);
     if (fd < 0) goto error;
     errpos = "stat";
     if (fstat(fd, &st) < 0) goto error;
-    int64_t size = st.st_size, end = 0, nrec = 0;
+    int64_t size = st.st_size, end = 0;
     if (size >= SEG_HDR) {
         errpos = "mmap";
         map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -260,19 +359,31 @@ static int load_seg(struct tg_spool *sp, uint64_t seq, char err[TG_ERR_LEN])
                 size_t klen;
                 int64_t blen = frame_body_len(map + end, &klen);
                 if (blen < 0 || end + FRAME_HDR + blen > size) break;
-                uint32_t crc = crc_update(0, map + end, 8);
-                crc = crc_update(crc, map + end + FRAME_HDR, (size_t)blen);
-                if (crc != get_le32(map + end + 8)) break;
+                if (frame_crc(map + end, map + end + FRAME_HDR, (size_t)blen, NULL, 0) !=
+                    get_le32(map + end + 8))
+                    break;
+                errpos = "alloc";
+                if (reserve_state(&tmp) < 0) {
+                    munmap(map, (size_t)size);
+                    goto error;
+                }
+                bool acked = map[end + FRAME_FLAGS_AT] & FRAME_ACKED;
+                tmp.st[tmp.nrec++] = acked ? REC_ACKED : REC_UNREAD;
+                if (acked)
+                    tmp.nacked++;
+                else
+                    tmp.nunread++;
                 end += FRAME_HDR + blen;
-                nrec++;
             }
         }
         munmap(map, (size_t)size);
     }
-    if (nrec == 0) {
-        sp->truncated += (uint64_t)(end ? size - end : size);
+    if (tmp.nrec == 0 || tmp.nunread == 0) {
+        /* nothing valid, or everything in it delivered */
+        if (tmp.nrec == 0) sp->truncated += (uint64_t)(end ? size - end : size);
         close(fd);
         unlink(path);
+        free(tmp.st);
         return 0;
     }
     if (end < size) {
@@ -281,19 +392,20 @@ static int load_seg(struct tg_spool *sp, uint64_t seq, char err[TG_ERR_LEN])
         sp->truncated += (uint64_t)(size - end);
     }
     close(fd);
+    fd = -1;
     errpos = "alloc";
     struct seg *s = push_seg(sp, seq);
-    if (s == NULL) goto error_nofd;
-    s->size = end;
-    s->nrec = nrec;
+    if (s == NULL) goto error;
+    tmp.size = end;
+    *s = tmp;
     sp->bytes += end;
-    sp->records += nrec;
-    sp->unread += nrec;
+    sp->records += tmp.nunread;
+    sp->unread += tmp.nunread;
     return 0;
 error:
-    if (fd >= 0) close(fd);
-error_nofd:
     set_err(err, "spool %s: %s: %s", path, errpos, strerror(errno));
+    if (fd >= 0) close(fd);
+    free(tmp.st);
     return -1;
 }
 
@@ -366,18 +478,70 @@ static void *syncer_main(void *arg)
         ts.tv_sec += ns / 1000000000;
         ts.tv_nsec = ns % 1000000000;
         pthread_cond_timedwait(&sp->cv, &sp->mu, &ts);
-        if (sp->stop || !sp->dirty || sp->wfd < 0) continue;
-        int fd = dup(sp->wfd);
-        if (fd < 0) continue;
+        if (sp->stop) continue;
+        bool dir = sp->dir_dirty;
+        if ((!sp->dirty || sp->wfd < 0) && !dir) continue;
+        int fd = sp->dirty && sp->wfd >= 0 ? dup(sp->wfd) : -1;
         sp->dirty = false;
+        sp->dir_dirty = false;
         pthread_mutex_unlock(&sp->mu);
-        int rc = fdatasync(fd);
-        close(fd);
+        int rc = fd >= 0 ? fdatasync(fd) : 0;
+        if (fd >= 0) close(fd);
+        int drc = dir ? fsync(sp->dirfd) : 0;
         pthread_mutex_lock(&sp->mu);
         if (rc < 0) sp->dirty = true;
+        if (drc < 0) sp->dir_dirty = true;
     }
     pthread_mutex_unlock(&sp->mu);
     return NULL;
+}
+
+/* fsync mode always: returns once every append up to number `target` is
+ * fdatasync'd (and the directory, if a segment was created). The first waiter
+ * syncs for everyone who appended before it started; the others wait for it.
+ * Lock held (released while syncing). */
+static int sync_upto(struct tg_spool *sp, uint64_t target, char err[TG_ERR_LEN])
+{
+    while (sp->synced < target) {
+        if (sp->syncing) {
+            pthread_cond_wait(&sp->sync_cv, &sp->mu);
+            continue;
+        }
+        if (sp->wfd < 0) { /* closed: close_writer synced it */
+            sp->synced = sp->wseq;
+            break;
+        }
+        uint64_t upto = sp->wseq;
+        bool dir = sp->dir_dirty;
+        int fd = dup(sp->wfd);
+        if (fd < 0) {
+            set_err(err, "spool %s: dup: %s", sp->dir, strerror(errno));
+            return -1;
+        }
+        sp->syncing = true;
+        sp->dir_dirty = false;
+        pthread_mutex_unlock(&sp->mu);
+        const char *what = "fdatasync";
+        int rc = fdatasync(fd);
+        int e = errno;
+        close(fd);
+        if (rc == 0 && dir && fsync(sp->dirfd) < 0) {
+            rc = -1;
+            e = errno;
+            what = "fsync";
+        }
+        pthread_mutex_lock(&sp->mu);
+        sp->syncing = false;
+        pthread_cond_broadcast(&sp->sync_cv);
+        if (rc < 0) {
+            if (dir) sp->dir_dirty = true;
+            set_err(err, "spool %s: %s: %s", sp->dir, what, strerror(e));
+            return -1;
+        }
+        if (upto > sp->synced) sp->synced = upto;
+        if (sp->synced == sp->wseq) sp->dirty = false;
+    }
+    return 0;
 }
 
 /* ---- API ---- */
@@ -413,6 +577,7 @@ struct tg_spool *tg_spool_open(const struct tg_spool_opts *opts, char err[TG_ERR
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&sp->cv, &ca);
     pthread_condattr_destroy(&ca);
+    pthread_cond_init(&sp->sync_cv, NULL);
     if (tg_usage_mkdirs(sp->dir) < 0 ||
         (sp->dirfd = open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
         set_err(err, "spool %s: %s", sp->dir, strerror(errno));
@@ -451,12 +616,16 @@ void tg_spool_close(struct tg_spool *sp)
         pthread_join(sp->syncer, NULL);
     }
     close_writer(sp);
-    for (size_t i = 0; i < sp->nsegs; i++)
-        if (sp->segs[i].rfd >= 0) close(sp->segs[i].rfd);
+    if (sp->dirfd >= 0) sync_dir(sp);
+    for (size_t i = 0; i < sp->nsegs; i++) {
+        close_seg_fd(&sp->segs[i]);
+        free(sp->segs[i].st);
+    }
     if (sp->dirfd >= 0) close(sp->dirfd);
     if (sp->dir) {
         pthread_mutex_destroy(&sp->mu);
         pthread_cond_destroy(&sp->cv);
+        pthread_cond_destroy(&sp->sync_cv);
     }
     free(sp->segs);
     free(sp->dir);
@@ -464,7 +633,8 @@ void tg_spool_close(struct tg_spool *sp)
 }
 
 int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const char *data, size_t len,
-                    bool defer_sync, uint64_t *dropped, char err[TG_ERR_LEN])
+                    unsigned flags, struct tg_spool_pos *pos, uint64_t *dropped,
+                    char err[TG_ERR_LEN])
 {
     if (dropped) *dropped = 0;
     if (klen > 0xFFFF || len + klen > TG_SPOOL_MAX_RECORD) {
@@ -477,10 +647,7 @@ int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const cha
     hdr[4] = (unsigned char)klen;
     hdr[5] = (unsigned char)(klen >> 8);
     hdr[6] = hdr[7] = 0;
-    uint32_t crc = crc_update(0, hdr, 8);
-    crc = crc_update(crc, data, len);
-    crc = crc_update(crc, key, klen);
-    put_le32(hdr + 8, crc);
+    put_le32(hdr + 8, frame_crc(hdr, data, len, key, klen));
 
     int rc = -1;
     pthread_mutex_lock(&sp->mu);
@@ -495,34 +662,50 @@ int tg_spool_append(struct tg_spool *sp, const char *key, size_t klen, const cha
         if (open_writer(sp, err) < 0) goto out;
         s = last_seg(sp);
     }
+    if (reserve_state(s) < 0) {
+        set_err(err, "spool %s: out of memory", sp->dir);
+        goto out;
+    }
     struct iovec iov[3] = {{hdr, FRAME_HDR}, {(void *)data, len}, {(void *)key, klen}};
     if (write_all_at(sp->wfd, iov, 3, s->size) < 0) {
         set_err(err, "spool %s: write: %s", sp->dir, strerror(errno));
         if (ftruncate(sp->wfd, s->size) < 0) close_writer(sp); /* next append starts afresh */
         goto out;
     }
+    struct tg_spool_pos p = {s->seq, (uint64_t)s->size, (uint64_t)s->nrec};
+    if (pos) *pos = p;
+    if (flags & TG_SPOOL_HANDED_OUT) {
+        s->st[s->nrec] = REC_OUT;
+        s->nout++;
+        sp->out++;
+        /* Nothing is waiting to be read: the cursor may skip what is in flight. */
+        if (sp->unread == 0) {
+            sp->cur_seq = s->seq;
+            sp->cur_off = s->size + frame;
+            sp->cur_idx = s->nrec + 1;
+        }
+    } else {
+        s->st[s->nrec] = REC_UNREAD;
+        s->nunread++;
+        sp->unread++;
+    }
     s->size += frame;
     s->nrec++;
     sp->bytes += frame;
     sp->records++;
-    sp->unread++;
     sp->dirty = true;
+    uint64_t my = ++sp->wseq;
     rc = 0;
-    if (sp->opts.fsync == TG_SPOOL_FSYNC_ALWAYS && !defer_sync) {
-        if (fdatasync(sp->wfd) < 0) {
-            set_err(err, "spool %s: fdatasync: %s", sp->dir, strerror(errno));
-            rc = -1;
-        } else {
-            sp->dirty = false;
-        }
-    }
+    if (sp->opts.fsync == TG_SPOOL_FSYNC_ALWAYS && !(flags & TG_SPOOL_DEFER_SYNC) &&
+        sync_upto(sp, my, err) < 0)
+        rc = 1;
 out:
     update_full(sp);
     pthread_mutex_unlock(&sp->mu);
     return rc;
 }
 
-/* The segment the cursor is in (the first at or after cur_seq), or NULL. */
+/* The segment the cursor is in (the first at or after cur_seq), or nsegs. */
 static size_t cursor_seg(struct tg_spool *sp)
 {
     size_t i = 0;
@@ -531,6 +714,7 @@ static size_t cursor_seg(struct tg_spool *sp)
     if (i < sp->nsegs && sp->segs[i].seq != sp->cur_seq) {
         sp->cur_seq = sp->segs[i].seq;
         sp->cur_off = SEG_HDR;
+        sp->cur_idx = 0;
     }
     return i;
 }
@@ -547,100 +731,201 @@ static ssize_t read_full(int fd, void *buf, size_t n, off_t off)
     return (ssize_t)got;
 }
 
+/* Segment i cannot be read from record `idx` on (damaged after it was
+ * written): those records are forgotten. Unread ones are lost (dropped);
+ * handed-out ones are with their callers (tg_spool_release fails for them). */
+static void cut_seg(struct tg_spool *sp, size_t i, int64_t idx, int64_t off)
+{
+    struct seg *s = &sp->segs[i];
+    for (int64_t j = idx; j < s->nrec; j++) {
+        switch (s->st[j]) {
+        case REC_UNREAD:
+            s->nunread--;
+            sp->unread--;
+            sp->records--;
+            sp->dropped++;
+            break;
+        case REC_OUT:
+            s->nout--;
+            sp->out--;
+            sp->records--;
+            break;
+        default:
+            s->nacked--;
+            break;
+        }
+    }
+    s->nrec = idx;
+    sp->truncated += (uint64_t)(s->size - off);
+    /* Records appended after the damage would sit behind it: new ones go to a
+     * fresh segment. */
+    if (i + 1 == sp->nsegs) close_writer(sp);
+    if (s->nacked >= s->nrec && (i + 1 < sp->nsegs || sp->wfd < 0)) remove_seg(sp, i);
+}
+
 int tg_spool_next(struct tg_spool *sp, struct tg_spool_rec *rec, char err[TG_ERR_LEN])
 {
     int rc = 0;
-    char path[4096];
+    bool rescanned = false;
     pthread_mutex_lock(&sp->mu);
-    for (;;) {
+    while (sp->unread > 0) {
         size_t i = cursor_seg(sp);
-        if (i == sp->nsegs) break;
-        struct seg *s = &sp->segs[i];
-        if (s->nread >= s->nrec) {
-            if (s->rfd >= 0) close(s->rfd);
-            s->rfd = -1;
-            if (i + 1 == sp->nsegs) break;
-            sp->cur_seq = sp->segs[i + 1].seq;
+        if (i == sp->nsegs) {
+            /* Unread records exist but not after the cursor: cannot happen;
+             * look once from the start rather than lose them. */
+            if (rescanned || sp->nsegs == 0) break;
+            rescanned = true;
+            sp->cur_seq = sp->segs[0].seq;
             sp->cur_off = SEG_HDR;
+            sp->cur_idx = 0;
             continue;
         }
-        if (s->rfd < 0) {
-            seg_path(sp, s->seq, path, sizeof(path));
-            s->rfd = open(path, O_RDONLY | O_CLOEXEC);
-            if (s->rfd < 0) {
-                set_err(err, "spool %s: open: %s", path, strerror(errno));
-                rc = -1;
-                break;
+        struct seg *s = &sp->segs[i];
+        if (s->nunread == 0 || sp->cur_idx >= s->nrec) {
+            if (s->nout == 0) close_seg_fd(s);
+            if (i + 1 < sp->nsegs) {
+                sp->cur_seq = sp->segs[i + 1].seq;
+                sp->cur_off = SEG_HDR;
+                sp->cur_idx = 0;
+                continue;
             }
+            sp->cur_off = s->size; /* the end, where the next append goes */
+            sp->cur_idx = s->nrec;
+            if (rescanned) break;
+            rescanned = true; /* as above */
+            sp->cur_seq = sp->segs[0].seq;
+            sp->cur_off = SEG_HDR;
+            sp->cur_idx = 0;
+            continue;
+        }
+        if (seg_fd(sp, s) < 0) {
+            char path[4096];
+            seg_path(sp, s->seq, path, sizeof(path));
+            set_err(err, "spool %s: open: %s", path, strerror(errno));
+            rc = -1;
+            break;
         }
         unsigned char hdr[FRAME_HDR];
         size_t klen;
         int64_t blen = -1;
-        char *body = NULL;
-        if (read_full(s->rfd, hdr, FRAME_HDR, sp->cur_off) == FRAME_HDR &&
-            (blen = frame_body_len(hdr, &klen)) >= 0 && (body = malloc((size_t)blen + 1)) &&
-            read_full(s->rfd, body, (size_t)blen, sp->cur_off + FRAME_HDR) == blen &&
-            crc_update(crc_update(0, hdr, 8), body, (size_t)blen) == get_le32(hdr + 8)) {
-            body[blen] = '\0';
-            rec->pos = (struct tg_spool_pos){s->seq, (uint64_t)sp->cur_off};
-            rec->data = body;
-            rec->len = (size_t)blen - klen;
-            rec->key = body + rec->len;
-            rec->klen = klen;
-            sp->cur_off += FRAME_HDR + blen;
-            s->nread++;
-            sp->unread--;
-            rc = 1;
-            break;
+        if (read_full(s->fd, hdr, FRAME_HDR, sp->cur_off) == FRAME_HDR &&
+            (blen = frame_body_len(hdr, &klen)) >= 0 &&
+            sp->cur_off + FRAME_HDR + blen <= s->size) {
+            if (s->st[sp->cur_idx] != REC_UNREAD) { /* in flight or delivered: skip it */
+                sp->cur_off += FRAME_HDR + blen;
+                sp->cur_idx++;
+                continue;
+            }
+            char *body = malloc((size_t)blen + 1);
+            if (body == NULL) {
+                set_err(err, "spool %s: out of memory", sp->dir);
+                rc = -1;
+                break;
+            }
+            if (read_full(s->fd, body, (size_t)blen, sp->cur_off + FRAME_HDR) == blen &&
+                frame_crc(hdr, body, (size_t)blen, NULL, 0) == get_le32(hdr + 8)) {
+                body[blen] = '\0';
+                rec->pos = (struct tg_spool_pos){s->seq, (uint64_t)sp->cur_off,
+                                                 (uint64_t)sp->cur_idx};
+                rec->data = body;
+                rec->len = (size_t)blen - klen;
+                rec->key = body + rec->len;
+                rec->klen = klen;
+                s->st[sp->cur_idx] = REC_OUT;
+                s->nunread--;
+                s->nout++;
+                sp->unread--;
+                sp->out++;
+                sp->cur_off += FRAME_HDR + blen;
+                sp->cur_idx++;
+                rc = 1;
+                break;
+            }
+            free(body);
         }
         /* Damaged after it was written: the rest of this segment is lost. */
-        free(body);
-        int64_t lost = s->nrec - s->nread;
-        sp->truncated += (uint64_t)(s->size - sp->cur_off);
-        sp->dropped += (uint64_t)lost;
-        sp->records -= lost;
-        sp->unread -= lost;
-        s->nrec = s->nread;
-        /* Records appended after the damage would sit behind it: new ones go
-         * to a fresh segment. */
-        if (i + 1 == sp->nsegs) close_writer(sp);
-        if (s->nacked >= s->nrec && (i + 1 < sp->nsegs || sp->wfd < 0)) {
-            s->nacked = s->nrec;
+        cut_seg(sp, i, sp->cur_idx, sp->cur_off);
+    }
+    pthread_mutex_unlock(&sp->mu);
+    return rc;
+}
+
+/* The record at pos if this spool still holds it: its segment's index in *si. */
+static bool find_rec(struct tg_spool *sp, struct tg_spool_pos pos, size_t *si)
+{
+    ssize_t i = find_seg(sp, pos.seg);
+    if (i < 0 || pos.idx >= (uint64_t)sp->segs[i].nrec) return false;
+    *si = (size_t)i;
+    return true;
+}
+
+void tg_spool_ack(struct tg_spool *sp, struct tg_spool_pos pos)
+{
+    size_t i;
+    pthread_mutex_lock(&sp->mu);
+    if (find_rec(sp, pos, &i) && sp->segs[i].st[pos.idx] == REC_OUT) {
+        struct seg *s = &sp->segs[i];
+        s->st[pos.idx] = REC_ACKED;
+        s->nout--;
+        s->nacked++;
+        sp->out--;
+        sp->records--;
+        if (s->nacked == s->nrec) {
             remove_seg(sp, i);
+            update_full(sp);
+        } else {
+            /* Marked in the file, so that a restart does not send it again.
+             * Not synced: after a power loss a delivered record may be. */
+            static const unsigned char acked = FRAME_ACKED;
+            int fd = is_writer(sp, i) ? sp->wfd : seg_fd(sp, s);
+            if (fd >= 0) (void)!pwrite(fd, &acked, 1, (off_t)pos.off + FRAME_FLAGS_AT);
+            if (s->nout == 0 && s->seq != sp->cur_seq) close_seg_fd(s);
+        }
+    }
+    pthread_mutex_unlock(&sp->mu);
+}
+
+int tg_spool_release(struct tg_spool *sp, struct tg_spool_pos pos)
+{
+    size_t i;
+    int rc = -1;
+    pthread_mutex_lock(&sp->mu);
+    if (find_rec(sp, pos, &i)) {
+        struct seg *s = &sp->segs[i];
+        rc = 0;
+        if (s->st[pos.idx] == REC_OUT) {
+            s->st[pos.idx] = REC_UNREAD;
+            s->nout--;
+            s->nunread++;
+            sp->out--;
+            sp->unread++;
+            if (pos.seg < sp->cur_seq || (pos.seg == sp->cur_seq && pos.idx < (uint64_t)sp->cur_idx)) {
+                sp->cur_seq = pos.seg;
+                sp->cur_off = (int64_t)pos.off;
+                sp->cur_idx = (int64_t)pos.idx;
+            }
         }
     }
     pthread_mutex_unlock(&sp->mu);
     return rc;
 }
 
-void tg_spool_ack(struct tg_spool *sp, struct tg_spool_pos pos)
-{
-    pthread_mutex_lock(&sp->mu);
-    for (size_t i = 0; i < sp->nsegs; i++) {
-        struct seg *s = &sp->segs[i];
-        if (s->seq < pos.seg) continue;
-        if (s->seq == pos.seg && s->nacked < s->nread) {
-            s->nacked++;
-            sp->records--;
-            if (s->nacked == s->nrec) remove_seg(sp, i);
-            update_full(sp);
-        }
-        break;
-    }
-    pthread_mutex_unlock(&sp->mu);
-}
-
 int tg_spool_sync(struct tg_spool *sp, char err[TG_ERR_LEN])
 {
     int rc = 0;
     pthread_mutex_lock(&sp->mu);
-    if (sp->wfd >= 0 && sp->dirty) {
+    if (sp->wfd >= 0 && (sp->dirty || sp->synced < sp->wseq)) {
         if (fdatasync(sp->wfd) < 0) {
             set_err(err, "spool %s: fdatasync: %s", sp->dir, strerror(errno));
             rc = -1;
         } else {
             sp->dirty = false;
+            sp->synced = sp->wseq;
         }
+    }
+    if (rc == 0 && sync_dir(sp) < 0) {
+        set_err(err, "spool %s: fsync: %s", sp->dir, strerror(errno));
+        rc = -1;
     }
     pthread_mutex_unlock(&sp->mu);
     return rc;
@@ -658,6 +943,7 @@ void tg_spool_stats(struct tg_spool *sp, struct tg_spool_stats *out)
         .bytes = sp->bytes,
         .records = sp->records,
         .unread = sp->unread,
+        .handed_out = sp->out,
         .dropped = sp->dropped,
         .truncated_bytes = sp->truncated,
         .segments = (uint32_t)sp->nsegs,

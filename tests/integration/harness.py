@@ -547,9 +547,12 @@ class MockModel(Process):
 class KafkaBroker(Process):
     """BUILD_DIR/kafka_broker: librdkafka's mock cluster with the given topic(s) created."""
 
-    def __init__(self, topic="tollgate.usage", partitions=3, brokers=1, verbose=False, name="kafka_broker"):
+    def __init__(self, topic="tollgate.usage", partitions=3, brokers=1, verbose=False, name="kafka_broker",
+                 rtt_ms=0):
         topics = [topic] if isinstance(topic, str) else list(topic)
         argv = [build_path("kafka_broker"), "--partitions", partitions, "--brokers", brokers]
+        if rtt_ms:
+            argv += ["--rtt", rtt_ms]  # every answer that late: records stay in flight
         for t in topics:
             argv += ["--topic", t]
         if verbose:

@@ -24,7 +24,8 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
 static void usage(void)
 {
     fprintf(stderr, "usage: kafka_broker --topic T [--topic T2 ...] [--partitions 3] [--brokers 1] "
-                    "[--verbose]\n"
+                    "[--rtt MS] [--verbose]\n"
+                    "  --rtt: every broker answers MS milliseconds late (records stay in flight)\n"
                     "  prints BOOTSTRAP host:port,... when ready; SIGUSR1 takes every broker down\n"
                     "  (prints DOWN), SIGUSR2 brings them up (prints UP), SIGTERM/SIGINT exit\n");
 }
@@ -45,7 +46,7 @@ static void set_all(rd_kafka_mock_cluster_t *mc, int brokers, bool up)
 int main(int argc, char **argv)
 {
     const char *topics[MAX_TOPICS];
-    int ntopics = 0, partitions = 3, brokers = 1, rc = 1;
+    int ntopics = 0, partitions = 3, brokers = 1, rtt_ms = 0, rc = 1;
     char errstr[512];
     rd_kafka_t *rk = NULL;
     rd_kafka_mock_cluster_t *mc = NULL;
@@ -58,6 +59,8 @@ int main(int argc, char **argv)
             partitions = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--brokers") == 0 && i + 1 < argc) {
             brokers = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--rtt") == 0 && i + 1 < argc) {
+            rtt_ms = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--verbose") == 0) {
             verbose = true;
         } else {
@@ -65,7 +68,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (ntopics == 0 || partitions < 1 || brokers < 1 || brokers > 32) {
+    if (ntopics == 0 || partitions < 1 || brokers < 1 || brokers > 32 || rtt_ms < 0) {
         usage();
         return 2;
     }
@@ -112,6 +115,8 @@ int main(int argc, char **argv)
             goto out;
         }
     }
+    for (int id = 1; rtt_ms > 0 && id <= brokers; id++)
+        rd_kafka_mock_broker_set_rtt(mc, id, rtt_ms);
     printf("BOOTSTRAP %s\n", rd_kafka_mock_cluster_bootstraps(mc));
     fflush(stdout);
 

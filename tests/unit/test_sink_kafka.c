@@ -277,6 +277,107 @@ static void test_delivery(void **state)
     json_decref(ids);
 }
 
+/* How many of the ids in `ids` appear in the spool's segment files (each
+ * record's JSON holds its id). */
+static int ids_in_spool(const char *dir, json_t *ids)
+{
+    size_t cap = 1 << 20, len = 0;
+    char *all = malloc(cap);
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strstr(de->d_name, ".spool") == NULL) continue;
+        char path[512];
+        snprintf(path, sizeof(path), "%.200s/%.200s", dir, de->d_name);
+        FILE *fp = fopen(path, "rb");
+        assert_non_null(fp);
+        size_t n;
+        while ((n = fread(all + len, 1, cap - len, fp)) > 0) {
+            len += n;
+            if (len == cap) all = realloc(all, cap *= 2);
+        }
+        fclose(fp);
+    }
+    closedir(d);
+    int found = 0;
+    const char *id;
+    json_t *v;
+    json_object_foreach(ids, id, v)
+    {
+        found += memmem(all, len, id, strlen(id)) != NULL;
+    }
+    free(all);
+    return found;
+}
+
+/* Write-ahead: a record handed to the producer is in the spool before
+ * tg_usage_emit returns and stays there while Kafka has not acknowledged it
+ * (a slow broker); the acknowledgements delete the segment. Nothing is
+ * counted as spooled and Kafka gets each record once. */
+static void test_write_ahead_until_delivered(void **state)
+{
+    struct fx *f = *state;
+    rd_kafka_mock_broker_set_rtt(f->mc, 1, 400);
+    struct counts c0 = counts_now();
+    struct tg_sink *s = make_sink(f);
+    json_t *ids = json_object();
+    emit(s, 60, ids);
+    assert_true(spool_files(f->dir) > 0);
+    assert_int_equal(ids_in_spool(f->dir, ids), 60);
+    drive(f->base, 250, NULL, NULL); /* the broker has not answered yet */
+    assert_true(counts_since(c0).delivered == 0);
+    assert_true(spool_bytes() > 0);
+    assert_int_equal(ids_in_spool(f->dir, ids), 60);
+    rd_kafka_mock_broker_set_rtt(f->mc, 1, 0);
+    struct want w = {c0, 60, -1, -1};
+    assert_true(drive(f->base, 10000, reached, &w));
+    drive(f->base, 120, NULL, NULL); /* the gauge is sampled by the sink's timer */
+    struct counts d = counts_since(c0);
+    assert_true(d.delivered == 60 && d.spooled == 0 && d.replayed == 0 && d.error == 0);
+    assert_int_equal(spool_files(f->dir), 0);
+    assert_true(spool_bytes() == 0);
+    /* and again, on a new segment */
+    emit(s, 10, ids);
+    assert_int_equal(spool_files(f->dir), 1);
+    w = (struct want){c0, 70, -1, -1};
+    assert_true(drive(f->base, 10000, reached, &w));
+    assert_int_equal(spool_files(f->dir), 0);
+    s->ops->destroy(s);
+    int distinct;
+    assert_int_equal(consume(f, ids, 70, 10000, &distinct), 70);
+    assert_int_equal(distinct, 70);
+    json_decref(ids);
+}
+
+/* The sink is destroyed while its records are in flight and the broker does
+ * not answer (as a crash would leave them, but for the flush): a new sink on
+ * the same spool delivers every one of them. */
+static void test_in_flight_at_destroy_replayed(void **state)
+{
+    struct fx *f = *state;
+    rd_kafka_mock_broker_set_rtt(f->mc, 1, 3000);
+    struct counts c0 = counts_now();
+    struct tg_sink *s = make_sink(f);
+    json_t *ids = json_object();
+    emit(s, 40, ids);
+    drive(f->base, 100, NULL, NULL);
+    s->ops->flush(s, 50); /* too short for the broker: purged, left in the spool */
+    s->ops->destroy(s);
+    assert_true(counts_since(c0).delivered == 0);
+    assert_int_equal(ids_in_spool(f->dir, ids), 40);
+    rd_kafka_mock_broker_set_rtt(f->mc, 1, 0);
+    c0 = counts_now();
+    s = make_sink(f);
+    struct want w = {c0, -1, -1, 40};
+    assert_true(drive(f->base, 15000, reached, &w));
+    s->ops->destroy(s);
+    assert_int_equal(spool_files(f->dir), 0);
+    int distinct;
+    consume(f, ids, 40, 10000, &distinct);
+    assert_int_equal(distinct, 40);
+    json_decref(ids);
+}
+
 static void test_broker_down_then_up(void **state)
 {
     struct fx *f = *state;
@@ -447,6 +548,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_delivery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_ahead_until_delivered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_in_flight_at_destroy_replayed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broker_down_then_up, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy_while_down, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spool_cap_reject, setup, teardown),

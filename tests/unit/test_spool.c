@@ -9,7 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include "tollgate/spool.h"
 
@@ -56,17 +59,25 @@ static void payload(int i, char *out, size_t cap)
     snprintf(out, cap, "{\"id\":\"rec-%04d\",\"pad\":\"%0120d\"}", i, i);
 }
 
-static void append_n(struct tg_spool *sp, int from, int n, uint64_t *dropped)
+/* Appends records from .. from+n-1 with `flags`; their positions go to pos[0..n-1] (may be NULL). */
+static void append_flags(struct tg_spool *sp, int from, int n, unsigned flags,
+                         struct tg_spool_pos *pos, uint64_t *dropped)
 {
     char buf[256], key[32], err[TG_ERR_LEN];
     for (int i = from; i < from + n; i++) {
         payload(i, buf, sizeof(buf));
         snprintf(key, sizeof(key), "tenant-%d", i % 3);
         uint64_t d = 0;
-        if (tg_spool_append(sp, key, strlen(key), buf, strlen(buf), false, &d, err) != 0)
+        if (tg_spool_append(sp, key, strlen(key), buf, strlen(buf), flags,
+                            pos ? &pos[i - from] : NULL, &d, err) != 0)
             fail_msg("append %d: %s", i, err);
         if (dropped) *dropped += d;
     }
+}
+
+static void append_n(struct tg_spool *sp, int from, int n, uint64_t *dropped)
+{
+    append_flags(sp, from, n, 0, NULL, dropped);
 }
 
 /* Reads the next record and checks it is number `i`; returns its position. */
@@ -295,12 +306,13 @@ static void test_reopen_resume(void **state)
     tg_spool_ack(sp, p);
     expect_next(sp, ++i);
     tg_spool_close(sp);
-    /* after a restart: the second segment again from its start (a record
-     * acknowledged there may be sent twice, none is lost), then the rest */
+    /* after a restart: the second segment from its first record not
+     * acknowledged (the acknowledged one is marked in its frame and not sent
+     * again; the one handed out and not acknowledged is), then the rest */
     sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 4096);
-    assert_int_equal(stats(sp).records, 60 - second_start);
+    assert_int_equal(stats(sp).records, 60 - second_start - 1);
     append_n(sp, 60, 3, NULL);
-    for (i = second_start; i < 63; i++)
+    for (i = second_start + 1; i < 63; i++)
         expect_next(sp, i);
     expect_end(sp);
     tg_spool_close(sp);
@@ -377,6 +389,222 @@ static void test_drop_under_cursor(void **state)
     tg_spool_close(sp);
 }
 
+/* Acknowledgements in any order, and twice: only the records acknowledged
+ * are gone, the segment stays until the last of them, and a reopened spool
+ * hands out exactly the records not acknowledged (acks are marked in the
+ * file). */
+static void test_out_of_order_acks(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_spool *sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 0);
+    append_n(sp, 0, 10, NULL);
+    struct tg_spool_pos pos[10];
+    for (int i = 0; i < 10; i++)
+        pos[i] = expect_next(sp, i);
+    static const int order[] = {9, 2, 7, 0, 4};
+    for (size_t k = 0; k < TG_ARRAY_LEN(order); k++)
+        tg_spool_ack(sp, pos[order[k]]);
+    tg_spool_ack(sp, pos[2]); /* again: ignored */
+    tg_spool_ack(sp, pos[9]);
+    assert_int_equal(stats(sp).records, 5);
+    assert_int_equal(stats(sp).handed_out, 5);
+    assert_int_equal(count_files(f->dir), 1);
+    tg_spool_close(sp);
+    /* a restart: 1, 3, 5, 6, 8 (not acknowledged), in order */
+    sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 0);
+    assert_int_equal(stats(sp).records, 5);
+    assert_int_equal(stats(sp).unread, 5);
+    static const int left[] = {1, 3, 5, 6, 8};
+    struct tg_spool_pos lp[5];
+    for (int k = 0; k < 5; k++)
+        lp[k] = expect_next(sp, left[k]);
+    expect_end(sp);
+    /* acknowledged backwards, with duplicates in between: the file goes with the last */
+    for (int k = 4; k >= 1; k--) {
+        tg_spool_ack(sp, lp[k]);
+        tg_spool_ack(sp, lp[k]);
+    }
+    assert_int_equal(stats(sp).records, 1);
+    assert_int_equal(count_files(f->dir), 1);
+    tg_spool_ack(sp, lp[0]);
+    assert_int_equal(stats(sp).records, 0);
+    assert_int_equal(stats(sp).bytes, 0);
+    assert_int_equal(count_files(f->dir), 0);
+    tg_spool_close(sp);
+}
+
+/* Write-ahead: records appended as handed out are on disk but not handed
+ * out by tg_spool_next; one released comes back (before later unread ones),
+ * skipping those still in flight; acks delete the segment. */
+static void test_write_ahead_release(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_spool *sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 0);
+    struct tg_spool_pos pos[5];
+    append_flags(sp, 0, 5, TG_SPOOL_HANDED_OUT, pos, NULL);
+    struct tg_spool_stats st = stats(sp);
+    assert_int_equal(st.records, 5);
+    assert_int_equal(st.unread, 0);
+    assert_int_equal(st.handed_out, 5);
+    assert_true(st.bytes > 5 * 100);
+    assert_int_equal(count_files(f->dir), 1);
+    expect_end(sp);
+    append_n(sp, 5, 2, NULL); /* two unread ones (Kafka down) */
+    struct tg_spool_pos p5 = expect_next(sp, 5);
+    /* two deliveries failed, out of order: they come back, oldest first, then 6 */
+    assert_int_equal(tg_spool_release(sp, pos[2]), 0);
+    assert_int_equal(tg_spool_release(sp, pos[0]), 0);
+    assert_int_equal(stats(sp).unread, 3);
+    struct tg_spool_pos r0 = expect_next(sp, 0);
+    struct tg_spool_pos r2 = expect_next(sp, 2);
+    struct tg_spool_pos p6 = expect_next(sp, 6);
+    expect_end(sp);
+    assert_int_equal(r0.off, pos[0].off);
+    assert_int_equal(r2.idx, pos[2].idx);
+    append_n(sp, 7, 1, NULL);
+    expect_next(sp, 7);
+    expect_end(sp);
+    struct tg_spool_pos all[] = {pos[1], pos[3], pos[4], p5, r0, r2, p6};
+    for (size_t k = 0; k < TG_ARRAY_LEN(all); k++)
+        tg_spool_ack(sp, all[k]);
+    /* releasing one already acknowledged changes nothing */
+    assert_int_equal(tg_spool_release(sp, pos[1]), 0);
+    expect_end(sp);
+    assert_int_equal(stats(sp).records, 1); /* 7 */
+    assert_int_equal(count_files(f->dir), 1);
+    tg_spool_close(sp);
+    /* only record 7 was never acknowledged */
+    sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 0);
+    assert_int_equal(stats(sp).records, 1);
+    struct tg_spool_pos p7 = expect_next(sp, 7);
+    expect_end(sp);
+    tg_spool_ack(sp, p7);
+    assert_int_equal(count_files(f->dir), 0);
+    assert_int_equal(stats(sp).bytes, 0);
+    tg_spool_close(sp);
+}
+
+/* A process killed (SIGKILL) right after its appends, in interval mode and
+ * well inside the interval: every record it appended, handed out or not, is
+ * there for the next process, except those it acknowledged. */
+static void test_sigkill_keeps_written_records(void **state)
+{
+    struct fixture *f = *state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct tg_spool_opts o = {.dir = f->dir,
+                                  .fsync = TG_SPOOL_FSYNC_INTERVAL,
+                                  .fsync_interval_ms = 60000,
+                                  .max_bytes = 1 << 20,
+                                  .segment_bytes = 4096};
+        char err[TG_ERR_LEN];
+        struct tg_spool *sp = tg_spool_open(&o, err);
+        if (sp == NULL) _exit(3);
+        struct tg_spool_pos pos[40];
+        append_flags(sp, 0, 40, TG_SPOOL_HANDED_OUT, pos, NULL);
+        append_n(sp, 40, 10, NULL);
+        for (int i = 0; i < 40; i += 3) /* delivered: 0, 3, ..., 39 */
+            tg_spool_ack(sp, pos[i]);
+        raise(SIGKILL);
+        _exit(4);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    struct tg_spool *sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 4096);
+    assert_int_equal(stats(sp).records, 50 - 14);
+    assert_int_equal(stats(sp).truncated_bytes, 0);
+    for (int i = 0; i < 50; i++)
+        if (i >= 40 || i % 3 != 0) expect_next(sp, i);
+    expect_end(sp);
+    tg_spool_close(sp);
+}
+
+/* drop_oldest deleting a segment with records in flight: they are not
+ * counted as dropped, their release fails (the caller appends them again)
+ * and their acks are ignored. */
+static void test_drop_with_records_in_flight(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_spool *sp = open_spool(f->dir, 8192, TG_SPOOL_FULL_DROP_OLDEST, 2048);
+    struct tg_spool_pos pos[3];
+    append_flags(sp, 0, 3, TG_SPOOL_HANDED_OUT, pos, NULL);
+    append_n(sp, 3, 2, NULL);
+    uint64_t dropped = 0;
+    append_n(sp, 5, 100, &dropped);
+    assert_true(dropped > 0);
+    assert_int_equal(tg_spool_release(sp, pos[0]), -1);
+    tg_spool_ack(sp, pos[1]);
+    struct tg_spool_stats st = stats(sp);
+    assert_int_equal(st.handed_out, 0);
+    assert_int_equal(st.dropped, dropped);
+    /* 105 appended: 3 with their callers, `dropped` deleted unread, the rest kept */
+    assert_int_equal((uint64_t)st.records + dropped + 3, 105);
+    for (int i = 3 + (int)dropped; i < 105; i++)
+        expect_next(sp, i);
+    expect_end(sp);
+    tg_spool_close(sp);
+}
+
+struct appender {
+    struct tg_spool *sp;
+    int from, n;
+};
+
+static void *append_thread(void *arg)
+{
+    struct appender *a = arg;
+    append_flags(a->sp, a->from, a->n, TG_SPOOL_HANDED_OUT, NULL, NULL);
+    return NULL;
+}
+
+/* fsync mode always with appenders on several threads (they share
+ * fdatasyncs): every record is there, whole. */
+static void test_fsync_always_concurrent(void **state)
+{
+    struct fixture *f = *state;
+    struct tg_spool_opts o = {.dir = f->dir,
+                              .fsync = TG_SPOOL_FSYNC_ALWAYS,
+                              .max_bytes = 1 << 20,
+                              .segment_bytes = 8192};
+    char err[TG_ERR_LEN];
+    struct tg_spool *sp = tg_spool_open(&o, err);
+    assert_non_null(sp);
+    pthread_t th[4];
+    struct appender a[4];
+    for (int t = 0; t < 4; t++) {
+        a[t] = (struct appender){sp, t * 100, 100};
+        assert_int_equal(pthread_create(&th[t], NULL, append_thread, &a[t]), 0);
+    }
+    for (int t = 0; t < 4; t++)
+        pthread_join(th[t], NULL);
+    assert_int_equal(stats(sp).records, 400);
+    assert_int_equal(stats(sp).handed_out, 400);
+    tg_spool_close(sp);
+    sp = open_spool(f->dir, 1 << 20, TG_SPOOL_FULL_REJECT, 8192);
+    assert_int_equal(stats(sp).records, 400);
+    bool seen[400] = {false};
+    struct tg_spool_rec rec;
+    int r;
+    while ((r = tg_spool_next(sp, &rec, err)) == 1) {
+        int i = -1;
+        assert_int_equal(sscanf(rec.data, "{\"id\":\"rec-%d\"", &i), 1);
+        assert_true(i >= 0 && i < 400 && !seen[i]);
+        seen[i] = true;
+        char want[256];
+        payload(i, want, sizeof(want));
+        assert_int_equal(rec.len, strlen(want));
+        assert_memory_equal(rec.data, want, rec.len);
+        free(rec.data);
+    }
+    assert_int_equal(r, 0);
+    for (int i = 0; i < 400; i++)
+        assert_true(seen[i]);
+    tg_spool_close(sp);
+}
+
 static void test_fsync_always_and_limits(void **state)
 {
     struct fixture *f = *state;
@@ -388,12 +616,12 @@ static void test_fsync_always_and_limits(void **state)
     assert_non_null(sp);
     append_n(sp, 0, 3, NULL);
     char *big = calloc(1, TG_SPOOL_MAX_RECORD + 1);
-    assert_int_equal(tg_spool_append(sp, "k", 1, big, TG_SPOOL_MAX_RECORD + 1, false, NULL, err),
+    assert_int_equal(tg_spool_append(sp, "k", 1, big, TG_SPOOL_MAX_RECORD + 1, 0, NULL, NULL, err),
                      -1);
     assert_non_null(strstr(err, "too large"));
     free(big);
     /* an empty key is fine */
-    assert_int_equal(tg_spool_append(sp, NULL, 0, "x", 1, true, NULL, err), 0);
+    assert_int_equal(tg_spool_append(sp, NULL, 0, "x", 1, TG_SPOOL_DEFER_SYNC, NULL, NULL, err), 0);
     for (int i = 0; i < 3; i++)
         expect_next(sp, i);
     struct tg_spool_rec rec;
@@ -420,6 +648,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_max_bytes_reject, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop_oldest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drop_under_cursor, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_out_of_order_acks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_ahead_release, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sigkill_keeps_written_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drop_with_records_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fsync_always_concurrent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fsync_always_and_limits, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
