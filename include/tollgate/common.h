@@ -10,7 +10,7 @@
 #define TG_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #define TG_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Size of the error buffers computing modules fill (STYLE.md: they never log). */
+/* Size of the error buffers computing modules fill (they report, they never log). */
 #define TG_ERR_LEN 256
 
 /* Costs and bucket levels are integers in micro-units: 1 unit = 1e6 micro-units.

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include "tollgate/common.h"
 
-/* Defaults: named constants, never literals in code (STYLE.md). */
+/* Defaults: named constants, never literals in code. */
 #define TG_DEFAULT_LISTEN "0.0.0.0:8080"
 #define TG_DEFAULT_WORKERS 0
 #define TG_DEFAULT_MAX_BODY_BYTES (10 * 1024 * 1024)

@@ -5,7 +5,7 @@
 #include "tollgate/config.h"
 
 #define TG_MODEL_LEN 128
-/* Reference resolution of one video_seconds unit (DESIGN.md). */
+/* Reference resolution of one video_seconds unit (docs/usage-records.md). */
 #define TG_VIDEO_REF_PIXELS (1280LL * 720LL)
 /* Sora's defaults when a request omits them. */
 #define TG_VIDEO_DEFAULT_SECONDS 4

@@ -195,7 +195,7 @@ static int check_limit(struct loader *ld, const struct section *sec, uint32_t ma
     return 0;
 }
 
-/* ---- the schema (DESIGN.md); keys are applied in table order ---- */
+/* ---- the schema (docs/configuration.md); keys are applied in table order ---- */
 
 const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const backend_names[] = {"local", "redis", NULL};
