@@ -397,6 +397,9 @@ enum tg_http_result tg_http_parse_head(struct tg_http_msg *m, const char *head, 
     m->nheaders = nh;
     if (te.fields) {
         if (m->content_length >= 0) return TG_HTTP_SMUGGLING;
+        /* HTTP/1.0 has no Transfer-Encoding: an HTTP/1.0 message with one is
+         * framed faultily (RFC 9112 6.1), whatever it says */
+        if (m->minor == 0) return TG_HTTP_MALFORMED;
         if (te.bad || te.chunked + te.others == 0 || te.chunked > 1 ||
             (te.chunked && !te.chunked_last))
             return TG_HTTP_MALFORMED;
