@@ -240,7 +240,7 @@ static const char *status_line(struct tg_http_msg *m, const char *p, const char 
     for (int i = 0; i < 3; i++)
         if (p[i] < '0' || p[i] > '9') return NULL;
     m->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
-    if (m->status < 100) return NULL;
+    if (m->status < 100 || m->status > 599) return NULL; /* RFC 9110 15: 100 to 599 */
     p += 3;
     if (*p == ' ') {
         p++;
