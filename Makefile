@@ -7,7 +7,7 @@ ifeq ($(CI),true)
 CMAKE_ARGS += -DTG_WERROR=ON
 endif
 
-.PHONY: all deps build build-asan run test test-fast test-asan bench clean format
+.PHONY: all deps build build-asan run test test-fast test-asan bench fuzz clean format
 
 all: build
 
@@ -44,6 +44,27 @@ test: deps
 
 bench: deps build
 	tests/bench/run.sh $(BUILD)
+
+# The libFuzzer drivers (clang; not part of `make test`): each of
+# tests/fuzz/fuzz_<name>.c runs for FUZZ_TIME seconds over its checked-in
+# corpus, the inputs it finds kept in $(FUZZ_BUILD)/corpus/<name>/ (the
+# checked-in corpus is only read) and any crash in $(FUZZ_BUILD)/. FUZZ_ARGS
+# passes more libFuzzer flags (e.g. FUZZ_ARGS=-runs=10000000).
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_TIME    ?= 60
+FUZZ_ARGS    ?=
+FUZZ_DRIVERS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+
+fuzz:
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DTG_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(FUZZ_BUILD) -j $(JOBS)
+	@set -e; for d in $(FUZZ_DRIVERS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$d; \
+	  echo "== fuzz_$$d: $(FUZZ_TIME) s"; \
+	  $(FUZZ_BUILD)/fuzz/fuzz_$$d -max_total_time=$(FUZZ_TIME) -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_BUILD)/fuzz_$$d- $(FUZZ_ARGS) \
+	    $(FUZZ_BUILD)/corpus/$$d tests/fuzz/corpus/$$d; \
+	done
 
 format:
 	clang-format -i $$(find src -name '*.c') include/tollgate/*.h tests/unit/*.c tests/support/*.c tests/fuzz/*.c

@@ -298,7 +298,7 @@ static const char *status_line(struct tg_http_msg *m, const char *p, const char 
     for (int i = 0; i < 3; i++)
         if (p[i] < '0' || p[i] > '9') return NULL;
     m->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
-    if (m->status < 100) return NULL;
+    if (m->status < 100 || m->status > 599) return NULL; /* RFC 9110 15: 100 to 599 */
     p += 3;
     if (*p == ' ') {
         p++;
@@ -458,6 +458,9 @@ enum tg_http_result tg_http_parse_head(struct tg_http_msg *m, const char *head, 
     m->nheaders = nh;
     if (te.fields) {
         if (m->content_length >= 0) return TG_HTTP_SMUGGLING;
+        /* HTTP/1.0 has no Transfer-Encoding: an HTTP/1.0 message with one is
+         * framed faultily (RFC 9112 6.1), whatever it says */
+        if (m->minor == 0) return TG_HTTP_MALFORMED;
         if (te.bad || te.chunked + te.others == 0 || te.chunked > 1 ||
             (te.chunked && !te.chunked_last))
             return TG_HTTP_MALFORMED;

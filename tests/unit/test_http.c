@@ -220,6 +220,12 @@ static void test_refused_request_heads(void **state)
         {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", TG_HTTP_MALFORMED},
         {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", TG_HTTP_MALFORMED},
         {"POST / HTTP/1.1\r\nHost: a\r\nConnection: a b\r\n\r\n", TG_HTTP_MALFORMED},
+        /* HTTP/1.0 has no transfer codings (RFC 9112 6.1): not read as chunked */
+        {"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", TG_HTTP_MALFORMED},
+        {"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+         TG_HTTP_MALFORMED},
+        {"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+         TG_HTTP_SMUGGLING},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         enum tg_http_result got = req(cases[i].head);
@@ -432,6 +438,9 @@ static void test_replies(void **state)
     assert_int_equal(parse(TG_HTTP_REPLY, "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", &m, &b),
                      TG_HTTP_OK);
     assert_false(m.keep_alive);
+    assert_int_equal(parse(TG_HTTP_REPLY, "HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n", &m, &b),
+                     TG_HTTP_OK);
+    assert_int_equal(m.status, 599);
     /* refused: the same strictness as for requests */
     const char *bad[] = {
         "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
@@ -444,6 +453,10 @@ static void test_replies(void **state)
         "HTTP/1.1 200 O\x01K\r\n\r\n",
         "HTTP/1.1 200 OK\r\nA : b\r\n\r\n",
         "ICY 200 OK\r\n\r\n",
+        "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n", /* status codes are 100 to 599 */
+        "HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 099 Low\r\n\r\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (parse(TG_HTTP_REPLY, bad[i], &m, &b) == TG_HTTP_OK) fail_msg("reply %zu accepted", i);
