@@ -500,12 +500,13 @@ enum {
     CS_SIZE_BWS,   /* whitespace after the size: an extension must follow */
     CS_EXT_NAME0,  /* after ';': whitespace, then an extension's name */
     CS_EXT_NAME,   /* the name (a token) */
-    CS_EXT_NAMEWS, /* whitespace after the name: '=', ';' or CR follows */
+    CS_EXT_NAMEWS, /* whitespace after the name: '=' or ';' follows (BWS is no line end) */
     CS_EXT_VAL0,   /* after '=': whitespace, then a token or a quoted string */
     CS_EXT_TOKEN,  /* a token value */
     CS_EXT_QUOTED, /* inside a quoted value */
     CS_EXT_ESCAPE, /* after a backslash in a quoted value */
-    CS_EXT_END,    /* after a value: whitespace, then ';' or CR */
+    CS_EXT_END,    /* after a quoted value: ';' or CR, or whitespace */
+    CS_EXT_ENDWS,  /* whitespace after a value: ';' follows */
     CS_SIZE_LF,    /* the LF after a chunk-size line */
     CS_DATA,       /* chunk data */
     CS_DATA_CR,    /* the CRLF after chunk data */
@@ -581,7 +582,8 @@ static ssize_t feed_chunked(struct tg_http_msg *m, const char *data, size_t len)
             /* fall through */
         case CS_EXT_NAMEWS:
         case CS_EXT_END:
-            if (ch == '\r')
+        case CS_EXT_ENDWS:
+            if (ch == '\r' && m->cstate != CS_EXT_NAMEWS && m->cstate != CS_EXT_ENDWS)
                 m->cstate = CS_SIZE_LF;
             else if (ch == ';')
                 m->cstate = CS_EXT_NAME0;
@@ -589,7 +591,7 @@ static ssize_t feed_chunked(struct tg_http_msg *m, const char *data, size_t len)
                 m->cstate = CS_EXT_VAL0;
             else if (ch == ' ' || ch == '\t')
                 m->cstate = m->cstate == CS_EXT_NAME || m->cstate == CS_EXT_NAMEWS ? CS_EXT_NAMEWS
-                                                                                   : CS_EXT_END;
+                                                                                   : CS_EXT_ENDWS;
             else
                 return TG_HTTP_BAD_CHUNK;
             break;

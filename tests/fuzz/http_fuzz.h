@@ -748,6 +748,35 @@ static bool ref_token(const uint8_t *s, size_t n)
     return n > 0;
 }
 
+/* Host = uri-host [ ":" port ] (RFC 9112 3.2, RFC 3986 3.2.2): a reg-name of
+ * unreserved, sub-delims and '%', or "[" an IP literal "]"; empty is allowed. */
+static bool ref_host_byte(uint8_t c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || ref_digit(c) ||
+           (c && strchr("-._~!$&'()*+,;=%", c) != NULL);
+}
+
+static bool ref_host_ok(const uint8_t *v, size_t n)
+{
+    size_t i = 0;
+    if (n && v[0] == '[') {
+        size_t close = 1;
+        while (close < n && v[close] != ']')
+            close++;
+        if (close == n || close == 1) return false;
+        for (i = 1; i < close; i++)
+            if (!ref_host_byte(v[i]) && v[i] != ':') return false;
+        i = close + 1;
+    } else {
+        while (i < n && ref_host_byte(v[i]))
+            i++;
+    }
+    if (i < n && v[i++] != ':') return false;
+    for (; i < n; i++)
+        if (!ref_digit(v[i])) return false;
+    return true;
+}
+
 /* The head: lines[0] the start line, then the field lines. 0 or a refusal;
  * *alt another refusal the codec may give instead. */
 static int ref_parse_head(const struct hf_opts *o, const uint8_t *in, const size_t (*lines)[2],
@@ -787,6 +816,7 @@ static int ref_parse_head(const struct hf_opts *o, const uint8_t *in, const size
         const uint8_t *el;
         size_t elen;
         if (ref_is(l, nlen, "host")) {
+            if (o->kind == TG_HTTP_REQUEST && !ref_host_ok(v, vlen)) return TG_HTTP_BAD_HOST;
             hosts++;
         } else if (ref_is(l, nlen, "content-length")) {
             /* Content-Length = 1*DIGIT; never two of them (RFC 9112 6.3) */
@@ -972,11 +1002,6 @@ static int ref_chunked(const uint8_t *in, size_t n, size_t *pos, struct hf_rec *
         }
         bool too_long = len + whole > REF_LINE_MAX, too_big = size >= UINT64_C(1) << 62;
         if (ok < 0 || (whole && ok == 0) || too_long || too_big) {
-            /* TODO-chunk-ext: the codec on this branch takes any chunk-ext of
-             * field-value bytes (a bare ";", ";=v", "; \"q\"", ";a=\"open"); the fix on
-             * main reads them by RFC 9112 7.1.1. Until it is merged, a refusal that
-             * only the extension decides is not compared. */
-            if (digits > 0 && digits < len && !too_long && !too_big) r->todo = "TODO-chunk-ext";
             return HF_ERROR;
         }
         if (!whole || t + 1 == n) return HF_BODY_MORE;
@@ -1035,13 +1060,8 @@ static long ref_read_head(const struct hf_opts *o, const uint8_t *in, size_t n, 
         if (t - pos > TG_HTTP_MAX_HEAD) return TG_HTTP_HEAD_TOO_LARGE;
         if (t == n) return 0;
         if (in[t] == '\n') return TG_HTTP_MALFORMED; /* a bare LF (RFC 9112 2.2: strict) */
-        if (request && *nl == 0 && !ref_ends_in_version(in + i, t - i)) {
-            /* TODO-http09: the codec on this branch judges such a line (HTTP/0.9's
-             * "GET /") only once a whole head has come; the fix on main refuses it
-             * at its CR. Until it is merged, this refusal is not compared. */
-            r->todo = "TODO-http09";
-            return TG_HTTP_MALFORMED;
-        }
+        if (request && *nl == 0 && !ref_ends_in_version(in + i, t - i))
+            return TG_HTTP_MALFORMED; /* no version: refused at its CR */
         if (t + 1 == n) return 0;
         if (in[t + 1] != '\n') return TG_HTTP_MALFORMED; /* a CR alone */
         if (t == i) {                                    /* the empty line */

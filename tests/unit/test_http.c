@@ -368,7 +368,9 @@ static void test_chunked_bodies(void **state)
     chunked("5\r\nhello\r\n0\r\n\r\r", TG_HTTP_BAD_CHUNK, "", false);
     chunked("5;a\x01\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
     /* chunk extensions: BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] */
-    chunked("5;a;b=c ; d = \"x\\\"y\" \r\nhello\r\n0;z\r\n\r\n", 37, "hello", true);
+    chunked("5;a;b=c ; d = \"x\\\"y\"\r\nhello\r\n0;z\r\n\r\n", 36, "hello", true);
+    chunked("5;a \r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false); /* BWS, no ';' after */
+    chunked("5;a=b \r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
     chunked("5;a=\"\"\r\nhello\r\n0\r\n\r\n", 20, "hello", true);
     chunked("5;\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);       /* no name */
     chunked("5;=v\r\nhello\r\n0\r\n\r\n", TG_HTTP_BAD_CHUNK, "", false);
