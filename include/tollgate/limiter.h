@@ -105,7 +105,7 @@ struct tg_limiter *tg_limiter_for_worker(const struct tg_limiter_env *env, bool 
                                          char err[TG_ERR_LEN]) TG_WUR;
 
 /* Pure token-bucket math shared by the local backend and tests: the C twin of
- * src/lua/bucket.lua, operation for operation. */
+ * src/limiter/lua/bucket.lua, operation for operation. */
 struct tg_bucket {
     int64_t level_u; /* may be negative (debt) */
     int64_t updated_ms;
@@ -136,14 +136,14 @@ int64_t tg_bucket_refill(const struct tg_bucket *b, int64_t now_ms, double rate,
 /* Milliseconds until `level_u` reaches `target_u` at this rate (0 if already):
  * the least whole ms after which tg_bucket_refill has added enough. */
 int64_t tg_bucket_time_to(int64_t level_u, int64_t target_u, double rate, int64_t per_ms);
-/* The all-or-nothing check over n buckets, the C twin of src/lua/bucket.lua:
+/* The all-or-nothing check over n buckets, the C twin of src/limiter/lua/bucket.lua:
  * refills every *b[i] to now_ms into level_u[i]; if every level >= its cost,
  * charges them all (level_u[i] and *b[i] become level − cost, updated now_ms)
  * and returns -1; otherwise leaves every *b[i] untouched and returns the index
  * of the first bucket whose level is below its cost. */
 int tg_bucket_check(struct tg_bucket *const *b, const struct tg_bucket_param *p, size_t n,
                     int64_t now_ms, int64_t *level_u);
-/* Settles one bucket, the C twin of src/lua/settle.lua: level = min(cap,
+/* Settles one bucket, the C twin of src/limiter/lua/settle.lua: level = min(cap,
  * refill − p->cost_u) (a charge may leave debt), updated = now_ms. Returns the level. */
 int64_t tg_bucket_settle(struct tg_bucket *b, const struct tg_bucket_param *p, int64_t now_ms);
 /* Fills `res` from the levels after a check (charged when denied < 0, refilled
@@ -157,12 +157,12 @@ void tg_limiter_result_fill(const struct tg_bucket_param *p, const int64_t *leve
  * any state. */
 bool tg_limiter_too_large(const struct tg_limit_req *req, struct tg_limit_result *res);
 
-/* The process-wide in-process limiter (limiter_local.c); buckets are keyed by
+/* The process-wide in-process limiter (src/limiter/local.c); buckets are keyed by
  * tenant and limit name so they survive config reloads. `divisor` >= 1 divides
  * every rate and burst (fallback for Redis with expected_gateways). Thread-safe. */
 struct tg_limiter *tg_limiter_local_create(int divisor) TG_WUR;
 
-/* The Redis limiter of one worker (limiter_redis.c) on that worker's loop.
+/* The Redis limiter of one worker (src/limiter/redis.c) on that worker's loop.
  * `fallback` (ref) answers when Redis fails and on_redis_error is allow. */
 struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct tg_config *cfg,
                                            struct tg_limiter *fallback) TG_WUR;
