@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # Benchmark: tollgate against nginx proxy_pass on the same upstream, same run.
-# Usage: tests/bench/run.sh [BUILD_DIR]   (env: DURATION=5 ROUNDS=3 CONNS=64 QUICK=1 VERBOSE=1)
+# Usage: tests/bench/run.sh [BUILD_DIR]   (env: DURATION=5 ROUNDS=3 CONNS=64 QUICK=1 VERBOSE=1
+#        ROWS="redis local kafka workers2 idle tenants" BEFORE=OTHER_BUILD_DIR)
 # Prints a table of req/s, p99 and the ratio to nginx. Loopback only; bounded in time.
+# ROWS picks rows (default: all; QUICK=1: redis local idle tenants). BEFORE=dir also runs that
+# build's tollgate in every round of the req/s rows (nginx, BEFORE, BUILD_DIR, back to back) and
+# prints its row above this build's, then the two builds' ratio (an A/B of two builds in one run).
 set -euo pipefail
 BUILD=${1:-build}
 BUILD=$(cd "$BUILD" && pwd)
+BEFORE=${BEFORE:-}
+if [ -n "$BEFORE" ]; then BEFORE=$(cd "$BEFORE" && pwd); fi
+if [ -n "${ROWS:-}" ]; then ROWS=" ${ROWS//,/ } "
+elif [ -n "${QUICK:-}" ]; then ROWS=" redis local idle tenants "
+else ROWS=" redis local kafka workers2 idle tenants "; fi
+row() { [[ "$ROWS" == *" $1 "* ]]; }
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
@@ -23,6 +33,7 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 UP=$(free_port); NGX=$(free_port); TG=$(free_port); TGA=$(free_port); RP=$(free_port)
+TGB=$(free_port); TGBA=$(free_port) # the BEFORE build's tollgate
 BODY='{"id":"chatcmpl-bench","object":"chat.completion","created":1764000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, nice to meet you."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20}}'
 
 # Two nginx processes, one worker each: the upstream (return 200 with a chat
@@ -62,10 +73,19 @@ redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --daemonize
 PIDS+=($!)
 wait_port "$UP"; wait_port "$NGX"; wait_port "$RP"
 
+# Starts this build's tollgate on $TG, and with BEFORE also that build's on $TGB (each with its
+# own usage file and spool: @DIR@ in $4 is the process's own directory).
 start_tollgate() { # $1 = backend, $2 = sink, $3 = workers, $4 = extra usage yaml
-  cat > "$WORK/tg.yaml" <<YAML
-server: { listen: "127.0.0.1:$TG", workers: $3 }
-admin: { listen: "127.0.0.1:$TGA" }
+  start_one "$BUILD/tollgate" "$TG" "$TGA" "$WORK/tg" "$@"
+  TGPID=$ONEPID
+  if [ -n "$BEFORE" ]; then start_one "$BEFORE/tollgate" "$TGB" "$TGBA" "$WORK/tgb" "$@"; TGBPID=$ONEPID; fi
+}
+start_one() { # $1 = binary, $2 = port, $3 = admin port, $4 = dir, then start_tollgate's arguments
+  local bin=$1 port=$2 aport=$3 dir=$4; shift 4
+  mkdir -p "$dir"
+  cat > "$dir/tg.yaml" <<YAML
+server: { listen: "127.0.0.1:$port", workers: $3 }
+admin: { listen: "127.0.0.1:$aport" }
 log: { level: warn, access_path: "/dev/null" }
 limiter:
   backend: $1
@@ -73,8 +93,8 @@ limiter:
   on_redis_error: deny
 usage:
   sink: $2
-  file: { path: "$WORK/usage.jsonl" }
-$4
+  file: { path: "$dir/usage.jsonl" }
+${4//@DIR@/$dir}
 upstreams:
   - { name: model, url: "http://127.0.0.1:$UP" }
 routes:
@@ -86,17 +106,24 @@ tenants:
       - { name: rpm, unit: requests, rate: 1000000000, per: minute }
       - { name: tpm, unit: tokens, rate: 100000000000, per: minute }
 YAML
-  "$BUILD/tollgate" -c "$WORK/tg.yaml" 2>"$WORK/tollgate.log" &
-  TGPID=$!
-  PIDS+=($TGPID)
-  wait_port "$TG"
+  "$bin" -c "$dir/tg.yaml" 2>"$dir/tollgate.log" &
+  ONEPID=$!
+  PIDS+=($ONEPID)
+  wait_port "$port"
 }
-stop_tollgate() { kill "$TGPID"; wait "$TGPID" 2>/dev/null || true; }
+stop_tollgate() {
+  kill "$TGPID"; wait "$TGPID" 2>/dev/null || true
+  if [ -n "$BEFORE" ]; then kill "$TGBPID"; wait "$TGBPID" 2>/dev/null || true; fi
+}
 
 # CPU time (user + system, clock ticks) of a process and all its threads.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # The proxy being measured on port $1: nginx's worker process, or tollgate.
-proxy_pid() { if [ "$1" = "$NGX" ]; then pgrep -P "$NGXMASTER" | head -1; else echo "$TGPID"; fi; }
+proxy_pid() {
+  if [ "$1" = "$NGX" ]; then pgrep -P "$NGXMASTER" | head -1
+  elif [ "$1" = "$TGB" ]; then echo "$TGBPID"
+  else echo "$TGPID"; fi
+}
 
 # wrk prints "Requests/sec: N" and with --latency the 99% line. The proxy's own
 # CPU per request (µs, all its threads) is steadier than req/s on a shared machine.
@@ -127,55 +154,85 @@ median() { printf "%s\n" "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1
 # Each round runs nginx, then tollgate, back to back, and takes their ratio:
 # the median over ROUNDS rounds is what the table reports, so that drift on a
 # shared machine moves both sides of a ratio alike.
+# With BEFORE, each round runs nginx, the BEFORE build, then this build; each build's ratio is
+# to the nginx run of its round, and "this/BEFORE" is the median of the per-round req/s ratios.
 measure() { # $1 = label
   local nr=() np=() tr=() tp=() ratio=() pratio=() nc=() tc=() a b c d e f
+  local br=() bp=() bc=() bratio=() bpratio=() ab=() g i j
   for _ in $(seq "$ROUNDS"); do
     read -r a b e < <(bench "$NGX")
+    if [ -n "$BEFORE" ]; then
+      read -r g i j < <(bench "$TGB")
+      br+=("$g"); bp+=("$i"); bc+=("$j")
+      bratio+=("$(echo "$g/$a" | bc -l)"); bpratio+=("$(echo "$i/$b" | bc -l)")
+    fi
     read -r c d f < <(bench "$TG")
     nr+=("$a"); np+=("$b"); tr+=("$c"); tp+=("$d"); nc+=("$e"); tc+=("$f")
     ratio+=("$(echo "$c/$a" | bc -l)"); pratio+=("$(echo "$d/$b" | bc -l)")
-    if [ -n "${VERBOSE:-}" ]; then echo "  round: nginx $a/s ${b}ms ${e}us, tollgate $c/s ${d}ms ${f}us" >&2; fi
+    if [ -n "$BEFORE" ]; then ab+=("$(echo "$c/$g" | bc -l)"); fi
+    if [ -n "${VERBOSE:-}" ]; then
+      echo "  round: nginx $a/s ${b}ms ${e}us,${BEFORE:+ before $g/s ${i}ms ${j}us,} tollgate $c/s ${d}ms ${f}us" >&2
+    fi
   done
+  if [ -n "$BEFORE" ]; then
+    printf "%-50s %9.0f %7.2f %9.0f %7.2f %6.2f %6.2f %6.1f %6.1f\n" "$1 [BEFORE]" "$(median "${nr[@]}")" \
+      "$(median "${np[@]}")" "$(median "${br[@]}")" "$(median "${bp[@]}")" \
+      "$(median "${bratio[@]}")" "$(median "${bpratio[@]}")" "$(median "${nc[@]}")" \
+      "$(median "${bc[@]}")"
+  fi
   printf "%-50s %9.0f %7.2f %9.0f %7.2f %6.2f %6.2f %6.1f %6.1f\n" "$1" "$(median "${nr[@]}")" \
     "$(median "${np[@]}")" "$(median "${tr[@]}")" "$(median "${tp[@]}")" \
     "$(median "${ratio[@]}")" "$(median "${pratio[@]}")" "$(median "${nc[@]}")" \
     "$(median "${tc[@]}")"
+  if [ -n "$BEFORE" ]; then
+    printf "  this build / BEFORE: req/s %.3f (median of the rounds; each: %s)\n" "$(median "${ab[@]}")" \
+      "$(printf "%.3f " "${ab[@]}")"
+  fi
 }
 
 echo "wrk -t1 -c$CONNS, ${DURATION}s per run, median of $ROUNDS rounds (nginx, then tollgate, each round)"
 printf "%-50s %9s %7s %9s %7s %6s %6s %6s %6s\n" "tollgate configuration" "nginx/s" "p99 ms" \
   "tg req/s" "p99 ms" "ratio" "p99 x" "ngx us" "tg us"
 echo "(us: the proxy's CPU time per request, all its threads; nginx: its worker process)"
+if [ -n "$BEFORE" ]; then echo "(rows marked [BEFORE]: $BEFORE/tollgate, in the same rounds)"; fi
 
-start_tollgate redis file 1 ""
-redis-cli -p "$RP" config resetstat >/dev/null
-: > "$WORK/usage.jsonl"
-measure "redis limiter (strict), file sink, 1 worker"
-CALLS=$(redis_calls); CALLS=${CALLS:-0}
-stop_tollgate
-REQS=$(wc -l < "$WORK/usage.jsonl")
-echo "  Redis EVALSHA calls per admitted request (checks and settles): $(echo "$CALLS/$REQS" | bc -l | cut -c1-5) ($CALLS calls, $REQS records)"
+if row redis; then
+  start_tollgate redis file 1 ""
+  redis-cli -p "$RP" config resetstat >/dev/null
+  measure "redis limiter (strict), file sink, 1 worker"
+  CALLS=$(redis_calls); CALLS=${CALLS:-0}
+  stop_tollgate
+  REQS=$(cat "$WORK"/tg*/usage.jsonl | wc -l)
+  echo "  Redis EVALSHA calls per admitted request (checks and settles): $(echo "$CALLS/$REQS" | bc -l | cut -c1-5) ($CALLS calls, $REQS records)"
+fi
 
-start_tollgate local file 1 ""
-measure "local limiter, file sink, 1 worker"
-stop_tollgate
+if row local; then
+  start_tollgate local file 1 ""
+  measure "local limiter, file sink, 1 worker"
+  stop_tollgate
+fi
 
-if [ -z "${QUICK:-}" ]; then
-  if [ -x "$BUILD/kafka_broker" ]; then
-    "$BUILD/kafka_broker" --topic tollgate.usage > "$WORK/broker.out" 2>"$WORK/broker.log" &
-    PIDS+=($!)
-    for _ in $(seq 100); do grep -q BOOTSTRAP "$WORK/broker.out" && break; sleep 0.05; done
-    BOOT=$(awk '/BOOTSTRAP/ {print $2}' "$WORK/broker.out")
-    start_tollgate redis kafka 1 "  kafka: { brokers: \"$BOOT\", topic: tollgate.usage, spool_dir: \"$WORK/spool\" }"
-    measure "redis limiter, kafka sink (test broker), 1 worker"
-    stop_tollgate
-  fi
+if row kafka && [ -x "$BUILD/kafka_broker" ]; then
+  "$BUILD/kafka_broker" --topic tollgate.usage > "$WORK/broker.out" 2>"$WORK/broker.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do grep -q BOOTSTRAP "$WORK/broker.out" && break; sleep 0.05; done
+  BOOT=$(awk '/BOOTSTRAP/ {print $2}' "$WORK/broker.out")
+  start_tollgate redis kafka 1 "  kafka: { brokers: \"$BOOT\", topic: tollgate.usage, spool_dir: \"@DIR@/spool\" }"
+  measure "redis limiter, kafka sink (test broker), 1 worker"
+  stop_tollgate
+fi
+
+if row workers2; then
   start_tollgate redis file 2 ""
   measure "redis limiter, file sink, 2 workers (wrk shares cores)"
   stop_tollgate
 fi
 
+if ! row idle && ! row tenants; then exit 0; fi
+BEFORE="" # the memory and config rows are of this build only
+
 # Memory: 10,000 idle keep-alive client connections (one worker).
+if row idle; then
 start_tollgate redis file 1 ""
 IDLE_RSS=$(python3 - "$TG" "$TGPID" <<'PY'
 import resource, socket, sys, time
@@ -199,6 +256,8 @@ stop_tollgate
 read -r RSS0 RSS1 <<<"$IDLE_RSS"
 printf "10,000 idle keep-alive connections: RSS %.1f MiB (%.1f MiB before them)\n" \
   "$(echo "$RSS1/1024" | bc -l)" "$(echo "$RSS0/1024" | bc -l)"
+fi
+if ! row tenants; then exit 0; fi
 
 # Configuration size: 100,000 tenants (one key and two limits each).
 python3 - "$WORK/big.yaml" "$UP" <<'PY'
