@@ -5,9 +5,7 @@
 -- as if each had been a call of its own at the same instant.
 --
 -- KEYS[k]  the distinct buckets of the batch, "<prefix>{<tenant>}:<limit name>"
---          (one hash tag per call). Value: the string "<level_u> <updated_ms>",
---          two decimal integers; level in micro-units, negative = debt. A missing
---          key is a full bucket.
+--          (one hash tag per call), valued as _shared.lua says.
 -- ARGV[1]  "" in production; tests only: a fixed clock in ms used instead of TIME.
 -- ARGV     for KEYS[k], ARGV[3k-1..3k+1] = capacity_u, rate (units per per_ms,
 --          "%.17g"), per_ms. Then m = the number of checks, then one string of
@@ -22,19 +20,12 @@
 --          `allowed` lets it verify the replay. A denied check writes nothing; a
 --          bucket no allowed check charged is not written.
 -- Every written key expires when it would be full again (+ margin).
--- The C twin is tg_bucket_refill/tg_bucket_check in src/limiter.c and the replay
--- in src/limiter_redis.c: change them together, operation for operation, or the
--- parity test fails.
-local MARGIN_MS = 1000
+-- The clock, refill and store are _shared.lua's. The C twin is tg_bucket_refill and
+-- tg_bucket_check in src/limiter/bucket.c and the replay in src/limiter/redis.c: change
+-- them together, operation for operation, or the parity test fails.
+--@include _shared.lua
 local nk = #KEYS
-local now
-if ARGV[1] ~= '' then
-    now = tonumber(ARGV[1])
-else
-    if redis.replicate_commands then redis.replicate_commands() end -- TIME, then writes (Redis < 5)
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = clock_ms(ARGV[1])
 
 -- Written for speed: Redis runs it for every round of checks. One MGET, no
 -- closures, rows judged straight from struct.unpack's results.
@@ -44,22 +35,7 @@ local out = {now, 0}
 for k = 1, nk do -- refill
     local c, r, p = tonumber(ARGV[3 * k - 1]), tonumber(ARGV[3 * k]), tonumber(ARGV[3 * k + 1])
     cap[k], rate[k], per[k] = c, r, p
-    local l = c
-    local v = vals[k]
-    if v then
-        local sl, st = string.match(v, '^(-?%d+) (-?%d+)$')
-        if sl then
-            l = tonumber(sl)
-            if l >= c then
-                l = c
-            else
-                local elapsed = now - tonumber(st)
-                if elapsed < 0 then elapsed = 0 end
-                l = l + math.floor(elapsed * r * 1000000 / p)
-                if l >= c then l = c end
-            end
-        end
-    end
+    local l = refill(vals[k], c, r, p, now)
     level[k] = l
     out[k + 2] = l
 end
@@ -99,10 +75,7 @@ end
 out[2] = allowed
 for k = 1, nk do -- store what an allowed check charged
     if dirty[k] then
-        local l, c = level[k], cap[k]
-        local ttl = MARGIN_MS
-        if l < c then ttl = ttl + math.ceil((c - l) * per[k] / (rate[k] * 1000000)) end
-        redis.call('SET', KEYS[k], string.format('%d %d', l, now), 'PX', string.format('%d', ttl))
+        store(KEYS[k], level[k], cap[k], rate[k], per[k], now)
     end
 end
 return out
