@@ -504,13 +504,8 @@ void tg_metrics_render(struct evbuffer *out)
         evbuffer_add_printf(out, "\n# TYPE %s %s\n", defs[m].name, tnames[defs[m].type]);
         /* A family without labels always has its one series, zero until used. */
         static const struct agg zero = {.key = ""};
-        if (n == 0 && nlabels((enum tg_metric)m) == 0) {
-            if (cap == 0) {
-                cap = 16;
-                all = realloc(all, cap * sizeof(*all));
-            }
+        if (n == 0 && nlabels((enum tg_metric)m) == 0 && tg_grow(&all, &cap, 1, sizeof(*all), 16))
             all[n++] = zero;
-        }
         if (n > 1) qsort(all, n, sizeof(*all), cmp_agg);
         for (size_t i = 0; i < n;) {
             struct agg sum = all[i];

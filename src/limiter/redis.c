@@ -1,5 +1,6 @@
-/* The Redis limiter of one worker: EVALSHA of the embedded scripts over hiredis async, with
- * deadlines, reconnects, settle batching and the failure policy. */
+/* The Redis limiter of one worker: the bucket protocol — checks batched per tenant
+ * into EVALSHA of bucket.lua and replayed, settles coalesced into settle.lua — over
+ * the connection layer (src/redis/), and the failure policy when Redis cannot answer. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -7,12 +8,10 @@
 #include <string.h>
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
-#include <hiredis/async.h>
-#include <hiredis/adapters/libevent.h>
-#include <openssl/evp.h>
 #include "tollgate/limiter.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
+#include "tollgate/redis.h"
 
 extern const char tg_lua_bucket[];
 extern const char tg_lua_settle[];
@@ -21,35 +20,20 @@ extern const char tg_lua_settle[];
 #define BATCH_MAX_CHECKS 256 /* checks of one tenant in one EVALSHA */
 #define SETTLE_MAX_KEYS 128
 #define SETTLE_FLUSH_MS 10 /* settles lag by at most this; fewer calls under load */
-#define BACKOFF_MIN_MS 50
-#define BACKOFF_MAX_MS 2000
-#define CONNECT_TIMEOUT_MIN_MS 500 /* connect + AUTH/SELECT/SCRIPT LOAD */
-#define MAX_RESENDS 2              /* NOSCRIPT retries of one call */
-#define PING_IDLE_MS 1000          /* an idle connection is probed this often */
 
-enum conn_state { ST_DOWN, ST_CONNECTING, ST_UP };
-enum op_kind { OP_CHECK, OP_BATCH, OP_SETTLE, OP_SETUP, OP_LOAD, OP_PING };
+enum op_kind { OP_CHECK, OP_BATCH, OP_SETTLE };
 enum script { SC_BUCKET, SC_SETTLE, SC_COUNT };
 
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-
-/* One command awaiting its reply; hiredis's privdata. */
+/* A check, or a call awaiting its reply (the connection's callback argument). */
 struct op {
-    struct op *prev, *next; /* in-flight FIFO (oldest first), or the free list */
+    struct op *prev, *next; /* a batch in flight (rl->batches), or the free list */
     struct rl *rl;
     enum op_kind kind;
-    enum script script; /* EVALSHA / SCRIPT LOAD of which script */
     bool cancelled;
-    bool last_setup; /* its reply completes the handshake */
-    int resends;
-    int64_t deadline_ms;
     struct op *mnext;   /* OP_CHECK: next in the queue or in its batch */
     struct op *members; /* OP_BATCH: its checks, in order */
-    struct buf cmd;     /* OP_BATCH and others: the command in RESP, kept to resend after
-                         * NOSCRIPT; OP_CHECK: its keys, kept for a refund */
+    struct tg_resp cmd; /* OP_BATCH, OP_SETTLE: the command, the connection's until the
+                         * reply; OP_CHECK: its keys, kept for a refund */
     /* OP_CHECK */
     tg_limiter_cb cb;
     void *arg;
@@ -73,47 +57,28 @@ struct rl {
     struct tg_limiter base;
     struct event_base *evb;
     struct tg_limiter *fallback; /* (ref) */
-    char ip[INET6_ADDRSTRLEN];
-    int port;
-    char *password;
-    int db;
-    int timeout_ms;
+    struct tg_redis *redis;
     char *prefix;
     size_t prefix_len;
     bool deny; /* on_redis_error: deny */
-    char sha[SC_COUNT][41];
-
-    redisAsyncContext *ac; /* NULL while down */
-    enum conn_state state; /* written by the worker (set_state), read by ready() from any thread */
-    bool down_logged;
-    char down_why[160]; /* the reason last logged, so that a new one is logged too */
-    bool loading[SC_COUNT];
-    int backoff_ms;
-    uint64_t rnd;
     int64_t fixed_clock_ms; /* < 0: the server's TIME */
     bool destroying;
 
-    struct op *head, *tail;
     size_t inflight_checks;   /* queued or sent, not yet answered */
     struct op *qhead, *qtail; /* checks waiting for the end of this loop turn */
     struct event *batch_ev;
     bool batch_scheduled;
     size_t batches_inflight; /* OP_BATCH calls sent, not yet answered */
+    struct op *batches;      /* those calls, for cancel */
     struct op *free_ops;
-    struct event *deadline_ev, *reconnect_ev, *flush_ev, *ping_ev;
-    int64_t timer_at_ms; /* when deadline_ev fires */
+    struct event *flush_ev;
 
     struct pending_settle ps[SETTLE_MAX_KEYS];
     size_t nps;
-    struct buf arena;
+    struct tg_resp arena;
 };
 
 static const char *const script_text[SC_COUNT] = {tg_lua_bucket, tg_lua_settle};
-
-static void set_state(struct rl *rl, enum conn_state st)
-{
-    __atomic_store_n(&rl->state, st, __ATOMIC_RELAXED);
-}
 
 static void count_error(const char *kind, double n)
 {
@@ -128,96 +93,7 @@ static uint64_t fnv(const char *s, size_t len)
     return h;
 }
 
-/* ---- RESP building into a reusable buffer ---- */
-
-static bool buf_reserve(struct buf *b, size_t more)
-{
-    if (b->len + more <= b->cap) return true;
-    size_t ncap = b->cap ? b->cap : 256;
-    while (ncap < b->len + more)
-        ncap *= 2;
-    char *p = realloc(b->p, ncap);
-    if (!p) return false;
-    b->p = p;
-    b->cap = ncap;
-    return true;
-}
-
-/* Appends; on OOM sets len past cap so that the command is refused later. */
-static void buf_add(struct buf *b, const void *s, size_t len)
-{
-    if (b->len > b->cap || !buf_reserve(b, len)) {
-        b->len = b->cap + 1;
-        return;
-    }
-    memcpy(b->p + b->len, s, len);
-    b->len += len;
-}
-
-static bool buf_ok(const struct buf *b)
-{
-    return b->len <= b->cap;
-}
-
-static void resp_head(struct buf *b, char type, size_t n)
-{
-    char d[24];
-    size_t k;
-    const char *p = tg_fmt_int(d, (long long)n, &k);
-    buf_add(b, &type, 1);
-    buf_add(b, p, k);
-    buf_add(b, "\r\n", 2);
-}
-
-static void resp_bulk(struct buf *b, const char *s, size_t len)
-{
-    resp_head(b, '$', len);
-    buf_add(b, s, len);
-    buf_add(b, "\r\n", 2);
-}
-
-/* An integer as a bulk string, "$<len>\r\n<digits>\r\n", in one append. */
-static void resp_int(struct buf *b, int64_t v)
-{
-    char d[24], t[32];
-    size_t k;
-    const char *p = tg_fmt_int(d, (long long)v, &k);
-    size_t n = 0;
-    t[n++] = '$';
-    if (k >= 10) t[n++] = '0' + (char)(k / 10);
-    t[n++] = '0' + (char)(k % 10);
-    t[n++] = '\r';
-    t[n++] = '\n';
-    memcpy(t + n, p, k);
-    n += k;
-    t[n++] = '\r';
-    t[n++] = '\n';
-    buf_add(b, t, n);
-}
-
-/* %.17g reads back as the same double in Lua's tonumber. The few rates of a
- * configuration are formatted once per thread, not on every batch. */
-static void resp_double(struct buf *b, double v)
-{
-    static _Thread_local struct {
-        double v;
-        char t[32];
-        size_t n;
-    } cache[8];
-    static _Thread_local unsigned next;
-    for (unsigned i = 0; i < 8; i++)
-        if (cache[i].n && memcmp(&cache[i].v, &v, sizeof(v)) == 0) {
-            resp_bulk(b, cache[i].t, cache[i].n);
-            return;
-        }
-    unsigned i = next++ % 8;
-    int k = snprintf(cache[i].t, sizeof(cache[i].t), "%.17g", v);
-    cache[i].v = v;
-    cache[i].n = (size_t)k;
-    resp_bulk(b, cache[i].t, cache[i].n);
-}
-
-/* ---- ops and the in-flight FIFO ---- */
+/* ---- ops ---- */
 
 static struct op *op_get(struct rl *rl)
 {
@@ -228,10 +104,8 @@ static struct op *op_get(struct rl *rl)
         op = calloc(1, sizeof(*op));
         if (!op) return NULL;
     }
-    struct buf cmd = op->cmd;
     memset(op, 0, offsetof(struct op, cmd));
-    op->cmd = cmd;
-    op->cmd.len = 0;
+    tg_resp_reset(&op->cmd);
     op->rl = rl;
     return op;
 }
@@ -242,62 +116,25 @@ static void op_put(struct rl *rl, struct op *op)
     rl->free_ops = op;
 }
 
-static void list_remove(struct rl *rl, struct op *op)
+static void batch_link(struct rl *rl, struct op *batch)
 {
-    if (op->prev)
-        op->prev->next = op->next;
+    batch->prev = NULL;
+    batch->next = rl->batches;
+    if (rl->batches) rl->batches->prev = batch;
+    rl->batches = batch;
+}
+
+static void batch_unlink(struct rl *rl, struct op *batch)
+{
+    if (batch->prev)
+        batch->prev->next = batch->next;
     else
-        rl->head = op->next;
-    if (op->next)
-        op->next->prev = op->prev;
-    else
-        rl->tail = op->prev;
-    op->prev = op->next = NULL;
+        rl->batches = batch->next;
+    if (batch->next) batch->next->prev = batch->prev;
+    batch->prev = batch->next = NULL;
 }
 
-static void on_reply(redisAsyncContext *ac, void *r, void *priv);
-
-/* Writes the commands queued in this turn of the loop now, instead of waiting
- * for EPOLLOUT in the next turn: one turn less of latency, and hiredis's write
- * event is turned on and off within the turn, which costs no epoll_ctl with the
- * worker's changelist. A failed write disconnects and answers every command
- * queued so far through its callback, so it comes after every queueing; and
- * never from inside a reply callback (a settle flushed by a refund), where a
- * disconnect would free the context under hiredis's feet: there the write
- * event hiredis armed does it. */
-static void write_now(struct rl *rl)
-{
-    if (rl->ac && rl->state == ST_UP && !(rl->ac->c.flags & REDIS_IN_CALLBACK))
-        redisAsyncHandleWrite(rl->ac);
-}
-
-static void arm_deadline(struct rl *rl, int64_t at_ms, int64_t now_ms)
-{
-    int64_t in = at_ms > now_ms ? at_ms - now_ms : 0;
-    struct timeval tv = {(time_t)(in / 1000), (suseconds_t)(in % 1000) * 1000};
-    rl->timer_at_ms = at_ms;
-    evtimer_add(rl->deadline_ev, &tv);
-}
-
-/* Queues op->cmd on the connection and starts its deadline. */
-static int send_op(struct rl *rl, struct op *op, int timeout_ms)
-{
-    if (!rl->ac || !buf_ok(&op->cmd) ||
-        redisAsyncFormattedCommand(rl->ac, on_reply, op, op->cmd.p, op->cmd.len) != REDIS_OK)
-        return -1;
-    int64_t now = tg_now_mono_ms();
-    op->deadline_ms = now + timeout_ms;
-    op->prev = rl->tail;
-    op->next = NULL;
-    if (rl->tail)
-        rl->tail->next = op;
-    else
-        rl->head = op;
-    rl->tail = op;
-    if (!evtimer_pending(rl->deadline_ev, NULL) || rl->timer_at_ms > op->deadline_ms)
-        arm_deadline(rl, op->deadline_ms, now);
-    return 0;
-}
+static void on_reply(void *arg, const redisReply *r);
 
 /* ---- the failure policy ---- */
 
@@ -331,162 +168,6 @@ static void answer_by_policy(struct rl *rl, const struct tg_limit_req *req, tg_l
     }
 }
 
-/* ---- connection state ---- */
-
-static void connect_redis(struct rl *rl);
-
-static void schedule_reconnect(struct rl *rl)
-{
-    if (rl->destroying || evtimer_pending(rl->reconnect_ev, NULL)) return;
-    rl->rnd ^= rl->rnd << 13;
-    rl->rnd ^= rl->rnd >> 7;
-    rl->rnd ^= rl->rnd << 17;
-    int half = rl->backoff_ms / 2;
-    int delay = half + (int)(rl->rnd % (uint64_t)(half + 1)); /* equal jitter */
-    struct timeval tv = {delay / 1000, (delay % 1000) * 1000};
-    evtimer_add(rl->reconnect_ev, &tv);
-    rl->backoff_ms = rl->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : rl->backoff_ms * 2;
-}
-
-/* Forgets the connection (whoever frees it) and plans a reconnect. */
-static void mark_down(struct rl *rl, const char *kind, const char *detail)
-{
-    if (rl->state == ST_DOWN) return;
-    rl->ac = NULL;
-    set_state(rl, ST_DOWN);
-    rl->loading[SC_BUCKET] = rl->loading[SC_SETTLE] = false;
-    count_error(kind, 1);
-    /* Logged once per outage, and again only if the reason changes (refused, then a
-     * wrong password): never per request or per reconnect with the same reason. */
-    char why[sizeof(rl->down_why)];
-    snprintf(why, sizeof(why), "%s%s%s", kind, detail ? ": " : "", detail ? detail : "");
-    if ((!rl->down_logged || strcmp(why, rl->down_why) != 0) && !rl->destroying) {
-        tg_log_warn("redis %s:%d unavailable (%s): answering checks by on_redis_error=%s", rl->ip,
-                    rl->port, why, rl->deny ? "deny" : "allow");
-        rl->down_logged = true;
-        memcpy(rl->down_why, why, sizeof(why));
-    }
-    schedule_reconnect(rl);
-}
-
-/* Drops the connection now: every pending callback runs with reply == NULL.
- * From inside a hiredis reply callback, hiredis defers the free until it returns. */
-static void kill_connection(struct rl *rl, const char *kind, const char *detail)
-{
-    redisAsyncContext *ac = rl->ac;
-    mark_down(rl, kind, detail);
-    if (ac) redisAsyncFree(ac);
-}
-
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    struct rl *rl = arg;
-    if (!rl->head) return;
-    int64_t now = tg_now_mono_ms();
-    if (rl->head->deadline_ms <= now)
-        kill_connection(rl, "timeout", NULL);
-    else
-        arm_deadline(rl, rl->head->deadline_ms, now);
-}
-
-/* hiredis 0.14 copies the error into ac->errstr only after onConnect: read the inner context. */
-static const char *error_of(const redisAsyncContext *ac)
-{
-    return ac->c.err ? ac->c.errstr : "closed";
-}
-
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    struct rl *rl = ac->data;
-    /* On failure hiredis frees the context right after this returns (never free it here). */
-    if (status != REDIS_OK && rl->ac == ac) mark_down(rl, "connect", error_of(ac));
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    struct rl *rl = ac->data;
-    if (rl->ac == ac) mark_down(rl, "connect", error_of(ac));
-}
-
-static int send_setup(struct rl *rl, enum op_kind kind, enum script sc, const char *const *argv,
-                      size_t argc, bool last)
-{
-    struct op *op = op_get(rl);
-    if (!op) return -1;
-    op->kind = kind;
-    op->script = sc;
-    op->last_setup = last;
-    resp_head(&op->cmd, '*', argc);
-    for (size_t i = 0; i < argc; i++)
-        resp_bulk(&op->cmd, argv[i], strlen(argv[i]));
-    int timeout = rl->timeout_ms > CONNECT_TIMEOUT_MIN_MS ? rl->timeout_ms : CONNECT_TIMEOUT_MIN_MS;
-    if (kind == OP_LOAD) timeout = rl->timeout_ms;
-    if (send_op(rl, op, timeout) != 0) {
-        op_put(rl, op);
-        return -1;
-    }
-    return 0;
-}
-
-static int send_script_load(struct rl *rl, enum op_kind kind, enum script sc, bool last)
-{
-    const char *argv[] = {"SCRIPT", "LOAD", script_text[sc]};
-    return send_setup(rl, kind, sc, argv, 3, last);
-}
-
-static void connect_redis(struct rl *rl)
-{
-    redisAsyncContext *ac = redisAsyncConnect(rl->ip, rl->port);
-    if (!ac || ac->err) {
-        set_state(rl, ST_CONNECTING); /* so that mark_down counts and logs it */
-        mark_down(rl, "connect", ac ? error_of(ac) : "out of memory");
-        if (ac) redisAsyncFree(ac);
-        return;
-    }
-    ac->data = rl;
-    if (redisLibeventAttach(ac, rl->evb) != REDIS_OK) {
-        set_state(rl, ST_CONNECTING);
-        mark_down(rl, "connect", "libevent attach");
-        redisAsyncFree(ac);
-        return;
-    }
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    rl->ac = ac;
-    set_state(rl, ST_CONNECTING);
-    char db[16];
-    snprintf(db, sizeof(db), "%d", rl->db);
-    int rc = 0;
-    if (rl->password[0])
-        rc |= send_setup(rl, OP_SETUP, SC_BUCKET, (const char *const[]){"AUTH", rl->password}, 2,
-                         false);
-    if (rl->db != 0)
-        rc |= send_setup(rl, OP_SETUP, SC_BUCKET, (const char *const[]){"SELECT", db}, 2, false);
-    rc |= send_script_load(rl, OP_SETUP, SC_BUCKET, false);
-    rc |= send_script_load(rl, OP_SETUP, SC_SETTLE, true);
-    if (rc != 0) kill_connection(rl, "connect", "out of memory");
-}
-
-static void on_reconnect(evutil_socket_t fd, short what, void *arg)
-{
-    connect_redis(arg);
-}
-
-/* An idle connection gets a PING under the usual deadline, so that a server
- * that stopped answering is noticed (and ready() turns false) without traffic.
- * While commands are in flight, their own deadlines watch the connection. */
-static void on_ping(evutil_socket_t fd, short what, void *arg)
-{
-    struct rl *rl = arg;
-    if (rl->state != ST_UP || rl->head) return;
-    struct op *op = op_get(rl);
-    if (!op) return;
-    op->kind = OP_PING;
-    static const char ping[] = "*1\r\n$4\r\nPING\r\n";
-    buf_add(&op->cmd, ping, sizeof(ping) - 1);
-    if (send_op(rl, op, rl->timeout_ms) != 0) op_put(rl, op);
-}
-
 /* ---- settles: coalesced per key, flushed as pipelined EVALSHA calls ---- */
 
 static void flush_settles(struct rl *rl);
@@ -504,17 +185,15 @@ static void settle_add(struct rl *rl, const char *key, size_t key_len, size_t ta
     for (size_t i = 0; i < rl->nps; i++) {
         struct pending_settle *ps = &rl->ps[i];
         if (ps->hash == h && ps->key_len == key_len &&
-            memcmp(rl->arena.p + ps->key_off, key, key_len) == 0) {
+            memcmp(rl->arena.b.p + ps->key_off, key, key_len) == 0) {
             int64_t sum = ps->p.cost_u + p->cost_u;
             ps->p = *p;
             ps->p.cost_u = sum;
             return;
         }
     }
-    size_t off = rl->arena.len;
-    buf_add(&rl->arena, key, key_len);
-    if (!buf_ok(&rl->arena)) {
-        rl->arena.len = off;
+    size_t off = rl->arena.b.len;
+    if (!tg_buf_append(&rl->arena.b, key, key_len, 512)) {
         count_error("settle_dropped", 1);
         return;
     }
@@ -538,7 +217,7 @@ static bool same_tag(const struct rl *rl, const struct pending_settle *a,
                      const struct pending_settle *b)
 {
     return a->tag_hash == b->tag_hash && a->tag_len == b->tag_len &&
-           memcmp(rl->arena.p + a->tag_off, rl->arena.p + b->tag_off, a->tag_len) == 0;
+           memcmp(rl->arena.b.p + a->tag_off, rl->arena.b.p + b->tag_off, a->tag_len) == 0;
 }
 
 /* One EVALSHA settle per tenant (hash tag) with all of its keys. */
@@ -556,39 +235,38 @@ static void flush_settles(struct rl *rl)
             done[j] = true;
             group[k++] = j;
         }
-        struct op *op = rl->state == ST_UP ? op_get(rl) : NULL;
+        struct op *op = tg_redis_up(rl->redis) ? op_get(rl) : NULL;
         if (!op) {
             count_error("settle_dropped", (double)k);
             continue;
         }
         op->kind = OP_SETTLE;
-        op->script = SC_SETTLE;
         op->nkeys = k;
-        struct buf *b = &op->cmd;
-        resp_head(b, '*', 3 + 5 * k + (rl->fixed_clock_ms >= 0));
-        resp_bulk(b, "EVALSHA", 7);
-        resp_bulk(b, rl->sha[SC_SETTLE], 40);
-        resp_int(b, (int64_t)k);
+        struct tg_resp *b = &op->cmd;
+        tg_resp_head(b, '*', 3 + 5 * k + (rl->fixed_clock_ms >= 0));
+        tg_resp_bulk(b, "EVALSHA", 7);
+        tg_resp_bulk(b, tg_redis_sha(rl->redis, SC_SETTLE), 40);
+        tg_resp_bulk_int(b, (int64_t)k);
         for (size_t g = 0; g < k; g++) {
             const struct pending_settle *ps = &rl->ps[group[g]];
-            resp_bulk(b, rl->arena.p + ps->key_off, ps->key_len);
+            tg_resp_bulk(b, rl->arena.b.p + ps->key_off, ps->key_len);
         }
         for (size_t g = 0; g < k; g++) {
             const struct tg_bucket_param *p = &rl->ps[group[g]].p;
-            resp_int(b, p->cap_u);
-            resp_double(b, p->rate);
-            resp_int(b, p->per_ms);
-            resp_int(b, p->cost_u);
+            tg_resp_bulk_int(b, p->cap_u);
+            tg_resp_bulk_double(b, p->rate);
+            tg_resp_bulk_int(b, p->per_ms);
+            tg_resp_bulk_int(b, p->cost_u);
         }
-        if (rl->fixed_clock_ms >= 0) resp_int(b, rl->fixed_clock_ms);
-        if (send_op(rl, op, rl->timeout_ms) != 0) {
+        if (rl->fixed_clock_ms >= 0) tg_resp_bulk_int(b, rl->fixed_clock_ms);
+        if (tg_redis_send(rl->redis, b, SC_SETTLE, on_reply, op) != 0) {
             count_error("settle_dropped", (double)k);
             op_put(rl, op);
         }
     }
     rl->nps = 0;
-    rl->arena.len = 0;
-    write_now(rl);
+    rl->arena.b.len = 0;
+    tg_redis_flush(rl->redis);
 }
 
 /* An abandoned check that Redis allowed: give everything back, requests units
@@ -599,30 +277,12 @@ static void refund_cancelled(struct rl *rl, struct op *op)
         if (op->p[i].cost_u == 0) continue;
         struct tg_bucket_param p = op->p[i];
         p.cost_u = -p.cost_u;
-        settle_add(rl, op->cmd.p + op->key_off[i], op->key_len[i], rl->prefix_len,
+        settle_add(rl, op->cmd.b.p + op->key_off[i], op->key_len[i], rl->prefix_len,
                    op->tenant_len + 2, &p);
     }
 }
 
 /* ---- replies ---- */
-
-static bool is_noscript(const redisReply *r)
-{
-    return r->type == REDIS_REPLY_ERROR && r->str && strncmp(r->str, "NOSCRIPT", 8) == 0;
-}
-
-/* Loads the script again (once per NOSCRIPT wave) and resends the same call
- * after it on the same pipeline. Returns 0 if resent. */
-static int resend_after_noscript(struct rl *rl, struct op *op)
-{
-    count_error("noscript", 1);
-    if (++op->resends > MAX_RESENDS || rl->state != ST_UP) return -1;
-    if (!rl->loading[op->script]) {
-        if (send_script_load(rl, OP_LOAD, op->script, false) != 0) return -1;
-        rl->loading[op->script] = true;
-    }
-    return send_op(rl, op, rl->timeout_ms);
-}
 
 /* Reads a batch reply {now_ms, allowed, level_1..level_nk} into the levels
  * before the batch (as doubles: Lua's numbers). */
@@ -672,22 +332,14 @@ static void answer_check(struct rl *rl, struct op *op, const struct tg_limit_res
 
 static void finish_batch(struct rl *rl, struct op *batch, const redisReply *r)
 {
-    if (r && is_noscript(r)) {
-        bool live = false;
-        for (struct op *m = batch->members; m; m = m->mnext)
-            live = live || !m->cancelled;
-        if (!live)
-            count_error("noscript", 1);
-        else if (resend_after_noscript(rl, batch) == 0)
-            return;
-    }
+    batch_unlink(rl, batch);
     if (--rl->batches_inflight == 0 && rl->qhead && !rl->batch_scheduled) {
         rl->batch_scheduled = true;
         event_active(rl->batch_ev, EV_TIMEOUT, 1);
     }
     double lv0[TG_MAX_BUCKETS], lv[TG_MAX_BUCKETS];
     long long allowed = 0, replayed = 0;
-    bool ok = r && !is_noscript(r) && parse_batch(batch, r, lv0, &allowed);
+    bool ok = parse_batch(batch, r, lv0, &allowed);
     struct op *m = batch->members;
     batch->members = NULL;
     op_put(rl, batch);
@@ -698,7 +350,7 @@ static void finish_batch(struct rl *rl, struct op *batch, const redisReply *r)
         ok = replayed == allowed;
         memcpy(lv, lv0, sizeof(lv));
     }
-    if (!ok && r && !is_noscript(r)) count_error("reply", 1); /* NOSCRIPT: counted on resend */
+    if (!ok && r) count_error("reply", 1);
     while (m) {
         struct op *next = m->mnext;
         if (ok) {
@@ -718,64 +370,20 @@ static void finish_batch(struct rl *rl, struct op *batch, const redisReply *r)
 
 static void finish_settle(struct rl *rl, struct op *op, const redisReply *r)
 {
-    if (r && is_noscript(r) && resend_after_noscript(rl, op) == 0) return;
     if (!r || r->type == REDIS_REPLY_ERROR) {
-        if (r && !is_noscript(r)) count_error("reply", 1);
+        if (r) count_error("reply", 1);
         if (!rl->destroying) count_error("settle_dropped", (double)op->nkeys);
     }
     op_put(rl, op);
 }
 
-static void finish_setup(struct rl *rl, struct op *op, redisAsyncContext *ac, const redisReply *r)
+static void on_reply(void *arg, const redisReply *r)
 {
-    bool last = op->last_setup;
-    enum op_kind kind = op->kind;
-    enum script sc = op->script;
-    op_put(rl, op);
-    if (!r || ac != rl->ac) return;
-    if (kind == OP_LOAD) rl->loading[sc] = false;
-    if (r->type == REDIS_REPLY_ERROR) {
-        count_error("reply", 1);
-        if (kind == OP_SETUP) {
-            char detail[160];
-            snprintf(detail, sizeof(detail), "%.*s", (int)(r->len < 150 ? r->len : 150), r->str);
-            kill_connection(rl, "connect", detail);
-        }
-        return;
-    }
-    if (last && rl->state == ST_CONNECTING) {
-        set_state(rl, ST_UP);
-        rl->backoff_ms = BACKOFF_MIN_MS;
-        if (rl->down_logged) tg_log_info("redis %s:%d up", rl->ip, rl->port);
-        rl->down_logged = false;
-    }
-}
-
-static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
-{
-    struct op *op = priv;
-    struct rl *rl = op->rl;
-    redisReply *r = reply;
-    list_remove(rl, op);
-    if (!r && ac == rl->ac) mark_down(rl, "connect", error_of(ac));
-    switch (op->kind) {
-    case OP_BATCH:
-        finish_batch(rl, op, r);
-        break;
-    case OP_CHECK: /* never sent on its own: only as a member of an OP_BATCH */
-        break;
-    case OP_SETTLE:
-        finish_settle(rl, op, r);
-        break;
-    case OP_SETUP:
-    case OP_LOAD:
-        finish_setup(rl, op, ac, r);
-        break;
-    case OP_PING:
-        if (r && r->type == REDIS_REPLY_ERROR) count_error("reply", 1);
-        op_put(rl, op);
-        break;
-    }
+    struct op *op = arg;
+    if (op->kind == OP_BATCH)
+        finish_batch(op->rl, op, r);
+    else
+        finish_settle(op->rl, op, r);
 }
 
 /* ---- the ops table ---- */
@@ -785,20 +393,17 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 static void build_keys(struct rl *rl, struct op *op)
 {
     const struct tg_limit_req *req = &op->req;
-    struct buf *b = &op->cmd;
+    struct tg_resp *b = &op->cmd;
     size_t tlen = strlen(req->tenant), nlen[TG_MAX_BUCKETS], total = 0;
     op->tenant_len = tlen;
     for (size_t i = 0; i < req->n; i++) {
         nlen[i] = strlen(req->b[i].limit->name);
         total += rl->prefix_len + tlen + 3 + nlen[i];
     }
-    if (b->len > b->cap || !buf_reserve(b, total)) {
-        b->len = b->cap + 1; /* refused by buf_ok */
-        return;
-    }
+    if (!tg_resp_reserve(b, total)) return;
     for (size_t i = 0; i < req->n; i++) {
-        char *k = b->p + b->len;
-        op->key_off[i] = (uint32_t)b->len;
+        char *k = b->b.p + b->b.len;
+        op->key_off[i] = (uint32_t)b->b.len;
         op->key_len[i] = (uint32_t)(rl->prefix_len + tlen + 3 + nlen[i]);
         memcpy(k, rl->prefix, rl->prefix_len);
         k += rl->prefix_len;
@@ -808,7 +413,7 @@ static void build_keys(struct rl *rl, struct op *op)
         *k++ = '}';
         *k++ = ':';
         memcpy(k, req->b[i].limit->name, nlen[i]);
-        b->len += op->key_len[i];
+        b->b.len += op->key_len[i];
     }
 }
 
@@ -834,25 +439,25 @@ static void build_batch(struct rl *rl, struct op *batch)
             c->kidx[i] = (uint8_t)(k + 1);
         }
     }
-    struct buf *b = &batch->cmd;
-    resp_head(b, '*', 3 + nk + 1 + 3 * nk + 1 + 1);
-    resp_bulk(b, "EVALSHA", 7);
-    resp_bulk(b, rl->sha[SC_BUCKET], 40);
-    resp_int(b, (int64_t)nk);
+    struct tg_resp *b = &batch->cmd;
+    tg_resp_head(b, '*', 3 + nk + 1 + 3 * nk + 1 + 1);
+    tg_resp_bulk(b, "EVALSHA", 7);
+    tg_resp_bulk(b, tg_redis_sha(rl->redis, SC_BUCKET), 40);
+    tg_resp_bulk_int(b, (int64_t)nk);
     for (size_t k = 0; k < nk; k++)
-        resp_bulk(b, kop[k]->cmd.p + kop[k]->key_off[kb[k]], kop[k]->key_len[kb[k]]);
+        tg_resp_bulk(b, kop[k]->cmd.b.p + kop[k]->key_off[kb[k]], kop[k]->key_len[kb[k]]);
     if (rl->fixed_clock_ms >= 0)
-        resp_int(b, rl->fixed_clock_ms);
+        tg_resp_bulk_int(b, rl->fixed_clock_ms);
     else
-        resp_bulk(b, "", 0);
+        tg_resp_bulk(b, "", 0);
     for (size_t k = 0; k < nk; k++) {
         const struct tg_bucket_param *p = &kop[k]->p[kb[k]];
-        resp_int(b, p->cap_u);
-        resp_double(b, p->rate);
-        resp_int(b, p->per_ms);
+        tg_resp_bulk_int(b, p->cap_u);
+        tg_resp_bulk_double(b, p->rate);
+        tg_resp_bulk_int(b, p->per_ms);
     }
-    resp_int(b, (int64_t)m);
-    resp_head(b, '$', m * nk * 8);
+    tg_resp_bulk_int(b, (int64_t)m);
+    tg_resp_head(b, '$', m * nk * 8);
     for (struct op *c = batch->members; c; c = c->mnext) {
         double row[TG_MAX_BUCKETS];
         for (size_t k = 0; k < nk; k++)
@@ -866,9 +471,9 @@ static void build_batch(struct rl *rl, struct op *batch)
             for (int j = 0; j < 8; j++)
                 le[8 * k + (size_t)j] = (unsigned char)(bits >> (8 * j));
         }
-        buf_add(b, le, nk * 8);
+        tg_resp_raw(b, le, nk * 8);
     }
-    buf_add(b, "\r\n", 2);
+    tg_resp_raw(b, "\r\n", 2);
     batch->nkeys = nk;
 }
 
@@ -880,7 +485,8 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
     /* One round of batches in flight at a time: checks that arrive while one
      * is out wait for its answer and then go together. Idle, a check goes at
      * the end of its loop turn; under load, rounds grow instead of calls. */
-    if (rl->state == ST_UP && rl->batches_inflight > 0) return;
+    bool up = tg_redis_up(rl->redis);
+    if (up && rl->batches_inflight > 0) return;
     while (rl->qhead) {
         struct op *first = rl->qhead;
         if (first->cancelled) { /* abandoned before it was sent: costs nothing */
@@ -890,7 +496,7 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
             op_put(rl, first);
             continue;
         }
-        struct op *batch = rl->state == ST_UP ? op_get(rl) : NULL;
+        struct op *batch = up ? op_get(rl) : NULL;
         if (batch == NULL) {
             rl->qhead = first->mnext;
             if (rl->qhead == NULL) rl->qtail = NULL;
@@ -898,7 +504,6 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
             continue;
         }
         batch->kind = OP_BATCH;
-        batch->script = SC_BUCKET;
         /* Take every queued check of the first one's tenant, keeping order. The
          * tenant is compared by pointer: the same config's tenant, so at most
          * TG_MAX_BUCKETS distinct keys in a batch (a reload's new tenant of the
@@ -928,9 +533,11 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
         rl->qtail = last;
         build_batch(rl, batch);
         rl->batches_inflight++;
-        if (send_op(rl, batch, rl->timeout_ms) != 0) finish_batch(rl, batch, NULL);
+        batch_link(rl, batch);
+        if (tg_redis_send(rl->redis, &batch->cmd, SC_BUCKET, on_reply, batch) != 0)
+            finish_batch(rl, batch, NULL);
     }
-    write_now(rl);
+    tg_redis_flush(rl->redis);
 }
 
 static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
@@ -938,7 +545,7 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
 {
     struct rl *rl = (struct rl *)l;
     struct op *op = NULL;
-    if (rl->state == ST_UP && rl->inflight_checks < MAX_INFLIGHT_CHECKS) op = op_get(rl);
+    if (tg_redis_up(rl->redis) && rl->inflight_checks < MAX_INFLIGHT_CHECKS) op = op_get(rl);
     if (!op) {
         answer_by_policy(rl, req, cb, arg);
         return 0;
@@ -953,7 +560,7 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
         tg_bucket_param_init(&op->p[i], req->b[i].limit, 1, req->b[i].cost_u);
     }
     build_keys(rl, op);
-    if (!buf_ok(&op->cmd)) { /* out of memory */
+    if (op->cmd.failed) { /* out of memory */
         op_put(rl, op);
         answer_by_policy(rl, req, cb, arg);
         return 0;
@@ -1006,23 +613,15 @@ static void rl_cancel(struct tg_limiter *l, void *arg)
     struct rl *rl = (struct rl *)l;
     for (struct op *op = rl->qhead; op; op = op->mnext)
         if (op->arg == arg) op->cancelled = true;
-    for (struct op *op = rl->head; op; op = op->next)
-        if (op->kind == OP_BATCH)
-            for (struct op *m = op->members; m; m = m->mnext)
-                if (m->arg == arg) m->cancelled = true;
+    for (struct op *b = rl->batches; b; b = b->next)
+        for (struct op *m = b->members; m; m = m->mnext)
+            if (m->arg == arg) m->cancelled = true;
 }
 
 static bool rl_ready(struct tg_limiter *l)
 {
     struct rl *rl = (struct rl *)l;
-    return __atomic_load_n(&rl->state, __ATOMIC_RELAXED) == ST_UP || !rl->deny;
-}
-
-static void free_buf(struct buf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
+    return tg_redis_up(rl->redis) || !rl->deny;
 }
 
 static void rl_destroy(struct tg_limiter *l)
@@ -1030,32 +629,20 @@ static void rl_destroy(struct tg_limiter *l)
     struct rl *rl = (struct rl *)l;
     if (rl->nps) flush_settles(rl);
     rl->destroying = true;
-    if (rl->ac) {
-        redisAsyncContext *ac = rl->ac;
-        write_now(rl); /* best effort: the last settles */
-        if (rl->ac == ac) {
-            rl->ac = NULL;
-            set_state(rl, ST_DOWN);
-            redisAsyncFree(ac); /* pending callbacks run with NULL and call no one */
-        }
-    }
+    tg_redis_destroy(rl->redis); /* sends the last settles; pending calls answer NULL, call no one */
     while (rl->qhead) {
         struct op *op = rl->qhead;
         rl->qhead = op->mnext;
         op_put(rl, op);
     }
     if (rl->batch_ev) event_free(rl->batch_ev);
-    if (rl->deadline_ev) event_free(rl->deadline_ev);
-    if (rl->reconnect_ev) event_free(rl->reconnect_ev);
     if (rl->flush_ev) event_free(rl->flush_ev);
-    if (rl->ping_ev) event_free(rl->ping_ev);
     for (struct op *op = rl->free_ops, *next; op; op = next) {
         next = op->next;
-        free_buf(&op->cmd);
+        tg_buf_free(&op->cmd.b);
         free(op);
     }
-    free_buf(&rl->arena);
-    free(rl->password);
+    tg_buf_free(&rl->arena.b);
     free(rl->prefix);
     free(rl);
 }
@@ -1072,15 +659,6 @@ static const struct tg_limiter_ops redis_ops = {
 void tg_limiter_redis_set_clock(struct tg_limiter *l, int64_t now_ms)
 {
     if (l && l->ops == &redis_ops) ((struct rl *)l)->fixed_clock_ms = now_ms < 0 ? -1 : now_ms;
-}
-
-static void sha1_hex(const char *s, char out[41])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_Digest(s, strlen(s), md, &len, EVP_sha1(), NULL);
-    for (unsigned i = 0; i < 20; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
 /* The address to connect to, as the IP string hiredis 0.14 wants. */
@@ -1109,32 +687,30 @@ struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct
     rl->base.ops = &redis_ops;
     rl->evb = base;
     rl->fallback = fallback;
-    address_of(cfg, rl->ip, sizeof(rl->ip), &rl->port);
-    rl->password = strdup(cfg->limiter.redis.password ? cfg->limiter.redis.password : "");
     rl->prefix = strdup(cfg->limiter.redis.key_prefix ? cfg->limiter.redis.key_prefix
                                                       : TG_DEFAULT_REDIS_KEY_PREFIX);
-    rl->db = cfg->limiter.redis.db;
-    rl->timeout_ms = cfg->limiter.redis.timeout_ms > 0 ? cfg->limiter.redis.timeout_ms
-                                                       : TG_DEFAULT_REDIS_TIMEOUT_MS;
     rl->deny = cfg->limiter.on_redis_error == TG_REDIS_ERROR_DENY;
     rl->fixed_clock_ms = -1;
-    rl->backoff_ms = BACKOFF_MIN_MS;
-    rl->rnd = (uint64_t)(uintptr_t)rl ^ ((uint64_t)tg_now_mono_ms() << 20) ^ 0x9e3779b97f4a7c15ULL;
-    rl->deadline_ev = evtimer_new(base, on_deadline, rl);
-    rl->reconnect_ev = evtimer_new(base, on_reconnect, rl);
     rl->flush_ev = evtimer_new(base, on_flush, rl);
-    rl->ping_ev = event_new(base, -1, EV_PERSIST, on_ping, rl);
     rl->batch_ev = event_new(base, -1, 0, on_batch, rl);
-    if (!rl->password || !rl->prefix || !rl->deadline_ev || !rl->reconnect_ev || !rl->flush_ev ||
-        !rl->ping_ev || !rl->batch_ev) {
+    char ip[INET6_ADDRSTRLEN];
+    struct tg_redis_options o = {
+        .host = ip,
+        .password = cfg->limiter.redis.password,
+        .db = cfg->limiter.redis.db,
+        .timeout_ms = cfg->limiter.redis.timeout_ms > 0 ? cfg->limiter.redis.timeout_ms
+                                                        : TG_DEFAULT_REDIS_TIMEOUT_MS,
+        .scripts = script_text,
+        .nscripts = SC_COUNT,
+        .unavailable_note = rl->deny ? "answering checks by on_redis_error=deny"
+                                     : "answering checks by on_redis_error=allow",
+    };
+    address_of(cfg, ip, sizeof(ip), &o.port);
+    if (rl->prefix && rl->flush_ev && rl->batch_ev) rl->redis = tg_redis_create(base, &o);
+    if (!rl->redis) {
         rl_destroy(&rl->base);
         return NULL;
     }
     rl->prefix_len = strlen(rl->prefix);
-    for (int i = 0; i < SC_COUNT; i++)
-        sha1_hex(script_text[i], rl->sha[i]);
-    struct timeval ping_tv = {PING_IDLE_MS / 1000, (PING_IDLE_MS % 1000) * 1000};
-    event_add(rl->ping_ev, &ping_tv);
-    connect_redis(rl);
     return &rl->base;
 }

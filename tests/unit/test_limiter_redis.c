@@ -20,89 +20,13 @@
 #include <hiredis/hiredis.h>
 #include "tollgate/limiter.h"
 #include "tollgate/metrics.h"
+#include "redis_server.h"
 
 #define U TG_MICRO
 #define DAY 86400000
 #define TIMEOUT_MS 50         /* the timeout test's limiter */
 #define SLACK_TIMEOUT_MS 1000 /* everyone else's: slow sanitizer builds must not time out */
 #define MARGIN_MS 600         /* how late past its deadline a timed-out check may be answered */
-
-static int port;
-static pid_t redis_pid;
-static bool have_redis;
-
-/* ---- the redis-server under test ---- */
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-        abort();
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static redisContext *sync_conn(void)
-{
-    struct timeval tv = {1, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    if (c && c->err) {
-        redisFree(c);
-        return NULL;
-    }
-    return c;
-}
-
-static void redis_start(void)
-{
-    char p[16];
-    snprintf(p, sizeof(p), "%d", port);
-    redis_pid = fork();
-    assert_true(redis_pid >= 0);
-    if (redis_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        freopen("/dev/null", "w", stdout);
-        execlp("redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        redisContext *c = sync_conn();
-        if (c) {
-            redisReply *r = redisCommand(c, "PING");
-            bool ok = r && r->type == REDIS_REPLY_STATUS;
-            if (r) freeReplyObject(r);
-            redisFree(c);
-            if (ok) return;
-        }
-        usleep(10000);
-    }
-    fail_msg("redis-server did not start on port %d", port);
-}
-
-static void redis_kill(void)
-{
-    kill(redis_pid, SIGKILL);
-    waitpid(redis_pid, NULL, 0);
-    redis_pid = 0;
-}
-
-/* Runs one command on a fresh connection; returns the reply (caller frees). */
-static redisReply *cmd(const char *fmt, ...)
-{
-    redisContext *c = sync_conn();
-    assert_non_null(c);
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(c, fmt, ap);
-    va_end(ap);
-    redisFree(c);
-    assert_non_null(r);
-    return r;
-}
 
 static long long cmd_int(const char *fmt, const char *arg)
 {
@@ -137,27 +61,6 @@ static long long evalsha_calls(void)
     return v;
 }
 
-static double metric(const char *series)
-{
-    /* tg_metrics_render passes NULL to qsort while the first metric has no
-     * series (UBSan stops there): give it one, worth nothing. */
-    tg_metrics_add(TG_M_REQUESTS, (const char *const[]){"test", "test", "0"}, 0);
-    struct evbuffer *b = evbuffer_new();
-    tg_metrics_render(b);
-    size_t len = evbuffer_get_length(b);
-    char *text = malloc(len + 1);
-    evbuffer_remove(b, text, len);
-    text[len] = '\0';
-    evbuffer_free(b);
-    double v = 0;
-    size_t sl = strlen(series);
-    for (char *line = text; line && *line;
-         line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
-        if (strncmp(line, series, sl) == 0 && line[sl] == ' ') v = atof(line + sl + 1);
-    free(text);
-    return v;
-}
-
 /* ---- limiter plumbing ---- */
 
 static void make_config(struct tg_config *cfg, const char *prefix, enum tg_on_redis_error policy,
@@ -177,21 +80,6 @@ static void make_config(struct tg_config *cfg, const char *prefix, enum tg_on_re
     cfg->limiter.redis.key_prefix = (char *)prefix;
     cfg->limiter.on_redis_error = policy;
     cfg->limiter.expected_gateways = 1;
-}
-
-static void tick(evutil_socket_t fd, short what, void *arg) {}
-
-/* Runs the loop until done(arg) or `ms` pass; returns done(arg). */
-static bool spin(struct event_base *base, int ms, bool (*done)(void *), void *arg)
-{
-    struct event *t = event_new(base, -1, EV_PERSIST, tick, NULL);
-    struct timeval tv = {0, 2000};
-    event_add(t, &tv);
-    int64_t end = tg_now_mono_ms() + ms;
-    while (!(done && done(arg)) && tg_now_mono_ms() < end)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(t);
-    return done && done(arg);
 }
 
 static bool is_ready(void *l)
@@ -315,11 +203,6 @@ static void settle_and_flush(struct env *e, const struct tg_limit_req *req, cons
     tg_limiter_settle(e->l, req, delta);
     wait_evalsha(e, target);
 }
-
-#define NEED_REDIS()                                                                               \
-    do {                                                                                           \
-        if (!have_redis) skip();                                                                   \
-    } while (0)
 
 /* ---- parity: Lua and C give the same answers, to the micro-unit ---- */
 
@@ -962,19 +845,8 @@ static void test_concurrency(void **state)
 
 int main(void)
 {
-    have_redis = system("command -v redis-server >/dev/null 2>&1") == 0;
-    if (!have_redis) {
-        /* scripts/install-deps.sh installs it: in CI its absence is a failure,
-         * elsewhere CTest reports the test as skipped (77). */
-        const char *ci = getenv("CI");
-        bool in_ci = ci && strcmp(ci, "true") == 0;
-        fprintf(stderr, "redis-server is not installed: %s\n",
-                in_ci ? "failing (CI)" : "skipping the Redis limiter tests");
-        return in_ci ? 1 : 77;
-    } else {
-        port = free_port();
-        redis_start();
-    }
+    int skip = redis_fixture_start("the Redis limiter tests");
+    if (skip) return skip;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parity),
         cmocka_unit_test(test_all_or_nothing),
