@@ -16,7 +16,7 @@ int tg_auth_parse(const char *text, uint8_t out[32]) TG_WUR;
 /* Finds the token of an Authorization header value `Bearer TOKEN` (scheme
  * case-insensitive, blanks around allowed, none inside the token). Returns
  * false when the value is not of that form. */
-bool tg_auth_bearer(const char *header, size_t len, const char **token, size_t *toklen);
+bool tg_auth_bearer(const char *header, size_t len, const char **token, size_t *toklen) TG_WUR;
 
 /* Looks up the tenant for the value of an Authorization header (`Bearer KEY`,
  * scheme case-insensitive). Returns NULL when the header is missing, malformed

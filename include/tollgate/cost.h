@@ -50,12 +50,12 @@ int tg_cost_estimate(enum tg_cost_model model, int chars_per_token, int default_
  * object, out of memory). Without stream_options the member is inserted
  * after the first '{'; with one, only include_usage inside it is set. Every
  * other byte of the body is kept as it was. */
-char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen);
+char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen) TG_WUR;
 
 /* The same, for a body that tg_cost_estimate has just accepted on a
  * TG_COST_TOKENS route (so it is known to be a valid JSON object): it is not
  * checked again. Any other body is the caller's error. */
-char *tg_cost_request_usage_valid(const char *body, size_t len, size_t *outlen);
+char *tg_cost_request_usage_valid(const char *body, size_t len, size_t *outlen) TG_WUR;
 
 /* Actual usage read from a reply. */
 struct tg_usage {

@@ -203,7 +203,7 @@ size_t tg_limiter_format_duration(int64_t ms, char *out, size_t cap);
  * request with no buckets (ALLOWED) are answered here, for every backend;
  * the rest goes to the backend. The callback may run before this returns. */
 int tg_limiter_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
-                     void *arg);
+                     void *arg) TG_WUR;
 
 static inline void tg_limiter_settle(struct tg_limiter *l, const struct tg_limit_req *req,
                                      const int64_t *delta_u)

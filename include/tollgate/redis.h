@@ -45,7 +45,7 @@ static inline void tg_resp_reset(struct tg_resp *c)
 }
 
 /* Room for `n` more bytes at c->b.p + c->b.len, for writes in place. */
-bool tg_resp_reserve(struct tg_resp *c, size_t n);
+bool tg_resp_reserve(struct tg_resp *c, size_t n) TG_WUR;
 /* "<type><n>\r\n": an array head ('*') or a bulk string head ('$'). */
 void tg_resp_head(struct tg_resp *c, char type, size_t n);
 void tg_resp_raw(struct tg_resp *c, const void *s, size_t n);

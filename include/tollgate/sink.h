@@ -38,7 +38,7 @@ struct tg_sink *tg_sink_create(const struct tg_config *cfg, struct event_base *b
 struct tg_sink *tg_sink_file_create(const struct tg_config *cfg, char err[TG_ERR_LEN]) TG_WUR;
 struct tg_sink *tg_sink_kafka_create(const struct tg_config *cfg, struct event_base *base,
                                      char err[TG_ERR_LEN]) TG_WUR;
-struct tg_sink *tg_sink_none_create(void);
+struct tg_sink *tg_sink_none_create(void) TG_WUR;
 
 /* Creates directory `dir` and its missing parents (mode 0755). Returns 0, or -1
  * with errno set. Used by the file sink and the spool. */

@@ -40,7 +40,7 @@ struct tg_usage_record {
 
 /* Serialises a record as one line of JSON (the schema of docs/usage-records.md,
  * no trailing newline) into a malloc'd string; *len gets its length. NULL on OOM. */
-char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len);
+char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len) TG_WUR;
 
 /* The access log line of a record (one JSON object, no newline): ts, id,
  * tenant, route, model, status, decision, latency_ms, upstream_ms, bytes_in,
@@ -52,9 +52,11 @@ size_t tg_usage_access_line(const struct tg_usage_record *r, char *out, size_t c
 /* Writes a new unique request id: 32 lowercase hex chars. Thread-safe. */
 void tg_usage_new_id(char out[TG_REQUEST_ID_LEN]);
 
-/* Builds the JSON of `r` and submits it. Returns the sink's result. A
- * `rejected` record while the sink is not accepting is not submitted but
- * counted (tollgate_usage_records_total{result="skipped"}) and 0 returned. */
+/* Builds the JSON of `r` and submits it. Returns the sink's result, for tests:
+ * a record that cannot be kept is counted and logged by the time this returns,
+ * so the request path has nothing left to do with it. A `rejected` record
+ * while the sink is not accepting is not submitted but counted
+ * (tollgate_usage_records_total{result="skipped"}) and 0 returned. */
 int tg_usage_emit(struct tg_sink *s, const struct tg_usage_record *r);
 
 #endif

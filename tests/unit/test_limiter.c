@@ -340,7 +340,7 @@ static void *hammer_thread(void *arg)
         h->reversed ? req2("acme", h->y, U, h->x, U) : req2("acme", h->x, U, h->y, U);
     for (int i = 0; i < 20000; i++) {
         struct answer a = {0};
-        (void)tg_limiter_check(h->l, &r, on_answer, &a);
+        assert_int_equal(tg_limiter_check(h->l, &r, on_answer, &a), 0);
         if (a.res.status == TG_LIMIT_ALLOWED) h->admitted++;
     }
     return NULL;

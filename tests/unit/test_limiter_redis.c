@@ -450,7 +450,7 @@ static void test_settle_coalescing(void **state)
     spin(e.base, 20, NULL, NULL);
     assert_int_equal(evalsha_calls(), calls);
     struct answer a = {0};
-    (void)tg_limiter_check(e.fallback, &fr, on_answer, &a);
+    assert_int_equal(tg_limiter_check(e.fallback, &fr, on_answer, &a), 0);
     assert_int_equal(a.res.b[0].remaining_u / U, 30);
     env_close(&e);
 }
@@ -514,7 +514,7 @@ static void test_timeout(void **state)
     kill(redis_pid, SIGSTOP);
     struct answer x = {0};
     int64_t t0 = tg_now_mono_ms();
-    (void)tg_limiter_check(d.l, &r, on_answer, &x);
+    assert_int_equal(tg_limiter_check(d.l, &r, on_answer, &x), 0);
     assert_int_equal(x.calls, 0);
     assert_true(spin(d.base, 2000, answered, &x));
     assert_int_equal(x.calls, 1);
@@ -523,13 +523,13 @@ static void test_timeout(void **state)
     assert_true(x.at_ms - t0 <= TIMEOUT_MS + MARGIN_MS);
     assert_false(tg_limiter_ready(d.l));
     struct answer y = {0}; /* while down: answered at once */
-    (void)tg_limiter_check(d.l, &r, on_answer, &y);
+    assert_int_equal(tg_limiter_check(d.l, &r, on_answer, &y), 0);
     assert_int_equal(y.calls, 1);
     assert_int_equal(y.res.status, TG_LIMIT_ERROR);
 
     struct answer z = {0};
     t0 = tg_now_mono_ms();
-    (void)tg_limiter_check(a.l, &r, on_answer, &z);
+    assert_int_equal(tg_limiter_check(a.l, &r, on_answer, &z), 0);
     assert_true(spin(a.base, 2000, answered, &z));
     assert_int_equal(z.res.status, TG_LIMIT_ALLOWED);
     assert_true(z.res.fallback);
@@ -565,7 +565,7 @@ static void test_restart(void **state)
     redis_kill();
     assert_true(spin(d.base, 2000, not_ready, d.l));
     struct answer y = {0};
-    (void)tg_limiter_check(d.l, &r, on_answer, &y);
+    assert_int_equal(tg_limiter_check(d.l, &r, on_answer, &y), 0);
     assert_int_equal(y.calls, 1);
     assert_int_equal(y.res.status, TG_LIMIT_ERROR);
     redis_start();
@@ -593,7 +593,7 @@ static void test_cancel_refunds(void **state)
     struct answer a = {0};
     long long calls = evalsha_calls();
     /* Abandoned before it was sent: no call at all. */
-    (void)tg_limiter_check(e.l, &r, on_answer, &a);
+    assert_int_equal(tg_limiter_check(e.l, &r, on_answer, &a), 0);
     tg_limiter_cancel(e.l, &a);
     spin(e.base, 50, NULL, NULL);
     assert_int_equal(a.calls, 0);
@@ -603,7 +603,7 @@ static void test_cancel_refunds(void **state)
     /* Abandoned after it was sent and admitted: everything is given back.
      * CLIENT PAUSE holds Redis's reply until the cancel has happened. */
     freeReplyObject(cmd("CLIENT PAUSE %s", "300"));
-    (void)tg_limiter_check(e.l, &r, on_answer, &a);
+    assert_int_equal(tg_limiter_check(e.l, &r, on_answer, &a), 0);
     event_base_loop(e.base, EVLOOP_NONBLOCK); /* the batch is formed and sent */
     tg_limiter_cancel(e.l, &a);
     wait_evalsha(&e, calls + 2); /* the check, then the refund */
@@ -633,7 +633,7 @@ static void test_one_round_in_flight(void **state)
     long long calls = evalsha_calls();
     freeReplyObject(cmd("CLIENT PAUSE %s", "300")); /* holds the first round's answer */
     for (int i = 0; i < 3; i++) {
-        (void)tg_limiter_check(e.l, &r, on_answer, &a[i]);
+        assert_int_equal(tg_limiter_check(e.l, &r, on_answer, &a[i]), 0);
         event_base_loop(e.base, EVLOOP_NONBLOCK); /* a loop turn of its own */
     }
     wait_evalsha(&e, calls + 2);
@@ -680,7 +680,7 @@ static void test_wide_round(void **state)
         for (int k = 0; k < WIDE_N; k++) /* the last rows only use the roomy last bucket */
             reqs[i].b[k] = (struct tg_bucket_ref){
                 &limits[k], k == WIDE_N - 1 ? U : i < 200 ? (int64_t)rnd(3) * U : 0};
-        (void)tg_limiter_check(e.l, &reqs[i], on_answer, &wide[i]);
+        assert_int_equal(tg_limiter_check(e.l, &reqs[i], on_answer, &wide[i]), 0);
     }
     assert_true(spin(e.base, 5000, all_answered, &(struct answers){wide, WIDE_M}));
     assert_int_equal(evalsha_calls(), calls + 1);
@@ -732,7 +732,7 @@ static void test_inflight_bound(void **state)
     struct tg_limit_req r = fail_req();
     memset(flood, 0, sizeof(flood));
     for (int i = 0; i < FLOOD; i++)
-        (void)tg_limiter_check(e.l, &r, on_answer, &flood[i]);
+        assert_int_equal(tg_limiter_check(e.l, &r, on_answer, &flood[i]), 0);
     int at_once = 0;
     for (int i = 0; i < FLOOD; i++) {
         if (flood[i].calls) {
@@ -757,7 +757,7 @@ static void test_destroy_with_pending(void **state)
     env_wait_up(&e);
     struct tg_limit_req r = fail_req();
     struct answer a = {0};
-    (void)tg_limiter_check(e.l, &r, on_answer, &a);
+    assert_int_equal(tg_limiter_check(e.l, &r, on_answer, &a), 0);
     int64_t d = U;
     tg_limiter_settle(e.l, &r, &d);
     env_close(&e);
@@ -795,7 +795,7 @@ static void worker_issue(struct worker *w)
     while (w->issued < ATTEMPTS && w->inflight < DEPTH) {
         w->issued++;
         w->inflight++;
-        (void)tg_limiter_check(w->e.l, &w->req, worker_answer, w);
+        assert_int_equal(tg_limiter_check(w->e.l, &w->req, worker_answer, w), 0);
     }
 }
 
