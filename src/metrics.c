@@ -205,12 +205,15 @@ static struct tg_metric_series **find_slot(struct table *t, const struct probe *
     }
 }
 
-static void grow(struct table *t)
+/* Doubles the slots; false (the table unchanged) when out of memory. */
+static bool grow(struct table *t)
 {
     size_t ncap = t->cap ? t->cap * 2 : 64;
     struct tg_metric_series **old = t->slots;
     size_t ocap = t->cap;
-    t->slots = calloc(ncap, sizeof(*t->slots));
+    struct tg_metric_series **slots = calloc(ncap, sizeof(*slots));
+    if (slots == NULL) return false;
+    t->slots = slots;
     t->cap = ncap;
     for (size_t i = 0; i < ocap; i++) {
         if (old[i] == NULL) continue;
@@ -220,13 +223,19 @@ static void grow(struct table *t)
         t->slots[j] = old[i];
     }
     free(old);
+    return true;
 }
+
+/* Where the values go of a series that could not be allocated: counted
+ * nowhere, never rendered (a lost series rather than a crash). */
+static struct tg_metric_series oom_series;
 
 static inline struct table *thread_table(void)
 {
     if (__builtin_expect(my_table == NULL, 0)) {
         pthread_once(&label_count_once, count_labels);
         struct table *t = calloc(1, sizeof(*t));
+        if (t == NULL) return NULL; /* tried again next time */
         pthread_mutex_init(&t->mu, NULL);
         pthread_mutex_lock(&tables_mu);
         t->next = tables;
@@ -245,6 +254,7 @@ static struct tg_metric_series *new_series(const struct table *t, const struct p
     for (size_t i = 0; i < k->n; i++)
         vlen += k->len[i] + 1;
     struct tg_metric_series *s = calloc(1, sizeof(*s) + vlen + klen + 1);
+    if (s == NULL) return NULL;
     s->hash = k->hash;
     s->metric = k->metric;
     s->owner = t;
@@ -300,20 +310,22 @@ lookup_hashed(struct table *t, enum tg_metric m, const char *const *labels, bool
         if (__builtin_expect(s != NULL, 1)) return remember(t, m, n, labels, s);
     }
     if (!locked) pthread_mutex_lock(&t->mu);
-    if ((t->n + 1) * 2 > t->cap) grow(t);
-    struct tg_metric_series **slot = find_slot(t, &k);
-    if (*slot == NULL) {
-        *slot = new_series(t, &k);
-        t->n++;
+    /* find_slot needs a free slot: the table is kept at most half full, and
+     * a table that cannot grow takes no series past 3/4 */
+    struct tg_metric_series *s = &oom_series;
+    if (((t->n + 1) * 2 <= t->cap || grow(t) || (t->n + 1) * 4 <= t->cap * 3)) {
+        struct tg_metric_series **slot = find_slot(t, &k);
+        if (*slot == NULL && (*slot = new_series(t, &k)) != NULL) t->n++;
+        if (*slot) s = *slot;
     }
-    struct tg_metric_series *s = *slot;
     if (!locked) pthread_mutex_unlock(&t->mu);
-    return remember(t, m, n, labels, s);
+    return s == &oom_series ? s : remember(t, m, n, labels, s);
 }
 
 static inline struct tg_metric_series *lookup(struct table *t, enum tg_metric m,
                                               const char *const *labels, bool locked)
 {
+    if (__builtin_expect(t == NULL, 0)) return &oom_series;
     if (t->last[m].s && same_as_last(t, m, label_count[m], labels)) return t->last[m].s;
     return lookup_hashed(t, m, labels, locked);
 }
@@ -364,13 +376,13 @@ struct tg_metric_series *tg_metrics_series(enum tg_metric m, const char *const *
 
 void tg_metrics_series_add(struct tg_metric_series *s, double v)
 {
-    assert(s->owner == my_table && defs[s->metric].type != M_HISTOGRAM);
+    assert(s == &oom_series || (s->owner == my_table && defs[s->metric].type != M_HISTOGRAM));
     add_to(s, v);
 }
 
 void tg_metrics_series_observe(struct tg_metric_series *s, double v)
 {
-    assert(s->owner == my_table && defs[s->metric].type == M_HISTOGRAM);
+    assert(s == &oom_series || (s->owner == my_table && defs[s->metric].type == M_HISTOGRAM));
     observe_into(s, v);
 }
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/crypto.h>
+#include "tollgate/buf.h"
 #include "tollgate/config.h"
 #include "loader.h"
 
@@ -161,13 +162,14 @@ struct tg_config *tg_config_load(const char *path, char err[TG_ERR_LEN])
     if (!f) goto fail_errno;
     for (;;) {
         if (len == cap) {
-            cap = cap ? cap * 2 : 64 * 1024;
-            char *t = cap <= MAX_FILE_BYTES ? realloc(text, cap) : NULL;
-            if (!t) {
-                errno = cap > MAX_FILE_BYTES ? EFBIG : ENOMEM;
+            if (cap >= MAX_FILE_BYTES) {
+                errno = EFBIG;
                 goto fail_errno;
             }
-            text = t;
+            if (!tg_grow(&text, &cap, len + 1, 1, 64 * 1024)) {
+                errno = ENOMEM;
+                goto fail_errno;
+            }
         }
         size_t n = fread(text + len, 1, cap - len, f);
         len += n;

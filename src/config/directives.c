@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 #include <netinet/in.h>
+#include "tollgate/buf.h"
 #include "tollgate/auth.h"
 #include "loader.h"
 
@@ -15,15 +16,8 @@
 
 static int buf_put(struct loader *ld, size_t *o, const char *s, size_t n)
 {
-    if (*o + n + 1 > ld->buf_cap) {
-        size_t cap = ld->buf_cap ? ld->buf_cap : 256;
-        while (cap < *o + n + 1)
-            cap *= 2;
-        char *buf = realloc(ld->buf, cap);
-        if (!buf) return fail_at(ld, 1, 1, "out of memory");
-        ld->buf = buf;
-        ld->buf_cap = cap;
-    }
+    if (!tg_grow(&ld->buf, &ld->buf_cap, *o + n + 1, 1, 256))
+        return fail_at(ld, 1, 1, "out of memory");
     memcpy(ld->buf + *o, s, n);
     *o += n;
     ld->buf[*o] = '\0';

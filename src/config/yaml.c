@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
+#include "tollgate/buf.h"
 #include "loader.h"
 
 #define ALIAS_BUDGET 1000000 /* nodes aliases may add beyond 8 per input byte */
@@ -113,15 +114,10 @@ char *ld_strdup(struct loader *ld, const char *s, size_t n)
 static uint32_t doc_add(struct loader *ld, int type, const yaml_mark_t *m)
 {
     struct doc *d = &ld->doc;
-    if (d->nnodes == d->cap) {
-        size_t cap = d->cap ? d->cap * 2 : d->cap_hint;
-        struct node *nodes = cap < NONE ? realloc(d->nodes, cap * sizeof(*nodes)) : NULL;
-        if (!nodes) {
-            fail_at(ld, 1, 1, "out of memory");
-            return NONE;
-        }
-        d->nodes = nodes;
-        d->cap = cap;
+    if (d->nnodes + 1 >= NONE || !tg_grow(&d->nodes, &d->cap, d->nnodes + 1, sizeof(*d->nodes),
+                                          d->cap_hint)) {
+        fail_at(ld, 1, 1, "out of memory");
+        return NONE;
     }
     uint32_t id = (uint32_t)d->nnodes++;
     d->nodes[id] = (struct node){
@@ -136,13 +132,8 @@ static int doc_child(struct loader *ld, uint32_t id)
         if (d->root == NONE) d->root = id;
         return 0;
     }
-    if (d->nkids == d->kids_cap) {
-        size_t cap = d->kids_cap ? d->kids_cap * 2 : 256;
-        uint32_t *kids = realloc(d->kids, cap * sizeof(*kids));
-        if (!kids) return fail_at(ld, 1, 1, "out of memory");
-        d->kids = kids;
-        d->kids_cap = cap;
-    }
+    if (!tg_grow(&d->kids, &d->kids_cap, d->nkids + 1, sizeof(*d->kids), 256))
+        return fail_at(ld, 1, 1, "out of memory");
     d->kids[d->nkids++] = id;
     return 0;
 }

@@ -127,12 +127,7 @@ static void wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int ms)
 static int merge(struct fsink *f)
 {
     size_t left = f->batch.len - f->batch_off, need = left + f->pending.len;
-    if (need > f->batch.cap) {
-        char *np = realloc(f->batch.p, need);
-        if (np == NULL) return -1;
-        f->batch.p = np;
-        f->batch.cap = need;
-    }
+    if (!tg_grow(&f->batch.p, &f->batch.cap, need, 1, 4096)) return -1;
     memmove(f->batch.p, f->batch.p + f->batch_off, left);
     memcpy(f->batch.p + left, f->pending.p, f->pending.len);
     f->batch.len = need;

@@ -15,6 +15,7 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#include "tollgate/buf.h"
 #include "tollgate/sink.h"
 #include "tollgate/spool.h"
 #include "spool_segment.h"
@@ -108,13 +109,7 @@ ssize_t spool_find_seg(const struct tg_spool *sp, uint64_t seq)
 
 static struct seg *push_seg(struct tg_spool *sp, uint64_t seq)
 {
-    if (sp->nsegs == sp->cap) {
-        size_t ncap = sp->cap ? sp->cap * 2 : 16;
-        struct seg *n = realloc(sp->segs, ncap * sizeof(*n));
-        if (n == NULL) return NULL;
-        sp->segs = n;
-        sp->cap = ncap;
-    }
+    if (!tg_grow(&sp->segs, &sp->cap, sp->nsegs + 1, sizeof(*sp->segs), 16)) return NULL;
     struct seg *s = &sp->segs[sp->nsegs++];
     *s = (struct seg){.seq = seq, .size = SEG_HDR, .fd = -1};
     return s;
@@ -123,13 +118,7 @@ static struct seg *push_seg(struct tg_spool *sp, uint64_t seq)
 /* Room for one more record's state. */
 int spool_reserve_state(struct seg *s)
 {
-    if (s->nrec < s->cap) return 0;
-    int64_t ncap = s->cap ? s->cap * 2 : 256;
-    uint8_t *n = realloc(s->st, (size_t)ncap);
-    if (n == NULL) return -1;
-    s->st = n;
-    s->cap = ncap;
-    return 0;
+    return tg_grow(&s->st, &s->cap, (size_t)s->nrec + 1, 1, 256) ? 0 : -1;
 }
 
 void spool_close_seg_fd(struct seg *s)
@@ -372,14 +361,9 @@ int spool_load_dir(struct tg_spool *sp, char err[TG_ERR_LEN])
     while ((de = readdir(d)) != NULL) {
         uint64_t seq;
         if (!parse_seg_name(de->d_name, &seq)) continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            uint64_t *ns = realloc(seqs, cap * sizeof(*ns));
-            if (ns == NULL) {
-                spool_set_err(err, "spool %s: out of memory", sp->dir);
-                goto out;
-            }
-            seqs = ns;
+        if (!tg_grow(&seqs, &cap, n + 1, sizeof(*seqs), 16)) {
+            spool_set_err(err, "spool %s: out of memory", sp->dir);
+            goto out;
         }
         seqs[n++] = seq;
     }

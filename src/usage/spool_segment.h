@@ -33,7 +33,7 @@ struct seg {
     int64_t nout;    /* REC_OUT: handed out, not yet acknowledged or released */
     int64_t nacked;  /* REC_ACKED */
     uint8_t *st;     /* nrec states (cap of them allocated) */
-    int64_t cap;
+    size_t cap;      /* states allocated */
     int fd; /* read-write, for reading and ack marks; -1 until needed */
 };
 
