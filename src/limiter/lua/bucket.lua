@@ -5,7 +5,8 @@
 -- as if each had been a call of its own at the same instant.
 --
 -- KEYS[k]  the distinct buckets of the batch, "<prefix>{<tenant>}:<limit name>"
---          (one hash tag per call), valued as _shared.lua says.
+--          (one hash tag per call), valued as _shared.lua says. Units leased to
+--          gateways (lease.lua) are not room here: a check sees the level L only.
 -- ARGV[1]  "" in production; tests only: a fixed clock in ms used instead of TIME.
 -- ARGV     for KEYS[k], ARGV[3k-1..3k+1] = capacity_u, rate (units per per_ms,
 --          "%.17g"), per_ms. Then m = the number of checks, then one string of
@@ -20,7 +21,7 @@
 --          `allowed` lets it verify the replay. A denied check writes nothing; a
 --          bucket no allowed check charged is not written.
 -- Every written key expires when it would be full again (+ margin).
--- The clock, refill and store are _shared.lua's. The C twin is tg_bucket_refill and
+-- The clock, load (refill) and store are _shared.lua's. The C twin is tg_bucket_refill and
 -- tg_bucket_check in src/limiter/bucket.c and the replay in src/limiter/redis.c: change
 -- them together, operation for operation, or the parity test fails.
 --@include _shared.lua
@@ -30,12 +31,13 @@ local now = clock_ms(ARGV[1])
 -- Written for speed: Redis runs it for every round of checks. One MGET, no
 -- closures, rows judged straight from struct.unpack's results.
 local vals = redis.call('MGET', unpack(KEYS))
-local cap, rate, per, level, dirty = {}, {}, {}, {}, {}
+local cap, rate, per, level, dirty, lease = {}, {}, {}, {}, {}, {}
 local out = {now, 0}
 for k = 1, nk do -- refill
     local c, r, p = tonumber(ARGV[3 * k - 1]), tonumber(ARGV[3 * k]), tonumber(ARGV[3 * k + 1])
     cap[k], rate[k], per[k] = c, r, p
-    local l = refill(vals[k], c, r, p, now)
+    local l, o, first, last, leases = load(vals[k], c, r, p, now)
+    if o > 0 then lease[k] = {o, first, last, leases} end
     level[k] = l
     out[k + 2] = l
 end
@@ -75,7 +77,12 @@ end
 out[2] = allowed
 for k = 1, nk do -- store what an allowed check charged
     if dirty[k] then
-        store(KEYS[k], level[k], cap[k], rate[k], per[k], now)
+        local ls = lease[k]
+        if ls then
+            store(KEYS[k], level[k], cap[k], rate[k], per[k], now, ls[1], ls[2], ls[3], ls[4])
+        else
+            store(KEYS[k], level[k], cap[k], rate[k], per[k], now)
+        end
     end
 end
 return out

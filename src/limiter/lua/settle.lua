@@ -3,10 +3,10 @@
 -- KEYS[i]  as in bucket.lua: "<prefix>{<tenant>}:<limit name>", valued as _shared.lua says.
 -- ARGV     for KEYS[i], ARGV[4i-3..4i] = capacity_u, rate (units per per_ms),
 --          per_ms, delta_u (positive charges and may leave debt; negative
---          refunds, never above capacity).
+--          refunds, never above capacity less what is leased out).
 --          ARGV[4n+1], tests only: a fixed clock in ms used instead of TIME.
 -- Returns  {now_ms, level_1..level_n}.
--- The clock, refill and store are _shared.lua's; the C twin is tg_bucket_settle in
+-- The clock, load (refill) and store are _shared.lua's; the C twin is tg_bucket_settle in
 -- src/limiter/bucket.c.
 --@include _shared.lua
 local n = #KEYS
@@ -16,10 +16,10 @@ local out = {now}
 for i = 1, n do
     local a = 4 * i - 4
     local cap, rate, per = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local l = refill(redis.call('GET', KEYS[i]), cap, rate, per, now)
+    local l, o, first, last, leases = load(redis.call('GET', KEYS[i]), cap, rate, per, now)
     l = l - tonumber(ARGV[a + 4])
-    if l > cap then l = cap end
-    store(KEYS[i], l, cap, rate, per, now)
+    if l > cap - o then l = cap - o end
+    store(KEYS[i], l, cap, rate, per, now, o, first, last, leases)
     out[1 + i] = l
 end
 return out
