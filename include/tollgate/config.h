@@ -21,6 +21,10 @@
 #define TG_DEFAULT_REDIS_TIMEOUT_MS 50
 #define TG_DEFAULT_REDIS_KEY_PREFIX "tg:"
 #define TG_DEFAULT_EXPECTED_GATEWAYS 1
+#define TG_DEFAULT_LEASE_MODE "auto"
+#define TG_DEFAULT_LEASE_TTL_MS 2000
+#define TG_DEFAULT_LEASE_SYNC_INTERVAL_MS 50
+#define TG_DEFAULT_LEASE_MIN_RATE 50.0 /* requests/s of a tenant on one gateway */
 #define TG_DEFAULT_CHARS_PER_TOKEN 4
 #define TG_DEFAULT_MAX_TOKENS 4096
 #define TG_DEFAULT_USAGE_FILE "var/usage.jsonl"
@@ -47,6 +51,8 @@
 
 enum tg_log_level { TG_LOG_DEBUG, TG_LOG_INFO, TG_LOG_WARN, TG_LOG_ERROR };
 enum tg_limiter_backend { TG_LIMITER_LOCAL, TG_LIMITER_REDIS };
+/* limiter.lease.mode: never, for every tenant, or for tenants busy on this gateway */
+enum tg_lease_mode { TG_LEASE_OFF, TG_LEASE_ALWAYS, TG_LEASE_AUTO };
 enum tg_on_redis_error { TG_REDIS_ERROR_ALLOW, TG_REDIS_ERROR_DENY };
 enum tg_sink_kind { TG_SINK_FILE, TG_SINK_KAFKA, TG_SINK_NONE };
 enum tg_spool_fsync { TG_SPOOL_FSYNC_ALWAYS, TG_SPOOL_FSYNC_INTERVAL };
@@ -155,6 +161,12 @@ struct tg_config {
         } redis;
         enum tg_on_redis_error on_redis_error;
         int expected_gateways;
+        struct {
+            enum tg_lease_mode mode;
+            int ttl_ms;
+            int sync_interval_ms;
+            double min_rate; /* requests/s */
+        } lease;
     } limiter;
     struct {
         int chars_per_token;

@@ -67,13 +67,13 @@ struct tg_limiter_ops {
     bool (*ready)(struct tg_limiter *l); /* backend reachable (or in its fallback) */
     void (*destroy)(struct tg_limiter *l);
     /* For backends that work on timers (a lease's periodic sync): when set,
-     * the owning worker calls it every tick_ms on its loop. NULL: none. */
+     * the owning worker calls it every tick_ms of the instance on its loop. */
     void (*tick)(struct tg_limiter *l);
-    int tick_ms;
 };
 
 struct tg_limiter {
     const struct tg_limiter_ops *ops;
+    int tick_ms; /* the period of ops->tick; 0: no tick */
 };
 
 /* ---- the backends ---- */
@@ -229,7 +229,7 @@ static inline const char *tg_limiter_name(const struct tg_limiter *l)
 /* The period of the backend's tick in ms, or 0 when it has none. */
 static inline int tg_limiter_tick_ms(const struct tg_limiter *l)
 {
-    return l->ops->tick ? l->ops->tick_ms : 0;
+    return l->ops->tick ? l->tick_ms : 0;
 }
 
 static inline void tg_limiter_tick(struct tg_limiter *l)

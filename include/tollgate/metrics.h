@@ -30,6 +30,16 @@ struct evbuffer;
       "Time of one limiter check.")                                                                \
     X(REDIS_ERRORS, counter, "tollgate_redis_errors_total", "kind",                                \
       "Redis failures, by kind (timeout|connect|reply|noscript).")                                 \
+    X(REDIS_CALLS, counter, "tollgate_redis_script_calls_total", "script",                         \
+      "Lua script calls sent to Redis, by script (bucket|settle|lease).")                          \
+    X(LIMITER_DECISIONS, counter, "tollgate_limiter_decisions_total", "where",                     \
+      "Redis-backend checks by where they were decided (lease: on this gateway's lease, "          \
+      "redis: by a script call).")                                                                 \
+    X(LEASE_EVENTS, counter, "tollgate_lease_events_total", "event",                               \
+      "Lease events (granted|returned|expired): grants and returns made by lease calls, leases "  \
+      "found written off by Redis.")                                                               \
+    X(LEASE_UNITS, counter, "tollgate_lease_units_total", "unit,event",                            \
+      "Units moved by lease calls, by unit and event (granted|returned|expired).")                 \
     X(USAGE_RECORDS, counter, "tollgate_usage_records_total", "sink,result",                       \
       "Usage records, by sink and result "                                                         \
       "(written|delivered|spooled|replayed|dropped|skipped|error).")                               \

@@ -315,6 +315,10 @@ void tg_config_print(const struct tg_config *cfg, FILE *out)
                 cfg->limiter.redis.key_prefix, cfg->limiter.redis.timeout_ms,
                 cfg->limiter.redis.password[0] ? "set" : "none",
                 on_error_names[cfg->limiter.on_redis_error], cfg->limiter.expected_gateways);
+    if (cfg->limiter.backend == TG_LIMITER_REDIS)
+        fprintf(out, "limiter: leases %s, ttl %d ms, sync every %d ms, from %g requests/s\n",
+                lease_mode_names[cfg->limiter.lease.mode], cfg->limiter.lease.ttl_ms,
+                cfg->limiter.lease.sync_interval_ms, cfg->limiter.lease.min_rate);
     else
         fprintf(out, "limiter: local\n");
     fprintf(out, "costs: %d chars per token, default max tokens %d\n", cfg->costs.chars_per_token,

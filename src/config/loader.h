@@ -188,6 +188,7 @@ int apply_section(struct loader *ld, const struct section *sec, uint32_t map, vo
 extern const struct section root_section;
 extern const char *const level_names[];
 extern const char *const on_error_names[];
+extern const char *const lease_mode_names[];
 extern const char *const fsync_names[];
 extern const char *const full_names[];
 extern const char *const cost_names[];

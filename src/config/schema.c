@@ -200,6 +200,7 @@ static int check_limit(struct loader *ld, const struct section *sec, uint32_t ma
 const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const backend_names[] = {"local", "redis", NULL};
 const char *const on_error_names[] = {"allow", "deny", NULL};
+const char *const lease_mode_names[] = {"off", "always", "auto", NULL};
 static const char *const sink_names[] = {"file", "kafka", "none", NULL};
 const char *const fsync_names[] = {"always", "interval", NULL};
 const char *const full_names[] = {"reject", "drop_oldest", NULL};
@@ -270,6 +271,28 @@ static const struct directive redis_keys[] = {
 };
 static const struct section redis_section = SECTION(redis_keys, check_redis);
 
+static int check_lease(struct loader *ld, const struct section *sec, uint32_t map,
+                       const uint32_t *seen, void *base)
+{
+    struct tg_config *c = base;
+    if (c->limiter.lease.ttl_ms < 2 * c->limiter.lease.sync_interval_ms)
+        return fail_key(ld, sec, seen, map, "ttl_ms",
+                        "must be at least twice sync_interval_ms (a lease outlives a missed sync)");
+    return 0;
+}
+
+static const struct directive lease_keys[] = {
+    {KEY("mode", N_SCALAR, set_enum, CFG(limiter.lease.mode)), .store = ST_ENUM,
+     .defs = TG_DEFAULT_LEASE_MODE, .choices = lease_mode_names},
+    {KEY("ttl_ms", N_SCALAR, set_int, CFG(limiter.lease.ttl_ms)), .store = ST_INT,
+     .defi = TG_DEFAULT_LEASE_TTL_MS, .min = 10, .max = 600000},
+    {KEY("sync_interval_ms", N_SCALAR, set_int, CFG(limiter.lease.sync_interval_ms)),
+     .store = ST_INT, .defi = TG_DEFAULT_LEASE_SYNC_INTERVAL_MS, .min = 1, .max = 60000},
+    {KEY("min_rate", N_SCALAR, set_num, CFG(limiter.lease.min_rate)), .store = ST_DBL,
+     .defd = TG_DEFAULT_LEASE_MIN_RATE, .min = 0, .max = 1000000000},
+};
+static const struct section lease_section = SECTION(lease_keys, check_lease);
+
 static const struct directive limiter_keys[] = {
     {KEY("backend", N_SCALAR, set_enum, CFG(limiter.backend)), .store = ST_ENUM,
      .defs = TG_DEFAULT_LIMITER_BACKEND, .choices = backend_names},
@@ -278,6 +301,7 @@ static const struct directive limiter_keys[] = {
      .defs = TG_DEFAULT_ON_REDIS_ERROR, .choices = on_error_names},
     {KEY("expected_gateways", N_SCALAR, set_int, CFG(limiter.expected_gateways)), .store = ST_INT,
      .defi = TG_DEFAULT_EXPECTED_GATEWAYS, .min = 1, .max = 1000},
+    {KEY("lease", N_MAP, set_section, 0), .store = ST_SECTION, .sub = &lease_section},
 };
 
 static const struct directive costs_keys[] = {

@@ -12,9 +12,11 @@
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
 #include "tollgate/redis.h"
+#include "lease.h"
 
 extern const char tg_lua_bucket[];
 extern const char tg_lua_settle[];
+extern const char tg_lua_lease[];
 
 #define MAX_INFLIGHT_CHECKS 1024
 #define BATCH_MAX_CHECKS 256 /* checks of one tenant in one EVALSHA */
@@ -22,7 +24,7 @@ extern const char tg_lua_settle[];
 #define SETTLE_FLUSH_MS 10 /* settles lag by at most this; fewer calls under load */
 
 enum op_kind { OP_CHECK, OP_BATCH, OP_SETTLE };
-enum script { SC_BUCKET, SC_SETTLE, SC_COUNT };
+enum script { SC_BUCKET, SC_SETTLE, SC_LEASE, SC_COUNT };
 
 /* A check, or a call awaiting its reply (the connection's callback argument). */
 struct op {
@@ -58,6 +60,7 @@ struct rl {
     struct event_base *evb;
     struct tg_limiter *fallback; /* (ref) */
     struct tg_redis *redis;
+    struct lease_set *lease; /* NULL: limiter.lease.mode off */
     char *prefix;
     size_t prefix_len;
     bool deny; /* on_redis_error: deny */
@@ -78,7 +81,7 @@ struct rl {
     struct tg_resp arena;
 };
 
-static const char *const script_text[SC_COUNT] = {tg_lua_bucket, tg_lua_settle};
+static const char *const script_text[SC_COUNT] = {tg_lua_bucket, tg_lua_settle, tg_lua_lease};
 
 static void count_error(const char *kind, double n)
 {
@@ -262,6 +265,8 @@ static void flush_settles(struct rl *rl)
         if (tg_redis_send(rl->redis, b, SC_SETTLE, on_reply, op) != 0) {
             count_error("settle_dropped", (double)k);
             op_put(rl, op);
+        } else {
+            tg_metrics_add(TG_M_REDIS_CALLS, (const char *const[]){"settle"}, 1);
         }
     }
     rl->nps = 0;
@@ -319,6 +324,7 @@ static void answer_check(struct rl *rl, struct op *op, const struct tg_limit_res
     void *arg = op->arg;
     bool cancelled = op->cancelled || rl->destroying;
     if (res) {
+        tg_metrics_add(TG_M_LIMITER_DECISIONS, (const char *const[]){"redis"}, 1);
         if (cancelled && res->status == TG_LIMIT_ALLOWED && !rl->destroying)
             refund_cancelled(rl, op);
         op_put(rl, op);
@@ -536,19 +542,21 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
         batch_link(rl, batch);
         if (tg_redis_send(rl->redis, &batch->cmd, SC_BUCKET, on_reply, batch) != 0)
             finish_batch(rl, batch, NULL);
+        else
+            tg_metrics_add(TG_M_REDIS_CALLS, (const char *const[]){"bucket"}, 1);
     }
     tg_redis_flush(rl->redis);
 }
 
-static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
-                    void *arg)
+/* A check for the next round of batches (or the failure policy). */
+static void check_strict(void *owner, const struct tg_limit_req *req, tg_limiter_cb cb, void *arg)
 {
-    struct rl *rl = (struct rl *)l;
+    struct rl *rl = owner;
     struct op *op = NULL;
     if (tg_redis_up(rl->redis) && rl->inflight_checks < MAX_INFLIGHT_CHECKS) op = op_get(rl);
     if (!op) {
         answer_by_policy(rl, req, cb, arg);
-        return 0;
+        return;
     }
     op->kind = OP_CHECK;
     op->cb = cb;
@@ -563,7 +571,7 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
     if (op->cmd.failed) { /* out of memory */
         op_put(rl, op);
         answer_by_policy(rl, req, cb, arg);
-        return 0;
+        return;
     }
     rl->inflight_checks++;
     if (rl->qtail)
@@ -575,16 +583,35 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
         rl->batch_scheduled = true;
         event_active(rl->batch_ev, EV_TIMEOUT, 1);
     }
+}
+
+static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
+                    void *arg)
+{
+    struct rl *rl = (struct rl *)l;
+    if (rl->lease) {
+        struct tg_bucket_param p[TG_MAX_BUCKETS];
+        for (size_t i = 0; i < req->n; i++)
+            tg_bucket_param_init(&p[i], req->b[i].limit, 1, req->b[i].cost_u);
+        struct tg_limit_result res;
+        switch (lease_check(rl->lease, req, p, &res, cb, arg)) {
+        case LEASE_ALLOWED:
+            cb(arg, &res);
+            return 0;
+        case LEASE_QUEUED:
+            return 0;
+        case LEASE_STRICT:
+            break;
+        }
+    }
+    check_strict(rl, req, cb, arg);
     return 0;
 }
 
-static void rl_settle(struct tg_limiter *l, const struct tg_limit_req *req, const int64_t *delta_u)
+/* Settles on the buckets in Redis (coalesced, sent within SETTLE_FLUSH_MS). */
+static void settle_strict(void *owner, const struct tg_limit_req *req, const int64_t *delta_u)
 {
-    struct rl *rl = (struct rl *)l;
-    if (req->fallback) {
-        if (rl->fallback) tg_limiter_settle(rl->fallback, req, delta_u);
-        return;
-    }
+    struct rl *rl = owner;
     size_t tlen = strlen(req->tenant);
     char stack[512];
     for (size_t i = 0; i < req->n; i++) {
@@ -608,9 +635,38 @@ static void rl_settle(struct tg_limiter *l, const struct tg_limit_req *req, cons
     }
 }
 
+static void rl_settle(struct tg_limiter *l, const struct tg_limit_req *req, const int64_t *delta_u)
+{
+    struct rl *rl = (struct rl *)l;
+    if (req->fallback) {
+        if (rl->fallback) tg_limiter_settle(rl->fallback, req, delta_u);
+        return;
+    }
+    if (rl->lease) { /* a bucket's delta goes to its lease when it has a live one */
+        int64_t d[TG_MAX_BUCKETS];
+        memcpy(d, delta_u, req->n * sizeof(*d));
+        lease_settle(rl->lease, req, d);
+        settle_strict(rl, req, d);
+        return;
+    }
+    settle_strict(rl, req, delta_u);
+}
+
+static void no_answer(void *owner, const struct tg_limit_req *req, tg_limiter_cb cb, void *arg)
+{
+    answer_by_policy(owner, req, cb, arg);
+}
+
+static void rl_tick(struct tg_limiter *l)
+{
+    struct rl *rl = (struct rl *)l;
+    if (rl->lease) lease_tick(rl->lease);
+}
+
 static void rl_cancel(struct tg_limiter *l, void *arg)
 {
     struct rl *rl = (struct rl *)l;
+    if (rl->lease) lease_cancel(rl->lease, arg);
     for (struct op *op = rl->qhead; op; op = op->mnext)
         if (op->arg == arg) op->cancelled = true;
     for (struct op *b = rl->batches; b; b = b->next)
@@ -629,7 +685,9 @@ static void rl_destroy(struct tg_limiter *l)
     struct rl *rl = (struct rl *)l;
     if (rl->nps) flush_settles(rl);
     rl->destroying = true;
-    tg_redis_destroy(rl->redis); /* sends the last settles; pending calls answer NULL, call no one */
+    lease_close(rl->lease); /* the unused leases go back with the last settles */
+    tg_redis_destroy(rl->redis); /* sends them; pending calls answer NULL, call no one */
+    lease_destroy(rl->lease);
     while (rl->qhead) {
         struct op *op = rl->qhead;
         rl->qhead = op->mnext;
@@ -654,6 +712,7 @@ static const struct tg_limiter_ops redis_ops = {
     .cancel = rl_cancel,
     .ready = rl_ready,
     .destroy = rl_destroy,
+    .tick = rl_tick,
 };
 
 void tg_limiter_redis_set_clock(struct tg_limiter *l, int64_t now_ms)
@@ -712,5 +771,25 @@ struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct
         return NULL;
     }
     rl->prefix_len = strlen(rl->prefix);
+    const typeof(cfg->limiter.lease) *lc = &cfg->limiter.lease;
+    if (lc->mode != TG_LEASE_OFF) {
+        struct lease_opts lo = {.mode = lc->mode,
+                                .ttl_ms = lc->ttl_ms,
+                                .sync_ms = lc->sync_interval_ms,
+                                .min_rate = lc->min_rate,
+                                .prefix = rl->prefix,
+                                .script = SC_LEASE,
+                                .fixed_clock_ms = &rl->fixed_clock_ms,
+                                .owner = rl,
+                                .no_answer = no_answer,
+                                .check_strict = check_strict,
+                                .settle_strict = settle_strict};
+        rl->lease = lease_create(rl->redis, &lo);
+        if (!rl->lease) {
+            rl_destroy(&rl->base);
+            return NULL;
+        }
+        rl->base.tick_ms = lc->sync_interval_ms;
+    }
     return &rl->base;
 }

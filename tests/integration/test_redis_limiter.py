@@ -22,7 +22,7 @@ DURATION = re.compile(r"^(\d+ms|\d+(\.\d+)?s|\d+m\d+(\.\d+)?s|\d+h\d+m\d+(\.\d+)
 
 def limiter(server, **over):
     """A limiter section for the Redis backend on `server` (deny mode unless overridden)."""
-    base = {"backend": "redis", "on_redis_error": "deny",
+    base = {"backend": "redis", "on_redis_error": "deny", "lease": {"mode": "off"},
             "redis": {"host": "127.0.0.1", "port": server.port, "timeout_ms": 200}}
     return h.deep_merge(base, over)
 
