@@ -338,13 +338,15 @@ static void on_reply(void *arg, const redisReply *r)
         return;
     }
     if (!reply_ok(t, r)) {
-        /* Whether Redis applied the call is unknown: what it holds for this gateway id is
-         * left to expire (written off as spent), and a new id starts from nothing. */
+        /* Whether Redis applied the call is unknown. Either way it holds at least what is
+         * left here (r) for this gateway id, until at least until_ms: r may still be
+         * spent until then (Redis down or not). What was reported in the call may be
+         * lost, so the id is left to expire, written off as spent, with everything spent
+         * from it; the next call starts a new id. */
         if (r) tg_metrics_add(TG_M_REDIS_ERRORS, (const char *const[]){"reply"}, 1);
         t->gen++;
-        t->until_ms = 0;
         for (size_t k = 0; k < t->nb; k++)
-            t->b[k].r = t->b[k].s = 0;
+            t->b[k].s = 0;
         if (op && !op->cancelled) ls->o.no_answer(ls->o.owner, &op->req, op->cb, op->arg);
         free(op);
         rejudge_waiters(t);
