@@ -193,6 +193,10 @@ static void test_examples(void **state)
     assert_int_equal(cfg->limiter.redis.addr.ss_family, AF_INET);
     assert_int_equal(port_of(&cfg->limiter.redis.addr), 6379);
     assert_int_equal(cfg->limiter.expected_gateways, 4);
+    assert_int_equal(cfg->limiter.lease.mode, TG_LEASE_AUTO);
+    assert_int_equal(cfg->limiter.lease.ttl_ms, 2000);
+    assert_int_equal(cfg->limiter.lease.sync_interval_ms, 50);
+    assert_true(cfg->limiter.lease.min_rate == 50.0);
     assert_int_equal(cfg->usage.sink, TG_SINK_KAFKA);
     assert_int_equal(cfg->usage.kafka.nproperties, 6);
     assert_string_equal(cfg->usage.kafka.properties[5].value, "kafka-secret");
