@@ -44,8 +44,8 @@ struct op {
     uint32_t key_off[TG_MAX_BUCKETS], key_len[TG_MAX_BUCKETS]; /* keys inside cmd */
     uint8_t kidx[TG_MAX_BUCKETS]; /* index of each bucket among its batch's keys */
     size_t tenant_len;
-    /* OP_SETTLE */
-    size_t nkeys;
+    /* OP_SETTLE: its keys; OP_BATCH: its distinct keys, and the settles riding in it */
+    size_t nkeys, nsettles;
 };
 
 /* One coalesced settle: key and tag ("{tenant}") live in rl->arena. */
@@ -347,6 +347,7 @@ static void finish_batch(struct rl *rl, struct op *batch, const redisReply *r)
     long long allowed = 0, replayed = 0;
     bool ok = parse_batch(batch, r, lv0, &allowed);
     struct op *m = batch->members;
+    size_t nsettles = batch->nsettles;
     batch->members = NULL;
     op_put(rl, batch);
     if (ok) { /* the replay must count the allowed checks Redis counted */
@@ -357,6 +358,7 @@ static void finish_batch(struct rl *rl, struct op *batch, const redisReply *r)
         memcpy(lv, lv0, sizeof(lv));
     }
     if (!ok && r) count_error("reply", 1);
+    if (!ok && !rl->destroying && nsettles) count_error("settle_dropped", (double)nsettles);
     while (m) {
         struct op *next = m->mnext;
         if (ok) {
@@ -445,8 +447,30 @@ static void build_batch(struct rl *rl, struct op *batch)
             c->kidx[i] = (uint8_t)(k + 1);
         }
     }
+    /* Settles still pending on these keys ride along, applied before the checks: a
+     * client pacing itself on the remaining headers sees its last request settled. */
+    int64_t delta[TG_MAX_BUCKETS];
+    size_t nset = 0;
+    for (size_t k = 0; k < nk; k++) {
+        const char *key = kop[k]->cmd.b.p + kop[k]->key_off[kb[k]];
+        size_t klen = kop[k]->key_len[kb[k]];
+        delta[k] = 0;
+        if (rl->nps == 0) continue;
+        uint64_t h = fnv(key, klen);
+        for (size_t i = 0; i < rl->nps; i++) {
+            struct pending_settle *ps = &rl->ps[i];
+            if (ps->p.cost_u != 0 && ps->hash == h && ps->key_len == klen &&
+                memcmp(rl->arena.b.p + ps->key_off, key, klen) == 0) {
+                delta[k] = ps->p.cost_u;
+                ps->p.cost_u = 0; /* taken: the flush skips it */
+                nset++;
+                break;
+            }
+        }
+    }
+    batch->nsettles = nset;
     struct tg_resp *b = &batch->cmd;
-    tg_resp_head(b, '*', 3 + nk + 1 + 3 * nk + 1 + 1);
+    tg_resp_head(b, '*', 3 + nk + 1 + 3 * nk + 1 + 1 + (nset ? nk : 0));
     tg_resp_bulk(b, "EVALSHA", 7);
     tg_resp_bulk(b, tg_redis_sha(rl->redis, SC_BUCKET), 40);
     tg_resp_bulk_int(b, (int64_t)nk);
@@ -480,6 +504,9 @@ static void build_batch(struct rl *rl, struct op *batch)
         tg_resp_raw(b, le, nk * 8);
     }
     tg_resp_raw(b, "\r\n", 2);
+    if (nset)
+        for (size_t k = 0; k < nk; k++)
+            tg_resp_bulk_int(b, delta[k]);
     batch->nkeys = nk;
 }
 

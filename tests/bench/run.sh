@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: tollgate against nginx proxy_pass on the same upstream, same run.
 # Usage: tests/bench/run.sh [BUILD_DIR]   (env: DURATION=5 ROUNDS=3 CONNS=64 QUICK=1 VERBOSE=1
-#        ROWS="redis local kafka workers2 idle tenants" BEFORE=OTHER_BUILD_DIR)
+#        ROWS="redis lease local kafka workers2 idle tenants" BEFORE=OTHER_BUILD_DIR)
 # Prints a table of req/s, p99 and the ratio to nginx. Loopback only; bounded in time.
-# ROWS picks rows (default: all; QUICK=1: redis local idle tenants). BEFORE=dir also runs that
+# ROWS picks rows (default: all; QUICK=1: redis lease local idle tenants). BEFORE=dir also runs that
 # build's tollgate in every round of the req/s rows (nginx, BEFORE, BUILD_DIR, back to back) and
 # prints its row above this build's, then the two builds' ratio (an A/B of two builds in one run).
 set -euo pipefail
@@ -12,8 +12,8 @@ BUILD=$(cd "$BUILD" && pwd)
 BEFORE=${BEFORE:-}
 if [ -n "$BEFORE" ]; then BEFORE=$(cd "$BEFORE" && pwd); fi
 if [ -n "${ROWS:-}" ]; then ROWS=" ${ROWS//,/ } "
-elif [ -n "${QUICK:-}" ]; then ROWS=" redis local idle tenants "
-else ROWS=" redis local kafka workers2 idle tenants "; fi
+elif [ -n "${QUICK:-}" ]; then ROWS=" redis lease local idle tenants "
+else ROWS=" redis lease local kafka workers2 idle tenants "; fi
 row() { [[ "$ROWS" == *" $1 "* ]]; }
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${DURATION:-5}
@@ -75,7 +75,7 @@ wait_port "$UP"; wait_port "$NGX"; wait_port "$RP"
 
 # Starts this build's tollgate on $TG, and with BEFORE also that build's on $TGB (each with its
 # own usage file and spool: @DIR@ in $4 is the process's own directory).
-start_tollgate() { # $1 = backend, $2 = sink, $3 = workers, $4 = extra usage yaml
+start_tollgate() { # $1 = backend, $2 = sink, $3 = workers, $4 = extra usage yaml, $5 = lease mode
   start_one "$BUILD/tollgate" "$TG" "$TGA" "$WORK/tg" "$@"
   TGPID=$ONEPID
   if [ -n "$BEFORE" ]; then start_one "$BEFORE/tollgate" "$TGB" "$TGBA" "$WORK/tgb" "$@"; TGBPID=$ONEPID; fi
@@ -83,6 +83,14 @@ start_tollgate() { # $1 = backend, $2 = sink, $3 = workers, $4 = extra usage yam
 start_one() { # $1 = binary, $2 = port, $3 = admin port, $4 = dir, then start_tollgate's arguments
   local bin=$1 port=$2 aport=$3 dir=$4; shift 4
   mkdir -p "$dir"
+  # limiter.lease (default off here: the strict rows stay strict), for builds that have it
+  local lease=""
+  printf 'limiter: { lease: { mode: off } }\n' > "$dir/probe.yaml"
+  if "$bin" --check -c "$dir/probe.yaml" >/dev/null 2>&1; then
+    lease="  lease: { mode: ${5:-off}, sync_interval_ms: 50 }"
+  elif [ -n "${5:-}" ] && [ "${5:-}" != off ]; then
+    echo "error: $bin has no lease mode" >&2; exit 1
+  fi
   cat > "$dir/tg.yaml" <<YAML
 server: { listen: "127.0.0.1:$port", workers: $3 }
 admin: { listen: "127.0.0.1:$aport" }
@@ -91,6 +99,7 @@ limiter:
   backend: $1
   redis: { host: 127.0.0.1, port: $RP, timeout_ms: 200 }
   on_redis_error: deny
+$lease
 usage:
   sink: $2
   file: { path: "$dir/usage.jsonl" }
@@ -204,6 +213,16 @@ if row redis; then
   stop_tollgate
   REQS=$(cat "$WORK"/tg*/usage.jsonl | wc -l)
   echo "  Redis EVALSHA calls per admitted request (checks and settles): $(echo "$CALLS/$REQS" | bc -l | cut -c1-5) ($CALLS calls, $REQS records)"
+fi
+
+if row lease; then
+  start_tollgate redis file 1 "" always
+  redis-cli -p "$RP" config resetstat >/dev/null
+  measure "redis limiter, leases (always), file sink, 1 worker"
+  CALLS=$(redis_calls); CALLS=${CALLS:-0}
+  stop_tollgate
+  REQS=$(cat "$WORK"/tg*/usage.jsonl | wc -l)
+  echo "  Redis EVALSHA calls per admitted request (lease calls): $(echo "$CALLS/$REQS" | bc -l | cut -c1-6) ($CALLS calls, $REQS records)"
 fi
 
 if row local; then

@@ -13,9 +13,11 @@
 --          m rows of nk little-endian IEEE doubles: row j, column k = the cost_u
 --          of check j on KEYS[k], or -1 when check j does not use that bucket
 --          (binary, read by struct.unpack: a tonumber per cost was most of the
---          script's time).
+--          script's time). Optionally then nk deltas: the pending settles of the
+--          batch's buckets (actual - estimate, as settle.lua applies them), applied
+--          before the checks, so that a check sees the settle of the request before.
 -- Returns  {now_ms, allowed, level_1..level_nk}: how many checks were allowed and
---          the levels before the first check (refilled, not yet charged). The
+--          the levels before the first check (refilled and settled, not yet charged). The
 --          gateway replays the checks on these levels with the same arithmetic
 --          (doubles, as Lua's numbers) to learn each check's answer and levels;
 --          `allowed` lets it verify the replay. A denied check writes nothing; a
@@ -33,16 +35,25 @@ local now = clock_ms(ARGV[1])
 local vals = redis.call('MGET', unpack(KEYS))
 local cap, rate, per, level, dirty, lease = {}, {}, {}, {}, {}, {}
 local out = {now, 0}
-for k = 1, nk do -- refill
+local a = 3 * nk + 2
+local settling = ARGV[a + 2] ~= nil
+for k = 1, nk do -- refill, then the settles riding along
     local c, r, p = tonumber(ARGV[3 * k - 1]), tonumber(ARGV[3 * k]), tonumber(ARGV[3 * k + 1])
     cap[k], rate[k], per[k] = c, r, p
     local l, o, first, last, leases = load(vals[k], c, r, p, now)
     if o > 0 then lease[k] = {o, first, last, leases} end
+    if settling then
+        local d = tonumber(ARGV[a + 1 + k])
+        if d ~= 0 then -- as settle.lua: a charge may leave debt, a refund stops at c - o
+            l = l - d
+            if l > c - o then l = c - o end
+            dirty[k] = true
+        end
+    end
     level[k] = l
     out[k + 2] = l
 end
 
-local a = 3 * nk + 2
 local m = tonumber(ARGV[a])
 local total, packed = m * nk, ARGV[a + 1]
 if #packed ~= 8 * total then return redis.error_reply('tollgate: cost rows do not match') end
