@@ -103,14 +103,21 @@ static bool rehash(struct lease_set *ls)
     return true;
 }
 
-static struct ltenant *tenant_get(struct lease_set *ls, const char *name)
+static struct ltenant *tenant_find(const struct lease_set *ls, const char *name, uint64_t h)
 {
-    uint64_t h = fnv(name);
     if (ls->cap)
         for (struct ltenant *t = ls->tab[h & (ls->cap - 1)]; t; t = t->next)
             if (t->hash == h && strcmp(t->name, name) == 0) return t;
+    return NULL;
+}
+
+static struct ltenant *tenant_get(struct lease_set *ls, const char *name)
+{
+    uint64_t h = fnv(name);
+    struct ltenant *t = tenant_find(ls, name, h);
+    if (t) return t;
     if ((ls->n + 1 > ls->cap) && !rehash(ls)) return NULL;
-    struct ltenant *t = calloc(1, sizeof(*t));
+    t = calloc(1, sizeof(*t));
     if (!t || !(t->name = strdup(name))) {
         free(t);
         return NULL;
@@ -463,7 +470,7 @@ enum lease_verdict lease_check(struct lease_set *ls, const struct tg_limit_req *
 
 void lease_settle(struct lease_set *ls, const struct tg_limit_req *req, int64_t *delta_u)
 {
-    struct ltenant *t = tenant_get(ls, req->tenant);
+    struct ltenant *t = tenant_find(ls, req->tenant, fnv(req->tenant));
     int64_t now = tg_now_mono_ms();
     if (!t || !live(t, now)) return;
     for (size_t i = 0; i < req->n; i++) {
