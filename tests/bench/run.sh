@@ -83,6 +83,7 @@ start_tollgate() { # $1 = backend, $2 = sink, $3 = workers, $4 = extra usage yam
 start_one() { # $1 = binary, $2 = port, $3 = admin port, $4 = dir, then start_tollgate's arguments
   local bin=$1 port=$2 aport=$3 dir=$4; shift 4
   mkdir -p "$dir"
+  rm -f "$dir/usage.jsonl" # each row counts its own records
   # limiter.lease (default off here: the strict rows stay strict), for builds that have it
   local lease=""
   printf 'limiter: { lease: { mode: off } }\n' > "$dir/probe.yaml"
