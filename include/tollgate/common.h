@@ -18,6 +18,16 @@
  * enough and keeps the C and Lua bucket math identical. */
 #define TG_MICRO 1000000LL
 
+/* FNV-1a: the hash of n bytes at p, continuing from h (TG_FNV_SEED to start). */
+#define TG_FNV_SEED 1469598103934665603ULL
+static inline uint64_t tg_fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ULL;
+    return h;
+}
+
 /* What a request is charged in: the `unit` of a limit. */
 enum tg_unit { TG_UNIT_REQUESTS = 0, TG_UNIT_TOKENS, TG_UNIT_VIDEO_SECONDS, TG_UNIT_COUNT };
 

@@ -73,10 +73,7 @@ struct lease_set {
 
 static uint64_t fnv(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return h;
+    return tg_fnv1a(TG_FNV_SEED, s, strlen(s));
 }
 
 static void count(enum tg_metric m, const char *a, const char *b, double v)

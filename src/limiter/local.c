@@ -30,12 +30,8 @@ struct local {
 
 static uint64_t key_hash(const char *tenant, size_t tlen, const char *name, size_t nlen)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < tlen; i++)
-        h = (h ^ (unsigned char)tenant[i]) * 1099511628211ULL;
-    h = (h ^ 0) * 1099511628211ULL;
-    for (size_t i = 0; i < nlen; i++)
-        h = (h ^ (unsigned char)name[i]) * 1099511628211ULL;
+    uint64_t h = tg_fnv1a(tg_fnv1a(TG_FNV_SEED, tenant, tlen), "", 1); /* a NUL between */
+    h = tg_fnv1a(h, name, nlen);
     return h ^ (h >> 29);
 }
 

@@ -90,10 +90,7 @@ static void count_error(const char *kind, double n)
 
 static uint64_t fnv(const char *s, size_t len)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h;
+    return tg_fnv1a(TG_FNV_SEED, s, len);
 }
 
 /* ---- ops ---- */
