@@ -21,7 +21,7 @@ struct lbucket {
     struct tg_bucket_param p; /* cost_u unused */
     int64_t r;                /* units this gateway may still admit (negative after overspends) */
     int64_t s;                /* spent since the last report, net of settles */
-    int64_t ret;              /* to return at the next call (a lease dropped by a reload) */
+    bool drop;                /* the call being built gives the whole lease back */
     int64_t level;            /* the bucket's level L at the last call */
     int64_t want_sent;        /* what the call in flight asked for */
     int64_t demand, max_cost, prev_max; /* since the last tick */
@@ -148,19 +148,27 @@ static bool same_param(const struct tg_bucket_param *a, const struct tg_bucket_p
     return a->cap_u == b->cap_u && a->per_ms == b->per_ms && memcmp(&a->rate, &b->rate, 8) == 0;
 }
 
-/* The tenant's bucket for a request's limit (new params drop its lease: returned at the
- * next call). -1 when the tenant has no room for another. */
+static int send_call(struct ltenant *t, struct lop *op);
+
+/* The tenant's bucket for a request's limit; -1 (check it the strict way) when the tenant
+ * has no room for another, or when a reload changed the limit. */
 static int bucket_of(struct ltenant *t, const struct tg_limit *limit, const struct tg_bucket_param *p)
 {
     for (size_t i = 0; i < t->nb; i++) {
         struct lbucket *b = &t->b[i];
         if (strcmp(b->name, limit->name) != 0) continue;
-        if (!same_param(&b->p, p)) { /* a reload changed the limit */
-            if (b->r > 0) b->ret += b->r;
-            b->r = 0;
+        if (!same_param(&b->p, p)) {
+            /* A reload changed the limit: the lease goes back, and what was spent from it
+             * is reported, under the limit it was leased from; this check goes the strict
+             * way, after that call on the same connection. */
+            if (t->inflight) return -1;
+            b->drop = true;
+            if (send_call(t, NULL) != 0) b->r = b->s = 0; /* unreported: left to expire */
+            b->drop = false;
             b->p = *p;
             b->p.cost_u = 0;
             b->unit = limit->unit;
+            return -1;
         }
         return (int)i;
     }
@@ -249,10 +257,10 @@ static int send_call(struct ltenant *t, struct lop *op)
     tg_resp_bulk(c, op ? "1" : "0", 1);
     for (size_t k = 0; k < nk; k++) {
         struct lbucket *b = &t->b[k];
-        int64_t want = want_of(ls, b, t->leased && !ls->closing);
+        int64_t want = want_of(ls, b, t->leased && !ls->closing && !b->drop);
         int64_t give = 0; /* of r, returned */
         if (b->r > 0) {
-            if (costs[k] >= 0 || !t->leased || ls->closing)
+            if (costs[k] >= 0 || b->drop || !t->leased || ls->closing)
                 give = b->r; /* a check sees all of it; a strict tenant keeps none */
             else if (b->r > 2 * want)
                 give = b->r - want; /* demand fell */
@@ -265,7 +273,7 @@ static int send_call(struct ltenant *t, struct lop *op)
         tg_resp_bulk_int(c, b->p.per_ms);
         tg_resp_bulk_int(c, b->r + b->s > 0 ? b->r + b->s : 0); /* held */
         tg_resp_bulk_int(c, b->s);
-        tg_resp_bulk_int(c, b->ret + give);
+        tg_resp_bulk_int(c, give);
         tg_resp_bulk_int(c, want);
         tg_resp_bulk_int(c, maxc > 0 ? maxc : 1);
     }
@@ -277,13 +285,12 @@ static int send_call(struct ltenant *t, struct lop *op)
     int64_t now = tg_now_mono_ms();
     for (size_t k = 0; k < nk; k++) {
         struct lbucket *b = &t->b[k];
-        int64_t back = b->ret + from_r[k];
+        int64_t back = from_r[k];
         if (back > 0) {
             count(TG_M_LEASE_EVENTS, "returned", NULL, 1);
             count(TG_M_LEASE_UNITS, tg_unit_name(b->unit), "returned", (double)back / TG_MICRO);
         }
         b->r -= from_r[k];
-        b->ret = 0;
         b->s = 0;
     }
     t->sent_ms = now;
@@ -512,7 +519,7 @@ void lease_tick(struct lease_set *ls)
                 b->demand = 0;
                 b->prev_max = b->max_cost;
                 b->max_cost = 0;
-                holds = holds || b->r != 0 || b->s != 0 || b->ret != 0;
+                holds = holds || b->r != 0 || b->s != 0;
             }
             if (ls->o.mode == TG_LEASE_ALWAYS) {
                 if (!t->leased && now >= t->strict_until_ms) t->leased = true;
@@ -568,7 +575,7 @@ void lease_close(struct lease_set *ls)
         for (struct ltenant *t = ls->tab[i]; t; t = t->next) {
             bool holds = false;
             for (size_t k = 0; k < t->nb; k++)
-                holds = holds || t->b[k].r > 0 || t->b[k].s != 0 || t->b[k].ret > 0;
+                holds = holds || t->b[k].r > 0 || t->b[k].s != 0;
             if (holds && !t->inflight && tg_redis_up(ls->redis)) (void)send_call(t, NULL);
         }
 }

@@ -228,5 +228,28 @@ def test_live_lease_spent_while_redis_is_down_then_deny():
                  timeout=6.0, what="503 once the lease is spent or expired")
 
 
+def test_reload_with_a_changed_limit_gives_its_lease_back():
+    redis = h.RedisServer().start()
+    mock = h.MockModel(threads=2).start()
+    big = {"name": "rpm", "unit": "requests", "rate": 600000, "per": "minute"}
+    tg = start(redis, mock, [big])
+    flood(tg.port, 4, seconds=1.0)
+    _, o, _ = leased(redis, "tg:{acme}:rpm")
+    assert o > 50 * 10**6, o  # more than the new capacity is leased
+    small = dict(big, rate=50)
+    cfg = h.tollgate_config(mock.url, limiter=lease_limiter(redis),
+                            tenants=[{"name": "acme", "keys": [TEST_KEY], "limits": [small]}])
+    cfg = h.deep_merge(cfg, {"server": {"listen": "127.0.0.1:%d" % tg.port},
+                             "admin": {"listen": "127.0.0.1:%d" % tg.admin_port}})
+    tg.reload(h.to_yaml(cfg) + "\n")
+    h.wait_until(lambda: tg.metrics().get('tollgate_config_reloads_total{result="ok"}', 0) == 1,
+                 5.0, what="the reload")
+    statuses = flood(tg.port, 1, count=60)  # the next call returns the old lease
+    time.sleep(0.2)
+    level, o, _ = leased(redis, "tg:{acme}:rpm")
+    assert level + o <= 50 * 10**6, (level, o)  # the new capacity holds, leases included
+    assert 40 <= statuses.count(200) <= 51, statuses.count(200)  # about the new burst
+
+
 if __name__ == "__main__":
     h.main()
