@@ -114,7 +114,9 @@ def test_sse_usage_kept_when_client_asks():
     with h.stream(tg.port, "POST", "/v1/chat/completions",
                   headers=auth(**{"x-mock-completion-tokens": "3"}),
                   json=chat_body(stream=True, include_usage=True)) as s:
+        assert s.response.status == 200, (s.response.status, s.response.headers)
         events = list(s.events())
+    assert all(e.data for e in events), [e.raw for e in events]
     usage_chunks = [e.json() for e in events if not e.done and e.json().get("usage")]
     assert len(usage_chunks) == 1 and usage_chunks[0]["choices"] == []
     assert usage_chunks[0]["usage"]["completion_tokens"] == 3
