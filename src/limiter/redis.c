@@ -13,6 +13,7 @@
 #include "tollgate/metrics.h"
 #include "tollgate/redis.h"
 #include "lease.h"
+#include "settles.h"
 
 extern const char tg_lua_bucket[];
 extern const char tg_lua_settle[];
@@ -20,7 +21,6 @@ extern const char tg_lua_lease[];
 
 #define MAX_INFLIGHT_CHECKS 1024
 #define BATCH_MAX_CHECKS 256 /* checks of one tenant in one EVALSHA */
-#define SETTLE_MAX_KEYS 128
 #define SETTLE_FLUSH_MS 10 /* settles lag by at most this; fewer calls under load */
 
 enum op_kind { OP_CHECK, OP_BATCH, OP_SETTLE };
@@ -48,13 +48,6 @@ struct op {
     size_t nkeys, nsettles;
 };
 
-/* One coalesced settle: key and tag ("{tenant}") live in rl->arena. */
-struct pending_settle {
-    uint64_t hash, tag_hash;
-    uint32_t key_off, key_len, tag_off, tag_len;
-    struct tg_bucket_param p; /* p.cost_u = summed delta */
-};
-
 struct rl {
     struct tg_limiter base;
     struct event_base *evb;
@@ -76,9 +69,7 @@ struct rl {
     struct op *free_ops;
     struct event *flush_ev;
 
-    struct pending_settle ps[SETTLE_MAX_KEYS];
-    size_t nps;
-    struct tg_resp arena;
+    struct settles settles;
 };
 
 static const char *const script_text[SC_COUNT] = {tg_lua_bucket, tg_lua_settle, tg_lua_lease};
@@ -86,11 +77,6 @@ static const char *const script_text[SC_COUNT] = {tg_lua_bucket, tg_lua_settle, 
 static void count_error(const char *kind, double n)
 {
     tg_metrics_add(TG_M_REDIS_ERRORS, (const char *const[]){kind}, n);
-}
-
-static uint64_t fnv(const char *s, size_t len)
-{
-    return tg_fnv1a(TG_FNV_SEED, s, len);
 }
 
 /* ---- ops ---- */
@@ -181,56 +167,29 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 static void settle_add(struct rl *rl, const char *key, size_t key_len, size_t tag_off,
                        size_t tag_len, const struct tg_bucket_param *p)
 {
-    uint64_t h = fnv(key, key_len);
-    for (size_t i = 0; i < rl->nps; i++) {
-        struct pending_settle *ps = &rl->ps[i];
-        if (ps->hash == h && ps->key_len == key_len &&
-            memcmp(rl->arena.b.p + ps->key_off, key, key_len) == 0) {
-            int64_t sum = ps->p.cost_u + p->cost_u;
-            ps->p = *p;
-            ps->p.cost_u = sum;
-            return;
-        }
-    }
-    size_t off = rl->arena.b.len;
-    if (!tg_buf_append(&rl->arena.b, key, key_len, 512)) {
+    int n = settles_add(&rl->settles, key, key_len, tag_off, tag_len, p);
+    if (n < 0) {
         count_error("settle_dropped", 1);
-        return;
-    }
-    struct pending_settle *ps = &rl->ps[rl->nps++];
-    ps->hash = h;
-    ps->key_off = (uint32_t)off;
-    ps->key_len = (uint32_t)key_len;
-    ps->tag_off = (uint32_t)(off + tag_off);
-    ps->tag_len = (uint32_t)tag_len;
-    ps->tag_hash = fnv(key + tag_off, tag_len);
-    ps->p = *p;
-    if (rl->nps == SETTLE_MAX_KEYS) {
+    } else if (n == SETTLES_MAX) {
         flush_settles(rl);
-    } else if (rl->nps == 1) {
+    } else if (n == 1) {
         struct timeval tv = {0, SETTLE_FLUSH_MS * 1000};
         evtimer_add(rl->flush_ev, &tv);
     }
-}
-
-static bool same_tag(const struct rl *rl, const struct pending_settle *a,
-                     const struct pending_settle *b)
-{
-    return a->tag_hash == b->tag_hash && a->tag_len == b->tag_len &&
-           memcmp(rl->arena.b.p + a->tag_off, rl->arena.b.p + b->tag_off, a->tag_len) == 0;
 }
 
 /* One EVALSHA settle per tenant (hash tag) with all of its keys. */
 static void flush_settles(struct rl *rl)
 {
     evtimer_del(rl->flush_ev);
-    bool done[SETTLE_MAX_KEYS] = {false};
-    size_t group[SETTLE_MAX_KEYS];
-    for (size_t i = 0; i < rl->nps; i++) {
-        if (done[i] || rl->ps[i].p.cost_u == 0) continue;
+    struct settles *st = &rl->settles;
+    bool done[SETTLES_MAX] = {false};
+    size_t group[SETTLES_MAX];
+    for (size_t i = 0; i < st->n; i++) {
+        if (done[i] || st->ps[i].p.cost_u == 0) continue;
         size_t k = 0;
-        for (size_t j = i; j < rl->nps; j++) {
-            if (done[j] || rl->ps[j].p.cost_u == 0 || !same_tag(rl, &rl->ps[i], &rl->ps[j]))
+        for (size_t j = i; j < st->n; j++) {
+            if (done[j] || st->ps[j].p.cost_u == 0 || !settles_same_tag(st, i, j))
                 continue;
             done[j] = true;
             group[k++] = j;
@@ -248,11 +207,10 @@ static void flush_settles(struct rl *rl)
         tg_resp_bulk(b, tg_redis_sha(rl->redis, SC_SETTLE), 40);
         tg_resp_bulk_int(b, (int64_t)k);
         for (size_t g = 0; g < k; g++) {
-            const struct pending_settle *ps = &rl->ps[group[g]];
-            tg_resp_bulk(b, rl->arena.b.p + ps->key_off, ps->key_len);
+            tg_resp_bulk(b, settles_key(st, group[g]), st->ps[group[g]].key_len);
         }
         for (size_t g = 0; g < k; g++) {
-            const struct tg_bucket_param *p = &rl->ps[group[g]].p;
+            const struct tg_bucket_param *p = &st->ps[group[g]].p;
             tg_resp_bulk_int(b, p->cap_u);
             tg_resp_bulk_double(b, p->rate);
             tg_resp_bulk_int(b, p->per_ms);
@@ -266,8 +224,7 @@ static void flush_settles(struct rl *rl)
             tg_metrics_add(TG_M_REDIS_CALLS, (const char *const[]){"settle"}, 1);
         }
     }
-    rl->nps = 0;
-    rl->arena.b.len = 0;
+    settles_clear(st);
     tg_redis_flush(rl->redis);
 }
 
@@ -449,21 +406,9 @@ static void build_batch(struct rl *rl, struct op *batch)
     int64_t delta[TG_MAX_BUCKETS];
     size_t nset = 0;
     for (size_t k = 0; k < nk; k++) {
-        const char *key = kop[k]->cmd.b.p + kop[k]->key_off[kb[k]];
-        size_t klen = kop[k]->key_len[kb[k]];
-        delta[k] = 0;
-        if (rl->nps == 0) continue;
-        uint64_t h = fnv(key, klen);
-        for (size_t i = 0; i < rl->nps; i++) {
-            struct pending_settle *ps = &rl->ps[i];
-            if (ps->p.cost_u != 0 && ps->hash == h && ps->key_len == klen &&
-                memcmp(rl->arena.b.p + ps->key_off, key, klen) == 0) {
-                delta[k] = ps->p.cost_u;
-                ps->p.cost_u = 0; /* taken: the flush skips it */
-                nset++;
-                break;
-            }
-        }
+        delta[k] = settles_take(&rl->settles, kop[k]->cmd.b.p + kop[k]->key_off[kb[k]],
+                                kop[k]->key_len[kb[k]]);
+        nset += delta[k] != 0;
     }
     batch->nsettles = nset;
     struct tg_resp *b = &batch->cmd;
@@ -707,7 +652,7 @@ static bool rl_ready(struct tg_limiter *l)
 static void rl_destroy(struct tg_limiter *l)
 {
     struct rl *rl = (struct rl *)l;
-    if (rl->nps) flush_settles(rl);
+    if (rl->settles.n) flush_settles(rl);
     rl->destroying = true;
     lease_close(rl->lease); /* the unused leases go back with the last settles */
     tg_redis_destroy(rl->redis); /* sends them; pending calls answer NULL, call no one */
@@ -724,7 +669,7 @@ static void rl_destroy(struct tg_limiter *l)
         tg_buf_free(&op->cmd.b);
         free(op);
     }
-    tg_buf_free(&rl->arena.b);
+    tg_buf_free(&rl->settles.arena);
     free(rl->prefix);
     free(rl);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: tollgate against nginx proxy_pass on the same upstream, same run.
 # Usage: tests/bench/run.sh [BUILD_DIR]   (env: DURATION=5 ROUNDS=3 CONNS=64 QUICK=1 VERBOSE=1
-#        ROWS="redis lease local kafka workers2 idle tenants" BEFORE=OTHER_BUILD_DIR)
+#        ROWS="redis lease lease2 local kafka workers2 idle tenants" BEFORE=OTHER_BUILD_DIR)
 # Prints a table of req/s, p99 and the ratio to nginx. Loopback only; bounded in time.
 # ROWS picks rows (default: all; QUICK=1: redis lease local idle tenants). BEFORE=dir also runs that
 # build's tollgate in every round of the req/s rows (nginx, BEFORE, BUILD_DIR, back to back) and
@@ -13,7 +13,7 @@ BEFORE=${BEFORE:-}
 if [ -n "$BEFORE" ]; then BEFORE=$(cd "$BEFORE" && pwd); fi
 if [ -n "${ROWS:-}" ]; then ROWS=" ${ROWS//,/ } "
 elif [ -n "${QUICK:-}" ]; then ROWS=" redis lease local idle tenants "
-else ROWS=" redis lease local kafka workers2 idle tenants "; fi
+else ROWS=" redis lease lease2 local kafka workers2 idle tenants "; fi
 row() { [[ "$ROWS" == *" $1 "* ]]; }
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${DURATION:-5}
@@ -157,6 +157,28 @@ bench() { # $1 = port -> "rps p99ms cpu_us_per_request"
   echo "$rps $p99 $cpu"
 }
 
+# Two gateways at once, half the connections each: "rps(sum) p99ms(max) cpu_us_per_request".
+bench2() { # $1, $2 = ports
+  local t0a t0b t1a t1b oa ob
+  t0a=$(cpu_ticks "$TGPID"); t0b=$(cpu_ticks "$TG2PID")
+  wrk -t1 -c$((CONNS / 2)) -d"${DURATION}s" --latency -s "$SRC/tests/bench/post.lua" \
+      "http://127.0.0.1:$1/v1/chat/completions" > "$WORK/wrk2a" &
+  local wa=$!
+  wrk -t1 -c$((CONNS / 2)) -d"${DURATION}s" --latency -s "$SRC/tests/bench/post.lua" \
+      "http://127.0.0.1:$2/v1/chat/completions" > "$WORK/wrk2b"
+  wait "$wa"
+  t1a=$(cpu_ticks "$TGPID"); t1b=$(cpu_ticks "$TG2PID")
+  if grep -qE 'Non-2xx|Socket errors' "$WORK/wrk2a" "$WORK/wrk2b"; then
+    echo "error: the gateways answered with errors" >&2; exit 1
+  fi
+  local ra rb pa pb
+  ra=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk2a"); rb=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk2b")
+  p99() { awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$1"; }
+  pa=$(p99 "$WORK/wrk2a"); pb=$(p99 "$WORK/wrk2b")
+  local rps; rps=$(echo "$ra + $rb" | bc -l)
+  echo "$rps $(echo "if ($pa > $pb) $pa else $pb" | bc -l) $(echo "($t1a - $t0a + $t1b - $t0b) * 1000000 / $(getconf CLK_TCK) / ($rps * $DURATION)" | bc -l)"
+}
+
 redis_calls() { redis-cli -p "$RP" info commandstats | awk -F'[=,:]' '/cmdstat_evalsha/ {print $3}'; }
 
 median() { printf "%s\n" "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -223,6 +245,28 @@ if row lease; then
   CALLS=$(redis_calls); CALLS=${CALLS:-0}
   stop_tollgate
   REQS=$(cat "$WORK"/tg*/usage.jsonl | wc -l)
+  echo "  Redis EVALSHA calls per admitted request (lease calls): $(echo "$CALLS/$REQS" | bc -l | cut -c1-6) ($CALLS calls, $REQS records)"
+fi
+
+if row lease2 && [ -z "$BEFORE" ]; then
+  # Two gateways on one Redis and one tenant, leasing from the same buckets; wrk gives each
+  # half of the connections, nginx gets them all. (Everything shares the machine's 2 cores.)
+  start_one "$BUILD/tollgate" "$TG" "$TGA" "$WORK/tg" redis file 1 "" always; TGPID=$ONEPID
+  start_one "$BUILD/tollgate" "$TGB" "$TGBA" "$WORK/tg2" redis file 1 "" always; TG2PID=$ONEPID
+  redis-cli -p "$RP" config resetstat >/dev/null
+  nr=(); np=(); tr=(); tp=(); ratio=(); pratio=(); nc=(); tc=()
+  for _ in $(seq "$ROUNDS"); do
+    read -r a b e < <(bench "$NGX")
+    read -r c d f < <(bench2 "$TG" "$TGB")
+    nr+=("$a"); np+=("$b"); tr+=("$c"); tp+=("$d"); nc+=("$e"); tc+=("$f")
+    ratio+=("$(echo "$c/$a" | bc -l)"); pratio+=("$(echo "$d/$b" | bc -l)")
+  done
+  printf "%-50s %9.0f %7.2f %9.0f %7.2f %6.2f %6.2f %6.1f %6.1f\n" "redis limiter, leases, 2 gateways (one worker each)" \
+    "$(median "${nr[@]}")" "$(median "${np[@]}")" "$(median "${tr[@]}")" "$(median "${tp[@]}")" \
+    "$(median "${ratio[@]}")" "$(median "${pratio[@]}")" "$(median "${nc[@]}")" "$(median "${tc[@]}")"
+  CALLS=$(redis_calls); CALLS=${CALLS:-0}
+  kill "$TGPID" "$TG2PID"; wait "$TGPID" "$TG2PID" 2>/dev/null || true
+  REQS=$(cat "$WORK"/tg/usage.jsonl "$WORK"/tg2/usage.jsonl | wc -l)
   echo "  Redis EVALSHA calls per admitted request (lease calls): $(echo "$CALLS/$REQS" | bc -l | cut -c1-6) ($CALLS calls, $REQS records)"
 fi
 
