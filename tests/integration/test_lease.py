@@ -174,6 +174,24 @@ def test_four_gateways_exact_under_load():
     assert admitted >= 0.95 * bound, "under-admitted: %d < 95%% of %.0f" % (admitted, bound)
 
 
+def test_auto_mode_leases_a_busy_tenant_and_gives_back_when_it_cools():
+    redis = h.RedisServer().start()
+    mock = h.MockModel(threads=2).start()
+    rpm = {"name": "rpm", "unit": "requests", "rate": 600000, "per": "minute"}
+    tg = start(redis, mock, [rpm], mode="auto", min_rate=100)
+    flood(tg.port, 1, count=20, pace=0.05)  # 20/s: under min_rate, strict
+    m = tg.metrics()
+    assert m.get('tollgate_lease_events_total{event="granted"}', 0) == 0, m
+    assert leased(redis, "tg:{acme}:rpm")[1] == 0
+    flood(tg.port, 4, seconds=1.5)  # busy: leased
+    _, o, leases = leased(redis, "tg:{acme}:rpm")
+    assert o > 0 and len(leases) == 1, (o, leases)
+    assert tg.metrics().get('tollgate_limiter_decisions_total{where="lease"}', 0) > 0
+    # idle: the rate falls under half of min_rate within a few ticks, the lease goes back
+    h.wait_until(lambda: leased(redis, "tg:{acme}:rpm")[1] == 0, 3.0, what="the lease returned")
+    assert tg.metrics().get('tollgate_lease_events_total{event="returned"}', 0) > 0
+
+
 def test_killed_gateway_lease_written_off_after_ttl():
     redis = h.RedisServer().start()
     mock = h.MockModel(threads=2).start()
