@@ -528,8 +528,16 @@ void lease_tick(struct lease_set *ls)
             } else if (t->leased && t->req_rate < ls->o.min_rate / 2) {
                 t->leased = false; /* cooled: the next call gives everything back */
             }
+            /* A sync is due every interval when there is something to report, a lease
+             * to top up or to give back; otherwise only to renew before the expiry. */
             bool due = now - t->sent_ms >= ls->o.sync_ms;
-            if (!t->inflight && due && (t->leased || holds) && tg_redis_up(ls->redis))
+            bool needed = !t->leased || (holds && t->until_ms - now < ls->o.ttl_ms / 2);
+            for (size_t k = 0; k < t->nb && !needed; k++) {
+                const struct lbucket *b = &t->b[k];
+                int64_t want = want_of(ls, b, true);
+                needed = b->s != 0 || b->r < want || b->r > 2 * want;
+            }
+            if (!t->inflight && due && needed && (t->leased || holds) && tg_redis_up(ls->redis))
                 (void)send_call(t, NULL); /* unanswered: tried again next tick */
             if (!t->leased && !t->inflight && !holds && !t->waiters &&
                 now - t->last_seen_ms > IDLE_FORGET_MS) {

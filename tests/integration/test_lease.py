@@ -116,6 +116,11 @@ def test_hot_tenant_costs_few_script_calls():
           % (len(statuses), calls, per_req, local))
     assert per_req <= 0.02, (len(statuses), calls)
     assert m.get('tollgate_lease_events_total{event="granted"}', 0) > 0
+    time.sleep(0.5)  # idle: the leases shrink with the demand, then nothing is sent
+    before = evalsha_calls(redis)
+    time.sleep(1.0)
+    idle = evalsha_calls(redis) - before
+    assert idle <= 2, idle  # at most a renewal, not a call every sync interval
 
 
 def wrk_lua(path, key):
