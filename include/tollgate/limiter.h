@@ -199,6 +199,10 @@ size_t tg_limiter_format_error(const struct tg_limit_req *req, const struct tg_l
 /* Formats a duration as OpenAI does: "120ms", "1s", "1.5s", "6m0s", "1h2m3s". */
 size_t tg_limiter_format_duration(int64_t ms, char *out, size_t cap);
 
+/* Counts a Redis-backend check in tollgate_limiter_decisions_total: decided on this
+ * gateway's lease, or by a script call. Per thread, no lookup after the first. */
+void tg_limiter_count_decision(bool on_lease);
+
 /* Checks a request: a cost above some bucket's capacity (TOO_LARGE) and a
  * request with no buckets (ALLOWED) are answered here, for every backend;
  * the rest goes to the backend. The callback may run before this returns. */

@@ -22,6 +22,7 @@ struct lbucket {
     int64_t r;                /* units this gateway may still admit (negative after overspends) */
     int64_t s;                /* spent since the last report, net of settles */
     bool drop;                /* the call being built gives the whole lease back */
+    bool idle;                /* no demand in the last tick: keep no lease */
     int64_t level;            /* the bucket's level L at the last call */
     int64_t want_sent;        /* what the call in flight asked for */
     int64_t demand, max_cost, prev_max; /* since the last tick */
@@ -202,7 +203,7 @@ static bool judge_local(struct ltenant *t, const struct lop *op, struct tg_limit
         level[i] = b->level + b->r;
     }
     tg_limiter_result_fill(op->p, level, op->req.n, -1, res);
-    count(TG_M_LIMITER_DECISIONS, "lease", NULL, 1);
+    tg_limiter_count_decision(true);
     return true;
 }
 
@@ -257,10 +258,10 @@ static int send_call(struct ltenant *t, struct lop *op)
     tg_resp_bulk(c, op ? "1" : "0", 1);
     for (size_t k = 0; k < nk; k++) {
         struct lbucket *b = &t->b[k];
-        int64_t want = want_of(ls, b, t->leased && !ls->closing && !b->drop);
+        int64_t want = want_of(ls, b, t->leased && !ls->closing && !b->drop && !b->idle);
         int64_t give = 0; /* of r, returned */
         if (b->r > 0) {
-            if (costs[k] >= 0 || b->drop || !t->leased || ls->closing)
+            if (costs[k] >= 0 || b->drop || b->idle || !t->leased || ls->closing)
                 give = b->r; /* a check sees all of it; a strict tenant keeps none */
             else if (b->r > 2 * want)
                 give = b->r - want; /* demand fell */
@@ -313,7 +314,7 @@ static void answer_op(struct ltenant *t, struct lop *op, const redisReply *r)
         if (!allowed && denied < 0 && seen < op->p[i].cost_u) denied = (int)i;
     }
     if (!allowed && denied < 0) denied = 0;
-    count(TG_M_LIMITER_DECISIONS, "redis", NULL, 1);
+    tg_limiter_count_decision(false);
     if (!op->cancelled) {
         struct tg_limit_result res;
         tg_limiter_result_fill(op->p, level, op->req.n, denied, &res);
@@ -441,7 +442,10 @@ enum lease_verdict lease_check(struct lease_set *ls, const struct tg_limit_req *
     t->reqs++;
     t->last_seen_ms = now;
     struct lop probe;
-    probe.req = *req;
+    probe.req.tenant = req->tenant;
+    probe.req.fallback = req->fallback;
+    probe.req.n = req->n;
+    memcpy(probe.req.b, req->b, req->n * sizeof(req->b[0]));
     memcpy(probe.p, p, req->n * sizeof(*p));
     for (size_t i = 0; i < req->n; i++) {
         int k = bucket_of(t, req->b[i].limit, &p[i]);
@@ -449,6 +453,7 @@ enum lease_verdict lease_check(struct lease_set *ls, const struct tg_limit_req *
         probe.kidx[i] = (int8_t)k;
         struct lbucket *b = &t->b[k];
         b->demand += p[i].cost_u;
+        b->idle = false;
         if (p[i].cost_u > b->max_cost) b->max_cost = p[i].cost_u;
     }
     if (judge_local(t, &probe, res, now)) return LEASE_ALLOWED;
@@ -516,6 +521,7 @@ void lease_tick(struct lease_set *ls)
             for (size_t k = 0; k < t->nb; k++) {
                 struct lbucket *b = &t->b[k];
                 b->rate_u_ms = 0.5 * b->rate_u_ms + 0.5 * ((double)b->demand / (double)dt);
+                b->idle = b->demand == 0;
                 b->demand = 0;
                 b->prev_max = b->max_cost;
                 b->max_cost = 0;
@@ -535,7 +541,7 @@ void lease_tick(struct lease_set *ls)
             for (size_t k = 0; k < t->nb && !needed; k++) {
                 const struct lbucket *b = &t->b[k];
                 int64_t want = want_of(ls, b, true);
-                needed = b->s != 0 || b->r < want || b->r > 2 * want;
+                needed = b->s != 0 || b->r > 2 * want || (b->idle ? b->r > 0 : b->r < want);
             }
             if (!t->inflight && due && needed && (t->leased || holds) && tg_redis_up(ls->redis))
                 (void)send_call(t, NULL); /* unanswered: tried again next tick */

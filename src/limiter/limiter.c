@@ -1,6 +1,16 @@
 /* The limiter's front: the checks every backend shares, and the table of backends. */
 #include <stdio.h>
 #include "tollgate/limiter.h"
+#include "tollgate/metrics.h"
+
+void tg_limiter_count_decision(bool on_lease)
+{
+    static _Thread_local struct tg_metric_series *series[2];
+    if (!series[on_lease])
+        series[on_lease] = tg_metrics_series(TG_M_LIMITER_DECISIONS,
+                                             (const char *const[]){on_lease ? "lease" : "redis"});
+    tg_metrics_series_add(series[on_lease], 1);
+}
 
 int tg_limiter_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
                      void *arg)

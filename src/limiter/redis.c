@@ -50,7 +50,6 @@ struct op {
 
 struct rl {
     struct tg_limiter base;
-    struct event_base *evb;
     struct tg_limiter *fallback; /* (ref) */
     struct tg_redis *redis;
     struct lease_set *lease; /* NULL: limiter.lease.mode off */
@@ -278,7 +277,7 @@ static void answer_check(struct rl *rl, struct op *op, const struct tg_limit_res
     void *arg = op->arg;
     bool cancelled = op->cancelled || rl->destroying;
     if (res) {
-        tg_metrics_add(TG_M_LIMITER_DECISIONS, (const char *const[]){"redis"}, 1);
+        tg_limiter_count_decision(false);
         if (cancelled && res->status == TG_LIMIT_ALLOWED && !rl->destroying)
             refund_cancelled(rl, op);
         op_put(rl, op);
@@ -713,7 +712,6 @@ struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct
     struct rl *rl = calloc(1, sizeof(*rl));
     if (!rl) return NULL;
     rl->base.ops = &redis_ops;
-    rl->evb = base;
     rl->fallback = fallback;
     rl->prefix = strdup(cfg->limiter.redis.key_prefix ? cfg->limiter.redis.key_prefix
                                                       : TG_DEFAULT_REDIS_KEY_PREFIX);

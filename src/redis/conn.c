@@ -85,9 +85,7 @@ static struct call *call_get(struct tg_redis *r)
         c = calloc(1, sizeof(*c));
         if (!c) return NULL;
     }
-    struct tg_resp own = c->own;
-    memset(c, 0, offsetof(struct call, own));
-    c->own = own;
+    memset(c, 0, offsetof(struct call, own)); /* `own` keeps its buffer */
     tg_resp_reset(&c->own);
     c->r = r;
     return c;

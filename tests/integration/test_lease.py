@@ -10,9 +10,8 @@ import threading
 import time
 
 import harness as h
-from harness import TEST_KEY, auth, chat_body
+from harness import TEST_KEY, auth
 
-MODEL_ROUTES = h.tollgate_config("http://x")["routes"]
 
 
 def lease_limiter(redis, mode="always", **lease):
@@ -116,11 +115,23 @@ def test_hot_tenant_costs_few_script_calls():
           % (len(statuses), calls, per_req, local))
     assert per_req <= 0.02, (len(statuses), calls)
     assert m.get('tollgate_lease_events_total{event="granted"}', 0) > 0
-    time.sleep(0.5)  # idle: the leases shrink with the demand, then nothing is sent
+
+
+def test_idle_leased_tenant_costs_no_calls():
+    """mode always keeps the tenant leased when it goes quiet: the lease shrinks with the
+    demand and is given back, then no call is sent (not one every sync interval)."""
+    redis = h.RedisServer().start()
+    mock = h.MockModel(threads=2).start()
+    rpm = {"name": "rpm", "unit": "requests", "rate": 600000, "per": "minute"}
+    tg = start(redis, mock, [rpm], mode="always", sync_interval_ms=50)
+    flood(tg.port, 4, seconds=1.0)
+    assert leased(redis, "tg:{acme}:rpm")[1] > 0
+    time.sleep(0.5)
     before = evalsha_calls(redis)
     time.sleep(1.0)
     idle = evalsha_calls(redis) - before
-    assert idle <= 2, idle  # at most a renewal, not a call every sync interval
+    assert idle <= 2, idle  # a call every 50 ms would be 20
+    assert leased(redis, "tg:{acme}:rpm")[1] == 0  # what it held went back
 
 
 def wrk_lua(path, key):
