@@ -10,6 +10,7 @@
 #include "tollgate/admin.h"
 #include "tollgate/auth.h"
 #include "tollgate/config.h"
+#include "tollgate/ledger.h"
 #include "tollgate/limiter.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
@@ -29,6 +30,9 @@ struct daemon {
     struct tg_config *cfg;
     struct tg_server *server;
     struct tg_sink *sink;
+    struct tg_sink *ledger_sink; /* credits on: where ledger events go */
+    struct tg_ledger_store *store; /* credits on with the local limiter: the balances */
+    struct tg_credit_api *credits;
     struct tg_limiter *local, *fallback;
     struct tg_admin *admin;
     struct event *drain_timer;
@@ -41,6 +45,10 @@ static void usage(FILE *out)
 {
     fprintf(out, "usage: tollgate [-c FILE]          run (embedded defaults without -c)\n"
                  "       tollgate --check [-c FILE]  validate, print routes, tenants and limits\n"
+                 "       tollgate ledger verify [-c FILE]\n"
+                 "                                   recompute every balance from its ledger and\n"
+                 "                                   compare it with the live one (exit 1 on a\n"
+                 "                                   mismatch)\n"
                  "       tollgate --hash-key KEY     print sha256:<hex> for a key in the config\n"
                  "       tollgate --metrics-doc      print the metrics table of docs/metrics.md\n"
                  "       tollgate --version\n");
@@ -79,6 +87,7 @@ static void reload(struct daemon *d)
                     what);
     tg_log_set_level(cfg->log.level);
     tg_admin_set_token(d->admin, cfg->admin.token);
+    tg_credit_api_set_config(d->credits, cfg);
     tg_server_reload(d->server, cfg);
     tg_config_unref(d->cfg);
     d->cfg = cfg;
@@ -158,6 +167,26 @@ static int run(struct daemon *d)
     errpos = "usage sink";
     d->sink = tg_sink_create(d->cfg, d->base, err);
     if (d->sink == NULL) goto error;
+    if (d->cfg->credits.enabled) {
+        /* The ledger's events go the way the usage records go, to a topic or file of their
+         * own (with a spool of their own under the usage spool's directory). */
+        errpos = "ledger sink";
+        struct tg_config lc = *d->cfg;
+        char spool[4096];
+        snprintf(spool, sizeof(spool), "%s/ledger", d->cfg->usage.kafka.spool_dir);
+        lc.usage.kafka.topic = d->cfg->usage.kafka.ledger_topic;
+        lc.usage.kafka.spool_dir = spool;
+        lc.usage.file.path = d->cfg->usage.file.ledger_path;
+        d->ledger_sink = tg_sink_create(&lc, d->base, err);
+        if (d->ledger_sink == NULL) goto error;
+        tg_ledger_set_sink(d->ledger_sink);
+        if (d->cfg->limiter.backend == TG_LIMITER_LOCAL) {
+            errpos = "ledger";
+            d->store = tg_ledger_store_open(d->cfg->credits.ledger_file, err);
+            if (d->store == NULL) goto error;
+            tg_ledger_store_set_default(d->store);
+        }
+    }
     errpos = "local limiter";
     snprintf(err, TG_ERR_LEN, "out of memory");
     d->local = tg_limiter_local_create(1);
@@ -172,6 +201,12 @@ static int run(struct daemon *d)
     d->admin =
         tg_admin_create(d->base, &d->cfg->admin.listen, d->cfg->admin.token, ready_fn, d, err);
     if (d->admin == NULL) goto error;
+    if (d->cfg->credits.enabled) {
+        errpos = "credits API";
+        d->credits = tg_credit_api_create(d->base, d->cfg, err);
+        if (d->credits == NULL) goto error;
+        tg_admin_set_credits(d->admin, d->credits);
+    }
     errpos = "listener";
     if (tg_server_start(d->server, err) != 0) goto error;
     static const int signums[] = {SIGHUP, SIGUSR1, SIGTERM, SIGINT};
@@ -201,6 +236,14 @@ out:
         tg_sink_flush(d->sink, flush_ms);
         tg_sink_destroy(d->sink);
     }
+    tg_credit_api_destroy(d->credits);
+    if (d->ledger_sink) { /* after the workers and the API: their last events are in it */
+        tg_sink_flush(d->ledger_sink, SINK_FLUSH_MAX_MS);
+        tg_ledger_set_sink(NULL);
+        tg_sink_destroy(d->ledger_sink);
+    }
+    tg_ledger_store_set_default(NULL);
+    tg_ledger_store_close(d->store);
     tg_admin_destroy(d->admin);
     for (size_t i = 0; i < TG_ARRAY_LEN(sigs); i++)
         if (sigs[i]) event_free(sigs[i]);
@@ -263,7 +306,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc) {
+    bool verify = optind + 2 == argc && strcmp(argv[optind], "ledger") == 0 &&
+                  strcmp(argv[optind + 1], "verify") == 0;
+    if (optind < argc && !verify) {
         fprintf(stderr, "tollgate: unexpected argument '%s'\n", argv[optind]);
         usage(stderr);
         return 2;
@@ -273,6 +318,11 @@ int main(int argc, char **argv)
     if (d.cfg == NULL) {
         fprintf(stderr, "%s\n", err);
         return 1;
+    }
+    if (verify) {
+        int problems = tg_ledger_verify(d.cfg, stdout);
+        tg_config_unref(d.cfg);
+        return problems ? 1 : 0;
     }
     if (check) {
         tg_config_print(d.cfg, stdout);

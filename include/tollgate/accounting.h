@@ -10,10 +10,14 @@
 
 /* Plans the buckets of `tenant` that a request of cost `est` for `model`
  * touches into `req` and checks them all-or-nothing (tg_limiter_check): `cb`
- * is called once, maybe before this returns. Returns 0, or -1 when the check
- * could not be sent (the caller answers as for an unreachable limiter). */
-int tg_account_reserve(struct tg_limiter *l, const struct tg_tenant *tenant,
-                       const struct tg_cost *est, const char *model, struct tg_limit_req *req,
+ * is called once, maybe before this returns. A tenant that pays with credits
+ * (cfg's credits on, its mode not off) also has the estimate priced and a hold
+ * id drawn: the limiter decides buckets and balance in the same check.
+ * `request_id` (ref) must live until the settle. Returns 0, or -1 when the
+ * check could not be sent (the caller answers as for an unreachable limiter). */
+int tg_account_reserve(struct tg_limiter *l, const struct tg_config *cfg,
+                       const struct tg_tenant *tenant, const struct tg_cost *est,
+                       const char *model, const char *request_id, struct tg_limit_req *req,
                        tg_limiter_cb cb, void *arg) TG_WUR;
 
 /* How a request ended, as far as its cost goes. */
@@ -36,9 +40,11 @@ void tg_account_actual(enum tg_cost_model model, int chars_per_token,
                        struct tg_cost *actual);
 
 /* Settles every bucket of a reserved request by actual − estimate (a
- * positive delta charges, a negative one refunds); nothing when they are
- * equal. Returns whether a settle was sent. */
-bool tg_account_commit(struct tg_limiter *l, const struct tg_limit_req *req,
-                       const struct tg_cost *actual);
+ * positive delta charges, a negative one refunds; nothing when they are
+ * equal), and for a request the balance paid (req->credit.paid_by, set by the
+ * caller from the check) replaces its hold by the price of `actual`. Returns
+ * the micro-credits charged, or -1 when the balance did not pay. */
+int64_t tg_account_commit(struct tg_limiter *l, const struct tg_config *cfg, const char *model,
+                          struct tg_limit_req *req, const struct tg_cost *actual);
 
 #endif

@@ -48,6 +48,12 @@
 #define TG_DEFAULT_TLS_VERIFY true
 #define TG_DEFAULT_MAX_WAIT_MS 0
 #define TG_MAX_LIMITS_PER_TENANT 32
+#define TG_DEFAULT_CREDITS_HOLD_TTL_MS 900000 /* 15 minutes: longer than a request lives */
+#define TG_DEFAULT_CREDITS_LEDGER_FILE "var/ledger.jsonl"
+#define TG_DEFAULT_KAFKA_LEDGER_TOPIC "tollgate.ledger"
+#define TG_DEFAULT_LEDGER_EVENTS_FILE "var/ledger-events.jsonl"
+#define TG_DEFAULT_CREDITS_MODE "off"
+#define TG_MAX_PRICES 64
 
 enum tg_log_level { TG_LOG_DEBUG, TG_LOG_INFO, TG_LOG_WARN, TG_LOG_ERROR };
 enum tg_limiter_backend { TG_LIMITER_LOCAL, TG_LIMITER_REDIS };
@@ -57,6 +63,9 @@ enum tg_on_redis_error { TG_REDIS_ERROR_ALLOW, TG_REDIS_ERROR_DENY };
 enum tg_sink_kind { TG_SINK_FILE, TG_SINK_KAFKA, TG_SINK_NONE };
 enum tg_spool_fsync { TG_SPOOL_FSYNC_ALWAYS, TG_SPOOL_FSYNC_INTERVAL };
 enum tg_spool_full { TG_SPOOL_FULL_REJECT, TG_SPOOL_FULL_DROP_OLDEST };
+/* tenants[].credits.mode: no balance; the balance pays what the rate limits would deny;
+ * the balance pays every request (the rate limits still cap it). */
+enum tg_credit_mode { TG_CREDITS_OFF, TG_CREDITS_OVERFLOW, TG_CREDITS_PREPAID };
 /* How a route is charged: `cost:` of a route. */
 enum tg_cost_model { TG_COST_REQUESTS, TG_COST_TOKENS, TG_COST_VIDEO };
 
@@ -114,10 +123,21 @@ struct tg_limit {
     size_t nmodels;
 };
 
+/* One entry of credits.prices: what one unit costs, for some models or all. */
+struct tg_price {
+    enum tg_unit unit;
+    int64_t pico; /* 1e-12 credits per unit (prices have at most 12 decimals) */
+    char **models; /* glob patterns (fnmatch); empty = every model */
+    size_t nmodels;
+};
+
 struct tg_tenant {
     char *name;
     struct tg_limit *limits;
     size_t nlimits;
+    struct {
+        enum tg_credit_mode mode;
+    } credits;
     size_t index; /* position in tg_config.tenants */
 };
 
@@ -176,10 +196,12 @@ struct tg_config {
         enum tg_sink_kind sink;
         struct {
             char *path;
+            char *ledger_path; /* ledger events with the file sink */
         } file;
         struct {
             char *brokers;
             char *topic;
+            char *ledger_topic;
             char *spool_dir;
             enum tg_spool_fsync spool_fsync;
             int spool_fsync_interval_ms;
@@ -189,6 +211,13 @@ struct tg_config {
             size_t nproperties;
         } kafka;
     } usage;
+    struct {
+        bool enabled;
+        int hold_ttl_ms;
+        char *ledger_file; /* the local backend's balances, replayed at start */
+        struct tg_price *prices; /* the first entry matching unit and model wins */
+        size_t nprices;
+    } credits;
     struct tg_upstream *upstreams;
     size_t nupstreams;
     struct tg_route *routes; /* sorted by path length, longest first */

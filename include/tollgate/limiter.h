@@ -5,6 +5,7 @@
 
 #include "tollgate/config.h"
 #include "tollgate/cost.h"
+#include "tollgate/ledger.h"
 
 struct event_base;
 
@@ -16,12 +17,28 @@ struct tg_bucket_ref {
     int64_t cost_u;               /* micro-units */
 };
 
+/* What paid for an allowed request. */
+enum tg_paid_by { TG_PAID_NONE, TG_PAID_RATE_LIMIT, TG_PAID_CREDITS };
+
+/* The credits side of a check (mode TG_CREDITS_OFF: none; the rest is then unused). */
+struct tg_credit_req {
+    enum tg_credit_mode mode;
+    bool enabled;           /* credits are on in the config: replies name what paid */
+    int64_t price;          /* micro-credits the estimate costs */
+    int64_t actual;         /* set by the caller before settle: what the actual cost costs */
+    int hold_ttl_ms;        /* an unsettled hold is refunded after this */
+    const char *request_id; /* (ref) */
+    char hold_id[TG_HOLD_ID_LEN];
+    enum tg_paid_by paid_by; /* set by the caller from the check's result before settle */
+};
+
 /* What one check asks for. */
 struct tg_limit_req {
     const char *tenant; /* (ref) */
     bool fallback;      /* set by the caller from the check's result before settle */
     size_t n;
     struct tg_bucket_ref b[TG_MAX_BUCKETS];
+    struct tg_credit_req credit;
 };
 
 enum tg_limit_status {
@@ -29,6 +46,7 @@ enum tg_limit_status {
     TG_LIMIT_DENIED,    /* some bucket has not enough: 429 */
     TG_LIMIT_TOO_LARGE, /* cost exceeds a bucket's capacity: never passes (400-class) */
     TG_LIMIT_ERROR,     /* backend unreachable and on_redis_error: deny: 503 */
+    TG_LIMIT_NO_CREDIT, /* the balance does not cover the price: 429 insufficient_quota */
 };
 
 /* Per bucket, after the check (whether allowed or not). */
@@ -45,6 +63,12 @@ struct tg_limit_result {
     bool fallback;    /* judged by the local limiter because Redis failed */
     size_t n;
     struct tg_bucket_state b[TG_MAX_BUCKETS];
+    /* credits (req.credit.mode != OFF) */
+    enum tg_paid_by paid_by; /* ALLOWED: the buckets or the balance */
+    bool credits_known;      /* the balance below was read */
+    int64_t balance;         /* micro-credits left after this check */
+    int64_t held;            /* micro-credits this check held (0: none) */
+    int64_t ledger_seq;      /* seq of the hold's ledger event (0: none) */
 };
 
 /* Called once per check, possibly before tg_limiter_check returns. */

@@ -31,7 +31,7 @@ struct evbuffer;
     X(REDIS_ERRORS, counter, "tollgate_redis_errors_total", "kind",                                \
       "Redis failures, by kind (timeout|connect|reply|noscript).")                                 \
     X(REDIS_CALLS, counter, "tollgate_redis_script_calls_total", "script",                         \
-      "Lua script calls sent to Redis, by script (bucket|settle|lease).")                          \
+      "Lua script calls sent to Redis, by script (bucket|settle|lease|hold|commit).")                          \
     X(LIMITER_DECISIONS, counter, "tollgate_limiter_decisions_total", "where",                     \
       "Redis-backend checks by where they were decided (lease: on this gateway's lease, "          \
       "redis: by a script call).")                                                                 \
@@ -40,6 +40,14 @@ struct evbuffer;
       "found written off by Redis.")                                                               \
     X(LEASE_UNITS, counter, "tollgate_lease_units_total", "unit,event",                            \
       "Units moved by lease calls, by unit and event (granted|returned|expired).")                 \
+    X(CREDIT_DECISIONS, counter, "tollgate_credit_decisions_total", "tenant,outcome",             \
+      "Checks of tenants that pay with credits, by outcome (rate_limit: the buckets paid; "      \
+      "credits: the balance paid; denied: a bucket denied; insufficient: the balance was short; " \
+      "error: no answer).")                                                                      \
+    X(CREDITS_CHARGED, counter, "tollgate_credits_charged_total", "tenant",                       \
+      "Credits charged for the actual cost of finished requests.")                                \
+    X(LEDGER_EVENTS, counter, "tollgate_ledger_events_total", "reason",                           \
+      "Ledger events shipped, by reason (topup|adjustment|hold|settle|hold_expired).")            \
     X(USAGE_RECORDS, counter, "tollgate_usage_records_total", "sink,result",                       \
       "Usage records, by sink and result "                                                         \
       "(written|delivered|spooled|replayed|dropped|skipped|error).")                               \

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include "tollgate/buf.h"
 #include "tollgate/common.h"
+#include "tollgate/config.h"
 
 struct event_base;
 struct redisReply;
@@ -59,6 +60,10 @@ void tg_resp_bulk_double(struct tg_resp *c, double v);
  * be loaded, or the connection is being destroyed. The reply is hiredis's and
  * valid only during the call. */
 typedef void (*tg_redis_cb)(void *arg, const struct redisReply *r);
+
+/* The address of limiter.redis as the IP string hiredis wants (resolved at load) and its
+ * port. */
+void tg_redis_address(const struct tg_config *cfg, char *ip, size_t iplen, int *port);
 
 /* Starts connecting at once. NULL when out of memory. */
 struct tg_redis *tg_redis_create(struct event_base *base, const struct tg_redis_options *o) TG_WUR;

@@ -4,6 +4,7 @@
 
 #include "tollgate/config.h"
 #include "tollgate/cost.h"
+#include "tollgate/limiter.h"
 #include "tollgate/sink.h"
 
 #define TG_REQUEST_ID_LEN 64
@@ -29,6 +30,10 @@ struct tg_usage_record {
     enum tg_decision decision;
     const char *limit; /* the bucket that limited, or NULL */
     bool fallback;     /* judged by the local limiter in place of Redis */
+    enum tg_paid_by paid_by;  /* what paid an allowed request; NONE: not admitted */
+    bool credits;             /* the balance paid: credits_charged and ledger_seq are set */
+    int64_t credits_charged;  /* micro-credits the balance was charged */
+    int64_t ledger_seq;       /* seq of the hold's ledger event */
     struct tg_usage usage;
     struct tg_cost estimated;
     struct tg_cost actual;

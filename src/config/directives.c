@@ -512,3 +512,36 @@ int set_keys(struct loader *ld, const struct directive *d, uint32_t id, void *ba
     }
     return 0;
 }
+
+/* A price: a plain decimal with at most 12 decimals, stored exactly as 1e-12 credits per unit
+ * (floats never carry money). */
+int set_price(struct loader *ld, const struct directive *d, uint32_t id, void *base)
+{
+    size_t n;
+    const char *s = expand(ld, id, &n);
+    if (!s) return -1;
+    int64_t whole = 0, frac = 0;
+    size_t i = 0, digits = 0, decimals = 0;
+    bool ok = n > 0;
+    for (; ok && i < n && s[i] != '.'; i++, digits++) {
+        ok = isdigit((unsigned char)s[i]) && whole <= (int64_t)d->max;
+        whole = whole * 10 + (s[i] - '0');
+    }
+    if (ok && i < n) {
+        for (i++; ok && i < n; i++, decimals++) {
+            ok = isdigit((unsigned char)s[i]) && decimals < 12;
+            frac = frac * 10 + (s[i] - '0');
+        }
+        ok = ok && decimals > 0;
+    }
+    ok = ok && digits > 0 && whole <= (int64_t)d->max;
+    if (!ok)
+        return fail_got(ld, id, s, n,
+                        "must be a decimal number of credits per unit from 0 to %lld with at "
+                        "most 12 decimals (e.g. 0.000002)",
+                        (long long)d->max);
+    for (; decimals < 12; decimals++)
+        frac *= 10;
+    *FIELD(base, d, int64_t) = whole * 1000000000000LL + frac;
+    return 0;
+}

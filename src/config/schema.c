@@ -82,6 +82,12 @@ static int check_file(struct loader *ld, const struct section *sec, uint32_t map
     struct tg_config *c = base;
     if (c->usage.sink == TG_SINK_FILE && !c->usage.file.path[0])
         return fail_key(ld, sec, seen, map, "path", "must not be empty when usage.sink is file");
+    if (c->usage.sink == TG_SINK_FILE && c->credits.enabled && !c->usage.file.ledger_path[0])
+        return fail_key(ld, sec, seen, map, "ledger_path",
+                        "must not be empty when usage.sink is file and credits are enabled");
+    if (c->usage.sink == TG_SINK_FILE && c->credits.enabled &&
+        strcmp(c->usage.file.path, c->usage.file.ledger_path) == 0)
+        return fail_key(ld, sec, seen, map, "ledger_path", "must not be usage.file.path");
     return 0;
 }
 
@@ -95,6 +101,11 @@ static int check_kafka(struct loader *ld, const struct section *sec, uint32_t ma
                         "must not be empty when usage.sink is kafka");
     if (!c->usage.kafka.topic[0])
         return fail_key(ld, sec, seen, map, "topic", "must not be empty when usage.sink is kafka");
+    if (c->credits.enabled && !c->usage.kafka.ledger_topic[0])
+        return fail_key(ld, sec, seen, map, "ledger_topic",
+                        "must not be empty when usage.sink is kafka and credits are enabled");
+    if (c->credits.enabled && strcmp(c->usage.kafka.topic, c->usage.kafka.ledger_topic) == 0)
+        return fail_key(ld, sec, seen, map, "ledger_topic", "must not be usage.kafka.topic");
     if (!c->usage.kafka.spool_dir[0])
         return fail_key(ld, sec, seen, map, "spool_dir",
                         "must not be empty when usage.sink is kafka");
@@ -206,6 +217,7 @@ const char *const fsync_names[] = {"always", "interval", NULL};
 const char *const full_names[] = {"reject", "drop_oldest", NULL};
 const char *const cost_names[] = {"requests", "tokens", "video", NULL};
 static const char *const unit_names[] = {"requests", "tokens", "video_seconds", NULL};
+const char *const credit_mode_names[] = {"off", "overflow", "prepaid", NULL};
 
 _Static_assert(TG_LOG_ERROR == 3 && TG_LIMITER_REDIS == 1 && TG_REDIS_ERROR_DENY == 1 &&
                    TG_SINK_NONE == 2 && TG_SPOOL_FSYNC_INTERVAL == 1 &&
@@ -314,6 +326,8 @@ static const struct directive costs_keys[] = {
 static const struct directive file_keys[] = {
     {KEY("path", N_SCALAR, set_str, CFG(usage.file.path)), .store = ST_STR,
      .defs = TG_DEFAULT_USAGE_FILE},
+    {KEY("ledger_path", N_SCALAR, set_str, CFG(usage.file.ledger_path)), .store = ST_STR,
+     .defs = TG_DEFAULT_LEDGER_EVENTS_FILE},
 };
 static const struct section file_section = SECTION(file_keys, check_file);
 
@@ -322,6 +336,8 @@ static const struct directive kafka_keys[] = {
      .defs = TG_DEFAULT_KAFKA_BROKERS},
     {KEY("topic", N_SCALAR, set_str, CFG(usage.kafka.topic)), .store = ST_STR,
      .defs = TG_DEFAULT_KAFKA_TOPIC},
+    {KEY("ledger_topic", N_SCALAR, set_str, CFG(usage.kafka.ledger_topic)), .store = ST_STR,
+     .defs = TG_DEFAULT_KAFKA_LEDGER_TOPIC},
     {KEY("spool_dir", N_SCALAR, set_str, CFG(usage.kafka.spool_dir)), .store = ST_STR,
      .defs = TG_DEFAULT_SPOOL_DIR},
     {KEY("spool_fsync", N_SCALAR, set_enum, CFG(usage.kafka.spool_fsync)), .store = ST_ENUM,
@@ -387,14 +403,77 @@ static const struct directive limit_keys[] = {
 };
 static const struct section limit_section = SECTION(limit_keys, check_limit);
 
+static int check_tenant_credits(struct loader *ld, const struct section *sec, uint32_t map,
+                                const uint32_t *seen, void *base)
+{
+    const struct tg_tenant *t = base;
+    if (t->credits.mode != TG_CREDITS_OFF && !ld->cfg->credits.enabled)
+        return fail_key(ld, sec, seen, map, "mode",
+                        "needs credits.enabled: true (and credits.prices) to be anything but off");
+    return 0;
+}
+
 #define TEN(f) offsetof(struct tg_tenant, f)
+static const struct directive tenant_credit_keys[] = {
+    {KEY("mode", N_SCALAR, set_enum, TEN(credits.mode)), .store = ST_ENUM,
+     .defs = TG_DEFAULT_CREDITS_MODE, .choices = credit_mode_names},
+};
+static const struct section tenant_credit_section =
+    SECTION(tenant_credit_keys, check_tenant_credits);
+
 static const struct directive tenant_keys[] = {
     {KEY("name", N_SCALAR, set_tenant_name, TEN(name)), .store = ST_STR, .required = true},
     {KEY("keys", N_SEQ, set_keys, 0)}, /* into the config's key table */
     {KEY("limits", N_SEQ, set_list, TEN(limits)), .off_n = TEN(nlimits), .sub = &limit_section,
      .item_size = sizeof(struct tg_limit), .max = TG_MAX_LIMITS_PER_TENANT},
+    {KEY("credits", N_MAP, set_section, 0), .store = ST_SECTION, .sub = &tenant_credit_section},
 };
 static const struct section tenant_section = SECTION(tenant_keys, NULL);
+
+#define PR(f) offsetof(struct tg_price, f)
+static const struct directive price_keys[] = {
+    {KEY("unit", N_SCALAR, set_enum, PR(unit)), .store = ST_ENUM, .choices = unit_names,
+     .required = true},
+    {KEY("price", N_SCALAR, set_price, PR(pico)), .store = ST_I64, .max = 1000000,
+     .required = true},
+    {KEY("models", N_SEQ, set_strlist, PR(models)), .off_n = PR(nmodels)},
+};
+static const struct section price_section = SECTION(price_keys, NULL);
+
+static int check_credits(struct loader *ld, const struct section *sec, uint32_t map,
+                         const uint32_t *seen, void *base)
+{
+    struct tg_config *c = base;
+    if (!c->credits.enabled) return 0;
+    if (c->credits.nprices == 0)
+        return fail_key(ld, sec, seen, map, "prices",
+                        "must list at least one price when credits are enabled");
+    if (!c->admin.token[0]) {
+        path_pop(ld, 0);
+        path_key(ld, "admin", 5);
+        path_key(ld, "token", 5);
+        return fail_at(ld, map == NONE ? 1 : N(ld, map)->line + 1,
+                       map == NONE ? 1 : N(ld, map)->col + 1,
+                       "must be set when credits are enabled (the credits API moves money)");
+    }
+    if (c->limiter.backend == TG_LIMITER_LOCAL && !c->credits.ledger_file[0])
+        return fail_key(ld, sec, seen, map, "ledger_file",
+                        "must not be empty with the local limiter (it holds the balances)");
+    return 0;
+}
+
+static const struct directive credits_keys[] = {
+    {KEY("enabled", N_SCALAR, set_bool, CFG(credits.enabled)), .store = ST_BOOL, .defi = false},
+    {KEY("hold_ttl_ms", N_SCALAR, set_int, CFG(credits.hold_ttl_ms)), .store = ST_INT,
+     .defi = TG_DEFAULT_CREDITS_HOLD_TTL_MS, .min = 1000, .max = MAX_MS_DAY,
+     .reload_safe = true},
+    {KEY("ledger_file", N_SCALAR, set_str, CFG(credits.ledger_file)), .store = ST_STR,
+     .defs = TG_DEFAULT_CREDITS_LEDGER_FILE},
+    {KEY("prices", N_SEQ, set_list, CFG(credits.prices)), .off_n = CFG(credits.nprices),
+     .sub = &price_section, .item_size = sizeof(struct tg_price), .max = TG_MAX_PRICES,
+     .reload_safe = true},
+};
+static const struct section credits_section = SECTION(credits_keys, check_credits);
 
 static const struct section server_section = SECTION(server_keys, check_server);
 static const struct section admin_section = SECTION(admin_keys, NULL);
@@ -410,6 +489,7 @@ static const struct directive root_keys[] = {
     {KEY("limiter", N_MAP, set_section, 0), .store = ST_SECTION, .sub = &limiter_section},
     {KEY("costs", N_MAP, set_section, 0), .store = ST_SECTION, .sub = &costs_section},
     {KEY("usage", N_MAP, set_section, 0), .store = ST_SECTION, .sub = &usage_section},
+    {KEY("credits", N_MAP, set_section, 0), .store = ST_SECTION, .sub = &credits_section},
     {KEY("upstreams", N_SEQ, set_list, CFG(upstreams)), .off_n = CFG(nupstreams),
      .sub = &upstream_section, .item_size = sizeof(struct tg_upstream), .reload_safe = true},
     {KEY("routes", N_SEQ, set_list, CFG(routes)), .off_n = CFG(nroutes), .sub = &route_section,

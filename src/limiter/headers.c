@@ -254,7 +254,9 @@ size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg
                                  char *out, size_t cap)
 {
     if (cap > 0) out[0] = '\0';
-    if (res->status != TG_LIMIT_ALLOWED && res->status != TG_LIMIT_DENIED) return 0;
+    if (res->status != TG_LIMIT_ALLOWED && res->status != TG_LIMIT_DENIED &&
+        res->status != TG_LIMIT_NO_CREDIT)
+        return 0;
     size_t n = req->n < res->n ? req->n : res->n;
     /* Formatted on every reply: into a buffer that surely holds it, without a
      * bound check per piece, then copied (cut at cap - 1 as documented). */
@@ -316,7 +318,7 @@ size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg
         wr_lit(&w, ";t=");
         wr_int(&w, ceil_seconds(res->b[shown].reset_ms));
         wr_lit(&w, "\r\n");
-        if (res->status == TG_LIMIT_DENIED) {
+        if (res->status == TG_LIMIT_DENIED && res->paid_by == TG_PAID_NONE) {
             long long secs = ceil_seconds(res->retry_ms);
             wr_lit(&w, "Retry-After: ");
             wr_int(&w, secs > 0 ? secs : 1);
@@ -324,6 +326,21 @@ size_t tg_limiter_format_headers(const struct tg_limit_req *req, const struct tg
             wr_int(&w, (long long)res->retry_ms);
             wr_lit(&w, "\r\n");
         }
+    }
+    if (req->credit.enabled && res->status == TG_LIMIT_ALLOWED) {
+        wr_lit(&w, "x-tollgate-paid-by: ");
+        if (res->paid_by == TG_PAID_CREDITS)
+            wr_lit(&w, "credits");
+        else
+            wr_lit(&w, "rate_limit");
+        wr_lit(&w, "\r\n");
+    }
+    if (req->credit.mode != TG_CREDITS_OFF && res->credits_known) {
+        char amount[TG_AMOUNT_LEN];
+        size_t an = tg_ledger_format_amount(res->balance, amount);
+        wr_lit(&w, "x-tollgate-credits-balance: ");
+        wr_n(&w, amount, an);
+        wr_lit(&w, "\r\n");
     }
     size_t len = (size_t)(w.p - buf);
     if (cap == 0) {
@@ -355,6 +372,18 @@ size_t tg_limiter_format_error(const struct tg_limit_req *req, const struct tg_l
     out_init(&o, out, cap);
     int d = res->denied;
     bool have = d >= 0 && (size_t)d < req->n && (size_t)d < res->n;
+    if (res->status == TG_LIMIT_NO_CREDIT) {
+        char need[TG_AMOUNT_LEN], left[TG_AMOUNT_LEN];
+        tg_ledger_format_amount(req->credit.price, need);
+        tg_ledger_format_amount(res->balance, left);
+        put(&o, "{\"error\":{\"message\":\"You exceeded your current quota: tenant ");
+        put_json(&o, req->tenant);
+        put(&o, " has %s credits left and this request needs %s. Add credits to continue.\","
+                "\"type\":\"insufficient_quota\",\"param\":null,"
+                "\"code\":\"insufficient_quota\"}}",
+            res->credits_known ? left : "too few", need);
+        return o.len;
+    }
     if (res->status == TG_LIMIT_ERROR ||
         ((res->status == TG_LIMIT_DENIED || res->status == TG_LIMIT_TOO_LARGE) && !have)) {
         put(&o, "{\"error\":{\"message\":\"The rate limiter is unavailable; please try again "

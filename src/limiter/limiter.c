@@ -20,7 +20,7 @@ int tg_limiter_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_li
         cb(arg, &res);
         return 0;
     }
-    if (req->n == 0) {
+    if (req->n == 0 && req->credit.mode == TG_CREDITS_OFF) {
         res = (struct tg_limit_result){.status = TG_LIMIT_ALLOWED, .denied = -1};
         cb(arg, &res);
         return 0;

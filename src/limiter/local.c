@@ -130,10 +130,82 @@ static bool lock_buckets(struct local *lc, const struct tg_limit_req *req, struc
     return true;
 }
 
+/* A tenant that pays with credits: the buckets and the balance in one decision, the
+ * buckets' stripes locked across both (the store has a lock of its own, always taken after
+ * them). Overflow: the buckets decide, and what they would deny the balance pays (the
+ * buckets untouched). Prepaid: the buckets must allow, and the balance pays. */
+static void local_check_credit(struct local *lc, const struct tg_limit_req *req,
+                               struct tg_limit_result *res)
+{
+    struct tg_ledger_store *st = tg_ledger_store_default();
+    struct tg_bucket_param p[TG_MAX_BUCKETS];
+    int64_t level[TG_MAX_BUCKETS];
+    struct locked k;
+    for (size_t i = 0; i < req->n; i++)
+        tg_bucket_param_init(&p[i], req->b[i].limit, lc->divisor, req->b[i].cost_u);
+    if (!st || !lock_buckets(lc, req, &k)) {
+        *res = (struct tg_limit_result){.status = TG_LIMIT_ERROR, .denied = -1};
+        return;
+    }
+    int64_t now = tg_now_mono_ms();
+    /* The buckets' answer on copies first: charged only once the whole answer is known. */
+    struct tg_bucket copy[TG_MAX_BUCKETS], *cp[TG_MAX_BUCKETS];
+    for (size_t i = 0; i < req->n; i++) {
+        copy[i] = *k.b[i];
+        cp[i] = &copy[i];
+    }
+    int denied = tg_bucket_check(cp, p, req->n, now, level);
+    bool overflow = req->credit.mode == TG_CREDITS_OVERFLOW;
+    struct tg_ledger_event ev = {0};
+    int held = 0;
+    if (overflow && denied < 0) {
+        for (size_t i = 0; i < req->n; i++)
+            *k.b[i] = copy[i];
+        tg_limiter_result_fill(p, level, req->n, -1, res);
+        res->paid_by = TG_PAID_RATE_LIMIT;
+        unlock_all(lc, &k);
+        int64_t held_now, seq;
+        res->credits_known = true;
+        tg_ledger_store_get(st, req->tenant, &res->balance, &held_now, &seq);
+        return;
+    }
+    if (!overflow && denied >= 0) {
+        unlock_all(lc, &k);
+        tg_limiter_result_fill(p, level, req->n, denied, res);
+        return;
+    }
+    held = tg_ledger_store_hold(st, req->tenant, req->credit.hold_id, req->credit.request_id,
+                                req->credit.price, &ev);
+    if (held == 1 && !overflow)
+        for (size_t i = 0; i < req->n; i++)
+            *k.b[i] = copy[i];
+    unlock_all(lc, &k);
+    if (held < 0) {
+        *res = (struct tg_limit_result){.status = TG_LIMIT_ERROR, .denied = -1};
+        return;
+    }
+    if (overflow) /* levels as they are: nothing was charged on the buckets */
+        for (size_t i = 0; i < req->n; i++)
+            level[i] = tg_bucket_refill(k.b[i], now, p[i].rate, p[i].per_ms, p[i].cap_u);
+    tg_limiter_result_fill(p, level, req->n, -1, res);
+    res->status = held == 1 ? TG_LIMIT_ALLOWED : TG_LIMIT_NO_CREDIT;
+    res->paid_by = held == 1 ? TG_PAID_CREDITS : TG_PAID_NONE;
+    res->credits_known = true;
+    res->balance = ev.balance;
+    res->held = held == 1 ? req->credit.price : 0;
+    res->ledger_seq = ev.seq;
+}
+
 static int local_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
                        void *arg)
 {
     struct local *lc = (struct local *)l;
+    if (req->credit.mode != TG_CREDITS_OFF) {
+        struct tg_limit_result res;
+        local_check_credit(lc, req, &res);
+        cb(arg, &res);
+        return 0;
+    }
     struct tg_limit_result res;
     struct tg_bucket_param p[TG_MAX_BUCKETS];
     int64_t level[TG_MAX_BUCKETS];
@@ -156,6 +228,12 @@ static void local_settle(struct tg_limiter *l, const struct tg_limit_req *req,
 {
     struct local *lc = (struct local *)l;
     struct locked k;
+    if (req->credit.mode != TG_CREDITS_OFF && req->credit.paid_by == TG_PAID_CREDITS) {
+        struct tg_ledger_store *st = tg_ledger_store_default();
+        if (st)
+            tg_ledger_store_settle(st, req->tenant, req->credit.hold_id, req->credit.request_id,
+                                   req->credit.actual);
+    }
     if (!lock_buckets(lc, req, &k)) return;
     int64_t now = tg_now_mono_ms();
     for (size_t i = 0; i < req->n; i++) {

@@ -1,8 +1,6 @@
 /* The Redis limiter of one worker: the bucket protocol — checks batched per tenant
  * into EVALSHA of bucket.lua and replayed, settles coalesced into settle.lua — over
  * the connection layer (src/redis/), and the failure policy when Redis cannot answer. */
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,19 +10,22 @@
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
 #include "tollgate/redis.h"
+#include "credits.h"
 #include "lease.h"
 #include "settles.h"
 
 extern const char tg_lua_bucket[];
 extern const char tg_lua_settle[];
 extern const char tg_lua_lease[];
+extern const char tg_lua_hold[];
+extern const char tg_lua_commit[];
 
 #define MAX_INFLIGHT_CHECKS 1024
 #define BATCH_MAX_CHECKS 256 /* checks of one tenant in one EVALSHA */
 #define SETTLE_FLUSH_MS 10 /* settles lag by at most this; fewer calls under load */
 
 enum op_kind { OP_CHECK, OP_BATCH, OP_SETTLE };
-enum script { SC_BUCKET, SC_SETTLE, SC_LEASE, SC_COUNT };
+enum script { SC_BUCKET, SC_SETTLE, SC_LEASE, SC_HOLD, SC_COMMIT, SC_COUNT };
 
 /* A check, or a call awaiting its reply (the connection's callback argument). */
 struct op {
@@ -53,6 +54,7 @@ struct rl {
     struct tg_limiter *fallback; /* (ref) */
     struct tg_redis *redis;
     struct lease_set *lease; /* NULL: limiter.lease.mode off */
+    struct credit_set *credits; /* the checks of tenants that pay with credits */
     char *prefix;
     size_t prefix_len;
     bool deny; /* on_redis_error: deny */
@@ -71,7 +73,8 @@ struct rl {
     struct settles settles;
 };
 
-static const char *const script_text[SC_COUNT] = {tg_lua_bucket, tg_lua_settle, tg_lua_lease};
+static const char *const script_text[SC_COUNT] = {tg_lua_bucket, tg_lua_settle, tg_lua_lease,
+                                                  tg_lua_hold, tg_lua_commit};
 
 static void count_error(const char *kind, double n)
 {
@@ -557,6 +560,13 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
                     void *arg)
 {
     struct rl *rl = (struct rl *)l;
+    if (req->credit.mode != TG_CREDITS_OFF) { /* a balance is never leased */
+        struct tg_bucket_param p[TG_MAX_BUCKETS];
+        for (size_t i = 0; i < req->n; i++)
+            tg_bucket_param_init(&p[i], req->b[i].limit, 1, req->b[i].cost_u);
+        credit_check(rl->credits, req, p, cb, arg);
+        return 0;
+    }
     if (rl->lease) {
         struct tg_bucket_param p[TG_MAX_BUCKETS];
         for (size_t i = 0; i < req->n; i++)
@@ -610,6 +620,10 @@ static void rl_settle(struct tg_limiter *l, const struct tg_limit_req *req, cons
         if (rl->fallback) tg_limiter_settle(rl->fallback, req, delta_u);
         return;
     }
+    if (req->credit.mode != TG_CREDITS_OFF && req->credit.paid_by == TG_PAID_CREDITS) {
+        credit_settle(rl->credits, req, delta_u);
+        return;
+    }
     if (rl->lease) { /* a bucket's delta goes to its lease when it has a live one */
         int64_t d[TG_MAX_BUCKETS];
         memcpy(d, delta_u, req->n * sizeof(*d));
@@ -635,6 +649,7 @@ static void rl_cancel(struct tg_limiter *l, void *arg)
 {
     struct rl *rl = (struct rl *)l;
     if (rl->lease) lease_cancel(rl->lease, arg);
+    if (rl->credits) credit_cancel(rl->credits, arg);
     for (struct op *op = rl->qhead; op; op = op->mnext)
         if (op->arg == arg) op->cancelled = true;
     for (struct op *b = rl->batches; b; b = b->next)
@@ -654,8 +669,10 @@ static void rl_destroy(struct tg_limiter *l)
     if (rl->settles.n) flush_settles(rl);
     rl->destroying = true;
     lease_close(rl->lease); /* the unused leases go back with the last settles */
+    credit_close(rl->credits); /* and the commits still waiting for a retry */
     tg_redis_destroy(rl->redis); /* sends them; pending calls answer NULL, call no one */
     lease_destroy(rl->lease);
+    credit_destroy(rl->credits);
     while (rl->qhead) {
         struct op *op = rl->qhead;
         rl->qhead = op->mnext;
@@ -688,24 +705,6 @@ void tg_limiter_redis_set_clock(struct tg_limiter *l, int64_t now_ms)
     if (l && l->ops == &redis_ops) ((struct rl *)l)->fixed_clock_ms = now_ms < 0 ? -1 : now_ms;
 }
 
-/* The address to connect to, as the IP string hiredis 0.14 wants. */
-static void address_of(const struct tg_config *cfg, char *ip, size_t iplen, int *port)
-{
-    const struct sockaddr_storage *a = &cfg->limiter.redis.addr;
-    *port = cfg->limiter.redis.port;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)a;
-        inet_ntop(AF_INET, &in->sin_addr, ip, (socklen_t)iplen);
-        *port = ntohs(in->sin_port);
-    } else if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)a;
-        inet_ntop(AF_INET6, &in6->sin6_addr, ip, (socklen_t)iplen);
-        *port = ntohs(in6->sin6_port);
-    } else {
-        snprintf(ip, iplen, "%s", cfg->limiter.redis.host ? cfg->limiter.redis.host : "127.0.0.1");
-    }
-}
-
 struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct tg_config *cfg,
                                            struct tg_limiter *fallback)
 {
@@ -731,13 +730,25 @@ struct tg_limiter *tg_limiter_redis_create(struct event_base *base, const struct
         .unavailable_note = rl->deny ? "answering checks by on_redis_error=deny"
                                      : "answering checks by on_redis_error=allow",
     };
-    address_of(cfg, ip, sizeof(ip), &o.port);
+    tg_redis_address(cfg, ip, sizeof(ip), &o.port);
     if (rl->prefix && rl->flush_ev && rl->batch_ev) rl->redis = tg_redis_create(base, &o);
     if (!rl->redis) {
         rl_destroy(&rl->base);
         return NULL;
     }
     rl->prefix_len = strlen(rl->prefix);
+    struct credit_opts co = {.redis = rl->redis,
+                             .prefix = rl->prefix,
+                             .script_hold = SC_HOLD,
+                             .script_commit = SC_COMMIT,
+                             .fixed_clock_ms = &rl->fixed_clock_ms,
+                             .owner = rl,
+                             .settle_strict = settle_strict};
+    rl->credits = credit_create(base, &co);
+    if (!rl->credits) {
+        rl_destroy(&rl->base);
+        return NULL;
+    }
     const typeof(cfg->limiter.lease) *lc = &cfg->limiter.lease;
     if (lc->mode != TG_LEASE_OFF) {
         struct lease_opts lo = {.mode = lc->mode,

@@ -84,6 +84,7 @@ struct tg_req {
     struct tg_admit_ticket admit;
     bool refused; /* held back by admission after the check: charged nothing */
     int denied;   /* index of the bucket that denied, or -1 */
+    int64_t ledger_seq; /* the hold's ledger event, when the balance paid */
     bool checking, charged, acquiring, retried;
     int64_t t_lim_us;
     int waited_ms;

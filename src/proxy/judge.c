@@ -11,8 +11,8 @@ void run_check(struct tg_conn *c)
     struct tg_req *r = c->req;
     r->checking = true;
     r->t_lim_us = now_us();
-    if (tg_account_reserve(c->w->limiter, r->tenant, &r->est, r->info.model, &r->lreq, on_limit,
-                           c) != 0 &&
+    if (tg_account_reserve(c->w->limiter, r->cfg, r->tenant, &r->est, r->info.model, r->id,
+                           &r->lreq, on_limit, c) != 0 &&
         r->checking) {
         struct tg_limit_result err = {.status = TG_LIMIT_ERROR, .denied = -1};
         on_limit(c, &err);
@@ -60,6 +60,10 @@ static void on_limit(void *arg, const struct tg_limit_result *res)
     r->checking = false;
     r->denied = res->denied;
     r->lreq.fallback = res->fallback;
+    r->lreq.credit.paid_by = res->status == TG_LIMIT_ALLOWED ? res->paid_by : TG_PAID_NONE;
+    if (r->lreq.credit.paid_by == TG_PAID_NONE && res->status == TG_LIMIT_ALLOWED)
+        r->lreq.credit.paid_by = TG_PAID_RATE_LIMIT;
+    r->ledger_seq = res->ledger_seq;
     const char *backend[] = {tg_limiter_name(c->w->limiter)};
     tg_metrics_observe(TG_M_LIMITER_DURATION, backend, (double)(now_us() - r->t_lim_us) / 1e6);
     r->rl_len = tg_limiter_format_headers(&r->lreq, res, r->rl, sizeof(r->rl));
@@ -78,7 +82,9 @@ static void on_limit(void *arg, const struct tg_limit_result *res)
     }
     char body[1024];
     size_t n = tg_limiter_format_error(&r->lreq, res, body, sizeof(body));
-    if (res->status == TG_LIMIT_DENIED) {
+    if (res->status == TG_LIMIT_NO_CREDIT) {
+        reply_json(c, 429, body, n, false, TG_DECISION_LIMITED);
+    } else if (res->status == TG_LIMIT_DENIED) {
         const char *labels[] = {r->tenant->name, r->lreq.b[res->denied].limit->name};
         tg_metrics_add(TG_M_RATELIMITED, labels, 1);
         reply_json(c, 429, body, n, false, TG_DECISION_LIMITED);

@@ -37,7 +37,8 @@ TG_PRINTF(2, 3) void log_upstream_failure(const struct tg_req *r, const char *fm
  * usage the upstream reported, or else the text that passed). A failed
  * upstream call (no reply, or a 5xx one) or a client gone before any reply
  * byte costs only its request unit, and so does a bodyless request. */
-static void settle(struct tg_conn *c, enum tg_decision decision, struct tg_cost *actual)
+static void settle(struct tg_conn *c, enum tg_decision decision, struct tg_cost *actual,
+                   struct tg_usage_record *rec)
 {
     struct tg_req *r = c->req;
     const struct tg_usage *usage = r->scanning ? &r->scan.usage : NULL;
@@ -52,7 +53,12 @@ static void settle(struct tg_conn *c, enum tg_decision decision, struct tg_cost 
         .usage = usage,
     };
     tg_account_actual(r->route->cost, r->cfg->costs.chars_per_token, &r->info, &out, actual);
-    (void)tg_account_commit(c->w->limiter, &r->lreq, actual);
+    int64_t charged = tg_account_commit(c->w->limiter, r->cfg, r->info.model, &r->lreq, actual);
+    if (charged >= 0) {
+        rec->credits = true;
+        rec->credits_charged = charged;
+        rec->ledger_seq = r->ledger_seq;
+    }
     r->charged = false;
 }
 
@@ -181,10 +187,11 @@ void req_finish(struct tg_conn *c, enum tg_decision decision)
     if (decision == TG_DECISION_LIMITED && r->denied >= 0)
         rec.limit = r->lreq.b[r->denied].limit->name;
     rec.fallback = r->lreq.fallback;
+    rec.paid_by = r->charged ? r->lreq.credit.paid_by : TG_PAID_NONE;
     if (r->scanning) rec.usage = r->scan.usage;
     rec.estimated = r->est;
     bool admitted = r->charged;
-    if (admitted) settle(c, decision, &rec.actual);
+    if (admitted) settle(c, decision, &rec.actual, &rec);
     rec.latency_ms = (double)(t_end - r->t0_us) / 1000.0;
     rec.upstream_ms = r->tup_us ? (double)(t_end - r->tup_us) / 1000.0 : -1;
     rec.bytes_in = r->bytes_in;

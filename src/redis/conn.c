@@ -1,5 +1,7 @@
 /* One Redis connection over hiredis async on a worker's loop: set-up, deadlines,
  * NOSCRIPT → SCRIPT LOAD and resend, idle PING, reconnect with backoff. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -471,4 +473,22 @@ struct tg_redis *tg_redis_create(struct event_base *base, const struct tg_redis_
     event_add(r->ping_ev, &ping_tv);
     connect_redis(r);
     return r;
+}
+
+/* The address to connect to, as the IP string hiredis 0.14 wants. */
+void tg_redis_address(const struct tg_config *cfg, char *ip, size_t iplen, int *port)
+{
+    const struct sockaddr_storage *a = &cfg->limiter.redis.addr;
+    *port = cfg->limiter.redis.port;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)a;
+        inet_ntop(AF_INET, &in->sin_addr, ip, (socklen_t)iplen);
+        *port = ntohs(in->sin_port);
+    } else if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)a;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, (socklen_t)iplen);
+        *port = ntohs(in6->sin6_port);
+    } else {
+        snprintf(ip, iplen, "%s", cfg->limiter.redis.host ? cfg->limiter.redis.host : "127.0.0.1");
+    }
 }

@@ -218,7 +218,7 @@ static size_t json_write(const struct tg_usage_record *r, const struct json_lens
     size_t ul = l->upstream, ll = l->limit;
     char *p = buf;
 
-    PUT(p, "{\"v\":1,\"id\":");
+    PUT(p, "{\"v\":2,\"id\":");
     p = tg_jsonw_str(p, r->id, idl);
     PUT(p, ",\"ts\":");
     p = put_ts(p, r->ts_ms);
@@ -243,6 +243,23 @@ static size_t json_write(const struct tg_usage_record *r, const struct json_lens
     p = put_str_or_null(p, r->limit, ll, r->limit == NULL);
     PUT(p, ",\"fallback\":");
     p = put_bool(p, r->fallback);
+    PUT(p, ",\"paid_by\":");
+    if (r->paid_by == TG_PAID_RATE_LIMIT)
+        PUT(p, "\"rate_limit\"");
+    else if (r->paid_by == TG_PAID_CREDITS)
+        PUT(p, "\"credits\"");
+    else
+        PUT(p, "null");
+    PUT(p, ",\"credits\":");
+    if (!r->credits) {
+        PUT(p, "null");
+    } else {
+        PUT(p, "{\"charged\":\"");
+        p += tg_ledger_format_amount(r->credits_charged, p);
+        PUT(p, "\",\"ledger_seq\":");
+        p = put_i64(p, r->ledger_seq);
+        *p++ = '}';
+    }
     PUT(p, ",\"usage\":{\"prompt_tokens\":");
     p = put_i64(p, r->usage.prompt_tokens);
     PUT(p, ",\"completion_tokens\":");

@@ -1,4 +1,5 @@
-/* The admin listener: metrics, liveness and readiness over evhttp on the main loop. */
+/* The admin listener: metrics, liveness and readiness over evhttp on the main loop; the
+ * credits API's paths go to credits.c. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +32,13 @@ struct tg_admin {
     void *ready_arg;
     bool have_token;
     uint8_t token_digest[32]; /* SHA-256 of the token: equal-length constant-time compare */
+    struct tg_credit_api *credits; /* (ref) */
 };
+
+void tg_admin_set_credits(struct tg_admin *a, struct tg_credit_api *api)
+{
+    a->credits = api;
+}
 
 void tg_admin_set_token(struct tg_admin *a, const char *token)
 {
@@ -130,6 +137,7 @@ static void handle(struct evhttp_request *req, void *arg)
         reply_text(req, 401, "unauthorized\n");
         return;
     }
+    if (route == R_NONE && tg_credit_api_serve(a->credits, req, path)) return;
     if (route == R_NONE) {
         reply_text(req, HTTP_NOTFOUND, "not found\n");
         return;

@@ -1,0 +1,81 @@
+/* Ledger events: their JSON, and their way out to the ledger sink. */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include "tollgate/jsonw.h"
+#include "tollgate/ledger.h"
+#include "tollgate/metrics.h"
+#include "tollgate/sink.h"
+
+static _Atomic(struct tg_sink *) ledger_sink;
+
+static char *put(char *p, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static char *put_int(char *p, int64_t v)
+{
+    return p + sprintf(p, "%lld", (long long)v);
+}
+
+static char *put_amount(char *p, int64_t v)
+{
+    *p++ = '"';
+    p += tg_ledger_format_amount(v, p);
+    *p++ = '"';
+    return p;
+}
+
+static char *put_str_or_null(char *p, const char *s, size_t max)
+{
+    if (s == NULL || *s == '\0') return put(p, "null");
+    size_t n = strnlen(s, max);
+    return tg_jsonw_str(p, s, n);
+}
+
+size_t tg_ledger_event_json(const struct tg_ledger_event *e, char *out, size_t cap)
+{
+    if (cap < TG_LEDGER_EVENT_MAX) return 0;
+    char *p = out;
+    p = put(p, "{\"seq\":");
+    p = put_int(p, e->seq);
+    p = put(p, ",\"ts\":");
+    p = put_int(p, e->ts_ms);
+    p = put(p, ",\"tenant\":");
+    p = put_str_or_null(p, e->tenant, 128);
+    p = put(p, ",\"delta\":");
+    p = put_amount(p, e->delta);
+    p = put(p, ",\"balance\":");
+    p = put_amount(p, e->balance);
+    p = put(p, ",\"held\":");
+    p = put_amount(p, e->held);
+    p = put(p, ",\"reason\":");
+    p = put_str_or_null(p, e->reason, 32);
+    p = put(p, ",\"idempotency_key\":");
+    p = put_str_or_null(p, e->idem, TG_IDEM_KEY_MAX);
+    p = put(p, ",\"request_id\":");
+    p = put_str_or_null(p, e->request_id, 128);
+    p = put(p, ",\"note\":");
+    p = put_str_or_null(p, e->note, TG_NOTE_MAX);
+    *p++ = '}';
+    *p = '\0';
+    return (size_t)(p - out);
+}
+
+void tg_ledger_set_sink(struct tg_sink *s)
+{
+    atomic_store(&ledger_sink, s);
+}
+
+void tg_ledger_ship(const struct tg_ledger_event *e)
+{
+    tg_metrics_add(TG_M_LEDGER_EVENTS, (const char *const[]){e->reason ? e->reason : ""}, 1);
+    struct tg_sink *s = atomic_load(&ledger_sink);
+    if (s == NULL) return;
+    char line[TG_LEDGER_EVENT_MAX];
+    size_t n = tg_ledger_event_json(e, line, sizeof(line));
+    if (n) (void)s->ops->submit(s, line, n, e->tenant ? e->tenant : "");
+}
