@@ -88,6 +88,9 @@ void tg_limiter_result_fill(const struct tg_bucket_param *p, const int64_t *leve
     res->denied = denied < 0 ? -1 : denied;
     res->retry_ms = 0;
     res->fallback = false;
+    res->paid_by = denied < 0 ? TG_PAID_RATE_LIMIT : TG_PAID_NONE;
+    res->credits_known = false;
+    res->balance = res->held = res->ledger_seq = 0;
     res->n = n;
     for (size_t i = 0; i < n; i++) {
         res->b[i].limit_u = p[i].cap_u;

@@ -75,7 +75,8 @@ static json_t *roundtrip(const struct tg_usage_record *r, char **text)
 
 static const char *const field_order[] = {
     "v",        "id",         "ts",          "tenant",   "key",      "route",    "model",
-    "upstream", "status",     "stream",      "decision", "limit",    "fallback", "usage",
+    "upstream", "status",     "stream",      "decision", "limit",    "fallback", "paid_by",
+    "credits",  "usage",
     "cost",     "latency_ms", "upstream_ms", "bytes_in", "bytes_out"};
 
 static void check_order(json_t *o)
@@ -123,7 +124,7 @@ static void test_allowed(void **state)
     char *text;
     json_t *o = roundtrip(&r, &text);
     check_order(o);
-    assert_int_equal(num(o, "v"), 1);
+    assert_int_equal(num(o, "v"), 2);
     assert_string_equal(str(o, "id"), "0123456789abcdef0123456789abcdef");
     assert_string_equal(str(o, "ts"), "2026-11-24T11:00:00.123Z");
     assert_string_equal(str(o, "tenant"), "acme");
@@ -201,6 +202,36 @@ static void test_access_line(void **state)
     assert_int_equal(tg_usage_access_line(&r, line, 100), 0); /* too small a buffer */
 }
 
+/* A request the balance paid: what paid, what it was charged (6 decimals, a string) and the
+ * seq of its hold's ledger event. */
+static void test_paid_by_credits(void **state)
+{
+    struct tg_usage_record r;
+    base_record(&r);
+    r.paid_by = TG_PAID_CREDITS;
+    r.credits = true;
+    r.credits_charged = 17000; /* 0.017 credits */
+    r.ledger_seq = 42;
+    char *text;
+    json_t *o = roundtrip(&r, &text);
+    check_order(o);
+    assert_string_equal(str(o, "paid_by"), "credits");
+    json_t *c = json_object_get(o, "credits");
+    assert_true(json_is_object(c));
+    assert_string_equal(str(c, "charged"), "0.017000");
+    assert_int_equal(num(c, "ledger_seq"), 42);
+    assert_non_null(strstr(text, "\"paid_by\":\"credits\",\"credits\":{\"charged\":\"0.017000\","
+                                 "\"ledger_seq\":42}"));
+    free(text);
+    json_decref(o);
+    r.paid_by = TG_PAID_RATE_LIMIT;
+    r.credits = false;
+    o = roundtrip(&r, NULL);
+    assert_string_equal(str(o, "paid_by"), "rate_limit");
+    is_null(o, "credits");
+    json_decref(o);
+}
+
 static void test_limited(void **state)
 {
     struct tg_usage_record r;
@@ -218,6 +249,8 @@ static void test_limited(void **state)
     check_order(o);
     assert_string_equal(str(o, "decision"), "limited");
     assert_string_equal(str(o, "limit"), "tpm");
+    is_null(o, "paid_by");
+    is_null(o, "credits");
     assert_int_equal(num(o, "status"), 429);
     assert_true(json_is_false(json_object_get(o, "stream")));
     assert_true(json_is_true(json_object_get(o, "fallback")));
@@ -558,6 +591,7 @@ int main(void)
         cmocka_unit_test(test_timestamps_in_sequence),
         cmocka_unit_test(test_access_line),
         cmocka_unit_test(test_limited),
+        cmocka_unit_test(test_paid_by_credits),
         cmocka_unit_test(test_rejected),
         cmocka_unit_test(test_error_video),
         cmocka_unit_test(test_timestamps),
