@@ -54,6 +54,7 @@
 #define TG_DEFAULT_LEDGER_EVENTS_FILE "var/ledger-events.jsonl"
 #define TG_DEFAULT_CREDITS_MODE "off"
 #define TG_MAX_PRICES 64
+#define TG_TENANT_NAME_MAX 128
 
 enum tg_log_level { TG_LOG_DEBUG, TG_LOG_INFO, TG_LOG_WARN, TG_LOG_ERROR };
 enum tg_limiter_backend { TG_LIMITER_LOCAL, TG_LIMITER_REDIS };

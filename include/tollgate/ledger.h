@@ -18,8 +18,9 @@ struct tg_sink;
 #define TG_IDEM_KEY_MAX 128
 /* The longest free text of an admin change (its `reason`). */
 #define TG_NOTE_MAX 256
-/* The most micro-credits one change may move: 1e12 credits. */
-#define TG_AMOUNT_MAX_MICRO 1000000000000000000LL
+/* The most micro-credits a change may move and a balance may hold: 9e9 credits, so that
+ * every amount is exact in the doubles Lua computes with in Redis (< 2^53). */
+#define TG_AMOUNT_MAX_MICRO 9000000000000000LL
 
 /* ---- prices ---- */
 
@@ -110,6 +111,7 @@ enum tg_ledger_change_status {
     TG_CHANGE_REPEATED, /* the key was used before with this body: *ev is that first event */
     TG_CHANGE_CONFLICT, /* the key was used before with another body: 409 */
     TG_CHANGE_SHORT,    /* a negative change larger than the balance: 409 */
+    TG_CHANGE_TOO_LARGE, /* the balance would pass TG_AMOUNT_MAX_MICRO: 409 */
     TG_CHANGE_FAILED,   /* the file could not be written: 503 */
 };
 /* `body_hash` (64 hex of the request body's SHA-256) tells a repeat from a conflict. */
@@ -125,7 +127,9 @@ size_t tg_ledger_store_events(struct tg_ledger_store *st, const char *tenant, in
                               void (*fn)(void *arg, const struct tg_ledger_event *e), void *arg);
 
 /* Checks a ledger file: every tenant's seq runs 1, 2, 3...; each balance is the previous one
- * plus delta; each hold is settled or expired at most once. Writes a line per tenant (and per
+ * plus delta; held is what the open holds add up to; a hold id is not opened twice and only
+ * an open hold expires (a settle of a hold that is not open charges its actual in full, as
+ * the store does). Writes a line per tenant (and per
  * problem) to `out`; returns the number of problems (0: consistent). */
 int tg_ledger_verify_file(const char *path, FILE *out);
 

@@ -358,6 +358,10 @@ static void local_serve(struct evhttp_request *req, enum op_kind kind, const cha
         reply_error(req, 409, "invalid_request_error", "insufficient_balance",
                     "The adjustment is larger than the balance.");
         break;
+    case TG_CHANGE_TOO_LARGE:
+        reply_error(req, 409, "invalid_request_error", "balance_too_large",
+                    "The balance would pass 9000000000 credits.");
+        break;
     case TG_CHANGE_FAILED:
         reply_error(req, 503, "server_error", "ledger_unavailable",
                     "The ledger file could not be written; nothing was changed.");
@@ -489,6 +493,10 @@ static void on_reply(void *arg, const redisReply *r)
             if (req)
                 reply_error(req, 409, "invalid_request_error", "insufficient_balance",
                             "The adjustment is larger than the balance.");
+        } else if (status == 4) {
+            if (req)
+                reply_error(req, 409, "invalid_request_error", "balance_too_large",
+                            "The balance would pass 9000000000 credits.");
         } else if (req) {
             reply_error(req, 500, "server_error", "ledger_reply", "Redis gave an unexpected reply.");
         }
@@ -533,18 +541,15 @@ static void redis_serve(struct tg_credit_api *api, struct evhttp_request *req, e
     snprintf(p->tenant, sizeof(p->tenant), "%s", tenant);
     struct tg_resp *b = &p->cmd;
     int script = TG_REDIS_NO_SCRIPT;
-    char ttl[24];
-    snprintf(ttl, sizeof(ttl), "%d", api->cfg->credits.hold_ttl_ms);
     if (kind == OP_GET) {
         script = SC_BALANCE;
-        tg_resp_head(b, '*', 3 + 4 + 3);
+        tg_resp_head(b, '*', 3 + 4 + 2);
         tg_resp_bulk(b, "EVALSHA", 7);
         tg_resp_bulk(b, tg_redis_sha(api->redis, SC_BALANCE), 40);
         tg_resp_bulk_int(b, 4);
         put_credit_keys(b, api, tenant);
         tg_resp_bulk(b, "", 0);
         tg_resp_bulk(b, tenant, strlen(tenant));
-        tg_resp_bulk(b, ttl, strlen(ttl));
     } else if (kind == OP_CHANGE) {
         script = SC_CHANGE;
         char suffix[8 + TG_IDEM_KEY_MAX];
@@ -562,7 +567,7 @@ static void redis_serve(struct tg_credit_api *api, struct evhttp_request *req, e
         tg_resp_bulk(b, hash, strlen(hash));
         tg_resp_bulk(b, tenant, strlen(tenant));
         tg_resp_bulk_int(b, IDEM_KEEP_MS);
-        tg_resp_bulk(b, ttl, strlen(ttl));
+        tg_resp_bulk_int(b, TG_AMOUNT_MAX_MICRO);
     } else {
         char from[32], count[24];
         snprintf(from, sizeof(from), "%lld-0", (long long)(after < 0 ? 1 : after + 1));

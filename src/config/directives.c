@@ -468,6 +468,9 @@ int set_tenant_name(struct loader *ld, const struct directive *d, uint32_t id, v
 {
     struct tg_tenant *t = base;
     if (set_name(ld, d, id, base) < 0) return -1;
+    if (strlen(t->name) > TG_TENANT_NAME_MAX)
+        return fail(ld, id, "must be at most %d characters (it is in keys, records and ledgers)",
+                    TG_TENANT_NAME_MAX);
     t->index = ld->item;
     bool added;
     const struct strset_slot *e =
@@ -534,7 +537,7 @@ int set_price(struct loader *ld, const struct directive *d, uint32_t id, void *b
         }
         ok = ok && decimals > 0;
     }
-    ok = ok && digits > 0 && whole <= (int64_t)d->max;
+    ok = ok && digits > 0 && whole <= (int64_t)d->max && (whole < (int64_t)d->max || frac == 0);
     if (!ok)
         return fail_got(ld, id, s, n,
                         "must be a decimal number of credits per unit from 0 to %lld with at "

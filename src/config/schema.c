@@ -82,12 +82,6 @@ static int check_file(struct loader *ld, const struct section *sec, uint32_t map
     struct tg_config *c = base;
     if (c->usage.sink == TG_SINK_FILE && !c->usage.file.path[0])
         return fail_key(ld, sec, seen, map, "path", "must not be empty when usage.sink is file");
-    if (c->usage.sink == TG_SINK_FILE && c->credits.enabled && !c->usage.file.ledger_path[0])
-        return fail_key(ld, sec, seen, map, "ledger_path",
-                        "must not be empty when usage.sink is file and credits are enabled");
-    if (c->usage.sink == TG_SINK_FILE && c->credits.enabled &&
-        strcmp(c->usage.file.path, c->usage.file.ledger_path) == 0)
-        return fail_key(ld, sec, seen, map, "ledger_path", "must not be usage.file.path");
     return 0;
 }
 
@@ -101,11 +95,6 @@ static int check_kafka(struct loader *ld, const struct section *sec, uint32_t ma
                         "must not be empty when usage.sink is kafka");
     if (!c->usage.kafka.topic[0])
         return fail_key(ld, sec, seen, map, "topic", "must not be empty when usage.sink is kafka");
-    if (c->credits.enabled && !c->usage.kafka.ledger_topic[0])
-        return fail_key(ld, sec, seen, map, "ledger_topic",
-                        "must not be empty when usage.sink is kafka and credits are enabled");
-    if (c->credits.enabled && strcmp(c->usage.kafka.topic, c->usage.kafka.ledger_topic) == 0)
-        return fail_key(ld, sec, seen, map, "ledger_topic", "must not be usage.kafka.topic");
     if (!c->usage.kafka.spool_dir[0])
         return fail_key(ld, sec, seen, map, "spool_dir",
                         "must not be empty when usage.sink is kafka");
@@ -459,6 +448,24 @@ static int check_credits(struct loader *ld, const struct section *sec, uint32_t 
     if (c->limiter.backend == TG_LIMITER_LOCAL && !c->credits.ledger_file[0])
         return fail_key(ld, sec, seen, map, "ledger_file",
                         "must not be empty with the local limiter (it holds the balances)");
+    /* The usage section came first: its credits-only keys are checked here, where both are
+     * known. */
+    const char *clash = NULL;
+    if (c->usage.sink == TG_SINK_FILE && !c->usage.file.ledger_path[0])
+        clash = "usage.file.ledger_path must not be empty when usage.sink is file";
+    else if (c->usage.sink == TG_SINK_FILE &&
+             strcmp(c->usage.file.path, c->usage.file.ledger_path) == 0)
+        clash = "usage.file.ledger_path must not be usage.file.path";
+    else if (c->usage.sink == TG_SINK_KAFKA && !c->usage.kafka.ledger_topic[0])
+        clash = "usage.kafka.ledger_topic must not be empty when usage.sink is kafka";
+    else if (c->usage.sink == TG_SINK_KAFKA &&
+             strcmp(c->usage.kafka.topic, c->usage.kafka.ledger_topic) == 0)
+        clash = "usage.kafka.ledger_topic must not be usage.kafka.topic";
+    else if (c->usage.sink == TG_SINK_FILE && c->limiter.backend == TG_LIMITER_LOCAL &&
+             strcmp(c->usage.file.ledger_path, c->credits.ledger_file) == 0)
+        clash = "usage.file.ledger_path must not be credits.ledger_file (the balances' own file)";
+    if (clash)
+        return fail_key(ld, sec, seen, map, "enabled", "credits are on, so %s", clash);
     return 0;
 }
 

@@ -45,7 +45,7 @@ size_t tg_ledger_event_json(const struct tg_ledger_event *e, char *out, size_t c
     p = put(p, ",\"ts\":");
     p = put_int(p, e->ts_ms);
     p = put(p, ",\"tenant\":");
-    p = put_str_or_null(p, e->tenant, 128);
+    p = put_str_or_null(p, e->tenant, TG_TENANT_NAME_MAX);
     p = put(p, ",\"delta\":");
     p = put_amount(p, e->delta);
     p = put(p, ",\"balance\":");

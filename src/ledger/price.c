@@ -82,7 +82,7 @@ int tg_ledger_parse_amount(const char *s, size_t n, int64_t *micro, const char *
     if (neg) *micro = -*micro;
     return 0;
 big:
-    *why = "is too large (at most 1000000000000 credits)";
+    *why = "is too large (at most 9000000000 credits)";
     return -1;
 }
 

@@ -1,6 +1,7 @@
-/* The Redis backend's checks and settles of tenants that pay with credits: one hold.lua
- * call per check, one commit.lua call per settle (retried until Redis takes it), the
- * ledger events they return shipped. */
+/* The Redis backend's checks and settles of tenants that pay with credits: the checks of a
+ * tenant that arrive in one loop turn go as one hold.lua call, the settles gathered for a
+ * few ms as one commit.lua call per tenant (resent until Redis takes them: commits are
+ * idempotent per hold), the ledger events they return shipped. */
 #include <hiredis/hiredis.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,35 +9,70 @@
 #include "tollgate/ledger.h"
 #include "tollgate/log.h"
 #include "tollgate/metrics.h"
+#include "tollgate/usage.h"
 #include "credits.h"
 
-#define RETRY_MS 250          /* a commit Redis did not take is sent again after this */
-#define MAX_PENDING 100000    /* commits waiting for a retry; past this they are dropped */
+#define BATCH_MAX 128        /* checks of one tenant in one hold.lua call */
+#define COMMIT_FLUSH_MS 5    /* commits wait at most this long to be sent together */
+#define COMMIT_BATCH_MAX 128 /* commits of one tenant in one commit.lua call */
+#define RETRY_MS 250         /* a commit call Redis did not take is sent again after this */
+#define RETRY_FOR_MS 300000  /* for this long; then its holds are left to expire */
+#define CALL_ID_KEEP_MS 600000 /* Redis remembers an applied commit call this long */
+#define MAX_RETRYING 10000   /* commit calls waiting for a retry; past this they are dropped */
 #define EVENT_FIELDS 9
+#define NAME_MAX_LEN 256
 
 enum call_kind { CALL_HOLD, CALL_COMMIT };
 
-struct call {
-    struct call *prev, *next; /* in flight or waiting for a retry */
-    struct credit_set *cs;
-    enum call_kind kind;
-    bool cancelled, retrying;
-    struct tg_resp cmd;
-    char tenant[256];
-    /* CALL_HOLD */
+/* One check waiting for its tenant's hold.lua call, or in it. */
+struct check {
+    struct check *next;
     tg_limiter_cb cb;
     void *arg;
+    bool cancelled;
     struct tg_limit_req req; /* copy; its refs are the caller's until cb/cancel */
     struct tg_bucket_param p[TG_MAX_BUCKETS];
-    /* CALL_COMMIT */
+    uint8_t kidx[TG_MAX_BUCKETS]; /* each bucket's index among the call's keys */
+};
+
+/* One settle waiting for its tenant's commit.lua call, self-contained (the request and
+ * its config may be gone by the time it is sent). */
+struct commit {
+    struct commit *next;
+    char tenant[NAME_MAX_LEN];
+    char hold_id[TG_HOLD_ID_LEN];
+    char rid[TG_REQUEST_ID_LEN];
     int64_t actual;
+    size_t n;
+    char names[TG_MAX_BUCKETS][NAME_MAX_LEN];
+    struct tg_bucket_param p[TG_MAX_BUCKETS]; /* cost_u: the delta */
+};
+
+/* A call in flight (or waiting for a retry). */
+struct call {
+    struct call *prev, *next;
+    struct credit_set *cs;
+    enum call_kind kind;
+    struct tg_resp cmd;
+    char tenant[NAME_MAX_LEN];
+    size_t nkeys;           /* bucket keys of the call */
+    struct check *checks;   /* CALL_HOLD: in order */
+    size_t ncommits;        /* CALL_COMMIT */
+    double credits_charged; /* CALL_COMMIT: what its commits charge, for the metric */
+    int64_t first_ms;       /* CALL_COMMIT: when it was first sent */
 };
 
 struct credit_set {
     struct credit_opts o;
     size_t prefix_len;
-    struct call *inflight; /* holds and commits sent */
-    struct call *waiting;  /* commits to send again */
+    struct check *qhead, *qtail; /* checks of this loop turn */
+    struct event *batch_ev;
+    bool batch_scheduled;
+    struct commit *commits; /* waiting for the flush */
+    size_t ncommits;
+    struct event *flush_ev;
+    struct call *inflight;
+    struct call *waiting; /* commit calls to send again */
     size_t nwaiting;
     struct event *retry_ev;
     bool closing;
@@ -60,8 +96,18 @@ static void unlink_call(struct call **head, struct call *c)
     c->prev = c->next = NULL;
 }
 
+static void free_checks(struct check *c)
+{
+    while (c) {
+        struct check *next = c->next;
+        free(c);
+        c = next;
+    }
+}
+
 static void free_call(struct call *c)
 {
+    free_checks(c->checks);
     tg_buf_free(&c->cmd.b);
     free(c);
 }
@@ -90,11 +136,22 @@ static void put_key(struct tg_resp *b, const struct credit_set *cs, const char *
     tg_resp_raw(b, "\r\n", 2);
 }
 
-static void put_credit_keys(struct tg_resp *b, const struct credit_set *cs, const char *tenant)
+/* The tenant's credit keys (_credits.lua); `commits`: $commits too. */
+static void put_credit_keys(struct tg_resp *b, const struct credit_set *cs, const char *tenant,
+                            bool commits)
 {
-    static const char *const names[] = {"$credits", "$holds", "$holdexp", "$ledger"};
-    for (size_t i = 0; i < 4; i++)
+    static const char *const names[] = {"$credits", "$holds", "$holdexp", "$ledger", "$commits"};
+    for (size_t i = 0; i < (commits ? 5u : 4u); i++)
         put_key(b, cs, tenant, names[i]);
+}
+
+static void put_head(struct tg_resp *b, const struct credit_set *cs, int script, size_t nargs,
+                     size_t nkeys)
+{
+    tg_resp_head(b, '*', 3 + nkeys + nargs);
+    tg_resp_bulk(b, "EVALSHA", 7);
+    tg_resp_bulk(b, tg_redis_sha(cs->o.redis, (size_t)script), 40);
+    tg_resp_bulk_int(b, (int64_t)nkeys);
 }
 
 static void put_clock(struct tg_resp *b, const struct credit_set *cs)
@@ -103,6 +160,18 @@ static void put_clock(struct tg_resp *b, const struct credit_set *cs)
         tg_resp_bulk_int(b, *cs->o.fixed_clock_ms);
     else
         tg_resp_bulk(b, "", 0);
+}
+
+static void put_str(struct tg_resp *b, const char *s)
+{
+    tg_resp_bulk(b, s ? s : "", s ? strlen(s) : 0);
+}
+
+static void put_param(struct tg_resp *b, const struct tg_bucket_param *p)
+{
+    tg_resp_bulk_int(b, p->cap_u);
+    tg_resp_bulk_double(b, p->rate);
+    tg_resp_bulk_int(b, p->per_ms);
 }
 
 static int64_t reply_int(const redisReply *e)
@@ -138,9 +207,41 @@ static void ship_events(const char *tenant, const redisReply *r, size_t from)
     }
 }
 
+static void on_reply(void *arg, const redisReply *r);
+
+/* Sends a built call; -1 (the call is the caller's again) when it cannot be queued. */
+static int send_call(struct credit_set *cs, struct call *c)
+{
+    int script = c->kind == CALL_HOLD ? cs->o.script_hold : cs->o.script_commit;
+    if (c->cmd.failed || tg_redis_send(cs->o.redis, &c->cmd, script, on_reply, c) != 0) return -1;
+    link_call(&cs->inflight, c);
+    tg_metrics_add(TG_M_REDIS_CALLS,
+                   (const char *const[]){c->kind == CALL_HOLD ? "hold" : "commit"}, 1);
+    return 0;
+}
+
 /* ---- commits ---- */
 
-static void send_call(struct credit_set *cs, struct call *c);
+static void on_retry(evutil_socket_t fd, short what, void *arg);
+
+/* A commit call Redis did not take: sent again later, the same bytes (idempotent). */
+static void wait_retry(struct credit_set *cs, struct call *c)
+{
+    if (cs->closing || cs->nwaiting >= MAX_RETRYING ||
+        tg_now_mono_ms() - c->first_ms > RETRY_FOR_MS) {
+        count_error("credit_settle_dropped", (double)c->ncommits);
+        tg_log_error("credits: %zu settles of tenant %s could not be sent; their holds are "
+                     "refunded when they expire",
+                     c->ncommits, c->tenant);
+        free_call(c);
+        return;
+    }
+    link_call(&cs->waiting, c);
+    if (cs->nwaiting++ == 0) {
+        struct timeval tv = {0, RETRY_MS * 1000};
+        evtimer_add(cs->retry_ev, &tv);
+    }
+}
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
@@ -152,193 +253,384 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
         struct call *c = list;
         list = c->next;
         c->prev = c->next = NULL;
-        send_call(cs, c);
+        if (send_call(cs, c) != 0) wait_retry(cs, c);
     }
 }
 
-static void wait_retry(struct credit_set *cs, struct call *c)
-{
-    if (cs->closing || cs->nwaiting >= MAX_PENDING) {
-        count_error("credit_settle_dropped", 1);
-        tg_log_error("credits: a settle of tenant %s could not be sent; its hold will be "
-                     "refunded when it expires",
-                     c->tenant);
-        free_call(c);
-        return;
-    }
-    c->retrying = true;
-    link_call(&cs->waiting, c);
-    if (cs->nwaiting++ == 0) {
-        struct timeval tv = {0, RETRY_MS * 1000};
-        evtimer_add(cs->retry_ev, &tv);
-    }
-}
-
-static void on_reply(void *arg, const redisReply *r);
-
-static void send_call(struct credit_set *cs, struct call *c)
-{
-    int script = c->kind == CALL_HOLD ? cs->o.script_hold : cs->o.script_commit;
-    link_call(&cs->inflight, c);
-    if (tg_redis_send(cs->o.redis, &c->cmd, script, on_reply, c) != 0) {
-        unlink_call(&cs->inflight, c);
-        on_reply(c, NULL);
-        return;
-    }
-    tg_metrics_add(TG_M_REDIS_CALLS,
-                   (const char *const[]){c->kind == CALL_HOLD ? "hold" : "commit"}, 1);
-    tg_redis_flush(cs->o.redis);
-}
-
-/* Builds a commit.lua call for hold `hold_id` of `tenant`: actual price, bucket deltas. */
-static struct call *new_commit(struct credit_set *cs, const char *tenant, const char *hold_id,
-                               const char *request_id, int64_t actual, int ttl_ms,
-                               const struct tg_limit_req *req, const int64_t *delta_u)
+/* One commit.lua call for up to COMMIT_BATCH_MAX commits of one tenant (taken from *list,
+ * in order; the rest stay there). */
+static struct call *build_commits(struct credit_set *cs, struct commit **list)
 {
     struct call *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
     c->cs = cs;
     c->kind = CALL_COMMIT;
-    c->actual = actual;
-    snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
+    struct commit *first = *list, *group[COMMIT_BATCH_MAX];
+    snprintf(c->tenant, sizeof(c->tenant), "%s", first->tenant);
+    size_t m = 0;
+    for (struct commit **pp = list; *pp && m < COMMIT_BATCH_MAX;) {
+        struct commit *k = *pp;
+        if (strcmp(k->tenant, c->tenant) == 0) {
+            *pp = k->next;
+            group[m++] = k;
+        } else {
+            pp = &k->next;
+        }
+    }
+    /* the distinct buckets, by name (a reload may have changed a limit's parameters: the
+     * first commit's win, as they would for a settle of the old config) */
+    const char *names[TG_MAX_BUCKETS];
+    const struct tg_bucket_param *params[TG_MAX_BUCKETS];
+    uint8_t kidx[COMMIT_BATCH_MAX][TG_MAX_BUCKETS];
     size_t nb = 0;
-    for (size_t i = 0; i < req->n; i++)
-        nb += delta_u[i] != 0;
+    for (size_t j = 0; j < m; j++) {
+        for (size_t i = 0; i < group[j]->n; i++) {
+            size_t k = 0;
+            while (k < nb && strcmp(names[k], group[j]->names[i]) != 0)
+                k++;
+            if (k == nb) {
+                if (nb == TG_MAX_BUCKETS) { /* cannot happen within one tenant's limits */
+                    kidx[j][i] = 0;
+                    continue;
+                }
+                names[nb] = group[j]->names[i];
+                params[nb++] = &group[j]->p[i];
+            }
+            kidx[j][i] = (uint8_t)(k + 1);
+        }
+    }
     struct tg_resp *b = &c->cmd;
-    tg_resp_head(b, '*', 3 + nb + 4 + 6 + 4 * nb);
-    tg_resp_bulk(b, "EVALSHA", 7);
-    tg_resp_bulk(b, tg_redis_sha(cs->o.redis, (size_t)cs->o.script_commit), 40);
-    tg_resp_bulk_int(b, (int64_t)(nb + 4));
-    for (size_t i = 0; i < req->n; i++)
-        if (delta_u[i] != 0) put_key(b, cs, tenant, req->b[i].limit->name);
-    put_credit_keys(b, cs, tenant);
+    char call_id[TG_REQUEST_ID_LEN];
+    tg_usage_new_id(call_id);
+    c->first_ms = tg_now_mono_ms();
+    put_head(b, cs, cs->o.script_commit, 4 + 3 * nb + 1 + m * (3 + nb), nb + 5);
+    for (size_t k = 0; k < nb; k++)
+        put_key(b, cs, c->tenant, names[k]);
+    put_credit_keys(b, cs, c->tenant, true);
     put_clock(b, cs);
-    tg_resp_bulk(b, hold_id, strlen(hold_id));
-    tg_resp_bulk(b, request_id ? request_id : "", request_id ? strlen(request_id) : 0);
-    tg_resp_bulk_int(b, actual);
-    tg_resp_bulk_int(b, ttl_ms);
-    tg_resp_bulk(b, tenant, strlen(tenant));
-    for (size_t i = 0; i < req->n; i++) {
-        if (delta_u[i] == 0) continue;
-        struct tg_bucket_param p;
-        tg_bucket_param_init(&p, req->b[i].limit, 1, delta_u[i]);
-        tg_resp_bulk_int(b, p.cap_u);
-        tg_resp_bulk_double(b, p.rate);
-        tg_resp_bulk_int(b, p.per_ms);
-        tg_resp_bulk_int(b, p.cost_u);
+    put_str(b, c->tenant);
+    put_str(b, call_id);
+    tg_resp_bulk_int(b, CALL_ID_KEEP_MS);
+    for (size_t k = 0; k < nb; k++)
+        put_param(b, params[k]);
+    tg_resp_bulk_int(b, (int64_t)m);
+    for (size_t j = 0; j < m; j++) {
+        const struct commit *k = group[j];
+        int64_t delta[TG_MAX_BUCKETS] = {0};
+        for (size_t i = 0; i < k->n; i++)
+            if (kidx[j][i]) delta[kidx[j][i] - 1] += k->p[i].cost_u;
+        put_str(b, k->hold_id);
+        put_str(b, k->rid);
+        tg_resp_bulk_int(b, k->actual);
+        for (size_t x = 0; x < nb; x++)
+            tg_resp_bulk_int(b, delta[x]);
+        c->credits_charged += (double)k->actual / TG_CREDIT_MICRO;
     }
-    if (b->failed) {
-        free_call(c);
-        return NULL;
-    }
+    c->ncommits = m;
+    for (size_t j = 0; j < m; j++)
+        free(group[j]);
     return c;
+}
+
+static void flush_commits(struct credit_set *cs)
+{
+    evtimer_del(cs->flush_ev);
+    while (cs->commits) {
+        struct call *c = build_commits(cs, &cs->commits);
+        if (!c) { /* out of memory: these are lost, their holds expire */
+            count_error("credit_settle_dropped", (double)cs->ncommits);
+            while (cs->commits) {
+                struct commit *k = cs->commits;
+                cs->commits = k->next;
+                free(k);
+            }
+            break;
+        }
+        if (send_call(cs, c) != 0) wait_retry(cs, c);
+    }
+    cs->ncommits = 0;
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    flush_commits(arg);
 }
 
 static void commit_done(struct credit_set *cs, struct call *c, const redisReply *r)
 {
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 4) {
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 3 + c->ncommits) {
         if (r) count_error("reply", 1);
         wait_retry(cs, c);
         return;
     }
-    if (reply_int(r->element[1]) > 0) {
-        double credits = (double)c->actual / TG_CREDIT_MICRO;
-        tg_metrics_add(TG_M_CREDITS_CHARGED, (const char *const[]){c->tenant}, credits);
-    }
-    ship_events(c->tenant, r, 4);
+    tg_metrics_add(TG_M_CREDITS_CHARGED, (const char *const[]){c->tenant}, c->credits_charged);
+    ship_events(c->tenant, r, 3 + c->ncommits);
     free_call(c);
+}
+
+static void queue_commit(struct credit_set *cs, const struct tg_limit_req *req,
+                         const int64_t *delta_u, int64_t actual, const char *rid)
+{
+    struct commit *k = calloc(1, sizeof(*k));
+    if (!k) {
+        count_error("credit_settle_dropped", 1);
+        return;
+    }
+    snprintf(k->tenant, sizeof(k->tenant), "%s", req->tenant);
+    memcpy(k->hold_id, req->credit.hold_id, sizeof(k->hold_id));
+    snprintf(k->rid, sizeof(k->rid), "%s", rid ? rid : "");
+    k->actual = actual;
+    for (size_t i = 0; i < req->n; i++) {
+        if (delta_u[i] == 0) continue;
+        snprintf(k->names[k->n], sizeof(k->names[0]), "%s", req->b[i].limit->name);
+        tg_bucket_param_init(&k->p[k->n++], req->b[i].limit, 1, delta_u[i]);
+    }
+    /* appended at the tail: a tenant's commits go in the order they were made */
+    struct commit **pp = &cs->commits;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = k;
+    if (++cs->ncommits >= COMMIT_BATCH_MAX) {
+        flush_commits(cs);
+    } else if (cs->ncommits == 1) {
+        struct timeval tv = {0, COMMIT_FLUSH_MS * 1000};
+        evtimer_add(cs->flush_ev, &tv);
+    }
 }
 
 /* ---- holds ---- */
 
-/* The answer of hold.lua, as a check's result. */
-static bool parse_hold(const struct call *c, const redisReply *r, struct tg_limit_result *res)
+static void answer(struct credit_set *cs, struct check *k, const struct tg_limit_result *res)
 {
-    size_t n = c->req.n;
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 7 + n) return false;
-    for (size_t i = 0; i < 7 + n; i++)
-        if (r->element[i]->type != REDIS_REPLY_INTEGER) return false;
-    int64_t outcome = r->element[1]->integer, paid = r->element[2]->integer;
-    int64_t denied = r->element[3]->integer;
+    static const char *const outcome[] = {"rate_limit", "credits", "denied", "insufficient",
+                                          "error"};
+    int o = res->status == TG_LIMIT_ERROR        ? 4
+            : res->status == TG_LIMIT_DENIED     ? 2
+            : res->status == TG_LIMIT_NO_CREDIT  ? 3
+            : res->paid_by == TG_PAID_CREDITS    ? 1
+                                                 : 0;
+    count_outcome(k->req.tenant, outcome[o]);
+    if (k->cancelled || cs->closing) {
+        /* Abandoned before its answer: what it took goes back, as if it never came. */
+        if (res->status == TG_LIMIT_ALLOWED && !cs->closing) {
+            int64_t delta[TG_MAX_BUCKETS] = {0};
+            bool buckets = res->paid_by == TG_PAID_RATE_LIMIT ||
+                           k->req.credit.mode == TG_CREDITS_PREPAID;
+            if (buckets)
+                for (size_t i = 0; i < k->req.n; i++)
+                    delta[i] = -k->p[i].cost_u;
+            if (res->paid_by == TG_PAID_CREDITS)
+                queue_commit(cs, &k->req, delta, 0, "");
+            else
+                cs->o.settle_strict(cs->o.owner, &k->req, delta);
+        }
+        return;
+    }
+    k->cb(k->arg, res);
+}
+
+/* The answer of check `k` from its rows of a hold.lua reply. */
+static bool parse_check(const struct check *k, const redisReply *r, size_t row, size_t nk,
+                        struct tg_limit_result *res)
+{
+    redisReply **e = r->element + row;
+    for (size_t i = 0; i < 4 + nk; i++)
+        if (e[i]->type != REDIS_REPLY_INTEGER) return false;
+    int64_t outcome = e[0]->integer, paid = e[1]->integer, denied = e[2]->integer;
+    size_t n = k->req.n;
     int64_t level[TG_MAX_BUCKETS];
-    for (size_t i = 0; i < n; i++)
-        level[i] = r->element[7 + i]->integer;
-    bool charged = outcome == 0 && (paid == 1 || c->req.credit.mode == TG_CREDITS_PREPAID);
+    int d = -1;
+    for (size_t i = 0; i < n; i++) {
+        level[i] = e[4 + k->kidx[i] - 1]->integer;
+        if (d < 0 && denied > 0 && k->kidx[i] == denied) d = (int)i;
+    }
+    bool charged = outcome == 0 && (paid == 1 || k->req.credit.mode == TG_CREDITS_PREPAID);
     if (charged)
         for (size_t i = 0; i < n; i++)
-            level[i] -= c->p[i].cost_u;
+            level[i] -= k->p[i].cost_u;
     if (outcome == 1) {
-        if (denied < 1 || (size_t)denied > n) return false;
-        tg_limiter_result_fill(c->p, level, n, (int)denied - 1, res);
+        if (d < 0) return false;
+        tg_limiter_result_fill(k->p, level, n, d, res);
     } else {
-        tg_limiter_result_fill(c->p, level, n, -1, res);
+        tg_limiter_result_fill(k->p, level, n, -1, res);
         res->status = outcome == 0 ? TG_LIMIT_ALLOWED : TG_LIMIT_NO_CREDIT;
         res->denied = -1;
     }
     res->paid_by = outcome != 0 ? TG_PAID_NONE : paid == 2 ? TG_PAID_CREDITS : TG_PAID_RATE_LIMIT;
     res->credits_known = true;
-    res->balance = r->element[4]->integer;
-    res->held = res->paid_by == TG_PAID_CREDITS ? c->req.credit.price : 0;
-    res->ledger_seq = r->element[6]->integer;
+    res->held = res->paid_by == TG_PAID_CREDITS ? k->req.credit.price : 0;
+    res->ledger_seq = e[3]->integer;
     return true;
-}
-
-/* A hold whose request was abandoned before the answer: give it all back. */
-static void release_abandoned(struct credit_set *cs, const struct call *c,
-                              const struct tg_limit_result *res)
-{
-    int64_t delta[TG_MAX_BUCKETS] = {0};
-    bool buckets = res->paid_by == TG_PAID_RATE_LIMIT ||
-                   (res->paid_by == TG_PAID_CREDITS && c->req.credit.mode == TG_CREDITS_PREPAID);
-    if (buckets)
-        for (size_t i = 0; i < c->req.n; i++)
-            delta[i] = -c->p[i].cost_u;
-    if (res->paid_by == TG_PAID_CREDITS) {
-        struct call *k = new_commit(cs, c->tenant, c->req.credit.hold_id, "", 0,
-                                    c->req.credit.hold_ttl_ms, &c->req, delta);
-        if (k)
-            send_call(cs, k);
-        else
-            count_error("credit_settle_dropped", 1);
-    } else if (buckets) {
-        cs->o.settle_strict(cs->o.owner, &c->req, delta);
-    }
 }
 
 static void hold_done(struct credit_set *cs, struct call *c, const redisReply *r)
 {
-    struct tg_limit_result res;
-    bool ok = parse_hold(c, r, &res);
-    if (!ok) {
-        if (r) count_error("reply", 1);
-        res = (struct tg_limit_result){.status = TG_LIMIT_ERROR, .denied = -1};
-    } else {
-        ship_events(c->tenant, r, 7 + c->req.n);
+    size_t nk = c->nkeys, m = 0;
+    for (const struct check *k = c->checks; k; k = k->next)
+        m++;
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 3 + m * (4 + nk);
+    if (!ok && r) count_error("reply", 1);
+    if (ok) ship_events(c->tenant, r, 3 + m * (4 + nk));
+    /* The balance each check saw after it: the call's last one for all (they were judged
+     * in one instant). */
+    int64_t balance = ok ? reply_int(r->element[1]) : 0;
+    size_t row = 3;
+    for (struct check *k = c->checks; k; k = k->next, row += 4 + nk) {
+        struct tg_limit_result res;
+        if (!ok || !parse_check(k, r, row, nk, &res)) {
+            if (ok) count_error("reply", 1);
+            res = (struct tg_limit_result){.status = TG_LIMIT_ERROR, .denied = -1};
+        } else {
+            res.balance = balance;
+        }
+        answer(cs, k, &res);
     }
-    static const char *const outcome[] = {"rate_limit", "credits", "denied", "insufficient",
-                                          "error"};
-    int o = !ok ? 4
-            : res.status == TG_LIMIT_DENIED    ? 2
-            : res.status == TG_LIMIT_NO_CREDIT ? 3
-            : res.paid_by == TG_PAID_CREDITS   ? 1
-                                               : 0;
-    count_outcome(c->tenant, outcome[o]);
-    if (c->cancelled || cs->closing) {
-        if (ok && res.status == TG_LIMIT_ALLOWED && !cs->closing) release_abandoned(cs, c, &res);
-        free_call(c);
+    free_call(c);
+}
+
+/* One hold.lua call for the queued checks of the first one's tenant (same config: the
+ * tenant is compared by pointer, so the limits of a call are one config's). */
+static struct call *build_holds(struct credit_set *cs)
+{
+    struct call *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    c->cs = cs;
+    c->kind = CALL_HOLD;
+    const char *tenant = cs->qhead->req.tenant;
+    snprintf(c->tenant, sizeof(c->tenant), "%s", tenant);
+    struct check **tail = &c->checks, **pp = &cs->qhead, *last = NULL;
+    size_t m = 0;
+    const struct tg_limit *limits[TG_MAX_BUCKETS];
+    const struct tg_bucket_param *params[TG_MAX_BUCKETS];
+    size_t nk = 0;
+    while (*pp) {
+        struct check *k = *pp;
+        if (k->cancelled && k != cs->qhead) { /* abandoned before it was sent: costs nothing */
+            *pp = k->next;
+            free(k);
+            continue;
+        }
+        if (m < BATCH_MAX && k->req.tenant == tenant) {
+            *pp = k->next;
+            k->next = NULL;
+            *tail = k;
+            tail = &k->next;
+            m++;
+            for (size_t i = 0; i < k->req.n; i++) {
+                size_t x = 0;
+                while (x < nk && limits[x] != k->req.b[i].limit)
+                    x++;
+                if (x == nk) {
+                    limits[nk] = k->req.b[i].limit;
+                    params[nk++] = &k->p[i];
+                }
+                k->kidx[i] = (uint8_t)(x + 1);
+            }
+        } else {
+            last = k;
+            pp = &k->next;
+        }
+    }
+    cs->qtail = last;
+    c->nkeys = nk;
+    struct tg_resp *b = &c->cmd;
+    put_head(b, cs, cs->o.script_hold, 3 + 3 * nk + 1 + m * (4 + nk), nk + 4);
+    for (size_t x = 0; x < nk; x++)
+        put_key(b, cs, tenant, limits[x]->name);
+    put_credit_keys(b, cs, tenant, false);
+    put_clock(b, cs);
+    put_str(b, tenant);
+    tg_resp_bulk_int(b, c->checks->req.credit.hold_ttl_ms);
+    for (size_t x = 0; x < nk; x++)
+        put_param(b, params[x]);
+    tg_resp_bulk_int(b, (int64_t)m);
+    for (const struct check *k = c->checks; k; k = k->next) {
+        const struct tg_credit_req *cr = &k->req.credit;
+        tg_resp_bulk_int(b, cr->mode == TG_CREDITS_PREPAID ? 2 : 1);
+        tg_resp_bulk_int(b, cr->price);
+        put_str(b, cr->hold_id);
+        put_str(b, cr->request_id);
+        int64_t cost[TG_MAX_BUCKETS];
+        for (size_t x = 0; x < nk; x++)
+            cost[x] = -1;
+        for (size_t i = 0; i < k->req.n; i++)
+            cost[k->kidx[i] - 1] = k->p[i].cost_u;
+        for (size_t x = 0; x < nk; x++)
+            tg_resp_bulk_int(b, cost[x]);
+    }
+    return c;
+}
+
+static void on_batch(evutil_socket_t fd, short what, void *arg)
+{
+    struct credit_set *cs = arg;
+    cs->batch_scheduled = false;
+    while (cs->qhead) {
+        struct check *first = cs->qhead;
+        if (first->cancelled) { /* abandoned before it was sent: costs nothing */
+            cs->qhead = first->next;
+            if (!cs->qhead) cs->qtail = NULL;
+            free(first);
+            continue;
+        }
+        struct call *c = tg_redis_up(cs->o.redis) ? build_holds(cs) : NULL;
+        if (!c) {
+            cs->qhead = first->next;
+            if (!cs->qhead) cs->qtail = NULL;
+            first->next = NULL;
+            struct tg_limit_result res = {.status = TG_LIMIT_ERROR, .denied = -1};
+            answer(cs, first, &res);
+            free(first);
+            continue;
+        }
+        if (send_call(cs, c) != 0) hold_done(cs, c, NULL);
+    }
+}
+
+void credit_check(struct credit_set *cs, const struct tg_limit_req *req,
+                  const struct tg_bucket_param *p, tg_limiter_cb cb, void *arg)
+{
+    struct check *k = tg_redis_up(cs->o.redis) ? calloc(1, sizeof(*k)) : NULL;
+    if (!k) {
+        count_outcome(req->tenant, "error");
+        struct tg_limit_result res = {.status = TG_LIMIT_ERROR, .denied = -1};
+        cb(arg, &res);
         return;
     }
-    tg_limiter_cb cb = c->cb;
-    void *arg = c->arg;
-    free_call(c);
-    cb(arg, &res);
+    k->cb = cb;
+    k->arg = arg;
+    k->req = *req;
+    memcpy(k->p, p, req->n * sizeof(*p));
+    if (cs->qtail)
+        cs->qtail->next = k;
+    else
+        cs->qhead = k;
+    cs->qtail = k;
+    if (!cs->batch_scheduled) {
+        cs->batch_scheduled = true;
+        event_active(cs->batch_ev, EV_TIMEOUT, 1);
+    }
+}
+
+void credit_settle(struct credit_set *cs, const struct tg_limit_req *req, const int64_t *delta_u)
+{
+    queue_commit(cs, req, delta_u, req->credit.actual, req->credit.request_id);
+}
+
+void credit_cancel(struct credit_set *cs, void *arg)
+{
+    for (struct check *k = cs->qhead; k; k = k->next)
+        if (k->arg == arg) k->cancelled = true;
+    for (struct call *c = cs->inflight; c; c = c->next)
+        for (struct check *k = c->checks; k; k = k->next)
+            if (k->arg == arg) k->cancelled = true;
 }
 
 static void on_reply(void *arg, const redisReply *r)
 {
     struct call *c = arg;
     struct credit_set *cs = c->cs;
-    if (c->prev || c->next || cs->inflight == c) unlink_call(&cs->inflight, c);
+    unlink_call(&cs->inflight, c);
     if (r && r->type == REDIS_REPLY_ERROR) {
         tg_log_warn("credits: Redis answered %s: %s", c->kind == CALL_HOLD ? "hold" : "commit",
                     r->str);
@@ -351,78 +643,6 @@ static void on_reply(void *arg, const redisReply *r)
         commit_done(cs, c, r);
 }
 
-void credit_check(struct credit_set *cs, const struct tg_limit_req *req,
-                  const struct tg_bucket_param *p, tg_limiter_cb cb, void *arg)
-{
-    struct call *c = tg_redis_up(cs->o.redis) ? calloc(1, sizeof(*c)) : NULL;
-    if (!c) {
-        count_outcome(req->tenant, "error");
-        struct tg_limit_result res = {.status = TG_LIMIT_ERROR, .denied = -1};
-        cb(arg, &res);
-        return;
-    }
-    c->cs = cs;
-    c->kind = CALL_HOLD;
-    c->cb = cb;
-    c->arg = arg;
-    c->req = *req;
-    memcpy(c->p, p, req->n * sizeof(*p));
-    snprintf(c->tenant, sizeof(c->tenant), "%s", req->tenant);
-    const struct tg_credit_req *cr = &req->credit;
-    struct tg_resp *b = &c->cmd;
-    tg_resp_head(b, '*', 3 + req->n + 4 + 7 + 4 * req->n);
-    tg_resp_bulk(b, "EVALSHA", 7);
-    tg_resp_bulk(b, tg_redis_sha(cs->o.redis, (size_t)cs->o.script_hold), 40);
-    tg_resp_bulk_int(b, (int64_t)(req->n + 4));
-    for (size_t i = 0; i < req->n; i++)
-        put_key(b, cs, req->tenant, req->b[i].limit->name);
-    put_credit_keys(b, cs, req->tenant);
-    put_clock(b, cs);
-    tg_resp_bulk_int(b, cr->mode == TG_CREDITS_PREPAID ? 2 : 1);
-    tg_resp_bulk_int(b, cr->price);
-    tg_resp_bulk(b, cr->hold_id, strlen(cr->hold_id));
-    tg_resp_bulk(b, cr->request_id ? cr->request_id : "",
-                 cr->request_id ? strlen(cr->request_id) : 0);
-    tg_resp_bulk_int(b, cr->hold_ttl_ms);
-    tg_resp_bulk(b, req->tenant, strlen(req->tenant));
-    for (size_t i = 0; i < req->n; i++) {
-        tg_resp_bulk_int(b, p[i].cap_u);
-        tg_resp_bulk_double(b, p[i].rate);
-        tg_resp_bulk_int(b, p[i].per_ms);
-        tg_resp_bulk_int(b, p[i].cost_u);
-    }
-    if (b->failed) {
-        free_call(c);
-        count_outcome(req->tenant, "error");
-        struct tg_limit_result res = {.status = TG_LIMIT_ERROR, .denied = -1};
-        cb(arg, &res);
-        return;
-    }
-    send_call(cs, c);
-}
-
-void credit_settle(struct credit_set *cs, const struct tg_limit_req *req, const int64_t *delta_u)
-{
-    const struct tg_credit_req *cr = &req->credit;
-    struct call *c = new_commit(cs, req->tenant, cr->hold_id, cr->request_id, cr->actual,
-                                cr->hold_ttl_ms, req, delta_u);
-    if (!c) {
-        count_error("credit_settle_dropped", 1);
-        return;
-    }
-    if (!tg_redis_up(cs->o.redis)) {
-        wait_retry(cs, c);
-        return;
-    }
-    send_call(cs, c);
-}
-
-void credit_cancel(struct credit_set *cs, void *arg)
-{
-    for (struct call *c = cs->inflight; c; c = c->next)
-        if (c->kind == CALL_HOLD && c->arg == arg) c->cancelled = true;
-}
-
 struct credit_set *credit_create(struct event_base *base, const struct credit_opts *o)
 {
     struct credit_set *cs = calloc(1, sizeof(*cs));
@@ -430,8 +650,10 @@ struct credit_set *credit_create(struct event_base *base, const struct credit_op
     cs->o = *o;
     cs->prefix_len = strlen(o->prefix);
     cs->retry_ev = evtimer_new(base, on_retry, cs);
-    if (!cs->retry_ev) {
-        free(cs);
+    cs->flush_ev = evtimer_new(base, on_flush, cs);
+    cs->batch_ev = event_new(base, -1, 0, on_batch, cs);
+    if (!cs->retry_ev || !cs->flush_ev || !cs->batch_ev) {
+        credit_destroy(cs);
         return NULL;
     }
     return cs;
@@ -440,6 +662,7 @@ struct credit_set *credit_create(struct event_base *base, const struct credit_op
 void credit_close(struct credit_set *cs)
 {
     if (!cs) return;
+    flush_commits(cs);
     evtimer_del(cs->retry_ev);
     struct call *list = cs->waiting;
     cs->waiting = NULL;
@@ -449,7 +672,7 @@ void credit_close(struct credit_set *cs)
         struct call *c = list;
         list = c->next;
         c->prev = c->next = NULL;
-        send_call(cs, c);
+        if (send_call(cs, c) != 0) wait_retry(cs, c);
     }
 }
 
@@ -467,6 +690,14 @@ void credit_destroy(struct credit_set *cs)
         unlink_call(&cs->waiting, c);
         free_call(c);
     }
-    event_free(cs->retry_ev);
+    free_checks(cs->qhead);
+    while (cs->commits) {
+        struct commit *k = cs->commits;
+        cs->commits = k->next;
+        free(k);
+    }
+    if (cs->retry_ev) event_free(cs->retry_ev);
+    if (cs->flush_ev) event_free(cs->flush_ev);
+    if (cs->batch_ev) event_free(cs->batch_ev);
     free(cs);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: tollgate against nginx proxy_pass on the same upstream, same run.
 # Usage: tests/bench/run.sh [BUILD_DIR]   (env: DURATION=5 ROUNDS=3 CONNS=64 QUICK=1 VERBOSE=1
-#        ROWS="redis lease lease2 local kafka workers2 idle tenants" BEFORE=OTHER_BUILD_DIR)
+#        ROWS="redis lease lease2 credits local kafka workers2 idle tenants" BEFORE=OTHER_BUILD_DIR)
 # Prints a table of req/s, p99 and the ratio to nginx. Loopback only; bounded in time.
 # ROWS picks rows (default: all; QUICK=1: redis lease local idle tenants). BEFORE=dir also runs that
 # build's tollgate in every round of the req/s rows (nginx, BEFORE, BUILD_DIR, back to back) and
@@ -13,7 +13,7 @@ BEFORE=${BEFORE:-}
 if [ -n "$BEFORE" ]; then BEFORE=$(cd "$BEFORE" && pwd); fi
 if [ -n "${ROWS:-}" ]; then ROWS=" ${ROWS//,/ } "
 elif [ -n "${QUICK:-}" ]; then ROWS=" redis lease local idle tenants "
-else ROWS=" redis lease lease2 local kafka workers2 idle tenants "; fi
+else ROWS=" redis lease lease2 credits local kafka workers2 idle tenants "; fi
 row() { [[ "$ROWS" == *" $1 "* ]]; }
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${DURATION:-5}
@@ -81,7 +81,14 @@ start_tollgate() { # $1 = backend, $2 = sink, $3 = workers, $4 = extra usage yam
   if [ -n "$BEFORE" ]; then start_one "$BEFORE/tollgate" "$TGB" "$TGBA" "$WORK/tgb" "$@"; TGBPID=$ONEPID; fi
 }
 start_one() { # $1 = binary, $2 = port, $3 = admin port, $4 = dir, then start_tollgate's arguments
+  # (and a 6th: "credits" makes the tenant pay every request from a prepaid balance)
   local bin=$1 port=$2 aport=$3 dir=$4; shift 4
+  local credits="" tcredits="" token=""
+  if [ "${6:-}" = credits ]; then
+    token=", token: bench-admin"
+    credits="credits: { enabled: true, prices: [ { unit: tokens, price: 0.000002 }, { unit: requests, price: 0.0001 } ] }"
+    tcredits="    credits: { mode: prepaid }"
+  fi
   mkdir -p "$dir"
   rm -f "$dir/usage.jsonl" # each row counts its own records
   # limiter.lease (default off here: the strict rows stay strict), for builds that have it
@@ -94,7 +101,8 @@ start_one() { # $1 = binary, $2 = port, $3 = admin port, $4 = dir, then start_to
   fi
   cat > "$dir/tg.yaml" <<YAML
 server: { listen: "127.0.0.1:$port", workers: $3 }
-admin: { listen: "127.0.0.1:$aport" }
+admin: { listen: "127.0.0.1:$aport"$token }
+$credits
 log: { level: warn, access_path: "/dev/null" }
 limiter:
   backend: $1
@@ -112,6 +120,7 @@ routes:
 tenants:
   - name: bench
     keys: ["sk-bench"]
+$tcredits
     limits:
       - { name: rpm, unit: requests, rate: 1000000000, per: minute }
       - { name: tpm, unit: tokens, rate: 100000000000, per: minute }
@@ -268,6 +277,41 @@ if row lease2 && [ -z "$BEFORE" ]; then
   kill "$TGPID" "$TG2PID"; wait "$TGPID" "$TG2PID" 2>/dev/null || true
   REQS=$(cat "$WORK"/tg/usage.jsonl "$WORK"/tg2/usage.jsonl | wc -l)
   echo "  Redis EVALSHA calls per admitted request (lease calls): $(echo "$CALLS/$REQS" | bc -l | cut -c1-6) ($CALLS calls, $REQS records)"
+fi
+
+if row credits && [ -z "$BEFORE" ]; then
+  # Strict Redis limiting with the tenant paying every request from its balance (a hold and a
+  # commit per request, each with its ledger event), against strict limiting without credits,
+  # the two gateways side by side in the same rounds.
+  start_one "$BUILD/tollgate" "$TG" "$TGA" "$WORK/tg" redis file 1 "" off credits; TGPID=$ONEPID
+  start_one "$BUILD/tollgate" "$TGB" "$TGBA" "$WORK/tgb" redis file 1 "" off; TGBPID=$ONEPID
+  curl -sf -X POST -H "Authorization: Bearer bench-admin" -H "Idempotency-Key: bench-$RANDOM" \
+    -d '{"amount":"1000000000"}' "http://127.0.0.1:$TGA/admin/tenants/bench/credits" >/dev/null
+  redis-cli -p "$RP" config resetstat >/dev/null
+  nr=(); np=(); sr=(); sp=(); cr=(); cp=(); rs=(); rc=(); cs=(); sc=(); ccpu=()
+  for _ in $(seq "$ROUNDS"); do
+    read -r a b e < <(bench "$NGX")
+    read -r c d f < <(bench "$TGB")
+    read -r g i j < <(bench "$TG")
+    nr+=("$a"); np+=("$b"); sr+=("$c"); sp+=("$d"); cr+=("$g"); cp+=("$i"); sc+=("$f"); ccpu+=("$j")
+    rs+=("$(echo "$c/$a" | bc -l)"); rc+=("$(echo "$g/$a" | bc -l)"); cs+=("$(echo "$g/$c" | bc -l)")
+    if [ -n "${VERBOSE:-}" ]; then
+      echo "  round: nginx $a/s, strict $c/s ${f}us, credits $g/s ${j}us" >&2
+    fi
+  done
+  printf "%-50s %9.0f %7.2f %9.0f %7.2f %6.2f %6.2f %6.1f %6.1f\n" "redis limiter (strict), no credits, 1 worker" \
+    "$(median "${nr[@]}")" "$(median "${np[@]}")" "$(median "${sr[@]}")" "$(median "${sp[@]}")" \
+    "$(median "${rs[@]}")" "$(echo "$(median "${sp[@]}")/$(median "${np[@]}")" | bc -l)" "0" "$(median "${sc[@]}")"
+  printf "%-50s %9.0f %7.2f %9.0f %7.2f %6.2f %6.2f %6.1f %6.1f\n" "redis limiter (strict), prepaid credits, 1 worker" \
+    "$(median "${nr[@]}")" "$(median "${np[@]}")" "$(median "${cr[@]}")" "$(median "${cp[@]}")" \
+    "$(median "${rc[@]}")" "$(echo "$(median "${cp[@]}")/$(median "${np[@]}")" | bc -l)" "0" "$(median "${ccpu[@]}")"
+  printf "  credits / no credits: req/s %.3f (median of the rounds; each: %s)\n" "$(median "${cs[@]}")" \
+    "$(printf "%.3f " "${cs[@]}")"
+  CALLS=$(redis_calls); CALLS=${CALLS:-0}
+  kill "$TGPID" "$TGBPID"; wait "$TGPID" "$TGBPID" 2>/dev/null || true
+  REQS=$(cat "$WORK"/tg/usage.jsonl "$WORK"/tgb/usage.jsonl | wc -l)
+  echo "  Redis EVALSHA calls per request, both gateways: $(echo "$CALLS/$REQS" | bc -l | cut -c1-5) ($CALLS calls, $REQS records)"
+  if [ -n "${VERBOSE:-}" ]; then redis-cli -p "$RP" info commandstats | grep -E "evalsha|xadd|hset|zadd" >&2; fi
 fi
 
 if row local; then

@@ -146,6 +146,8 @@ def overflow_then_insufficient_quota(backend):
         # another tenant without credits is not touched by any of this
         r = chat(tg, key="sk-other")
         assert r.status == 200 and r.headers["x-tollgate-paid-by"] == "rate_limit"
+        # settles are sent within a few ms of a request's end
+        h.wait_until(lambda: balance(tg)["held"] == "0.000000", 2.0, what="holds settled")
         b = balance(tg)
         assert b["balance"] == "0.000000" and b["held"] == "0.000000", b
         tg.term()

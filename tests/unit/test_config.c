@@ -446,6 +446,50 @@ static void test_null_values(void **state)
                       "t.yaml:2:12: server.workers: must be an integer from 0 to 1024 (got \"~\")");
 }
 
+/* A valid credits section: prices parsed exactly (no floats), tenants' modes, the defaults. */
+static void test_credits_config(void **state)
+{
+    struct tg_config *cfg =
+        must_load_text("admin: {token: s3cret}\n"
+                       "credits:\n"
+                       "  enabled: true\n"
+                       "  prices:\n"
+                       "    - {unit: tokens, price: 0.000002, models: [\"gpt-4o*\", o1]}\n"
+                       "    - {unit: tokens, price: \"0.000000000001\"}\n"
+                       "    - {unit: requests, price: 2}\n"
+                       "    - {unit: video_seconds, price: 1000000}\n"
+                       "tenants:\n"
+                       "  - {name: a, credits: {mode: overflow}}\n"
+                       "  - {name: b, credits: {mode: prepaid}}\n"
+                       "  - {name: c}\n");
+    assert_true(cfg->credits.enabled);
+    assert_int_equal(cfg->credits.hold_ttl_ms, TG_DEFAULT_CREDITS_HOLD_TTL_MS);
+    assert_string_equal(cfg->credits.ledger_file, TG_DEFAULT_CREDITS_LEDGER_FILE);
+    assert_int_equal(cfg->credits.nprices, 4);
+    assert_int_equal(cfg->credits.prices[0].unit, TG_UNIT_TOKENS);
+    assert_int_equal(cfg->credits.prices[0].pico, 2000000);
+    assert_int_equal(cfg->credits.prices[0].nmodels, 2);
+    assert_string_equal(cfg->credits.prices[0].models[0], "gpt-4o*");
+    assert_string_equal(cfg->credits.prices[0].models[1], "o1");
+    assert_int_equal(cfg->credits.prices[1].pico, 1);
+    assert_int_equal(cfg->credits.prices[1].nmodels, 0);
+    assert_int_equal(cfg->credits.prices[2].unit, TG_UNIT_REQUESTS);
+    assert_int_equal(cfg->credits.prices[2].pico, 2000000000000LL);
+    assert_int_equal(cfg->credits.prices[3].unit, TG_UNIT_VIDEO_SECONDS);
+    assert_int_equal(cfg->credits.prices[3].pico, 1000000000000000000LL);
+    assert_int_equal(tg_config_tenant(cfg, "a")->credits.mode, TG_CREDITS_OVERFLOW);
+    assert_int_equal(tg_config_tenant(cfg, "b")->credits.mode, TG_CREDITS_PREPAID);
+    assert_int_equal(tg_config_tenant(cfg, "c")->credits.mode, TG_CREDITS_OFF);
+    tg_config_unref(cfg);
+
+    /* credits off by default: no prices needed, every tenant off */
+    cfg = must_load_text("tenants: [{name: t, credits: {mode: off}}]\n");
+    assert_false(cfg->credits.enabled);
+    assert_int_equal(cfg->credits.nprices, 0);
+    assert_int_equal(cfg->tenants[0].credits.mode, TG_CREDITS_OFF);
+    tg_config_unref(cfg);
+}
+
 static void test_io_errors(void **state)
 {
     char err[TG_ERR_LEN];
@@ -600,6 +644,7 @@ int main(void)
         cmocka_unit_test(test_env_expansion),
         cmocka_unit_test(test_numbers_and_booleans),
         cmocka_unit_test(test_null_values),
+        cmocka_unit_test(test_credits_config),
         cmocka_unit_test(test_io_errors),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_restart_needed),

@@ -4,14 +4,16 @@
 -- Keys of one tenant (one hash tag, '$' never appears in a limit name):
 --   "<prefix>{<tenant>}:$credits"  hash: bal (what can be spent, micro-credits), held
 --                                  (held by requests under way), seq (the last event's)
---   "<prefix>{<tenant>}:$holds"    hash: hold id -> "<amount> <expiry_ms> <request id>" while open, "S"
---                                  once settled, "E" once expired and refunded
---   "<prefix>{<tenant>}:$holdexp"  zset: hold id by the time it is acted on: an open hold
---                                  at its expiry (refunded), a marker when it is dropped
+--   "<prefix>{<tenant>}:$holds"    hash: open hold id -> "<amount> <expiry_ms> <request id>"
+--   "<prefix>{<tenant>}:$holdexp"  zset: open hold id by its expiry
+--   "<prefix>{<tenant>}:$commits"  zset: ids of the commit.lua calls applied lately (by when
+--                                  they are forgotten), so that a resent call is not applied
+--                                  twice
 --   "<prefix>{<tenant>}:$ledger"   stream: one entry per change, id "<seq>-0"
 -- Events are returned to the caller too, 9 values each (seq, ts, delta, balance, held,
 -- reason, request_id, idempotency_key, note), so that it ships them to Kafka or a file.
--- Money never expires: none of these keys has a TTL; markers are dropped by the sweep.
+-- Money never expires: none of these keys has a TTL (a call id in $commits is dropped by the
+-- first commit.lua call after it is forgotten).
 local SWEEP_MAX = 64
 
 local function credits_read(ck)
@@ -42,9 +44,8 @@ local function credits_event(st, delta, reason, rid, idem, note)
     return st.seq
 end
 
--- Refunds the open holds past their expiry (whose gateway never settled them) and drops
--- the markers past theirs; `keep_ms` is how long a marker stays to answer a late settle.
-local function credits_sweep(st, keep_ms)
+-- Refunds the open holds past their expiry (whose gateway never settled them).
+local function credits_sweep(st)
     local due = redis.call('ZRANGEBYSCORE', st.xk, '-inf', st.now, 'LIMIT', 0, SWEEP_MAX)
     for i = 1, #due do
         local id = due[i]
@@ -55,12 +56,9 @@ local function credits_sweep(st, keep_ms)
             local amount = tonumber(sa)
             st.held = st.held - amount
             credits_event(st, amount, 'hold_expired', rid, '', '')
-            redis.call('HSET', st.hk, id, 'E')
-            redis.call('ZADD', st.xk, st.now + keep_ms, id)
-        else
-            redis.call('HDEL', st.hk, id)
-            redis.call('ZREM', st.xk, id)
         end
+        redis.call('HDEL', st.hk, id)
+        redis.call('ZREM', st.xk, id)
     end
 end
 

@@ -5,9 +5,11 @@
 -- KEYS[5]    "<prefix>{<tenant>}:$idem:<key>": "<body hash> <seq>" of the change it made
 -- ARGV[1] "" or a fixed clock (tests)   ARGV[2] amount (micro-credits, signed)
 -- ARGV[3] note (the operator's reason)  ARGV[4] idempotency key   ARGV[5] body hash
--- ARGV[6] tenant name   ARGV[7] how long a key is remembered (ms)   ARGV[8] hold ttl (ms)
+-- ARGV[6] tenant name   ARGV[7] how long a key is remembered (ms)
+-- ARGV[8] the most a balance may hold (micro-credits)
 -- Returns {status (0 applied, 1 a repeat of the key's first change, 2 the key was used
---          with another body, 3 a negative change larger than the balance), seq of the
+--          with another body, 3 a negative change larger than the balance, 4 the balance
+--          would pass ARGV[8]), seq of the
 --          change's event, balance, held, then that event (9 values: when applied or
 --          repeated), then the events of the sweep}
 --@include ../../limiter/lua/_shared.lua
@@ -30,10 +32,16 @@ if prior then
     end
     return out
 end
-credits_sweep(st, tonumber(ARGV[8]))
+credits_sweep(st)
 if amount < 0 and st.bal + amount < 0 then
     credits_store(st)
     local out = {3, 0, st.bal, st.held}
+    for i = 1, #st.events do out[#out + 1] = st.events[i] end
+    return out
+end
+if amount > 0 and st.bal + amount > tonumber(ARGV[8]) then
+    credits_store(st)
+    local out = {4, 0, st.bal, st.held}
     for i = 1, #st.events do out[#out + 1] = st.events[i] end
     return out
 end

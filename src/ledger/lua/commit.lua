@@ -1,48 +1,62 @@
--- tollgate: the end of a request paid from the balance: its hold replaced by the price of
--- what it actually cost (the difference refunded or charged), and its buckets settled by
--- actual - estimate, in one call. Idempotent: a hold settled once is not settled again.
+-- tollgate: the ends of requests of one tenant paid from its balance, gathered by a gateway
+-- for a few ms: each hold replaced by the price of what the request actually cost (the
+-- difference refunded or charged) and its buckets settled by actual - estimate, in order.
+-- Idempotent per call: a call resent (its reply was lost) is not applied twice.
 --
--- KEYS[1..nk]   the buckets to settle (none when the balance paid in overflow mode)
--- KEYS[nk+1..]  $credits, $holds, $holdexp, $ledger of the tenant (_credits.lua)
--- ARGV[1]  "" or a fixed clock (tests)   ARGV[2] hold id   ARGV[3] request id
--- ARGV[4]  actual price (micro-credits)  ARGV[5] hold ttl (ms)   ARGV[6] tenant name
--- ARGV     for KEYS[k], ARGV[4k+3..4k+6] = capacity_u, rate, per_ms, delta_u (as settle.lua)
--- Returns  {now_ms, seq of the settle event (0: settled before), balance, held, then the
---          events of the call, 9 values each}
--- A hold that expired before its settle (refunded by then) is charged the actual price in
+-- KEYS[1..nb]   the distinct buckets the commits settle
+-- KEYS[nb+1..]  $credits, $holds, $holdexp, $ledger, $commits of the tenant (_credits.lua)
+-- ARGV[1]  "" or a fixed clock (tests)   ARGV[2] tenant name
+-- ARGV[3]  the call's id (unique)        ARGV[4] how long the id is remembered (ms)
+-- ARGV     for KEYS[k], ARGV[3k+2..3k+4] = capacity_u, rate, per_ms
+-- then     m, then per commit 3 + nb values: hold id, request id, actual price (micro-credits),
+--          then its delta_u on each KEYS[k] (as settle.lua; 0: none)
+-- Returns  {now_ms, balance, held, the seq of each commit's settle event (all 0: the call was
+--          applied before),
+--          then the events of the call, 9 values each}
+-- A hold that expired before its commit (refunded by then) is charged the actual price in
 -- full: the tenant pays what it used, once.
 --@include ../../limiter/lua/_shared.lua
 --@include _credits.lua
-local nk = #KEYS - 4
+local nb = #KEYS - 5
 local now = clock_ms(ARGV[1])
-local hold_id, rid, actual, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local st = credits_open(KEYS[nk + 1], KEYS[nk + 2], KEYS[nk + 3], KEYS[nk + 4], ARGV[6], now)
-local v = redis.call('HGET', st.hk, hold_id)
-local seq = 0
-if v ~= 'S' then
-    for k = 1, nk do
-        local a = 4 * k + 3
-        local c, r, p, d = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-        if d ~= 0 then
-            local l, o, first, last, leases = load(redis.call('GET', KEYS[k]), c, r, p, now)
-            l = l - d
-            if l > c - o then l = c - o end
-            store(KEYS[k], l, c, r, p, now, o, first, last, leases)
-        end
-    end
+local ck, call_id = KEYS[nb + 5], ARGV[3]
+local st = credits_open(KEYS[nb + 1], KEYS[nb + 2], KEYS[nb + 3], KEYS[nb + 4], ARGV[2], now)
+if redis.call('ZSCORE', ck, call_id) then return {now, st.bal, st.held} end
+local cap, rate, per, delta = {}, {}, {}, {}
+for k = 1, nb do
+    local a = 3 * k + 2
+    cap[k], rate[k], per[k], delta[k] = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), 0
+end
+local out = {now, 0, 0}
+local pos = 3 * nb + 6
+local m = tonumber(ARGV[pos - 1])
+for _ = 1, m do
+    local hold_id, rid, actual = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
+    local v = redis.call('HGET', st.hk, hold_id)
+    for k = 1, nb do delta[k] = delta[k] + tonumber(ARGV[pos + 2 + k]) end
     local sa = v and string.match(v, '^(%d+) ')
-    local amount = sa and tonumber(sa)
-    if amount then
-        st.held = st.held - amount
-        seq = credits_event(st, amount - actual, 'settle', rid, '', '')
+    local seq
+    if sa then
+        st.held = st.held - tonumber(sa)
+        seq = credits_event(st, tonumber(sa) - actual, 'settle', rid, '', '')
+        redis.call('HDEL', st.hk, hold_id)
+        redis.call('ZREM', st.xk, hold_id)
     else -- expired and refunded already (or never seen): charge what was used
         seq = credits_event(st, -actual, 'settle', rid, '', '')
     end
-    redis.call('HSET', st.hk, hold_id, 'S')
-    redis.call('ZADD', st.xk, now + ttl, hold_id)
+    out[#out + 1] = seq
+    pos = pos + 3 + nb
 end
-credits_sweep(st, ttl)
+for k = 1, nb do
+    if delta[k] ~= 0 then
+        local l, o, first, last, leases = load(redis.call('GET', KEYS[k]), cap[k], rate[k], per[k], now)
+        l = l - delta[k]
+        if l > cap[k] - o then l = cap[k] - o end
+        store(KEYS[k], l, cap[k], rate[k], per[k], now, o, first, last, leases)
+    end
+end
+credits_sweep(st)
 credits_store(st)
-local out = {now, seq, st.bal, st.held}
+out[2], out[3] = st.bal, st.held
 for i = 1, #st.events do out[#out + 1] = st.events[i] end
 return out
