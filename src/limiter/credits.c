@@ -36,16 +36,17 @@ struct check {
 };
 
 /* One settle waiting for its tenant's commit.lua call, self-contained (the request and
- * its config may be gone by the time it is sent). */
+ * its config may be gone by the time it is sent): its strings live in `text`. */
 struct commit {
     struct commit *next;
-    char tenant[NAME_MAX_LEN];
+    const char *tenant;
     char hold_id[TG_HOLD_ID_LEN];
     char rid[TG_REQUEST_ID_LEN];
     int64_t actual;
     size_t n;
-    char names[TG_MAX_BUCKETS][NAME_MAX_LEN];
+    const char *names[TG_MAX_BUCKETS];
     struct tg_bucket_param p[TG_MAX_BUCKETS]; /* cost_u: the delta */
+    char text[];
 };
 
 /* A call in flight (or waiting for a retry). */
@@ -68,7 +69,7 @@ struct credit_set {
     struct check *qhead, *qtail; /* checks of this loop turn */
     struct event *batch_ev;
     bool batch_scheduled;
-    struct commit *commits; /* waiting for the flush */
+    struct commit *commits, **commits_tail; /* waiting for the flush, in order */
     size_t ncommits;
     struct event *flush_ev;
     struct call *inflight;
@@ -329,12 +330,16 @@ static struct call *build_commits(struct credit_set *cs, struct commit **list)
     c->ncommits = m;
     for (size_t j = 0; j < m; j++)
         free(group[j]);
+    cs->commits_tail = &cs->commits;
+    while (*cs->commits_tail)
+        cs->commits_tail = &(*cs->commits_tail)->next;
     return c;
 }
 
 static void flush_commits(struct credit_set *cs)
 {
     evtimer_del(cs->flush_ev);
+    if (!cs->commits) return;
     while (cs->commits) {
         struct call *c = build_commits(cs, &cs->commits);
         if (!c) { /* out of memory: these are lost, their holds expire */
@@ -344,6 +349,7 @@ static void flush_commits(struct credit_set *cs)
                 cs->commits = k->next;
                 free(k);
             }
+            cs->commits_tail = &cs->commits;
             break;
         }
         if (send_call(cs, c) != 0) wait_retry(cs, c);
@@ -371,25 +377,34 @@ static void commit_done(struct credit_set *cs, struct call *c, const redisReply 
 static void queue_commit(struct credit_set *cs, const struct tg_limit_req *req,
                          const int64_t *delta_u, int64_t actual, const char *rid)
 {
-    struct commit *k = calloc(1, sizeof(*k));
+    size_t tl = strlen(req->tenant) + 1, text = tl;
+    for (size_t i = 0; i < req->n; i++)
+        if (delta_u[i] != 0) text += strlen(req->b[i].limit->name) + 1;
+    struct commit *k = malloc(sizeof(*k) + text);
     if (!k) {
         count_error("credit_settle_dropped", 1);
         return;
     }
-    snprintf(k->tenant, sizeof(k->tenant), "%s", req->tenant);
+    k->next = NULL;
+    char *t = k->text;
+    memcpy(t, req->tenant, tl);
+    k->tenant = t;
+    t += tl;
     memcpy(k->hold_id, req->credit.hold_id, sizeof(k->hold_id));
     snprintf(k->rid, sizeof(k->rid), "%s", rid ? rid : "");
     k->actual = actual;
+    k->n = 0;
     for (size_t i = 0; i < req->n; i++) {
         if (delta_u[i] == 0) continue;
-        snprintf(k->names[k->n], sizeof(k->names[0]), "%s", req->b[i].limit->name);
+        size_t nl = strlen(req->b[i].limit->name) + 1;
+        memcpy(t, req->b[i].limit->name, nl);
+        k->names[k->n] = t;
+        t += nl;
         tg_bucket_param_init(&k->p[k->n++], req->b[i].limit, 1, delta_u[i]);
     }
     /* appended at the tail: a tenant's commits go in the order they were made */
-    struct commit **pp = &cs->commits;
-    while (*pp)
-        pp = &(*pp)->next;
-    *pp = k;
+    *cs->commits_tail = k;
+    cs->commits_tail = &k->next;
     if (++cs->ncommits >= COMMIT_BATCH_MAX) {
         flush_commits(cs);
     } else if (cs->ncommits == 1) {
@@ -590,13 +605,15 @@ static void on_batch(evutil_socket_t fd, short what, void *arg)
 void credit_check(struct credit_set *cs, const struct tg_limit_req *req,
                   const struct tg_bucket_param *p, tg_limiter_cb cb, void *arg)
 {
-    struct check *k = tg_redis_up(cs->o.redis) ? calloc(1, sizeof(*k)) : NULL;
+    struct check *k = tg_redis_up(cs->o.redis) ? malloc(sizeof(*k)) : NULL;
     if (!k) {
         count_outcome(req->tenant, "error");
         struct tg_limit_result res = {.status = TG_LIMIT_ERROR, .denied = -1};
         cb(arg, &res);
         return;
     }
+    k->next = NULL;
+    k->cancelled = false;
     k->cb = cb;
     k->arg = arg;
     k->req = *req;
@@ -649,6 +666,7 @@ struct credit_set *credit_create(struct event_base *base, const struct credit_op
     if (!cs) return NULL;
     cs->o = *o;
     cs->prefix_len = strlen(o->prefix);
+    cs->commits_tail = &cs->commits;
     cs->retry_ev = evtimer_new(base, on_retry, cs);
     cs->flush_ev = evtimer_new(base, on_flush, cs);
     cs->batch_ev = event_new(base, -1, 0, on_batch, cs);
@@ -696,6 +714,7 @@ void credit_destroy(struct credit_set *cs)
         cs->commits = k->next;
         free(k);
     }
+    cs->commits_tail = &cs->commits;
     if (cs->retry_ev) event_free(cs->retry_ev);
     if (cs->flush_ev) event_free(cs->flush_ev);
     if (cs->batch_ev) event_free(cs->batch_ev);
