@@ -227,11 +227,12 @@ static bool parse_body(const char *s, size_t n, struct change_body *b)
             p++;
             if (!body_string(&p, e, val, sizeof(val), &cut)) return false;
             if (is_amount) {
-                if (cut) {
+                size_t vn = strlen(val);
+                if (cut || vn >= sizeof(b->amount)) {
                     b->why = "amount is too long";
                     return false;
                 }
-                snprintf(b->amount, sizeof(b->amount), "%s", val);
+                memcpy(b->amount, val, vn + 1);
                 b->have_amount = true;
             } else if (is_reason) {
                 if (cut || strlen(val) > TG_NOTE_MAX) {

@@ -647,7 +647,7 @@ struct tg_ledger_store *tg_ledger_store_open(const char *path, char err[TG_ERR_L
     fclose(f);
     if (bad) {
         problem[strcspn(problem, "\n")] = '\0';
-        snprintf(err, TG_ERR_LEN, "credits.ledger_file: %s (check it with `tollgate ledger "
+        snprintf(err, TG_ERR_LEN, "credits.ledger_file: %.150s (check it with `tollgate ledger "
                                   "verify`; the gateway will not guess at balances)",
                  problem);
         goto error;
