@@ -75,6 +75,9 @@ size_t tg_ledger_event_json(const struct tg_ledger_event *e, char *out, size_t c
 /* Where events are shipped (the ledger sink: Kafka's ledger topic or the ledger file);
  * set once by the main thread before the workers start, NULL: nowhere. */
 void tg_ledger_set_sink(struct tg_sink *s);
+/* false while the ledger sink cannot keep events without losing them (its spool full in
+ * reject mode): requests of tenants that pay with credits, and operators' changes, get 503. */
+bool tg_ledger_accepting(void);
 /* Ships one event (any thread): a failure is counted and logged by the sink. */
 void tg_ledger_ship(const struct tg_ledger_event *e);
 

@@ -227,6 +227,10 @@ size_t tg_limiter_format_duration(int64_t ms, char *out, size_t cap);
  * gateway's lease, or by a script call. Per thread, no lookup after the first. */
 void tg_limiter_count_decision(bool on_lease);
 
+/* Counts a credit tenant's check in tollgate_credit_decisions_total by its outcome (every
+ * backend calls it once per such check). */
+void tg_limiter_count_credit(const char *tenant, const struct tg_limit_result *res);
+
 /* Checks a request: a cost above some bucket's capacity (TOO_LARGE) and a
  * request with no buckets (ALLOWED) are answered here, for every backend;
  * the rest goes to the backend. The callback may run before this returns. */

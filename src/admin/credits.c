@@ -702,6 +702,11 @@ bool tg_credit_api_serve(struct tg_credit_api *api, struct evhttp_request *req, 
         memcpy(note, cb.reason, sizeof(note));
         body_hash(body, n, hash);
     }
+    if (kind == OP_CHANGE && !tg_ledger_accepting()) {
+        reply_error(req, 503, "server_error", "ledger_sink_unavailable",
+                    "The ledger's events cannot be kept right now; nothing was changed.");
+        return true;
+    }
     if (api->redis)
         redis_serve(api, req, kind, tenant, amount, note, idem, hash, after, limit);
     else

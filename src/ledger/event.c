@@ -70,6 +70,12 @@ void tg_ledger_set_sink(struct tg_sink *s)
     atomic_store(&ledger_sink, s);
 }
 
+bool tg_ledger_accepting(void)
+{
+    struct tg_sink *s = atomic_load(&ledger_sink);
+    return s == NULL || tg_sink_accepting(s);
+}
+
 void tg_ledger_ship(const struct tg_ledger_event *e)
 {
     tg_metrics_add(TG_M_LEDGER_EVENTS, (const char *const[]){e->reason ? e->reason : ""}, 1);

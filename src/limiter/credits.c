@@ -59,7 +59,6 @@ struct call {
     size_t nkeys;           /* bucket keys of the call */
     struct check *checks;   /* CALL_HOLD: in order */
     size_t ncommits;        /* CALL_COMMIT */
-    double credits_charged; /* CALL_COMMIT: what its commits charge, for the metric */
     int64_t first_ms;       /* CALL_COMMIT: when it was first sent */
 };
 
@@ -118,10 +117,6 @@ static void count_error(const char *kind, double n)
     tg_metrics_add(TG_M_REDIS_ERRORS, (const char *const[]){kind}, n);
 }
 
-static void count_outcome(const char *tenant, const char *outcome)
-{
-    tg_metrics_add(TG_M_CREDIT_DECISIONS, (const char *const[]){tenant, outcome}, 1);
-}
 
 /* "<prefix>{<tenant>}:<name>" */
 static void put_key(struct tg_resp *b, const struct credit_set *cs, const char *tenant,
@@ -325,7 +320,6 @@ static struct call *build_commits(struct credit_set *cs, struct commit **list)
         tg_resp_bulk_int(b, k->actual);
         for (size_t x = 0; x < nb; x++)
             tg_resp_bulk_int(b, delta[x]);
-        c->credits_charged += (double)k->actual / TG_CREDIT_MICRO;
     }
     c->ncommits = m;
     for (size_t j = 0; j < m; j++)
@@ -369,7 +363,6 @@ static void commit_done(struct credit_set *cs, struct call *c, const redisReply 
         wait_retry(cs, c);
         return;
     }
-    tg_metrics_add(TG_M_CREDITS_CHARGED, (const char *const[]){c->tenant}, c->credits_charged);
     ship_events(c->tenant, r, 3 + c->ncommits);
     free_call(c);
 }
@@ -417,14 +410,7 @@ static void queue_commit(struct credit_set *cs, const struct tg_limit_req *req,
 
 static void answer(struct credit_set *cs, struct check *k, const struct tg_limit_result *res)
 {
-    static const char *const outcome[] = {"rate_limit", "credits", "denied", "insufficient",
-                                          "error"};
-    int o = res->status == TG_LIMIT_ERROR        ? 4
-            : res->status == TG_LIMIT_DENIED     ? 2
-            : res->status == TG_LIMIT_NO_CREDIT  ? 3
-            : res->paid_by == TG_PAID_CREDITS    ? 1
-                                                 : 0;
-    count_outcome(k->req.tenant, outcome[o]);
+    tg_limiter_count_credit(k->req.tenant, res);
     if (k->cancelled || cs->closing) {
         /* Abandoned before its answer: what it took goes back, as if it never came. */
         if (res->status == TG_LIMIT_ALLOWED && !cs->closing) {
@@ -607,8 +593,8 @@ void credit_check(struct credit_set *cs, const struct tg_limit_req *req,
 {
     struct check *k = tg_redis_up(cs->o.redis) ? malloc(sizeof(*k)) : NULL;
     if (!k) {
-        count_outcome(req->tenant, "error");
         struct tg_limit_result res = {.status = TG_LIMIT_ERROR, .denied = -1};
+        tg_limiter_count_credit(req->tenant, &res);
         cb(arg, &res);
         return;
     }

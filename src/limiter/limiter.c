@@ -12,6 +12,16 @@ void tg_limiter_count_decision(bool on_lease)
     tg_metrics_series_add(series[on_lease], 1);
 }
 
+void tg_limiter_count_credit(const char *tenant, const struct tg_limit_result *res)
+{
+    const char *outcome = res->status == TG_LIMIT_ERROR       ? "error"
+                          : res->status == TG_LIMIT_DENIED     ? "denied"
+                          : res->status == TG_LIMIT_NO_CREDIT  ? "insufficient"
+                          : res->paid_by == TG_PAID_CREDITS    ? "credits"
+                                                               : "rate_limit";
+    tg_metrics_add(TG_M_CREDIT_DECISIONS, (const char *const[]){tenant, outcome}, 1);
+}
+
 int tg_limiter_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_limiter_cb cb,
                      void *arg)
 {

@@ -203,6 +203,7 @@ static int local_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_
     if (req->credit.mode != TG_CREDITS_OFF) {
         struct tg_limit_result res;
         local_check_credit(lc, req, &res);
+        tg_limiter_count_credit(req->tenant, &res);
         cb(arg, &res);
         return 0;
     }

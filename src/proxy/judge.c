@@ -26,7 +26,8 @@ void on_request_complete(struct tg_conn *c)
     c->state = C_WORK;
     evtimer_del(c->timer);
     char err[TG_ERR_LEN];
-    if (!tg_sink_accepting(c->w->sink)) {
+    bool pays = cfg->credits.enabled && r->tenant->credits.mode != TG_CREDITS_OFF;
+    if (!tg_sink_accepting(c->w->sink) || (pays && !tg_ledger_accepting())) {
         reply_error(c, 503, "server_error", "usage_sink_unavailable",
                     "The gateway cannot record usage right now. Please retry shortly.", false,
                     TG_DECISION_REJECTED);

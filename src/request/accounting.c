@@ -2,6 +2,7 @@
  */
 #include <string.h>
 #include "tollgate/accounting.h"
+#include "tollgate/metrics.h"
 #include "tollgate/usage.h"
 
 int tg_account_reserve(struct tg_limiter *l, const struct tg_config *cfg,
@@ -56,7 +57,11 @@ int64_t tg_account_commit(struct tg_limiter *l, const struct tg_config *cfg, con
         delta[i] = buckets ? actual->u[req->b[i].limit->unit] - req->b[i].cost_u : 0;
         any = any || delta[i] != 0;
     }
-    if (paid) cr->actual = tg_ledger_price(cfg, actual, model);
+    if (paid) {
+        cr->actual = tg_ledger_price(cfg, actual, model);
+        tg_metrics_add(TG_M_CREDITS_CHARGED, (const char *const[]){req->tenant},
+                       (double)cr->actual / TG_CREDIT_MICRO);
+    }
     if (any || paid) tg_limiter_settle(l, req, delta);
     return paid ? cr->actual : -1;
 }

@@ -82,6 +82,15 @@ def ledger(tg, tenant="acme", page=100):
         after = body["next"]
 
 
+def metrics(tg):
+    out = {}
+    for line in h.request(tg.admin_port, "GET", "/metrics", headers=ADMIN).text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            out[k] = float(v)
+    return out
+
+
 def verify(tg):
     return subprocess.run([h.build_path("tollgate"), "ledger", "verify", "-c", tg.config_path],
                           capture_output=True, text=True, cwd=h.tmpdir(), timeout=60)
@@ -150,6 +159,12 @@ def overflow_then_insufficient_quota(backend):
         h.wait_until(lambda: balance(tg)["held"] == "0.000000", 2.0, what="holds settled")
         b = balance(tg)
         assert b["balance"] == "0.000000" and b["held"] == "0.000000", b
+        m = metrics(tg)
+        for outcome, n in (("rate_limit", 3), ("credits", 4), ("insufficient", 1)):
+            assert m.get('tollgate_credit_decisions_total{tenant="acme",outcome="%s"}' % outcome) == n, \
+                (outcome, {k: v for k, v in m.items() if "credit" in k})
+        assert m.get('tollgate_credits_charged_total{tenant="acme"}') == 2.0, m
+        assert m.get('tollgate_ledger_events_total{reason="hold"}') == 4
         tg.term()
         recs = [x for x in h.read_jsonl(tg.usage_path) if x["tenant"] == "acme"]
         assert all(x["v"] == 2 for x in recs)
@@ -443,6 +458,39 @@ def test_sigkill_loses_no_acknowledged_top_up_local():
         assert balance(tg)["balance"] == "5.000000"
         tg.term()
     with_backend("local", body)
+
+
+def test_ledger_events_reach_the_kafka_ledger_topic_even_across_a_broker_outage():
+    """With the Kafka sink, every ledger event is produced to usage.kafka.ledger_topic keyed
+    by tenant, records to the usage topic, and events made while the brokers are down are
+    spooled and delivered when they return."""
+    def body(mock, redis):
+        kb = h.KafkaBroker(topic=["tollgate.usage", "tollgate.ledger"], partitions=2).start()
+        usage = {"sink": "kafka", "kafka": {"brokers": kb.bootstrap, "topic": "tollgate.usage",
+                                            "ledger_topic": "tollgate.ledger",
+                                            "spool_dir": "var/spool"}}
+        cfg = config(mock, "redis", redis, mode="prepaid")
+        cfg["usage"] = usage
+        tg = h.Tollgate(cfg).start()
+        assert topup(tg, "10", "k1").status == 200
+        for _ in range(3):
+            assert chat(tg).status == 200
+        kb.down()
+        for _ in range(3):
+            assert chat(tg).status == 200
+        assert topup(tg, "1", "k2").status == 200
+        time.sleep(0.5)
+        kb.up()
+        want = 1 + 3 * 2 + 3 * 2 + 1
+        got = kb.consume(n=want, timeout=15, topic="tollgate.ledger")
+        events = [json.loads(v) for k, v in got]
+        assert all(k == "acme" for k, _ in got), {k for k, _ in got}
+        seqs = sorted({e["seq"] for e in events})  # at least once: dedupe on (tenant, seq)
+        assert seqs == list(range(1, want + 1)), seqs
+        recs = kb.consume(n=6, timeout=10)
+        assert len(recs) == 6 and all(json.loads(v)["paid_by"] == "credits" for _, v in recs)
+        tg.term()
+    with_backend("redis", body)
 
 
 def test_verify_finds_a_tampered_ledger():
