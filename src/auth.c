@@ -99,7 +99,7 @@ static int grow(struct tg_config *cfg)
 }
 
 int tg_auth_insert(struct tg_config *cfg, const uint8_t digest[32], struct tg_tenant *tenant,
-                   bool was_plain)
+                   bool was_plain, enum tg_priority priority)
 {
     if ((cfg->nkeys + 1) * 2 > cfg->keys_cap && grow(cfg) < 0) return -2;
     struct tg_key *k = probe(cfg->keys, cfg->keys_cap, digest);
@@ -107,6 +107,7 @@ int tg_auth_insert(struct tg_config *cfg, const uint8_t digest[32], struct tg_te
     memcpy(k->digest, digest, 32);
     k->tenant = tenant;
     k->was_plain = was_plain;
+    k->priority = priority;
     cfg->nkeys++;
     if (was_plain) cfg->nplain_keys++;
     return 0;

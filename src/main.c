@@ -119,6 +119,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     case SIGUSR1:
         tg_log_reopen();
         tg_sink_reopen(d->sink);
+        if (d->ledger_sink) tg_sink_reopen(d->ledger_sink);
         tg_log_info("log files reopened");
         break;
     case SIGTERM:

@@ -12,13 +12,14 @@
  * touches into `req` and checks them all-or-nothing (tg_limiter_check): `cb`
  * is called once, maybe before this returns. A tenant that pays with credits
  * (cfg's credits on, its mode not off) also has the estimate priced and a hold
- * id drawn: the limiter decides buckets and balance in the same check.
+ * id drawn: the limiter decides buckets and balance in the same check. A
+ * background request may not take its limits' reserves.
  * `request_id` (ref) must live until the settle. Returns 0, or -1 when the
  * check could not be sent (the caller answers as for an unreachable limiter). */
 int tg_account_reserve(struct tg_limiter *l, const struct tg_config *cfg,
                        const struct tg_tenant *tenant, const struct tg_cost *est,
-                       const char *model, const char *request_id, struct tg_limit_req *req,
-                       tg_limiter_cb cb, void *arg) TG_WUR;
+                       const char *model, const char *request_id, enum tg_priority priority,
+                       struct tg_limit_req *req, tg_limiter_cb cb, void *arg) TG_WUR;
 
 /* How a request ended, as far as its cost goes. */
 struct tg_outcome {

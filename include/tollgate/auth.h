@@ -29,7 +29,7 @@ const struct tg_tenant *tg_auth_lookup(const struct tg_config *cfg, const char *
 /* Inserts a digest into the config's key table (used by the config loader).
  * Returns 0, -1 if the digest is already present, -2 if out of memory. */
 int tg_auth_insert(struct tg_config *cfg, const uint8_t digest[32], struct tg_tenant *tenant,
-                   bool was_plain) TG_WUR;
+                   bool was_plain, enum tg_priority priority) TG_WUR;
 
 /* The key with this digest, or NULL. */
 const struct tg_key *tg_auth_find(const struct tg_config *cfg, const uint8_t digest[32]);

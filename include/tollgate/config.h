@@ -55,6 +55,8 @@
 #define TG_DEFAULT_CREDITS_MODE "off"
 #define TG_MAX_PRICES 64
 #define TG_TENANT_NAME_MAX 128
+#define TG_DEFAULT_MAX_QUEUE 64
+#define TG_DEFAULT_MAX_WAITING 10000
 
 enum tg_log_level { TG_LOG_DEBUG, TG_LOG_INFO, TG_LOG_WARN, TG_LOG_ERROR };
 enum tg_limiter_backend { TG_LIMITER_LOCAL, TG_LIMITER_REDIS };
@@ -67,6 +69,9 @@ enum tg_spool_full { TG_SPOOL_FULL_REJECT, TG_SPOOL_FULL_DROP_OLDEST };
 /* tenants[].credits.mode: no balance; the balance pays what the rate limits would deny;
  * the balance pays every request (the rate limits still cap it). */
 enum tg_credit_mode { TG_CREDITS_OFF, TG_CREDITS_OVERFLOW, TG_CREDITS_PREPAID };
+/* A request's class: interactive (the default) goes before background in every queue, and
+ * only interactive requests may take a limit's reserve. */
+enum tg_priority { TG_PRIO_INTERACTIVE, TG_PRIO_BACKGROUND };
 /* How a route is charged: `cost:` of a route. */
 enum tg_cost_model { TG_COST_REQUESTS, TG_COST_TOKENS, TG_COST_VIDEO };
 
@@ -122,6 +127,7 @@ struct tg_limit {
     double burst;   /* capacity in units; default = rate */
     char **models;  /* empty = applies to every model */
     size_t nmodels;
+    double reserve; /* fraction of burst only interactive requests may take, [0, 1) */
 };
 
 /* One entry of credits.prices: what one unit costs, for some models or all. */
@@ -139,6 +145,7 @@ struct tg_tenant {
     struct {
         enum tg_credit_mode mode;
     } credits;
+    int max_queue; /* denied requests that may wait for room, per gateway worker */
     size_t index; /* position in tg_config.tenants */
 };
 
@@ -147,6 +154,7 @@ struct tg_key {
     uint8_t digest[32];
     struct tg_tenant *tenant; /* (ref) */
     bool was_plain;
+    enum tg_priority priority; /* the class of the key's requests (a header may lower it) */
 };
 
 struct tg_config {
@@ -159,6 +167,7 @@ struct tg_config {
         int idle_timeout_ms;
         int drain_timeout_ms;
         int max_idle_connections; /* per worker */
+        int max_waiting;          /* per worker: requests waiting for room, all tenants */
     } server;
     struct {
         struct tg_listen listen;

@@ -36,6 +36,7 @@ struct tg_credit_req {
 struct tg_limit_req {
     const char *tenant; /* (ref) */
     bool fallback;      /* set by the caller from the check's result before settle */
+    bool background;    /* a background request: it may not take a limit's reserve */
     size_t n;
     struct tg_bucket_ref b[TG_MAX_BUCKETS];
     struct tg_credit_req credit;
@@ -145,14 +146,22 @@ struct tg_bucket_param {
     double rate;
     int64_t per_ms;
     int64_t cost_u; /* cost of a check; for a settle, the delta (actual − estimate) */
+    int64_t floor_u; /* a check passes only if level − cost stays at or above this: the
+                      * limit's reserve for a background request, else 0 */
 };
 
 /* Capacity of a limit in micro-units: burst (or rate when burst is unset) × 1e6. */
 int64_t tg_bucket_capacity_u(const struct tg_limit *l);
 /* Fills `p` for limit `l` with `divisor` (>= 1) dividing rate and capacity
- * (limiter.expected_gateways in fallback) and the given cost or delta. */
+ * (limiter.expected_gateways in fallback) and the given cost or delta; floor_u 0. */
 void tg_bucket_param_init(struct tg_bucket_param *p, const struct tg_limit *l, int divisor,
                           int64_t cost_u);
+/* The parameters of every bucket of a check: as tg_bucket_param_init with each bucket's
+ * cost, and for a background request each limit's reserve (reserve × capacity) as floor. */
+void tg_bucket_params(const struct tg_limit_req *req, int divisor, struct tg_bucket_param *p);
+/* Whether some bucket of a background request has a reserve (it is then judged where the
+ * reserve is known: never on a lease). */
+bool tg_limiter_reserve_applies(const struct tg_limit_req *req);
 /* Level after refilling from b->updated_ms to now_ms (now earlier than updated
  * counts as no time passed), capped at capacity. */
 int64_t tg_bucket_refill(const struct tg_bucket *b, int64_t now_ms, double rate, int64_t per_ms,
@@ -161,7 +170,7 @@ int64_t tg_bucket_refill(const struct tg_bucket *b, int64_t now_ms, double rate,
  * the least whole ms after which tg_bucket_refill has added enough. */
 int64_t tg_bucket_time_to(int64_t level_u, int64_t target_u, double rate, int64_t per_ms);
 /* The all-or-nothing check over n buckets, the C twin of src/limiter/lua/bucket.lua:
- * refills every *b[i] to now_ms into level_u[i]; if every level >= its cost,
+ * refills every *b[i] to now_ms into level_u[i]; if every level >= its cost + floor,
  * charges them all (level_u[i] and *b[i] become level − cost, updated now_ms)
  * and returns -1; otherwise leaves every *b[i] untouched and returns the index
  * of the first bucket whose level is below its cost. */

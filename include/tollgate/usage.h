@@ -27,6 +27,7 @@ struct tg_usage_record {
     const char *upstream; /* NULL if not forwarded */
     int status;
     bool stream;
+    enum tg_priority priority; /* the request's class */
     enum tg_decision decision;
     const char *limit; /* the bucket that limited, or NULL */
     bool fallback;     /* judged by the local limiter in place of Redis */
@@ -48,7 +49,7 @@ struct tg_usage_record {
 char *tg_usage_to_json(const struct tg_usage_record *r, size_t *len) TG_WUR;
 
 /* The access log line of a record (one JSON object, no newline): ts, id,
- * tenant, route, model, status, decision, latency_ms, upstream_ms, bytes_in,
+ * tenant, route, model, status, decision, priority, latency_ms, upstream_ms, bytes_in,
  * bytes_out; strings past 256 bytes are cut. Writes into out, which must hold
  * TG_USAGE_ACCESS_LINE_MAX bytes, and returns the length (0 if cap is smaller). */
 #define TG_USAGE_ACCESS_LINE_MAX (512 + 6 * (TG_REQUEST_ID_LEN + 3 * 256))

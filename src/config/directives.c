@@ -489,8 +489,34 @@ int set_keys(struct loader *ld, const struct directive *d, uint32_t id, void *ba
     for (size_t i = 0; i < nd->n; i++) {
         uint32_t kid = nd->u.kids[i];
         size_t mark = path_index(ld, i), n;
+        enum tg_priority prio = TG_PRIO_INTERACTIVE;
+        if (N(ld, kid)->type == N_MAP) { /* { key: ..., priority: background } */
+            uint32_t keynode = NONE;
+            const struct node *m = N(ld, kid);
+            for (size_t j = 0; j + 1 < m->n; j += 2) {
+                const struct node *k = N(ld, m->u.kids[j]);
+                uint32_t v = m->u.kids[j + 1];
+                size_t kmark = path_key(ld, k->u.str, k->n);
+                if (k->type != N_SCALAR) return fail(ld, m->u.kids[j], "expected a key name");
+                if (strcmp(k->u.str, "key") == 0) {
+                    if (N(ld, v)->type != N_SCALAR) return fail(ld, v, "expected a scalar");
+                    keynode = v;
+                } else if (strcmp(k->u.str, "priority") == 0) {
+                    if (N(ld, v)->type != N_SCALAR) return fail(ld, v, "expected a scalar");
+                    int p = parse_choice(ld, v, priority_names);
+                    if (p < 0) return -1;
+                    prio = (enum tg_priority)p;
+                } else {
+                    return fail(ld, m->u.kids[j], "unknown key (known keys: key, priority)");
+                }
+                path_pop(ld, kmark);
+            }
+            if (keynode == NONE) return fail(ld, kid, "key: is required");
+            kid = keynode;
+        }
         if (N(ld, kid)->type != N_SCALAR)
-            return fail(ld, kid, "expected a scalar, got a %s", type_name(N(ld, kid)->type));
+            return fail(ld, kid, "expected a scalar or { key, priority }, got a %s",
+                        type_name(N(ld, kid)->type));
         const char *s = expand(ld, kid, &n);
         if (!s) return -1;
         uint8_t digest[32];
@@ -503,7 +529,7 @@ int set_keys(struct loader *ld, const struct directive *d, uint32_t id, void *ba
                 return fail(ld, kid, "keys may not contain spaces or control characters");
         }
         if (plain) tg_auth_hash(s, n, digest);
-        int rc = tg_auth_insert(ld->cfg, digest, t, plain);
+        int rc = tg_auth_insert(ld->cfg, digest, t, plain, prio);
         if (rc == -2) return fail_at(ld, 1, 1, "out of memory");
         if (rc < 0) {
             const struct tg_tenant *other = tg_auth_find(ld->cfg, digest)->tenant;

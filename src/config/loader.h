@@ -189,6 +189,7 @@ extern const struct section root_section;
 extern const char *const level_names[];
 extern const char *const on_error_names[];
 extern const char *const lease_mode_names[];
+extern const char *const priority_names[];
 extern const char *const fsync_names[];
 extern const char *const full_names[];
 extern const char *const cost_names[];

@@ -188,6 +188,9 @@ static int check_limit(struct loader *ld, const struct section *sec, uint32_t ma
                             i);
     }
     if (l->burst == 0) l->burst = l->rate;
+    if (l->reserve >= 1)
+        return fail_key(ld, sec, seen, map, "reserve",
+                        "must be a fraction of burst from 0 up to (not including) 1");
     if (l->unit == TG_UNIT_REQUESTS && l->burst < 1)
         return fail_key(ld, sec, seen, map,
                         seen_node(sec, seen, "burst", NONE) != NONE ? "burst" : "rate",
@@ -207,6 +210,7 @@ const char *const full_names[] = {"reject", "drop_oldest", NULL};
 const char *const cost_names[] = {"requests", "tokens", "video", NULL};
 static const char *const unit_names[] = {"requests", "tokens", "video_seconds", NULL};
 const char *const credit_mode_names[] = {"off", "overflow", "prepaid", NULL};
+const char *const priority_names[] = {"interactive", "background", NULL};
 
 _Static_assert(TG_LOG_ERROR == 3 && TG_LIMITER_REDIS == 1 && TG_REDIS_ERROR_DENY == 1 &&
                    TG_SINK_NONE == 2 && TG_SPOOL_FSYNC_INTERVAL == 1 &&
@@ -240,6 +244,8 @@ static const struct directive server_keys[] = {
     {KEY("max_idle_connections", N_SCALAR, set_int, CFG(server.max_idle_connections)),
      .store = ST_INT, .defi = TG_DEFAULT_MAX_IDLE_CONNECTIONS, .min = 1, .max = 1000000,
      .reload_safe = true},
+    {KEY("max_waiting", N_SCALAR, set_int, CFG(server.max_waiting)), .store = ST_INT,
+     .defi = TG_DEFAULT_MAX_WAITING, .min = 0, .max = 10000000, .reload_safe = true},
 };
 
 static const struct directive admin_keys[] = {
@@ -389,6 +395,8 @@ static const struct directive limit_keys[] = {
     {KEY("burst", N_SCALAR, set_num, LIM(burst)), .store = ST_DBL, .min = 0, .min_excl = true,
      .max = MAX_RATE}, /* default: rate */
     {KEY("models", N_SEQ, set_strlist, LIM(models)), .off_n = LIM(nmodels)},
+    {KEY("reserve", N_SCALAR, set_num, LIM(reserve)), .store = ST_DBL, .min = 0, .max = 1,
+     .defd = 0},
 };
 static const struct section limit_section = SECTION(limit_keys, check_limit);
 
@@ -416,6 +424,8 @@ static const struct directive tenant_keys[] = {
     {KEY("limits", N_SEQ, set_list, TEN(limits)), .off_n = TEN(nlimits), .sub = &limit_section,
      .item_size = sizeof(struct tg_limit), .max = TG_MAX_LIMITS_PER_TENANT},
     {KEY("credits", N_MAP, set_section, 0), .store = ST_SECTION, .sub = &tenant_credit_section},
+    {KEY("max_queue", N_SCALAR, set_int, TEN(max_queue)), .store = ST_INT,
+     .defi = TG_DEFAULT_MAX_QUEUE, .min = 0, .max = 1000000},
 };
 static const struct section tenant_section = SECTION(tenant_keys, NULL);
 

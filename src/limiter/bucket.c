@@ -20,6 +20,24 @@ void tg_bucket_param_init(struct tg_bucket_param *p, const struct tg_limit *l, i
     p->rate = l->rate / divisor;
     p->per_ms = l->per_ms > 0 ? l->per_ms : 1000;
     p->cost_u = cost_u;
+    p->floor_u = 0;
+}
+
+void tg_bucket_params(const struct tg_limit_req *req, int divisor, struct tg_bucket_param *p)
+{
+    for (size_t i = 0; i < req->n; i++) {
+        tg_bucket_param_init(&p[i], req->b[i].limit, divisor, req->b[i].cost_u);
+        if (req->background && req->b[i].limit->reserve > 0)
+            p[i].floor_u = (int64_t)floor(req->b[i].limit->reserve * (double)p[i].cap_u);
+    }
+}
+
+bool tg_limiter_reserve_applies(const struct tg_limit_req *req)
+{
+    if (!req->background) return false;
+    for (size_t i = 0; i < req->n; i++)
+        if (req->b[i].limit->reserve > 0) return true;
+    return false;
 }
 
 /* Keep every operation here in the order of refill() in the Lua scripts: the
@@ -61,7 +79,7 @@ int tg_bucket_check(struct tg_bucket *const *b, const struct tg_bucket_param *p,
     int denied = -1;
     for (size_t i = 0; i < n; i++) {
         level_u[i] = tg_bucket_refill(b[i], now_ms, p[i].rate, p[i].per_ms, p[i].cap_u);
-        if (denied < 0 && level_u[i] < p[i].cost_u) denied = (int)i;
+        if (denied < 0 && level_u[i] < p[i].cost_u + p[i].floor_u) denied = (int)i;
     }
     if (denied >= 0) return denied;
     for (size_t i = 0; i < n; i++) {
@@ -96,8 +114,9 @@ void tg_limiter_result_fill(const struct tg_bucket_param *p, const int64_t *leve
         res->b[i].limit_u = p[i].cap_u;
         res->b[i].remaining_u = level_u[i] > 0 ? level_u[i] : 0;
         res->b[i].reset_ms = tg_bucket_time_to(level_u[i], p[i].cap_u, p[i].rate, p[i].per_ms);
-        if (denied >= 0 && level_u[i] < p[i].cost_u) {
-            int64_t w = tg_bucket_time_to(level_u[i], p[i].cost_u, p[i].rate, p[i].per_ms);
+        int64_t need = p[i].cost_u + p[i].floor_u;
+        if (denied >= 0 && level_u[i] < need) {
+            int64_t w = tg_bucket_time_to(level_u[i], need, p[i].rate, p[i].per_ms);
             if (w > res->retry_ms) res->retry_ms = w;
         }
     }

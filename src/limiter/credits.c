@@ -1,8 +1,10 @@
 /* The Redis backend's checks and settles of tenants that pay with credits: the checks of a
  * tenant that arrive in one loop turn go as one hold.lua call, the settles gathered for a
- * few ms as one commit.lua call per tenant (resent until Redis takes them: commits are
- * idempotent per hold), the ledger events they return shipped. */
+ * few ms as one commit.lua call per tenant (resent until Redis takes them: a call carries
+ * an id Redis remembers, so a resend is applied once), the ledger events they return
+ * shipped. */
 #include <hiredis/hiredis.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <event2/event.h>
@@ -358,6 +360,11 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 
 static void commit_done(struct credit_set *cs, struct call *c, const redisReply *r)
 {
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+        r->element[3]->type == REDIS_REPLY_STRING) { /* "applied before": a resend's answer */
+        free_call(c);
+        return;
+    }
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 3 + c->ncommits) {
         if (r) count_error("reply", 1);
         wait_retry(cs, c);
@@ -535,15 +542,19 @@ static struct call *build_holds(struct credit_set *cs)
     cs->qtail = last;
     c->nkeys = nk;
     struct tg_resp *b = &c->cmd;
-    put_head(b, cs, cs->o.script_hold, 3 + 3 * nk + 1 + m * (4 + nk), nk + 4);
+    put_head(b, cs, cs->o.script_hold, 3 + 4 * nk + 1 + m * (5 + nk), nk + 4);
     for (size_t x = 0; x < nk; x++)
         put_key(b, cs, tenant, limits[x]->name);
     put_credit_keys(b, cs, tenant, false);
     put_clock(b, cs);
     put_str(b, tenant);
     tg_resp_bulk_int(b, c->checks->req.credit.hold_ttl_ms);
-    for (size_t x = 0; x < nk; x++)
+    for (size_t x = 0; x < nk; x++) {
         put_param(b, params[x]);
+        tg_resp_bulk_int(b, limits[x]->reserve > 0
+                                ? (int64_t)floor(limits[x]->reserve * (double)params[x]->cap_u)
+                                : 0);
+    }
     tg_resp_bulk_int(b, (int64_t)m);
     for (const struct check *k = c->checks; k; k = k->next) {
         const struct tg_credit_req *cr = &k->req.credit;
@@ -551,6 +562,7 @@ static struct call *build_holds(struct credit_set *cs)
         tg_resp_bulk_int(b, cr->price);
         put_str(b, cr->hold_id);
         put_str(b, cr->request_id);
+        tg_resp_bulk_int(b, k->req.background ? 1 : 0);
         int64_t cost[TG_MAX_BUCKETS];
         for (size_t x = 0; x < nk; x++)
             cost[x] = -1;

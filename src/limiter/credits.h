@@ -1,8 +1,9 @@
 /* Private to src/limiter/: the Redis backend's checks of tenants that pay with credits
- * (credits.c). Such a check is one call of hold.lua — the request's buckets and its
- * tenant's balance in one atomic decision, the estimate's price held — and its end one
- * call of commit.lua, which replaces the hold by the actual price and settles the
- * buckets. They are neither batched nor leased: a balance is exact or it is nothing. */
+ * (credits.c). The checks of a tenant in one loop turn are one call of hold.lua — each
+ * request's buckets and its tenant's balance in one atomic decision, the estimate's price
+ * held — and the ends of requests, gathered for a few ms, one call of commit.lua, which
+ * replaces each hold by the actual price and settles the buckets. They are never leased:
+ * a balance is exact or it is nothing. */
 #ifndef TOLLGATE_LIMITER_CREDITS_H
 #define TOLLGATE_LIMITER_CREDITS_H
 

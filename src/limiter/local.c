@@ -141,8 +141,7 @@ static void local_check_credit(struct local *lc, const struct tg_limit_req *req,
     struct tg_bucket_param p[TG_MAX_BUCKETS];
     int64_t level[TG_MAX_BUCKETS];
     struct locked k;
-    for (size_t i = 0; i < req->n; i++)
-        tg_bucket_param_init(&p[i], req->b[i].limit, lc->divisor, req->b[i].cost_u);
+    tg_bucket_params(req, lc->divisor, p);
     if (!st || !lock_buckets(lc, req, &k)) {
         *res = (struct tg_limit_result){.status = TG_LIMIT_ERROR, .denied = -1};
         return;
@@ -172,6 +171,9 @@ static void local_check_credit(struct local *lc, const struct tg_limit_req *req,
     if (!overflow && denied >= 0) {
         unlock_all(lc, &k);
         tg_limiter_result_fill(p, level, req->n, denied, res);
+        int64_t held_now, seq;
+        res->credits_known = true;
+        tg_ledger_store_get(st, req->tenant, &res->balance, &held_now, &seq);
         return;
     }
     held = tg_ledger_store_hold(st, req->tenant, req->credit.hold_id, req->credit.request_id,
@@ -184,9 +186,11 @@ static void local_check_credit(struct local *lc, const struct tg_limit_req *req,
         *res = (struct tg_limit_result){.status = TG_LIMIT_ERROR, .denied = -1};
         return;
     }
-    if (overflow) /* levels as they are: nothing was charged on the buckets */
+    /* Overflow got here denied: its levels are the buckets' as they are. Prepaid's were
+     * charged on the copies: without the hold, nothing was charged. */
+    if (!overflow && held != 1)
         for (size_t i = 0; i < req->n; i++)
-            level[i] = tg_bucket_refill(k.b[i], now, p[i].rate, p[i].per_ms, p[i].cap_u);
+            level[i] += p[i].cost_u;
     tg_limiter_result_fill(p, level, req->n, -1, res);
     res->status = held == 1 ? TG_LIMIT_ALLOWED : TG_LIMIT_NO_CREDIT;
     res->paid_by = held == 1 ? TG_PAID_CREDITS : TG_PAID_NONE;
@@ -211,8 +215,7 @@ static int local_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_
     struct tg_bucket_param p[TG_MAX_BUCKETS];
     int64_t level[TG_MAX_BUCKETS];
     struct locked k;
-    for (size_t i = 0; i < req->n; i++)
-        tg_bucket_param_init(&p[i], req->b[i].limit, lc->divisor, req->b[i].cost_u);
+    tg_bucket_params(req, lc->divisor, p);
     if (lock_buckets(lc, req, &k)) {
         int denied = tg_bucket_check(k.b, p, req->n, tg_now_mono_ms(), level);
         unlock_all(lc, &k);

@@ -14,6 +14,7 @@ void tg_limiter_plan(const struct tg_tenant *tenant, const struct tg_cost *cost,
 {
     req->tenant = tenant->name;
     req->fallback = false;
+    req->background = false;
     req->n = 0;
     for (size_t i = 0; i < tenant->nlimits && req->n < TG_MAX_BUCKETS; i++) {
         const struct tg_limit *l = &tenant->limits[i];

@@ -1,6 +1,7 @@
 /* The Redis limiter of one worker: the bucket protocol — checks batched per tenant
  * into EVALSHA of bucket.lua and replayed, settles coalesced into settle.lua — over
  * the connection layer (src/redis/), and the failure policy when Redis cannot answer. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,7 +267,7 @@ static int replay_check(const struct op *op, double *lv)
 {
     size_t n = op->req.n;
     for (size_t i = 0; i < n; i++)
-        if (lv[op->kidx[i] - 1] < (double)op->p[i].cost_u) return (int)i;
+        if (lv[op->kidx[i] - 1] < (double)op->p[i].cost_u + (double)op->p[i].floor_u) return (int)i;
     for (size_t i = 0; i < n; i++)
         lv[op->kidx[i] - 1] -= (double)op->p[i].cost_u;
     return -1;
@@ -414,7 +415,7 @@ static void build_batch(struct rl *rl, struct op *batch)
     }
     batch->nsettles = nset;
     struct tg_resp *b = &batch->cmd;
-    tg_resp_head(b, '*', 3 + nk + 1 + 3 * nk + 1 + 1 + (nset ? nk : 0));
+    tg_resp_head(b, '*', 3 + nk + 1 + 4 * nk + 1 + 1 + (nset ? nk : 0));
     tg_resp_bulk(b, "EVALSHA", 7);
     tg_resp_bulk(b, tg_redis_sha(rl->redis, SC_BUCKET), 40);
     tg_resp_bulk_int(b, (int64_t)nk);
@@ -426,26 +427,31 @@ static void build_batch(struct rl *rl, struct op *batch)
         tg_resp_bulk(b, "", 0);
     for (size_t k = 0; k < nk; k++) {
         const struct tg_bucket_param *p = &kop[k]->p[kb[k]];
+        const struct tg_limit *limit = kop[k]->req.b[kb[k]].limit;
         tg_resp_bulk_int(b, p->cap_u);
         tg_resp_bulk_double(b, p->rate);
         tg_resp_bulk_int(b, p->per_ms);
+        /* the floor of a background check, whichever check brought the key */
+        tg_resp_bulk_int(b, limit->reserve > 0 ? (int64_t)floor(limit->reserve * (double)p->cap_u)
+                                               : 0);
     }
     tg_resp_bulk_int(b, (int64_t)m);
-    tg_resp_head(b, '$', m * nk * 8);
+    tg_resp_head(b, '$', m * (nk + 1) * 8);
     for (struct op *c = batch->members; c; c = c->mnext) {
-        double row[TG_MAX_BUCKETS];
+        double row[TG_MAX_BUCKETS + 1];
         for (size_t k = 0; k < nk; k++)
             row[k] = -1; /* bucket not used by this check */
         for (size_t i = 0; i < c->req.n; i++)
             row[c->kidx[i] - 1] = (double)c->p[i].cost_u;
-        unsigned char le[TG_MAX_BUCKETS * 8];
-        for (size_t k = 0; k < nk; k++) { /* little-endian IEEE 754, as struct '<d' reads */
+        row[nk] = c->req.background ? 1 : 0;
+        unsigned char le[(TG_MAX_BUCKETS + 1) * 8];
+        for (size_t k = 0; k <= nk; k++) { /* little-endian IEEE 754, as struct '<d' reads */
             uint64_t bits;
             memcpy(&bits, &row[k], 8);
             for (int j = 0; j < 8; j++)
                 le[8 * k + (size_t)j] = (unsigned char)(bits >> (8 * j));
         }
-        tg_resp_raw(b, le, nk * 8);
+        tg_resp_raw(b, le, (nk + 1) * 8);
     }
     tg_resp_raw(b, "\r\n", 2);
     if (nset)
@@ -533,11 +539,10 @@ static void check_strict(void *owner, const struct tg_limit_req *req, tg_limiter
     op->cb = cb;
     op->arg = arg;
     op->req.tenant = req->tenant;
+    op->req.background = req->background;
     op->req.n = req->n;
     memcpy(op->req.b, req->b, req->n * sizeof(req->b[0]));
-    for (size_t i = 0; i < req->n; i++) {
-        tg_bucket_param_init(&op->p[i], req->b[i].limit, 1, req->b[i].cost_u);
-    }
+    tg_bucket_params(req, 1, op->p);
     build_keys(rl, op);
     if (op->cmd.failed) { /* out of memory */
         op_put(rl, op);
@@ -562,15 +567,15 @@ static int rl_check(struct tg_limiter *l, const struct tg_limit_req *req, tg_lim
     struct rl *rl = (struct rl *)l;
     if (req->credit.mode != TG_CREDITS_OFF) { /* a balance is never leased */
         struct tg_bucket_param p[TG_MAX_BUCKETS];
-        for (size_t i = 0; i < req->n; i++)
-            tg_bucket_param_init(&p[i], req->b[i].limit, 1, req->b[i].cost_u);
+        tg_bucket_params(req, 1, p);
         credit_check(rl->credits, req, p, cb, arg);
         return 0;
     }
-    if (rl->lease) {
+    /* A lease cannot see how much of a bucket is left in Redis: a background request that a
+     * reserve applies to is judged there. */
+    if (rl->lease && !tg_limiter_reserve_applies(req)) {
         struct tg_bucket_param p[TG_MAX_BUCKETS];
-        for (size_t i = 0; i < req->n; i++)
-            tg_bucket_param_init(&p[i], req->b[i].limit, 1, req->b[i].cost_u);
+        tg_bucket_params(req, 1, p);
         struct tg_limit_result res;
         switch (lease_check(rl->lease, req, p, &res, cb, arg)) {
         case LEASE_ALLOWED:

@@ -431,10 +431,14 @@ static void on_head(struct tg_conn *c)
     if (auth && c->auth_cfg == r->cfg && alen == c->auth_len &&
         CRYPTO_memcmp(auth, c->auth_val, alen) == 0) {
         r->tenant = c->auth_tenant;
+        r->priority = c->auth_priority;
         memcpy(r->key_digest, c->auth_digest, sizeof(r->key_digest));
     } else {
         r->tenant = auth ? tg_auth_lookup(r->cfg, auth, alen, r->key_digest) : NULL;
+        const struct tg_key *key = r->tenant ? tg_auth_find(r->cfg, r->key_digest) : NULL;
+        r->priority = key ? key->priority : TG_PRIO_INTERACTIVE;
         if (r->tenant && alen <= sizeof(c->auth_val)) {
+            c->auth_priority = r->priority;
             if (c->auth_cfg != r->cfg) {
                 if (c->auth_cfg) tg_config_unref(c->auth_cfg);
                 c->auth_cfg = tg_config_ref(r->cfg);
@@ -453,6 +457,18 @@ static void on_head(struct tg_conn *c)
                            "YOUR_KEY).",
                     body_pending, TG_DECISION_REJECTED);
         return;
+    }
+    size_t plen;
+    const char *prio = tg_http_header(m, "x-tollgate-priority", &plen);
+    if (prio) { /* a request may lower its class, never raise it */
+        if (plen == 10 && strncasecmp(prio, "background", 10) == 0) {
+            r->priority = TG_PRIO_BACKGROUND;
+        } else if (!(plen == 11 && strncasecmp(prio, "interactive", 11) == 0)) {
+            reply_error(c, 400, "invalid_request_error", "invalid_priority",
+                        "x-tollgate-priority must be interactive or background.", body_pending,
+                        TG_DECISION_REJECTED);
+            return;
+        }
     }
     if (m->content_length > r->cfg->server.max_body_bytes) {
         char msg[160];

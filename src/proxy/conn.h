@@ -85,6 +85,7 @@ struct tg_req {
     bool refused; /* held back by admission after the check: charged nothing */
     int denied;   /* index of the bucket that denied, or -1 */
     int64_t ledger_seq; /* the hold's ledger event, when the balance paid */
+    enum tg_priority priority; /* the key's class, lowered by x-tollgate-priority */
     bool checking, charged, acquiring, retried;
     int64_t t_lim_us;
     int waited_ms;
@@ -135,6 +136,7 @@ struct tg_conn {
      * client is not hashed again on every request. */
     struct tg_config *auth_cfg; /* a reference, so that the tenant stays valid */
     const struct tg_tenant *auth_tenant;
+    enum tg_priority auth_priority;
     uint8_t auth_digest[32];
     uint8_t auth_len;
     char auth_val[160];

@@ -12,7 +12,7 @@ void run_check(struct tg_conn *c)
     r->checking = true;
     r->t_lim_us = now_us();
     if (tg_account_reserve(c->w->limiter, r->cfg, r->tenant, &r->est, r->info.model, r->id,
-                           &r->lreq, on_limit, c) != 0 &&
+                           r->priority, &r->lreq, on_limit, c) != 0 &&
         r->checking) {
         struct tg_limit_result err = {.status = TG_LIMIT_ERROR, .denied = -1};
         on_limit(c, &err);

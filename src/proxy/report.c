@@ -183,6 +183,7 @@ void req_finish(struct tg_conn *c, enum tg_decision decision)
     rec.upstream = r->tup_us ? r->upstream->name : NULL;
     rec.status = r->status;
     rec.stream = r->info.stream;
+    rec.priority = r->priority;
     rec.decision = decision;
     if (decision == TG_DECISION_LIMITED && r->denied >= 0)
         rec.limit = r->lreq.b[r->denied].limit->name;

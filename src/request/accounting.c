@@ -7,10 +7,11 @@
 
 int tg_account_reserve(struct tg_limiter *l, const struct tg_config *cfg,
                        const struct tg_tenant *tenant, const struct tg_cost *est,
-                       const char *model, const char *request_id, struct tg_limit_req *req,
-                       tg_limiter_cb cb, void *arg)
+                       const char *model, const char *request_id, enum tg_priority priority,
+                       struct tg_limit_req *req, tg_limiter_cb cb, void *arg)
 {
     tg_limiter_plan(tenant, est, model, req);
+    req->background = priority == TG_PRIO_BACKGROUND;
     struct tg_credit_req *cr = &req->credit;
     memset(cr, 0, sizeof(*cr));
     cr->enabled = cfg->credits.enabled;

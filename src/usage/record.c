@@ -236,6 +236,10 @@ static size_t json_write(const struct tg_usage_record *r, const struct json_lens
     p = put_i64(p, r->status);
     PUT(p, ",\"stream\":");
     p = put_bool(p, r->stream);
+    if (r->priority == TG_PRIO_BACKGROUND)
+        PUT(p, ",\"priority\":\"background\"");
+    else
+        PUT(p, ",\"priority\":\"interactive\"");
     PUT(p, ",\"decision\":\"");
     const char *d = decision_name(r->decision);
     p = put_lit(p, d, strlen(d));
@@ -323,6 +327,10 @@ size_t tg_usage_access_line(const struct tg_usage_record *r, char *out, size_t c
     PUT(p, ",\"decision\":\"");
     const char *d = decision_name(r->decision);
     p = put_lit(p, d, strlen(d));
+    if (r->priority == TG_PRIO_BACKGROUND) /* PUT needs a literal, not a pointer */
+        PUT(p, "\",\"priority\":\"background");
+    else
+        PUT(p, "\",\"priority\":\"interactive");
     PUT(p, "\",\"latency_ms\":");
     p = put_fixed1(p, r->latency_ms);
     PUT(p, ",\"upstream_ms\":");

@@ -73,7 +73,7 @@ static void test_insert_grows_and_refuses_duplicates(void **state)
     for (int i = 0; i < 1000; i++) {
         snprintf(key, sizeof(key), "sk-%d", i);
         tg_auth_hash(key, strlen(key), d);
-        assert_int_equal(tg_auth_insert(&cfg, d, &tenants[i % 2], i % 3 == 0), 0);
+        assert_int_equal(tg_auth_insert(&cfg, d, &tenants[i % 2], i % 3 == 0, TG_PRIO_INTERACTIVE), 0);
         assert_true(cfg.nkeys * 2 <= cfg.keys_cap); /* load factor at most 0.5 */
     }
     assert_int_equal(cfg.nkeys, 1000);
@@ -86,7 +86,7 @@ static void test_insert_grows_and_refuses_duplicates(void **state)
         assert_non_null(k);
         assert_ptr_equal(k->tenant, &tenants[i % 2]);
         assert_int_equal(k->was_plain, i % 3 == 0);
-        assert_int_equal(tg_auth_insert(&cfg, d, &tenants[1], false), -1);
+        assert_int_equal(tg_auth_insert(&cfg, d, &tenants[1], false, TG_PRIO_INTERACTIVE), -1);
     }
     assert_int_equal(cfg.nkeys, 1000);
     tg_auth_hash("sk-unknown", 10, d);

@@ -87,7 +87,7 @@ static void test_check_all_or_nothing(void **state)
 {
     struct tg_bucket a = TG_BUCKET_FULL, b = TG_BUCKET_FULL;
     struct tg_bucket *bs[] = {&a, &b};
-    struct tg_bucket_param p[] = {{10 * U, 1, 1000, 2 * U}, {3 * U, 1, 60000, 2 * U}};
+    struct tg_bucket_param p[] = {{10 * U, 1, 1000, 2 * U, 0}, {3 * U, 1, 60000, 2 * U, 0}};
     int64_t level[2];
     assert_int_equal(tg_bucket_check(bs, p, 2, 1000, level), -1);
     assert_int_equal(level[0], 8 * U);
@@ -116,17 +116,56 @@ static void test_check_all_or_nothing(void **state)
     assert_int_equal(res.b[0].reset_ms, 1500);
 }
 
+/* A limit's reserve: a background request passes only while the level after its cost stays at
+ * or above reserve × capacity; an interactive one may take the bucket to 0. */
+static void test_reserve_is_for_interactive_requests(void **state)
+{
+    struct tg_limit l = {.name = "rpm", .unit = TG_UNIT_REQUESTS, .rate = 10, .per_ms = 60000,
+                         .burst = 10, .reserve = 0.2};
+    struct tg_limit_req bg = {.tenant = "acme", .background = true, .n = 1,
+                              .b = {{.limit = &l, .cost_u = U}}};
+    struct tg_limit_req in = bg;
+    in.background = false;
+    struct tg_bucket_param pb, pi;
+    tg_bucket_params(&bg, 1, &pb);
+    tg_bucket_params(&in, 1, &pi);
+    assert_int_equal(pb.floor_u, 2 * U);
+    assert_int_equal(pi.floor_u, 0);
+    assert_true(tg_limiter_reserve_applies(&bg));
+    assert_false(tg_limiter_reserve_applies(&in));
+    struct tg_bucket b = TG_BUCKET_FULL;
+    struct tg_bucket *bs[] = {&b};
+    int64_t level;
+    int passed = 0;
+    while (tg_bucket_check(bs, &pb, 1, 0, &level) < 0)
+        passed++;
+    assert_int_equal(passed, 8); /* 10 - 8 = 2 left: the reserve */
+    struct tg_limit_result res;
+    tg_limiter_result_fill(&pb, &level, 1, 0, &res);
+    assert_int_equal(res.status, TG_LIMIT_DENIED);
+    /* 1 + 2 needed, 2 there: one request's worth at 10/minute = 6000 ms */
+    assert_int_equal(res.retry_ms, 6000);
+    passed = 0;
+    while (tg_bucket_check(bs, &pi, 1, 0, &level) < 0)
+        passed++;
+    assert_int_equal(passed, 2); /* interactive takes the reserve */
+    l.reserve = 0;
+    tg_bucket_params(&bg, 1, &pb);
+    assert_int_equal(pb.floor_u, 0);
+    assert_false(tg_limiter_reserve_applies(&bg));
+}
+
 static void test_settle_math(void **state)
 {
     struct tg_bucket b = {4 * U, 0};
-    struct tg_bucket_param refund = {10 * U, 1, 1000, -100 * U};
+    struct tg_bucket_param refund = {10 * U, 1, 1000, -100 * U, 0};
     assert_int_equal(tg_bucket_settle(&b, &refund, 0), 10 * U); /* never above capacity */
-    struct tg_bucket_param charge = {10 * U, 1, 1000, 25 * U};
+    struct tg_bucket_param charge = {10 * U, 1, 1000, 25 * U, 0};
     assert_int_equal(tg_bucket_settle(&b, &charge, 1000), -15 * U); /* debt */
     assert_int_equal(b.updated_ms, 1000);
     /* debt is honoured: a check for 1 unit passes only once it is paid back */
     struct tg_bucket *bs[] = {&b};
-    struct tg_bucket_param p = {10 * U, 1, 1000, U};
+    struct tg_bucket_param p = {10 * U, 1, 1000, U, 0};
     int64_t level;
     assert_int_equal(tg_bucket_check(bs, &p, 1, 2000, &level), 0);
     assert_int_equal(level, -14 * U);
@@ -653,6 +692,7 @@ int main(void)
         cmocka_unit_test(test_refill),
         cmocka_unit_test(test_time_to),
         cmocka_unit_test(test_check_all_or_nothing),
+        cmocka_unit_test(test_reserve_is_for_interactive_requests),
         cmocka_unit_test(test_settle_math),
         cmocka_unit_test(test_plan),
         cmocka_unit_test(test_local_all_or_nothing),

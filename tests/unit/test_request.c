@@ -122,7 +122,7 @@ static void test_reserve_then_commit(void **state)
     struct tg_limit_req req;
     struct answer a = {0};
     struct tg_config cfg = {0}; /* credits off */
-    assert_int_equal(tg_account_reserve(l, &cfg, &tenant, &est, "", "r1", &req, on_limit, &a), 0);
+    assert_int_equal(tg_account_reserve(l, &cfg, &tenant, &est, "", "r1", TG_PRIO_INTERACTIVE, &req, on_limit, &a), 0);
     assert_int_equal(a.calls, 1);
     assert_int_equal(a.res.status, TG_LIMIT_ALLOWED);
     assert_int_equal(req.n, 2);
@@ -130,17 +130,17 @@ static void test_reserve_then_commit(void **state)
     assert_int_equal(a.res.b[1].remaining_u, 400 * U);
     /* a second one of 600 does not fit ... */
     struct tg_limit_req req2;
-    assert_int_equal(tg_account_reserve(l, &cfg, &tenant, &est, "", "r2", &req2, on_limit, &a), 0);
+    assert_int_equal(tg_account_reserve(l, &cfg, &tenant, &est, "", "r2", TG_PRIO_INTERACTIVE, &req2, on_limit, &a), 0);
     assert_int_equal(a.res.status, TG_LIMIT_DENIED);
     /* ... until the first commits what it really cost: 100 tokens */
     struct tg_cost actual = {.u = {[TG_UNIT_REQUESTS] = U, [TG_UNIT_TOKENS] = 100 * U}};
     assert_int_equal(tg_account_commit(l, &cfg, "", &req, &actual), -1); /* no credits paid */
-    assert_int_equal(tg_account_reserve(l, &cfg, &tenant, &est, "", "r2", &req2, on_limit, &a), 0);
+    assert_int_equal(tg_account_reserve(l, &cfg, &tenant, &est, "", "r2", TG_PRIO_INTERACTIVE, &req2, on_limit, &a), 0);
     assert_int_equal(a.res.status, TG_LIMIT_ALLOWED);
     assert_int_equal(a.res.b[1].remaining_u, 300 * U);
     /* an actual equal to the estimate changes nothing */
     assert_int_equal(tg_account_commit(l, &cfg, "", &req2, &est), -1);
-    assert_int_equal(tg_account_reserve(l, &cfg, &tenant, &est, "", "r3", &req2, on_limit, &a), 0);
+    assert_int_equal(tg_account_reserve(l, &cfg, &tenant, &est, "", "r3", TG_PRIO_INTERACTIVE, &req2, on_limit, &a), 0);
     assert_int_equal(a.res.status, TG_LIMIT_DENIED);
     tg_limiter_destroy(l);
 }

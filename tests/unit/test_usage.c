@@ -75,7 +75,7 @@ static json_t *roundtrip(const struct tg_usage_record *r, char **text)
 
 static const char *const field_order[] = {
     "v",        "id",         "ts",          "tenant",   "key",      "route",    "model",
-    "upstream", "status",     "stream",      "decision", "limit",    "fallback", "paid_by",
+    "upstream", "status",     "stream",      "priority",    "decision", "limit",    "fallback", "paid_by",
     "credits",  "usage",
     "cost",     "latency_ms", "upstream_ms", "bytes_in", "bytes_out"};
 
@@ -175,7 +175,8 @@ static void test_access_line(void **state)
     json_error_t err;
     json_t *o = json_loadb(line, n, 0, &err);
     assert_non_null(o);
-    assert_int_equal(json_object_size(o), 11);
+    assert_int_equal(json_object_size(o), 12);
+    assert_string_equal(str(o, "priority"), "interactive");
     assert_string_equal(str(o, "ts"), "2026-11-24T11:00:00.123Z");
     assert_string_equal(str(o, "id"), "0123456789abcdef0123456789abcdef");
     assert_string_equal(str(o, "tenant"), "acme");
@@ -216,6 +217,7 @@ static void test_paid_by_credits(void **state)
     json_t *o = roundtrip(&r, &text);
     check_order(o);
     assert_string_equal(str(o, "paid_by"), "credits");
+    assert_string_equal(str(o, "priority"), "interactive");
     json_t *c = json_object_get(o, "credits");
     assert_true(json_is_object(c));
     assert_string_equal(str(c, "charged"), "0.017000");
@@ -226,7 +228,9 @@ static void test_paid_by_credits(void **state)
     json_decref(o);
     r.paid_by = TG_PAID_RATE_LIMIT;
     r.credits = false;
+    r.priority = TG_PRIO_BACKGROUND;
     o = roundtrip(&r, NULL);
+    assert_string_equal(str(o, "priority"), "background");
     assert_string_equal(str(o, "paid_by"), "rate_limit");
     is_null(o, "credits");
     json_decref(o);

@@ -10,9 +10,8 @@
 -- ARGV     for KEYS[k], ARGV[3k+2..3k+4] = capacity_u, rate, per_ms
 -- then     m, then per commit 3 + nb values: hold id, request id, actual price (micro-credits),
 --          then its delta_u on each KEYS[k] (as settle.lua; 0: none)
--- Returns  {now_ms, balance, held, the seq of each commit's settle event (all 0: the call was
---          applied before),
---          then the events of the call, 9 values each}
+-- Returns  {now_ms, balance, held, the seq of each commit's settle event, then the events of the
+--          call, 9 values each}; a call applied before: {now_ms, balance, held, "applied before"}
 -- A hold that expired before its commit (refunded by then) is charged the actual price in
 -- full: the tenant pays what it used, once.
 --@include ../../limiter/lua/_shared.lua
@@ -21,7 +20,7 @@ local nb = #KEYS - 5
 local now = clock_ms(ARGV[1])
 local ck, call_id = KEYS[nb + 5], ARGV[3]
 local st = credits_open(KEYS[nb + 1], KEYS[nb + 2], KEYS[nb + 3], KEYS[nb + 4], ARGV[2], now)
-if redis.call('ZSCORE', ck, call_id) then return {now, st.bal, st.held} end
+if redis.call('ZSCORE', ck, call_id) then return {now, st.bal, st.held, 'applied before'} end
 local cap, rate, per, delta = {}, {}, {}, {}
 for k = 1, nb do
     local a = 3 * k + 2
@@ -57,6 +56,8 @@ for k = 1, nb do
 end
 credits_sweep(st)
 credits_store(st)
+redis.call('ZREMRANGEBYSCORE', ck, '-inf', now)
+redis.call('ZADD', ck, now + tonumber(ARGV[4]), call_id)
 out[2], out[3] = st.bal, st.held
 for i = 1, #st.events do out[#out + 1] = st.events[i] end
 return out

@@ -7,12 +7,14 @@
 -- KEYS[nk+1..]  $credits, $holds, $holdexp, $ledger of the tenant (_credits.lua)
 -- ARGV[1]  "" in production; tests only: a fixed clock in ms used instead of TIME
 -- ARGV[2]  tenant name   ARGV[3] hold ttl (ms)
--- ARGV     for KEYS[k], ARGV[3k+1..3k+3] = capacity_u, rate, per_ms
--- then     m (the number of checks), then per check 4 + nk values: mode ("1" overflow: the
+-- ARGV     for KEYS[k], ARGV[4k..4k+3] = capacity_u, rate, per_ms, floor_u (the limit's
+--          reserve, which a background check may not take)
+-- then     m (the number of checks), then per check 5 + nk values: mode ("1" overflow: the
 --          buckets decide, what they would deny is paid from the balance with the buckets
 --          untouched; "2" prepaid: the buckets must allow and the balance pays, both are
---          charged), price of the estimate (micro-credits), hold id, request id, then its
---          cost_u on each KEYS[k] (-1: not one of its buckets)
+--          charged), price of the estimate (micro-credits), hold id, request id, "1" for a
+--          background check (else "0"), then its cost_u on each KEYS[k] (-1: not one of its
+--          buckets)
 -- Returns  {now_ms, balance, held, then per check 4 + nk values: outcome (0 allowed, 1 denied
 --          by a bucket, 2 the balance is short), paid (1 the buckets, 2 the balance), denied
 --          (the first of its buckets below its cost, as an index into KEYS, 0 if none), seq of
@@ -26,28 +28,30 @@ local ttl = tonumber(ARGV[3])
 local st = credits_open(KEYS[nk + 1], KEYS[nk + 2], KEYS[nk + 3], KEYS[nk + 4], ARGV[2], now)
 credits_sweep(st)
 
-local cap, rate, per, level, ls, dirty = {}, {}, {}, {}, {}, {}
+local cap, rate, per, level, ls, dirty, floor = {}, {}, {}, {}, {}, {}, {}
 for k = 1, nk do
-    local a = 3 * k + 1
+    local a = 4 * k
     cap[k], rate[k], per[k] = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    floor[k] = tonumber(ARGV[a + 3])
     local l, o, first, last, leases = load(redis.call('GET', KEYS[k]), cap[k], rate[k], per[k], now)
     level[k] = l
     ls[k] = {o, first, last, leases}
 end
 
 local out = {now, 0, 0}
-local pos = 3 * nk + 5
+local pos = 4 * nk + 5
 local m = tonumber(ARGV[pos - 1])
 for _ = 1, m do
     local mode, price, hold_id, rid = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), ARGV[pos + 2],
         ARGV[pos + 3]
+    local bg = ARGV[pos + 4] == '1'
     local cost, denied = {}, 0
     for k = 1, nk do
-        local c = tonumber(ARGV[pos + 3 + k])
+        local c = tonumber(ARGV[pos + 4 + k])
         cost[k] = c
-        if denied == 0 and c >= 0 and level[k] < c then denied = k end
+        if denied == 0 and c >= 0 and level[k] < (bg and c + floor[k] or c) then denied = k end
     end
-    pos = pos + 4 + nk
+    pos = pos + 5 + nk
     local outcome, paid, seq = 0, 0, 0
     local charge, hold = false, false
     if mode == 1 then

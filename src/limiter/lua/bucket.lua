@@ -8,10 +8,12 @@
 --          (one hash tag per call), valued as _shared.lua says. Units leased to
 --          gateways (lease.lua) are not room here: a check sees the level L only.
 -- ARGV[1]  "" in production; tests only: a fixed clock in ms used instead of TIME.
--- ARGV     for KEYS[k], ARGV[3k-1..3k+1] = capacity_u, rate (units per per_ms,
---          "%.17g"), per_ms. Then m = the number of checks, then one string of
---          m rows of nk little-endian IEEE doubles: row j, column k = the cost_u
---          of check j on KEYS[k], or -1 when check j does not use that bucket
+-- ARGV     for KEYS[k], ARGV[4k-2..4k+1] = capacity_u, rate (units per per_ms,
+--          "%.17g"), per_ms, floor_u (the limit's reserve: a background check passes
+--          only if the level after its cost stays at or above it). Then m = the number
+--          of checks, then one string of m rows of nk + 1 little-endian IEEE doubles:
+--          row j, column k = the cost_u of check j on KEYS[k], or -1 when check j does
+--          not use that bucket; column nk + 1 = 1 for a background check, else 0
 --          (binary, read by struct.unpack: a tonumber per cost was most of the
 --          script's time). Optionally then nk deltas: the pending settles of the
 --          batch's buckets (actual - estimate, as settle.lua applies them), applied
@@ -33,13 +35,13 @@ local now = clock_ms(ARGV[1])
 -- Written for speed: Redis runs it for every round of checks. One MGET, no
 -- closures, rows judged straight from struct.unpack's results.
 local vals = redis.call('MGET', unpack(KEYS))
-local cap, rate, per, level, dirty, lease = {}, {}, {}, {}, {}, {}
+local cap, rate, per, level, dirty, lease, floor = {}, {}, {}, {}, {}, {}, {}
 local out = {now, 0}
-local a = 3 * nk + 2
+local a = 4 * nk + 2
 local settling = ARGV[a + 2] ~= nil
 for k = 1, nk do -- refill, then the settles riding along
-    local c, r, p = tonumber(ARGV[3 * k - 1]), tonumber(ARGV[3 * k]), tonumber(ARGV[3 * k + 1])
-    cap[k], rate[k], per[k] = c, r, p
+    local c, r, p = tonumber(ARGV[4 * k - 2]), tonumber(ARGV[4 * k - 1]), tonumber(ARGV[4 * k])
+    cap[k], rate[k], per[k], floor[k] = c, r, p, tonumber(ARGV[4 * k + 1])
     local l, o, first, last, leases = load(vals[k], c, r, p, now)
     if o > 0 then lease[k] = {o, first, last, leases} end
     if settling then
@@ -55,19 +57,21 @@ for k = 1, nk do -- refill, then the settles riding along
 end
 
 local m = tonumber(ARGV[a])
-local total, packed = m * nk, ARGV[a + 1]
+local w = nk + 1
+local total, packed = m * w, ARGV[a + 1]
 if #packed ~= 8 * total then return redis.error_reply('tollgate: cost rows do not match') end
 local allowed, got, pos = 0, 0, 1
 while got < total do -- struct.unpack returns its values on the C stack: in chunks of whole rows
     local n = total - got
-    if n > 4000 then n = 4000 - 4000 % nk end
+    if n > 4000 then n = 4000 - 4000 % w end
     local costs = {struct.unpack('<' .. string.rep('d', n), packed, pos)}
     pos = costs[n + 1]
-    for i = 0, n - nk, nk do
+    for i = 0, n - w, w do
         local ok = true
+        local bg = costs[i + w] == 1
         for k = 1, nk do
             local c = costs[i + k]
-            if c >= 0 and level[k] < c then
+            if c >= 0 and level[k] < (bg and c + floor[k] or c) then
                 ok = false
                 break
             end
