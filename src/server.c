@@ -13,6 +13,7 @@
 #include "tollgate/upstream.h"
 #include "tollgate/worker.h"
 #include "tollgate/server.h"
+#include "tollgate/waitq.h"
 
 #define LISTEN_BACKLOG 4096
 
@@ -96,9 +97,11 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     } else if (cfg) {
         tg_config_unref(w->cfg);
         w->cfg = cfg;
+        tg_waitq_set_max_total(w->waitq, cfg->server.max_waiting);
     }
     if (stop_accepting && !w->draining) {
         w->draining = true;
+        tg_waitq_drain(w->waitq); /* waiters get 503 with Retry-After */
         if (w->listener) evconnlistener_free(w->listener);
         w->listener = NULL;
         tg_proxy_close_idle(w);
@@ -187,6 +190,11 @@ struct tg_server *tg_server_create(struct tg_config *cfg, struct tg_sink *sink,
         }
         w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
         event_add(w->wake, NULL);
+        w->waitq = tg_waitq_create(w->base, cfg->server.max_waiting);
+        if (w->waitq == NULL) {
+            snprintf(err, TG_ERR_LEN, "worker %d: out of memory", i);
+            goto error;
+        }
         const struct tg_limiter_env env = {w->base, cfg, local, fallback};
         w->limiter = tg_limiter_for_worker(&env, &w->own_limiter, err);
         if (w->limiter == NULL) goto error;
@@ -301,6 +309,7 @@ void tg_server_destroy(struct tg_server *s)
         if (w->listener) evconnlistener_free(w->listener);
         tg_proxy_close_all(w);
         tg_proxy_free_pool(w);
+        tg_waitq_destroy(w->waitq);
         for (size_t k = 0; k < w->npools; k++)
             tg_pool_retire(w->pools[k]);
         free(w->pools);

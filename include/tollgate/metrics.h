@@ -32,6 +32,11 @@ struct evbuffer;
       "Redis failures, by kind (timeout|connect|reply|noscript).")                                 \
     X(REDIS_CALLS, counter, "tollgate_redis_script_calls_total", "script",                         \
       "Lua script calls sent to Redis, by script (bucket|settle|lease|hold|commit).")                          \
+    X(WAIT_QUEUE, gauge, "tollgate_wait_queue_requests", "class",                               \
+      "Requests waiting for room in their tenant's wait queue, by class "                        \
+      "(interactive|background).")                                                               \
+    X(WAIT_SECONDS, histogram, "tollgate_wait_seconds", "class",                                  \
+      "Time a request waited in its tenant's wait queue, by class.")                              \
     X(LIMITER_DECISIONS, counter, "tollgate_limiter_decisions_total", "where",                     \
       "Redis-backend checks by where they were decided (lease: on this gateway's lease, "          \
       "redis: by a script call).")                                                                 \

@@ -29,6 +29,7 @@ struct tg_worker {
     struct event *limiter_tick; /* calls limiter->ops->tick, for backends that have one */
     struct tg_limiter *local; /* (ref) process-wide local limiter */
     struct tg_admission admission;
+    struct tg_waitq *waitq; /* denied requests waiting for room, per tenant */
     struct tg_sink *sink;     /* (ref) */
     struct tg_pool **pools;   /* one per cfg->upstreams[i] */
     size_t npools;

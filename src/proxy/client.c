@@ -144,6 +144,7 @@ void req_release(struct tg_conn *c)
     struct tg_req *r = c->req;
     if (r == NULL) return;
     if (r->checking) tg_limiter_cancel(c->w->limiter, c);
+    tg_waitq_leave(c->w->waitq, &r->waiter); /* a client gone while it waited leaves at once */
     if (r->admit.waiting) tg_admission_cancel(&c->w->admission, &r->admit);
     tg_admission_release(&c->w->admission, &r->admit);
     if (r->acquiring && r->pool) tg_pool_cancel(r->pool, c);
@@ -317,7 +318,11 @@ static bool req_begin(struct tg_conn *c)
     r->lreq.fallback = false;
     r->denied = -1;
     r->checking = r->charged = r->acquiring = r->retried = false;
-    r->waited_ms = 0;
+    memset(&r->waiter, 0, sizeof(r->waiter));
+    r->conn = c;
+    r->wait_deadline_ms = 0;
+    r->wait_expired = false;
+    r->ledger_seq = 0;
     r->rl_len = 0;
     r->rl[0] = '\0';
     r->pool = NULL;
@@ -674,7 +679,13 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
                     "The request was not received in time.", true, TG_DECISION_REJECTED);
         return;
     case C_WORK:
-        run_check(c); /* a denied request waiting for room (route max_wait_ms) */
+        /* A waiting request's max_wait_ms is over: out of the queue, one last check (429
+         * unless it passes now). */
+        if (c->req->waiter.q && !c->req->checking) {
+            c->req->wait_expired = true;
+            tg_waitq_leave(c->w->waitq, &c->req->waiter);
+            run_check(c);
+        }
         return;
     }
 }

@@ -30,6 +30,7 @@
 #include "tollgate/proxy.h"
 #include "tollgate/router.h"
 #include "tollgate/upstream.h"
+#include "tollgate/waitq.h"
 #include "tollgate/worker.h"
 #include "tollgate/headbuf.h"
 
@@ -88,7 +89,10 @@ struct tg_req {
     enum tg_priority priority; /* the key's class, lowered by x-tollgate-priority */
     bool checking, charged, acquiring, retried;
     int64_t t_lim_us;
-    int waited_ms;
+    struct tg_waiter waiter;  /* its place in the tenant's wait queue (routes[].max_wait_ms) */
+    struct tg_conn *conn;     /* (ref) the connection, for the waiter's wake-up */
+    int64_t wait_deadline_ms; /* 0 until it first waits */
+    bool wait_expired;        /* its max_wait_ms passed: one last check, then 429 */
     char rl[RL_HEADERS_MAX];
     size_t rl_len;
     struct tg_pool *pool;

@@ -6,6 +6,21 @@
 
 static void on_limit(void *arg, const struct tg_limit_result *res);
 
+/* The tenant's wait queue woke this request: judge it again, or (draining) let it go. */
+static void on_wake(struct tg_waiter *w, enum tg_wake why)
+{
+    struct tg_req *r = (struct tg_req *)(void *)((char *)w - offsetof(struct tg_req, waiter));
+    struct tg_conn *c = r->conn;
+    if (why == TG_WAKE_DRAIN) {
+        evtimer_del(c->timer);
+        r->rl_len = (size_t)snprintf(r->rl, sizeof(r->rl), "Retry-After: 1\r\n");
+        reply_error(c, 503, "server_error", "shutting_down",
+                    "The gateway is shutting down. Please retry.", false, TG_DECISION_REJECTED);
+        return;
+    }
+    run_check(c);
+}
+
 void run_check(struct tg_conn *c)
 {
     struct tg_req *r = c->req;
@@ -51,6 +66,18 @@ void on_request_complete(struct tg_conn *c)
         r->strip_usage = r->fwd_body != NULL;
     }
     r->upstream = tg_router_pick(r->route, &r->info);
+    /* Waiters of its tenant and class (or a higher one) are ahead: it queues behind them
+     * rather than take the room they wait for. */
+    if (r->route->max_wait_ms > 0 && !r->waiter.q &&
+        tg_waitq_busy(c->w->waitq, r->tenant->name, r->priority)) {
+        r->waiter.wake = on_wake;
+        if (tg_waitq_enter(c->w->waitq, &r->waiter, r->tenant->name, r->priority, 0,
+                           r->tenant->max_queue) == 0) {
+            r->wait_deadline_ms = tg_now_mono_ms() + r->route->max_wait_ms;
+            arm_timer(c, r->route->max_wait_ms);
+            return;
+        }
+    }
     run_check(c);
 }
 
@@ -69,17 +96,37 @@ static void on_limit(void *arg, const struct tg_limit_result *res)
     tg_metrics_observe(TG_M_LIMITER_DURATION, backend, (double)(now_us() - r->t_lim_us) / 1e6);
     r->rl_len = tg_limiter_format_headers(&r->lreq, res, r->rl, sizeof(r->rl));
     if (res->status == TG_LIMIT_ALLOWED) {
+        if (r->waiter.q) {
+            evtimer_del(c->timer);
+            tg_waitq_done(c->w->waitq, &r->waiter, true, 0);
+        }
         r->charged = true;
         tg_admission_acquire(&c->w->admission, &r->admit, r->tenant, r->route, on_admit, c);
         return;
     }
-    if (res->status == TG_LIMIT_DENIED && r->route->max_wait_ms > 0 &&
-        r->waited_ms + res->retry_ms <= r->route->max_wait_ms) {
-        int ms = (int)(res->retry_ms > 0 ? res->retry_ms : 1);
-        r->waited_ms += ms;
-        r->rl_len = 0;
-        arm_timer(c, ms);
-        return;
+    if (res->status == TG_LIMIT_DENIED && r->route->max_wait_ms > 0 && !r->wait_expired) {
+        /* Wait in the tenant's queue, woken when the bucket will hold enough. */
+        int64_t now = tg_now_mono_ms();
+        if (r->wait_deadline_ms == 0) r->wait_deadline_ms = now + r->route->max_wait_ms;
+        if (now + res->retry_ms <= r->wait_deadline_ms) {
+            r->rl_len = 0;
+            if (r->waiter.q) {
+                tg_waitq_done(c->w->waitq, &r->waiter, false, res->retry_ms);
+                return;
+            }
+            r->waiter.wake = on_wake;
+            if (tg_waitq_enter(c->w->waitq, &r->waiter, r->tenant->name, r->priority,
+                               res->retry_ms, r->tenant->max_queue) == 0) {
+                arm_timer(c, (int)(r->wait_deadline_ms - now));
+                return;
+            }
+            /* the queue is full: 429 now */
+            r->rl_len = tg_limiter_format_headers(&r->lreq, res, r->rl, sizeof(r->rl));
+        }
+    }
+    if (r->waiter.q) {
+        evtimer_del(c->timer);
+        tg_waitq_leave(c->w->waitq, &r->waiter);
     }
     char body[1024];
     size_t n = tg_limiter_format_error(&r->lreq, res, body, sizeof(body));
