@@ -57,6 +57,7 @@
 #define TG_TENANT_NAME_MAX 128
 #define TG_DEFAULT_MAX_QUEUE 64
 #define TG_DEFAULT_MAX_WAITING 10000
+#define TG_DEFAULT_SLOT_TTL_MS 10000
 
 enum tg_log_level { TG_LOG_DEBUG, TG_LOG_INFO, TG_LOG_WARN, TG_LOG_ERROR };
 enum tg_limiter_backend { TG_LIMITER_LOCAL, TG_LIMITER_REDIS };
@@ -128,6 +129,7 @@ struct tg_limit {
     char **models;  /* empty = applies to every model */
     size_t nmodels;
     double reserve; /* fraction of burst only interactive requests may take, [0, 1) */
+    int max;        /* unit: concurrent only (the unit is then TG_UNIT_COUNT until load moves it) */
 };
 
 /* One entry of credits.prices: what one unit costs, for some models or all. */
@@ -138,10 +140,19 @@ struct tg_price {
     size_t nmodels;
 };
 
+/* A concurrency limit (`unit: concurrent`): at most `max` of a tenant's requests in flight
+ * across all gateways; each holds a slot from admission until its end. */
+struct tg_slot_limit {
+    char *name;
+    int max;
+};
+
 struct tg_tenant {
     char *name;
-    struct tg_limit *limits;
+    struct tg_limit *limits; /* token buckets (every unit but concurrent) */
     size_t nlimits;
+    struct tg_slot_limit *slots; /* concurrency limits, moved out of `limits:` at load */
+    size_t nslots;
     struct {
         enum tg_credit_mode mode;
     } credits;
@@ -197,6 +208,7 @@ struct tg_config {
             int sync_interval_ms;
             double min_rate; /* requests/s */
         } lease;
+        int slot_ttl_ms; /* a crashed gateway's concurrency slots are taken at most this long */
     } limiter;
     struct {
         int chars_per_token;

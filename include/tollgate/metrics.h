@@ -37,6 +37,10 @@ struct evbuffer;
       "(interactive|background).")                                                               \
     X(WAIT_SECONDS, histogram, "tollgate_wait_seconds", "class",                                  \
       "Time a request waited in its tenant's wait queue, by class.")                              \
+    X(SLOTS_IN_USE, gauge, "tollgate_slots_in_use", "tenant",                                    \
+      "Concurrency slots held by this gateway's requests in flight, by tenant.")                 \
+    X(SLOTS_EXPIRED, counter, "tollgate_slots_expired_total", "tenant",                          \
+      "Concurrency slots found lapsed in Redis (a gateway stopped refreshing them).")            \
     X(LIMITER_DECISIONS, counter, "tollgate_limiter_decisions_total", "where",                     \
       "Redis-backend checks by where they were decided (lease: on this gateway's lease, "          \
       "redis: by a script call).")                                                                 \

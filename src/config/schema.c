@@ -181,12 +181,32 @@ static int check_limit(struct loader *ld, const struct section *sec, uint32_t ma
 {
     struct tg_limit *l = base;
     const struct tg_limit *all = ld->items;
+    bool concurrent = (int)l->unit == TG_UNIT_COUNT;
+    static const char *const bucket_keys[] = {"rate", "per", "burst", "reserve", "models"};
+    if (concurrent) {
+        if (seen_node(sec, seen, "max", NONE) == NONE)
+            return fail_key(ld, sec, seen, map, "max",
+                            "is required for a concurrent limit (requests in flight at once)");
+        for (size_t i = 0; i < TG_ARRAY_LEN(bucket_keys); i++)
+            if (seen_node(sec, seen, bucket_keys[i], NONE) != NONE)
+                return fail_key(ld, sec, seen, map, bucket_keys[i],
+                                "does not apply to a concurrent limit (it has only max)");
+    } else {
+        if (seen_node(sec, seen, "max", NONE) != NONE)
+            return fail_key(ld, sec, seen, map, "max",
+                            "applies only to unit: concurrent (a bucket has rate, per, burst)");
+        if (seen_node(sec, seen, "rate", NONE) == NONE)
+            return fail_key(ld, sec, seen, map, "rate", "is required");
+        if (seen_node(sec, seen, "per", NONE) == NONE)
+            return fail_key(ld, sec, seen, map, "per", "is required");
+    }
     for (size_t i = 0; i < ld->item; i++) {
         if (strcmp(all[i].name, l->name) == 0)
             return fail_key(ld, sec, seen, map, "name",
                             "limit %s is already defined in this tenant at limits[%zu]", l->name,
                             i);
     }
+    if (concurrent) return 0;
     if (l->burst == 0) l->burst = l->rate;
     if (l->reserve >= 1)
         return fail_key(ld, sec, seen, map, "reserve",
@@ -209,6 +229,9 @@ const char *const fsync_names[] = {"always", "interval", NULL};
 const char *const full_names[] = {"reject", "drop_oldest", NULL};
 const char *const cost_names[] = {"requests", "tokens", "video", NULL};
 static const char *const unit_names[] = {"requests", "tokens", "video_seconds", NULL};
+/* A limit's unit: the bucket units, and `concurrent` (== TG_UNIT_COUNT) for slots. */
+static const char *const limit_unit_names[] = {"requests", "tokens", "video_seconds", "concurrent",
+                                               NULL};
 const char *const credit_mode_names[] = {"off", "overflow", "prepaid", NULL};
 const char *const priority_names[] = {"interactive", "background", NULL};
 
@@ -309,6 +332,8 @@ static const struct directive limiter_keys[] = {
     {KEY("expected_gateways", N_SCALAR, set_int, CFG(limiter.expected_gateways)), .store = ST_INT,
      .defi = TG_DEFAULT_EXPECTED_GATEWAYS, .min = 1, .max = 1000},
     {KEY("lease", N_MAP, set_section, 0), .store = ST_SECTION, .sub = &lease_section},
+    {KEY("slot_ttl_ms", N_SCALAR, set_int, CFG(limiter.slot_ttl_ms)), .store = ST_INT,
+     .defi = TG_DEFAULT_SLOT_TTL_MS, .min = 1000, .max = MAX_MS_HOUR},
 };
 
 static const struct directive costs_keys[] = {
@@ -387,11 +412,12 @@ static const struct section route_section = SECTION(route_keys, check_route);
 #define LIM(f) offsetof(struct tg_limit, f)
 static const struct directive limit_keys[] = {
     {KEY("name", N_SCALAR, set_name, LIM(name)), .store = ST_STR, .required = true},
-    {KEY("unit", N_SCALAR, set_enum, LIM(unit)), .store = ST_ENUM, .choices = unit_names,
+    {KEY("unit", N_SCALAR, set_enum, LIM(unit)), .store = ST_ENUM, .choices = limit_unit_names,
      .required = true},
     {KEY("rate", N_SCALAR, set_num, LIM(rate)), .store = ST_DBL, .min = 0, .min_excl = true,
-     .max = MAX_RATE, .required = true},
-    {KEY("per", N_SCALAR, set_per, LIM(per_ms)), .store = ST_I64, .required = true},
+     .max = MAX_RATE}, /* required but for concurrent (check_limit) */
+    {KEY("per", N_SCALAR, set_per, LIM(per_ms)), .store = ST_I64},
+    {KEY("max", N_SCALAR, set_int, LIM(max)), .store = ST_INT, .min = 1, .max = 1000000},
     {KEY("burst", N_SCALAR, set_num, LIM(burst)), .store = ST_DBL, .min = 0, .min_excl = true,
      .max = MAX_RATE}, /* default: rate */
     {KEY("models", N_SEQ, set_strlist, LIM(models)), .off_n = LIM(nmodels)},
@@ -411,6 +437,30 @@ static int check_tenant_credits(struct loader *ld, const struct section *sec, ui
 }
 
 #define TEN(f) offsetof(struct tg_tenant, f)
+/* Concurrent limits go to the tenant's slots; limits[] keeps the buckets. */
+static int check_tenant(struct loader *ld, const struct section *sec, uint32_t map,
+                        const uint32_t *seen, void *base)
+{
+    struct tg_tenant *t = base;
+    size_t n = 0;
+    for (size_t i = 0; i < t->nlimits; i++)
+        n += (int)t->limits[i].unit == TG_UNIT_COUNT;
+    if (n == 0) return 0;
+    t->slots = ld_alloc(ld, n * sizeof(*t->slots));
+    if (!t->slots) return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < t->nlimits; i++) {
+        if ((int)t->limits[i].unit == TG_UNIT_COUNT) {
+            t->slots[t->nslots].name = t->limits[i].name;
+            t->slots[t->nslots++].max = t->limits[i].max;
+        } else {
+            t->limits[k++] = t->limits[i];
+        }
+    }
+    t->nlimits = k;
+    return 0;
+}
+
 static const struct directive tenant_credit_keys[] = {
     {KEY("mode", N_SCALAR, set_enum, TEN(credits.mode)), .store = ST_ENUM,
      .defs = TG_DEFAULT_CREDITS_MODE, .choices = credit_mode_names},
@@ -427,7 +477,7 @@ static const struct directive tenant_keys[] = {
     {KEY("max_queue", N_SCALAR, set_int, TEN(max_queue)), .store = ST_INT,
      .defi = TG_DEFAULT_MAX_QUEUE, .min = 0, .max = 1000000},
 };
-static const struct section tenant_section = SECTION(tenant_keys, NULL);
+static const struct section tenant_section = SECTION(tenant_keys, check_tenant);
 
 #define PR(f) offsetof(struct tg_price, f)
 static const struct directive price_keys[] = {

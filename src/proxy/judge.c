@@ -155,6 +155,13 @@ void on_admit(void *arg, enum tg_admit_status status)
     }
     r->refused = true;
     r->rl_len = 0;
+    if (status == TG_ADMIT_ERROR) {
+        r->rl_len = (size_t)snprintf(r->rl, sizeof(r->rl), "Retry-After: 1\r\n");
+        reply_error(c, 503, "server_error", "rate_limiter_unavailable",
+                    "The concurrency limiter is unavailable; please try again later.", false,
+                    TG_DECISION_ERROR);
+        return;
+    }
     reply_error(c, 429, "requests", "concurrency_limit_exceeded",
                 status == TG_ADMIT_TIMEOUT
                     ? "The request waited as long as its route allows for a free slot."
