@@ -13,6 +13,7 @@
 #include "tollgate/upstream.h"
 #include "tollgate/worker.h"
 #include "tollgate/server.h"
+#include "tollgate/gate.h"
 #include "tollgate/waitq.h"
 
 #define LISTEN_BACKLOG 4096
@@ -196,6 +197,11 @@ struct tg_server *tg_server_create(struct tg_config *cfg, struct tg_sink *sink,
             goto error;
         }
         if (tg_admission_init(&w->admission, w->base, cfg, err) != 0) goto error;
+        w->gate = tg_gate_create(w->base);
+        if (w->gate == NULL) {
+            snprintf(err, TG_ERR_LEN, "worker %d: out of memory", i);
+            goto error;
+        }
         const struct tg_limiter_env env = {w->base, cfg, local, fallback};
         w->limiter = tg_limiter_for_worker(&env, &w->own_limiter, err);
         if (w->limiter == NULL) goto error;
@@ -312,6 +318,7 @@ void tg_server_destroy(struct tg_server *s)
         tg_proxy_free_pool(w);
         tg_waitq_destroy(w->waitq);
         tg_admission_deinit(&w->admission);
+        tg_gate_destroy(w->gate);
         for (size_t k = 0; k < w->npools; k++)
             tg_pool_retire(w->pools[k]);
         free(w->pools);

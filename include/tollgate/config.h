@@ -58,6 +58,7 @@
 #define TG_DEFAULT_MAX_QUEUE 64
 #define TG_DEFAULT_MAX_WAITING 10000
 #define TG_DEFAULT_SLOT_TTL_MS 10000
+#define TG_DEFAULT_QUEUE_TIMEOUT_MS 5000
 
 enum tg_log_level { TG_LOG_DEBUG, TG_LOG_INFO, TG_LOG_WARN, TG_LOG_ERROR };
 enum tg_limiter_backend { TG_LIMITER_LOCAL, TG_LIMITER_REDIS };
@@ -107,6 +108,8 @@ struct tg_upstream {
     int connect_timeout_ms;
     int response_timeout_ms;
     int max_connections; /* per worker */
+    int max_inflight;     /* per gateway (all workers); 0: no limit */
+    int queue_timeout_ms; /* how long a request waits for a place when max_inflight is reached */
     bool tls_verify;
     size_t index; /* position in tg_config.upstreams */
 };

@@ -41,6 +41,8 @@ struct evbuffer;
       "Concurrency slots held by this gateway's requests in flight, by tenant.")                 \
     X(SLOTS_EXPIRED, counter, "tollgate_slots_expired_total", "tenant",                          \
       "Concurrency slots found lapsed in Redis (a gateway stopped refreshing them).")            \
+    X(UPSTREAM_QUEUE, gauge, "tollgate_upstream_queue_requests", "upstream",                     \
+      "Requests waiting for a place of an upstream with max_inflight, by upstream.")             \
     X(LIMITER_DECISIONS, counter, "tollgate_limiter_decisions_total", "where",                     \
       "Redis-backend checks by where they were decided (lease: on this gateway's lease, "          \
       "redis: by a script call).")                                                                 \

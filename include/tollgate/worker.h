@@ -30,6 +30,7 @@ struct tg_worker {
     struct tg_limiter *local; /* (ref) process-wide local limiter */
     struct tg_admission admission;
     struct tg_waitq *waitq; /* denied requests waiting for room, per tenant */
+    struct tg_gate *gate;   /* requests waiting for a place of a max_inflight upstream */
     struct tg_sink *sink;     /* (ref) */
     struct tg_pool **pools;   /* one per cfg->upstreams[i] */
     size_t npools;

@@ -393,6 +393,10 @@ static const struct directive upstream_keys[] = {
      .defi = TG_DEFAULT_MAX_CONNECTIONS, .min = 1, .max = 65536},
     {KEY("tls_verify", N_SCALAR, set_bool, UP(tls_verify)), .store = ST_BOOL,
      .defi = TG_DEFAULT_TLS_VERIFY},
+    {KEY("max_inflight", N_SCALAR, set_int, UP(max_inflight)), .store = ST_INT, .defi = 0,
+     .min = 0, .max = 1000000},
+    {KEY("queue_timeout_ms", N_SCALAR, set_int, UP(queue_timeout_ms)), .store = ST_INT,
+     .defi = TG_DEFAULT_QUEUE_TIMEOUT_MS, .min = 1, .max = MAX_MS_HOUR},
 };
 static const struct section upstream_section = SECTION(upstream_keys, check_upstream);
 

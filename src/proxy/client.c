@@ -145,6 +145,7 @@ void req_release(struct tg_conn *c)
     if (r == NULL) return;
     if (r->checking) tg_limiter_cancel(c->w->limiter, c);
     tg_waitq_leave(c->w->waitq, &r->waiter); /* a client gone while it waited leaves at once */
+    tg_gate_leave(c->w->gate, &r->gate);
     if (r->admit.waiting) tg_admission_cancel(&c->w->admission, &r->admit);
     tg_admission_release(&c->w->admission, &r->admit);
     if (r->acquiring && r->pool) tg_pool_cancel(r->pool, c);
@@ -319,6 +320,7 @@ static bool req_begin(struct tg_conn *c)
     r->denied = -1;
     r->checking = r->charged = r->acquiring = r->retried = false;
     memset(&r->waiter, 0, sizeof(r->waiter));
+    memset(&r->gate, 0, sizeof(r->gate));
     r->conn = c;
     r->wait_deadline_ms = 0;
     r->wait_expired = false;

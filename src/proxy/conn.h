@@ -30,6 +30,7 @@
 #include "tollgate/proxy.h"
 #include "tollgate/router.h"
 #include "tollgate/upstream.h"
+#include "tollgate/gate.h"
 #include "tollgate/waitq.h"
 #include "tollgate/worker.h"
 #include "tollgate/headbuf.h"
@@ -93,6 +94,7 @@ struct tg_req {
     struct tg_conn *conn;     /* (ref) the connection, for the waiter's wake-up */
     int64_t wait_deadline_ms; /* 0 until it first waits */
     bool wait_expired;        /* its max_wait_ms passed: one last check, then 429 */
+    struct tg_gate_ticket gate; /* its place of the upstream (max_inflight) */
     char rl[RL_HEADERS_MAX];
     size_t rl_len;
     struct tg_pool *pool;

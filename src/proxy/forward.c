@@ -11,6 +11,22 @@ static struct tg_pool *pool_for(struct tg_worker *w, const struct tg_upstream *u
     return NULL;
 }
 
+static void on_gate(void *arg, enum tg_gate_status status)
+{
+    struct tg_conn *c = arg;
+    struct tg_req *r = c->req;
+    if (status != TG_GATE_OK) {
+        r->upstream_failed = true;
+        r->rl_len = (size_t)snprintf(r->rl, sizeof(r->rl), "Retry-After: 1\r\n");
+        reply_error(c, 503, "server_error", "upstream_busy",
+                    "The model server has as many requests as it takes; please retry shortly.",
+                    false, TG_DECISION_ERROR);
+        return;
+    }
+    r->acquiring = true;
+    tg_pool_acquire(r->pool, on_upconn, c);
+}
+
 void start_forward(struct tg_conn *c)
 {
     struct tg_req *r = c->req;
@@ -22,8 +38,8 @@ void start_forward(struct tg_conn *c)
                     TG_DECISION_ERROR);
         return;
     }
-    r->acquiring = true;
-    tg_pool_acquire(r->pool, on_upconn, c);
+    /* a place of the upstream first (max_inflight), interactive requests ahead */
+    tg_gate_enter(c->w->gate, &r->gate, r->upstream, r->priority, on_gate, c);
 }
 
 enum fwd { FWD_KEEP, FWD_DROP, FWD_XFF };

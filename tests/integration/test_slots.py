@@ -164,5 +164,62 @@ def test_a_request_over_the_limit_waits_for_a_slot_when_the_route_allows():
     mock.stop()
 
 
+def gate_config(mock, max_inflight, queue_timeout_ms):
+    cfg = h.tollgate_config(mock.url, tenants=[{
+        "name": "acme", "keys": [TEST_KEY, {"key": "sk-bg", "priority": "background"}],
+        "limits": [{"name": "rpm", "unit": "requests", "rate": 100000, "per": "minute"}]}])
+    cfg["upstreams"][0]["max_inflight"] = max_inflight
+    cfg["upstreams"][0]["queue_timeout_ms"] = queue_timeout_ms
+    return cfg
+
+
+def test_upstream_max_inflight_queues_then_503_with_retry_after():
+    mock = h.MockModel(threads=8).start()
+    tg = h.Tollgate(gate_config(mock, 2, 300)).start()
+    out, lock = [], threading.Lock()
+    th = [threading.Thread(target=slow, args=(tg, 600, out, lock)) for _ in range(5)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join(20)
+    statuses = sorted(o[0] for o in out)
+    assert statuses == [200, 200, 503, 503, 503], out
+    assert all(o[1] == "upstream_busy" for o in out if o[0] == 503), out
+    tg.term()
+    recs = h.read_jsonl(tg.usage_path)
+    assert max_overlap(recs) <= 2
+    mock.stop()
+
+
+def test_upstream_queue_serves_interactive_before_background():
+    mock = h.MockModel(threads=8).start()
+    tg = h.Tollgate(gate_config(mock, 1, 10000)).start()
+    order, lock = [], threading.Lock()
+
+    def one(key):
+        hdr = auth(key)
+        hdr["x-mock-delay-ms"] = "100"
+        r = tg.request("POST", "/v1/embeddings", headers=hdr, json={"model": "e", "input": "x"}, timeout=20)
+        with lock:
+            order.append((key, r.status, time.monotonic()))
+
+    bg = [threading.Thread(target=one, args=("sk-bg",)) for _ in range(4)]
+    for t in bg:
+        t.start()
+    time.sleep(0.05)
+    inter = [threading.Thread(target=one, args=(TEST_KEY,)) for _ in range(4)]
+    for t in inter:
+        t.start()
+    for t in bg + inter:
+        t.join(30)
+    assert all(s == 200 for _, s, _ in order), order
+    keys = [k for k, _, _ in sorted(order, key=lambda o: o[2])]
+    # the first background request was already in; then every interactive one before the rest
+    assert keys[1:5] == [TEST_KEY] * 4, keys
+    assert h.Tollgate.metrics(tg).get('tollgate_upstream_queue_requests{upstream="mock"}', 0) == 0
+    tg.term()
+    mock.stop()
+
+
 if __name__ == "__main__":
     h.main()
