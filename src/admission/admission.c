@@ -79,7 +79,11 @@ static void local_give(const struct tg_tenant *t)
 
 struct slot_backend {
     struct tg_admission *a;
-    struct tg_redis *redis; /* NULL: the in-process counters */
+    struct event_base *base;
+    bool use_redis;          /* the Redis limiter: slots in Redis */
+    struct tg_redis *redis;  /* connected once some tenant has a concurrency limit */
+    char ip[64], *password;
+    int port, db, timeout_ms;
     char *prefix;
     int ttl_ms;
     bool deny; /* on_redis_error: deny */
@@ -135,8 +139,8 @@ static void granted(struct slot_backend *sb, struct tg_admit_ticket *t, bool slo
     t->a->granted++;
     if (slots) {
         count_in_use(t->tenant, 1);
-        if (sb->redis) list_add(&sb->holding, t);
-        if (sb->redis && !evtimer_pending(sb->refresh_ev, NULL)) {
+        if (sb->use_redis) list_add(&sb->holding, t);
+        if (sb->use_redis && !evtimer_pending(sb->refresh_ev, NULL)) {
             int ms = sb->ttl_ms / 3;
             struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
             evtimer_add(sb->refresh_ev, &tv);
@@ -162,16 +166,37 @@ static void denied(struct slot_backend *sb, struct tg_admit_ticket *t)
     t->cb(t->arg, t->deadline_ms > 0 ? TG_ADMIT_TIMEOUT : TG_ADMIT_BUSY);
 }
 
+/* The slots' connection, made when the first tenant with a concurrency limit is seen (at
+ * start, or after a reload that added one): a gateway without them keeps one connection. */
+static bool ensure_redis(struct slot_backend *sb)
+{
+    if (sb->redis) return true;
+    static const char *const scripts[] = {tg_lua_slots};
+    struct tg_redis_options o = {
+        .host = sb->ip,
+        .port = sb->port,
+        .password = sb->password,
+        .db = sb->db,
+        .timeout_ms = sb->timeout_ms,
+        .scripts = scripts,
+        .nscripts = 1,
+        .unavailable_note = sb->deny ? "concurrency slots answered by on_redis_error=deny"
+                                     : "concurrency slots answered by on_redis_error=allow",
+    };
+    sb->redis = tg_redis_create(sb->base, &o);
+    return sb->redis != NULL;
+}
+
 static void try_take(struct slot_backend *sb, struct tg_admit_ticket *t)
 {
-    if (!sb->redis) {
+    if (!sb->use_redis) {
         if (local_take(t->tenant))
             granted(sb, t, true);
         else
             denied(sb, t);
         return;
     }
-    if (!tg_redis_up(sb->redis)) {
+    if (!ensure_redis(sb) || !tg_redis_up(sb->redis)) {
         if (sb->deny) {
             t->waiting = false;
             t->cb(t->arg, TG_ADMIT_ERROR);
@@ -304,24 +329,21 @@ int tg_admission_init(struct tg_admission *a, struct event_base *base, const str
     sb->retry_ev = evtimer_new(base, on_retry, sb);
     sb->refresh_ev = evtimer_new(base, on_refresh, sb);
     if (!sb->retry_ev || !sb->refresh_ev) goto oom;
+    sb->base = base;
     if (cfg->limiter.backend == TG_LIMITER_REDIS) {
-        static const char *const scripts[] = {tg_lua_slots};
-        char ip[64];
-        struct tg_redis_options o = {
-            .host = ip,
-            .password = cfg->limiter.redis.password,
-            .db = cfg->limiter.redis.db,
-            .timeout_ms = cfg->limiter.redis.timeout_ms > 0 ? cfg->limiter.redis.timeout_ms
-                                                            : TG_DEFAULT_REDIS_TIMEOUT_MS,
-            .scripts = scripts,
-            .nscripts = 1,
-            .unavailable_note = sb->deny ? "concurrency slots answered by on_redis_error=deny"
-                                         : "concurrency slots answered by on_redis_error=allow",
-        };
-        tg_redis_address(cfg, ip, sizeof(ip), &o.port);
+        sb->use_redis = true;
+        tg_redis_address(cfg, sb->ip, sizeof(sb->ip), &sb->port);
+        sb->db = cfg->limiter.redis.db;
+        sb->timeout_ms = cfg->limiter.redis.timeout_ms > 0 ? cfg->limiter.redis.timeout_ms
+                                                           : TG_DEFAULT_REDIS_TIMEOUT_MS;
+        sb->password = strdup(cfg->limiter.redis.password ? cfg->limiter.redis.password : "");
         sb->prefix = strdup(cfg->limiter.redis.key_prefix ? cfg->limiter.redis.key_prefix
                                                           : TG_DEFAULT_REDIS_KEY_PREFIX);
-        if (!sb->prefix || !(sb->redis = tg_redis_create(base, &o))) goto oom;
+        if (!sb->prefix || !sb->password) goto oom;
+        bool any = false;
+        for (size_t i = 0; i < cfg->ntenants && !any; i++)
+            any = cfg->tenants[i].nslots > 0;
+        if (any && !ensure_redis(sb)) goto oom; /* connected before the first request */
     }
     a->sb = sb;
     return 0;
@@ -339,12 +361,13 @@ void tg_admission_deinit(struct tg_admission *a)
     while (sb->holding) { /* give back what is held (best effort: they expire anyway) */
         struct tg_admit_ticket *t = sb->holding;
         list_del(&sb->holding, t);
-        if (sb->redis) send_slots(sb, t->tenant, "release", t->slot_id, NULL);
+        if (sb->use_redis && sb->redis) send_slots(sb, t->tenant, "release", t->slot_id, NULL);
     }
     tg_redis_destroy(sb->redis); /* sends them; pending calls answer NULL */
     if (sb->retry_ev) event_free(sb->retry_ev);
     if (sb->refresh_ev) event_free(sb->refresh_ev);
     free(sb->prefix);
+    free(sb->password);
     free(sb);
     a->sb = NULL;
 }
@@ -393,9 +416,9 @@ void tg_admission_release(struct tg_admission *a, struct tg_admit_ticket *t)
     if (!t->slots || !a->sb) return;
     t->slots = false;
     count_in_use(t->tenant, -1);
-    if (a->sb->redis) {
+    if (a->sb->use_redis) {
         list_del(&a->sb->holding, t);
-        send_slots(a->sb, t->tenant, "release", t->slot_id, NULL);
+        if (a->sb->redis) send_slots(a->sb, t->tenant, "release", t->slot_id, NULL);
     } else {
         local_give(t->tenant);
     }

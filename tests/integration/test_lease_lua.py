@@ -121,8 +121,9 @@ def run_sequence(cli, seed, steps=400):
             assert own == g.r, (seed, step, own, g.r, out)
         elif op < 0.75:  # a strict check by a gateway without its lease (bucket.lua)
             cost = rnd.randint(1, b.cap_u // 3)
-            rows = struct_rows([cost])
-            out = cli.cmd("EVALSHA", bucket_sha, 1, key, str(now), *[str(a) for a in b.args()], "1", rows)
+            rows = struct_rows([cost, 0])  # the bucket's cost, then the class (0: interactive)
+            out = cli.cmd("EVALSHA", bucket_sha, 1, key, str(now), *[str(a) for a in b.args()], "0", "1",
+                          rows)
             if out[1] == 1:
                 admitted.append((now, cost))
         elif op < 0.80:  # a strict refund (settle.lua)
@@ -195,8 +196,8 @@ def test_written_off_lease_is_room_only_from_its_expiry():
                   *[str(a) for a in b.args()], "0", "0", "0", str(5 * U), "0")
     assert out[2] == 5 * U and out[3] == 5 * U, out  # half of the bucket: a share, not all
     now = t0 + ttl + 1  # the gateway died: its 5 units are gone at t0 + ttl
-    out = cli.cmd("EVALSHA", bucket_sha, 1, "wo:{t}:b", str(now), *[str(a) for a in b.args()],
-                  "1", struct_rows([10 * U]))
+    out = cli.cmd("EVALSHA", bucket_sha, 1, "wo:{t}:b", str(now), *[str(a) for a in b.args()], "0",
+                  "1", struct_rows([10 * U, 0]))
     assert out[1] == 0 and out[2] == 5 * U + 1000, out  # 5 units, plus 1 ms of refill
     out = cli.cmd("GET", "wo:{t}:b")
     assert out.split(" ")[2] == str(5 * U), out  # nothing written by a denied check

@@ -347,7 +347,7 @@ def test_sigterm_with_hanging_request_exits_within_drain_timeout():
 # access log
 
 
-ACCESS_FIELDS = {"ts", "id", "tenant", "route", "model", "status", "decision", "latency_ms",
+ACCESS_FIELDS = {"ts", "id", "tenant", "route", "model", "status", "decision", "priority", "latency_ms",
                  "upstream_ms", "bytes_in", "bytes_out"}
 
 
