@@ -444,6 +444,8 @@ enum lease_verdict lease_check(struct lease_set *ls, const struct tg_limit_req *
     struct lop probe;
     probe.req.tenant = req->tenant;
     probe.req.fallback = req->fallback;
+    probe.req.background = req->background; /* false here: a reserve keeps it off leases */
+    probe.req.credit.mode = TG_CREDITS_OFF; /* credit tenants are never leased */
     probe.req.n = req->n;
     memcpy(probe.req.b, req->b, req->n * sizeof(req->b[0]));
     memcpy(probe.p, p, req->n * sizeof(*p));
