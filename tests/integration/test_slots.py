@@ -164,6 +164,22 @@ def test_a_request_over_the_limit_waits_for_a_slot_when_the_route_allows():
     mock.stop()
 
 
+def test_a_slot_comes_back_after_an_upstream_timeout():
+    mock = h.MockModel(threads=4).start()
+    cfg = config(mock, max_inflight=1)
+    cfg["upstreams"][0]["response_timeout_ms"] = 300
+    tg = h.Tollgate(cfg).start()
+    hdr = auth()
+    hdr["x-mock-hang"] = "1"
+    r = tg.request("POST", "/v1/embeddings", headers=hdr, json={"model": "e", "input": "x"}, timeout=10)
+    assert r.status == 504, r.status
+    assert tg.metrics().get('tollgate_slots_in_use{tenant="acme"}', 0) == 0
+    r = tg.request("POST", "/v1/embeddings", headers=auth(), json={"model": "e", "input": "x"})
+    assert r.status == 200, r.text  # the one slot is free again
+    tg.term()
+    mock.stop()
+
+
 def gate_config(mock, max_inflight, queue_timeout_ms):
     cfg = h.tollgate_config(mock.url, tenants=[{
         "name": "acme", "keys": [TEST_KEY, {"key": "sk-bg", "priority": "background"}],
