@@ -292,6 +292,10 @@ bool tg_server_ready(struct tg_server *s, char *why, size_t cap)
                      tg_limiter_name(w->limiter));
             return false;
         }
+        if (!tg_admission_ready(&w->admission)) {
+            snprintf(why, cap, "worker %d: the concurrency slots' Redis is unreachable", i);
+            return false;
+        }
     }
     if (s->sink && !tg_sink_accepting(s->sink)) {
         snprintf(why, cap, "usage sink %s is not accepting records", tg_sink_name(s->sink));

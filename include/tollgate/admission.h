@@ -61,6 +61,9 @@ struct tg_admission {
  * Redis limiter). Returns 0, or -1 with err set. */
 int tg_admission_init(struct tg_admission *a, struct event_base *base, const struct tg_config *cfg,
                       char err[TG_ERR_LEN]) TG_WUR;
+/* False while the slots' Redis connection (made when some tenant has a concurrency limit)
+ * is down and on_redis_error is deny: /readyz says not ready. Any thread may ask. */
+bool tg_admission_ready(const struct tg_admission *a);
 /* Releases what is held (best effort) and frees the backend. */
 void tg_admission_deinit(struct tg_admission *a);
 

@@ -183,8 +183,9 @@ static bool ensure_redis(struct slot_backend *sb)
         .unavailable_note = sb->deny ? "concurrency slots answered by on_redis_error=deny"
                                      : "concurrency slots answered by on_redis_error=allow",
     };
-    sb->redis = tg_redis_create(sb->base, &o);
-    return sb->redis != NULL;
+    struct tg_redis *r = tg_redis_create(sb->base, &o);
+    __atomic_store_n(&sb->redis, r, __ATOMIC_RELEASE); /* /readyz reads it from the main thread */
+    return r != NULL;
 }
 
 static void try_take(struct slot_backend *sb, struct tg_admit_ticket *t)
@@ -352,6 +353,14 @@ oom:
     a->sb = sb;
     tg_admission_deinit(a);
     return -1;
+}
+
+bool tg_admission_ready(const struct tg_admission *a)
+{
+    const struct slot_backend *sb = a->sb;
+    if (!sb || !sb->deny) return true;
+    struct tg_redis *r = __atomic_load_n(&sb->redis, __ATOMIC_ACQUIRE);
+    return !r || tg_redis_up(r);
 }
 
 void tg_admission_deinit(struct tg_admission *a)

@@ -53,6 +53,12 @@ def config(mock, backend, redis=None, mode="overflow", limits=None, prices=None,
         **more)
 
 
+def ready(tg):
+    """Started and ready (its Redis connected): the first requests get answers, not 503s."""
+    h.wait_until(lambda: tg.admin("/readyz", headers=ADMIN).status == 200, 5.0, what="/readyz 200")
+    return tg
+
+
 def topup(tg, amount, key, tenant="acme", reason="test top-up", body=None):
     headers = dict(ADMIN)
     if key is not None:
@@ -135,6 +141,7 @@ def overflow_then_insufficient_quota(backend):
     def body(mock, redis):
         tg = h.Tollgate(config(mock, backend, redis, mode="overflow",
                                limits=[{"name": "rpm", "unit": "requests", "rate": 3, "per": "hour"}])).start()
+        ready(tg)
         assert topup(tg, "2", "t1").status == 200
         paid = []
         for _ in range(3):  # the bucket pays these
@@ -184,7 +191,7 @@ def overflow_then_insufficient_quota(backend):
 
 
 def ledger_after_restart(tg):
-    tg.start()
+    ready(tg.start())
     try:
         return ledger(tg)
     finally:
@@ -205,6 +212,7 @@ def test_prepaid_pays_every_request_and_the_rate_limit_stays_a_ceiling():
                                prices=[{"unit": "tokens", "price": "0.001", "models": ["gpt-4o*"]},
                                        {"unit": "tokens", "price": "0.0001"}],
                                limits=[{"name": "rpm", "unit": "requests", "rate": 2, "per": "hour"}])).start()
+        ready(tg)
         r = chat(tg)
         assert r.status == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
         assert topup(tg, "100", "t1").status == 200
@@ -234,6 +242,8 @@ def test_two_gateways_forty_clients_spend_one_balance_while_topups_arrive():
                                  usage_path="var/usage-%d.jsonl" % i,
                                  events_path="var/ledger-events-%d.jsonl" % i), name="tg%d" % i).start()
                for i in range(2)]
+        for tg in tgs:
+            ready(tg)
         assert topup(tgs[0], "1", "seed").status == 200
         stop = threading.Event()
         statuses, lock = [], threading.Lock()
@@ -283,7 +293,7 @@ def test_two_gateways_forty_clients_spend_one_balance_while_topups_arrive():
         recs = h.read_jsonl(os.path.join(h.tmpdir(), "var", "usage-0.jsonl")) + \
             h.read_jsonl(os.path.join(h.tmpdir(), "var", "usage-1.jsonl"))
         charged = sum(micro(x["credits"]["charged"]) for x in recs if x["credits"])
-        tg = tgs[0].start()
+        tg = ready(tgs[0].start())
         live = micro(balance(tg)["balance"])
         events = ledger(tg)
         tg.term()
@@ -303,7 +313,7 @@ def test_two_gateways_forty_clients_spend_one_balance_while_topups_arrive():
 
 def idempotency(backend):
     def body(mock, redis):
-        tg = h.Tollgate(config(mock, backend, redis)).start()
+        tg = ready(h.Tollgate(config(mock, backend, redis)).start())
         out, lock = [], threading.Lock()
 
         def post():
@@ -346,7 +356,7 @@ def test_twenty_concurrent_posts_with_one_key_apply_once_redis():
 
 def test_bad_input_to_the_credits_api():
     def body(mock, redis):
-        tg = h.Tollgate(config(mock, "local")).start()
+        tg = ready(h.Tollgate(config(mock, "local")).start())
         r = h.request(tg.admin_port, "GET", "/admin/tenants/acme/credits")
         assert r.status == 401
         r = h.request(tg.admin_port, "GET", "/admin/tenants/nobody/credits", headers=ADMIN)
@@ -390,7 +400,7 @@ def sigkill_mid_load(backend):
     def body(mock, redis):
         cfg = config(mock, backend, redis, mode="prepaid", hold_ttl_ms=1500,
                      prices=[{"unit": "requests", "price": "0.01"}])
-        tg = h.Tollgate(cfg).start()
+        tg = ready(h.Tollgate(cfg).start())
         assert topup(tg, "1000", "seed").status == 200
         stop = threading.Event()
 
@@ -412,7 +422,7 @@ def sigkill_mid_load(backend):
         stop.set()
         for t in threads:
             t.join(10)
-        tg.start()
+        ready(tg.start())
         v = verify(tg)
         assert v.returncode == 0, v.stdout + v.stderr
         if backend == "redis":
@@ -447,11 +457,11 @@ def test_sigkill_mid_load_local_then_verify_and_open_holds_refunded():
 
 def test_sigkill_loses_no_acknowledged_top_up_local():
     def body(mock, redis):
-        tg = h.Tollgate(config(mock, "local")).start()
+        tg = ready(h.Tollgate(config(mock, "local")).start())
         for i in range(20):
             assert topup(tg, "0.25", "k%d" % i).status == 200
         tg.kill()
-        tg.start()
+        ready(tg.start())
         assert balance(tg)["balance"] == "5.000000"
         r = topup(tg, "0.25", "k3")  # still known after the restart: a repeat
         assert r.status == 200 and r.headers.get("idempotent-replayed") == "true"
@@ -471,7 +481,7 @@ def test_ledger_events_reach_the_kafka_ledger_topic_even_across_a_broker_outage(
                                             "spool_dir": "var/spool"}}
         cfg = config(mock, "redis", redis, mode="prepaid")
         cfg["usage"] = usage
-        tg = h.Tollgate(cfg).start()
+        tg = ready(h.Tollgate(cfg).start())
         assert topup(tg, "10", "k1").status == 200
         for _ in range(3):
             assert chat(tg).status == 200
@@ -495,7 +505,7 @@ def test_ledger_events_reach_the_kafka_ledger_topic_even_across_a_broker_outage(
 
 def test_verify_finds_a_tampered_ledger():
     def body(mock, redis):
-        tg = h.Tollgate(config(mock, "redis", redis)).start()
+        tg = ready(h.Tollgate(config(mock, "redis", redis)).start())
         assert topup(tg, "3", "a").status == 200
         assert topup(tg, "4", "b").status == 200
         tg.term()
@@ -531,7 +541,7 @@ def test_openai_node_sdk_sees_insufficient_quota():
         return
 
     def body(mock, redis):
-        tg = h.Tollgate(config(mock, "local", mode="prepaid")).start()
+        tg = ready(h.Tollgate(config(mock, "local", mode="prepaid")).start())
         assert topup(tg, "1", "t").status == 200  # two requests at 0.5
         env = dict(os.environ, TG_BASE="http://127.0.0.1:%d/v1" % tg.port, TG_KEY=TEST_KEY)
         r = subprocess.run(["node", os.path.join(HERE, "openai_sdk_quota.mjs")], cwd=HERE, env=env,

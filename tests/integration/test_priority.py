@@ -59,6 +59,7 @@ def reserve_counts(backend, lease="off"):
     redis = h.RedisServer().start() if backend == "redis" else None
     tg = h.Tollgate(config(mock, [{"name": "rpm", "unit": "requests", "rate": 10, "per": "hour",
                                    "reserve": 0.3}], backend, redis, lease)).start()
+    h.wait_until(lambda: tg.admin("/readyz").status == 200, 5.0, what="/readyz 200 (Redis connected)")
     bg = [embed(tg, key=BG_KEY).status for _ in range(12)]
     inter = [embed(tg).status for _ in range(5)]
     tg.term()
@@ -69,15 +70,18 @@ def reserve_counts(backend, lease="off"):
 
 
 def test_background_never_takes_the_reserve_local():
-    assert reserve_counts("local") == (7, 3)
+    got = reserve_counts("local")
+    assert got == (7, 3), got
 
 
 def test_background_never_takes_the_reserve_redis_strict():
-    assert reserve_counts("redis") == (7, 3)
+    got = reserve_counts("redis")
+    assert got == (7, 3), got
 
 
 def test_background_never_takes_the_reserve_redis_leases():
-    assert reserve_counts("redis", lease="always") == (7, 3)
+    got = reserve_counts("redis", lease="always")
+    assert got == (7, 3), got
 
 
 def timed(tg, key, out, lock, headers=None, replies=None):

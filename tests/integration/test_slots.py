@@ -85,6 +85,8 @@ def test_three_gateways_never_more_than_max_in_flight_and_slots_come_back():
     redis = h.RedisServer().start()
     tgs = [h.Tollgate(config(mock, "redis", redis, max_inflight=3, max_wait_ms=20000),
                       name="tg%d" % i).start() for i in range(3)]
+    for tg in tgs:
+        h.wait_until(lambda: tg.admin("/readyz").status == 200, 5.0, what="/readyz 200")
     out, lock = [], threading.Lock()
     th = []
     for i in range(30):
@@ -122,6 +124,8 @@ def test_a_killed_gateways_slots_lapse_after_slot_ttl():
     redis = h.RedisServer().start()
     a = h.Tollgate(config(mock, "redis", redis, max_inflight=2, slot_ttl_ms=1500), name="a").start()
     b = h.Tollgate(config(mock, "redis", redis, max_inflight=2, slot_ttl_ms=1500), name="b").start()
+    for tg in (a, b):
+        h.wait_until(lambda: tg.admin("/readyz").status == 200, 5.0, what="/readyz 200")
     out, lock = [], threading.Lock()
     th = [threading.Thread(target=slow, args=(a, 10000, out, lock)) for _ in range(2)]
     for t in th:
