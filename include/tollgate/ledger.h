@@ -72,6 +72,20 @@ struct tg_ledger_event {
 #define TG_LEDGER_EVENT_MAX (640 + 6 * (TG_IDEM_KEY_MAX + TG_NOTE_MAX + 2 * 128))
 size_t tg_ledger_event_json(const struct tg_ledger_event *e, char *out, size_t cap);
 
+/* ---- the Redis side (the credit scripts' keys and replies) ---- */
+
+struct tg_resp;
+struct redisReply;
+/* Appends the tenant's credit keys in _credits.lua's order: $credits, $holds, $holdexp,
+ * $ledger, and with `commits` $commits. */
+void tg_ledger_put_keys(struct tg_resp *c, const char *prefix, const char *tenant, bool commits);
+/* The event of 9 reply elements from e[0] (seq, ts, delta, balance, held, reason,
+ * request_id, idempotency_key, note); its strings are the reply's. */
+void tg_ledger_event_from_reply(const char *tenant, struct redisReply *const *e,
+                                struct tg_ledger_event *ev);
+/* Ships the events of a script's reply from element `from` on, 9 elements each. */
+void tg_ledger_ship_reply(const char *tenant, const struct redisReply *r, size_t from);
+
 /* Where events are shipped (the ledger sink: Kafka's ledger topic or the ledger file);
  * set once by the main thread before the workers start, NULL: nowhere. */
 void tg_ledger_set_sink(struct tg_sink *s);

@@ -52,6 +52,14 @@ void tg_resp_head(struct tg_resp *c, char type, size_t n);
 void tg_resp_raw(struct tg_resp *c, const void *s, size_t n);
 void tg_resp_bulk(struct tg_resp *c, const char *s, size_t n);
 void tg_resp_bulk_int(struct tg_resp *c, int64_t v);
+/* "<prefix>{<tenant>}:<name><suffix>" as one bulk string: a key in the tenant's hash tag
+ * (suffix may be NULL). */
+void tg_resp_tenant_key(struct tg_resp *c, const char *prefix, const char *tenant,
+                        const char *name, const char *suffix);
+/* An element of a script's reply as an integer (integers, and strings of digits), else 0;
+ * as a string ("" unless a string). */
+int64_t tg_redis_reply_int(const struct redisReply *e);
+const char *tg_redis_reply_str(const struct redisReply *e);
 /* "%.17g": reads back as the same double in Lua's tonumber. */
 void tg_resp_bulk_double(struct tg_resp *c, double v);
 

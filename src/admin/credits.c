@@ -372,82 +372,24 @@ static void local_serve(struct evhttp_request *req, enum op_kind kind, const cha
 
 /* ---- Redis ---- */
 
-static void put_key(struct tg_resp *b, const struct tg_credit_api *api, const char *tenant,
-                    const char *name, const char *suffix)
-{
-    size_t pl = strlen(api->prefix), tl = strlen(tenant), nl = strlen(name);
-    size_t sl = suffix ? strlen(suffix) : 0;
-    tg_resp_head(b, '$', pl + tl + 3 + nl + sl);
-    tg_resp_raw(b, api->prefix, pl);
-    tg_resp_raw(b, "{", 1);
-    tg_resp_raw(b, tenant, tl);
-    tg_resp_raw(b, "}:", 2);
-    tg_resp_raw(b, name, nl);
-    if (sl) tg_resp_raw(b, suffix, sl);
-    tg_resp_raw(b, "\r\n", 2);
-}
-
-static void put_credit_keys(struct tg_resp *b, const struct tg_credit_api *api,
-                            const char *tenant)
-{
-    static const char *const names[] = {"$credits", "$holds", "$holdexp", "$ledger"};
-    for (size_t i = 0; i < 4; i++)
-        put_key(b, api, tenant, names[i], NULL);
-}
-
-static int64_t rint64(const redisReply *e)
-{
-    if (e->type == REDIS_REPLY_INTEGER) return e->integer;
-    if (e->type == REDIS_REPLY_STRING) return strtoll(e->str, NULL, 10);
-    return 0;
-}
-
-static const char *rstr(const redisReply *e)
-{
-    return e->type == REDIS_REPLY_STRING ? e->str : "";
-}
-
-static void event_from(const char *tenant, redisReply **e, struct tg_ledger_event *ev)
-{
-    *ev = (struct tg_ledger_event){.seq = rint64(e[0]),
-                                   .ts_ms = rint64(e[1]),
-                                   .delta = rint64(e[2]),
-                                   .balance = rint64(e[3]),
-                                   .held = rint64(e[4]),
-                                   .tenant = tenant,
-                                   .reason = rstr(e[5]),
-                                   .request_id = rstr(e[6]),
-                                   .idem = rstr(e[7]),
-                                   .note = rstr(e[8])};
-}
-
-static void ship_from(const char *tenant, const redisReply *r, size_t from)
-{
-    for (size_t i = from; i + EVENT_FIELDS <= r->elements; i += EVENT_FIELDS) {
-        struct tg_ledger_event ev;
-        event_from(tenant, r->element + i, &ev);
-        tg_ledger_ship(&ev);
-    }
-}
-
 /* An XRANGE entry [id, [field, value, ...]] as an event. */
 static bool stream_event(const char *tenant, const redisReply *x, struct tg_ledger_event *ev)
 {
     if (x->type != REDIS_REPLY_ARRAY || x->elements != 2 || x->element[1]->type != REDIS_REPLY_ARRAY)
         return false;
     const redisReply *f = x->element[1];
-    *ev = (struct tg_ledger_event){.tenant = tenant, .seq = strtoll(rstr(x->element[0]), NULL, 10)};
+    *ev = (struct tg_ledger_event){.tenant = tenant, .seq = strtoll(tg_redis_reply_str(x->element[0]), NULL, 10)};
     for (size_t i = 0; i + 1 < f->elements; i += 2) {
-        const char *k = rstr(f->element[i]);
+        const char *k = tg_redis_reply_str(f->element[i]);
         const redisReply *v = f->element[i + 1];
-        if (strcmp(k, "ts") == 0) ev->ts_ms = rint64(v);
-        else if (strcmp(k, "delta") == 0) ev->delta = rint64(v);
-        else if (strcmp(k, "balance") == 0) ev->balance = rint64(v);
-        else if (strcmp(k, "held") == 0) ev->held = rint64(v);
-        else if (strcmp(k, "reason") == 0) ev->reason = rstr(v);
-        else if (strcmp(k, "request_id") == 0) ev->request_id = rstr(v);
-        else if (strcmp(k, "idempotency_key") == 0) ev->idem = rstr(v);
-        else if (strcmp(k, "note") == 0) ev->note = rstr(v);
+        if (strcmp(k, "ts") == 0) ev->ts_ms = tg_redis_reply_int(v);
+        else if (strcmp(k, "delta") == 0) ev->delta = tg_redis_reply_int(v);
+        else if (strcmp(k, "balance") == 0) ev->balance = tg_redis_reply_int(v);
+        else if (strcmp(k, "held") == 0) ev->held = tg_redis_reply_int(v);
+        else if (strcmp(k, "reason") == 0) ev->reason = tg_redis_reply_str(v);
+        else if (strcmp(k, "request_id") == 0) ev->request_id = tg_redis_reply_str(v);
+        else if (strcmp(k, "idempotency_key") == 0) ev->idem = tg_redis_reply_str(v);
+        else if (strcmp(k, "note") == 0) ev->note = tg_redis_reply_str(v);
     }
     return true;
 }
@@ -474,15 +416,15 @@ static void on_reply(void *arg, const redisReply *r)
     bool ok = r && r->type == REDIS_REPLY_ARRAY;
     if (r && r->type == REDIS_REPLY_ERROR) tg_log_warn("credits API: Redis answered: %s", r->str);
     if (ok && p->kind == OP_GET && r->elements >= 3) {
-        ship_from(p->tenant, r, 3);
-        if (req) reply_balance(req, p->tenant, rint64(r->element[0]), rint64(r->element[1]),
-                               rint64(r->element[2]));
+        tg_ledger_ship_reply(p->tenant, r, 3);
+        if (req) reply_balance(req, p->tenant, tg_redis_reply_int(r->element[0]), tg_redis_reply_int(r->element[1]),
+                               tg_redis_reply_int(r->element[2]));
     } else if (ok && p->kind == OP_CHANGE && r->elements >= 4) {
-        int64_t status = rint64(r->element[0]);
+        int64_t status = tg_redis_reply_int(r->element[0]);
         size_t sweep_from = 4;
         struct tg_ledger_event ev;
         if ((status == 0 || status == 1) && r->elements >= 4 + EVENT_FIELDS) {
-            event_from(p->tenant, r->element + 4, &ev);
+            tg_ledger_event_from_reply(p->tenant, r->element + 4, &ev);
             if (status == 0) tg_ledger_ship(&ev);
             sweep_from = 4 + EVENT_FIELDS;
             if (req) reply_change(req, &ev, status == 1);
@@ -501,7 +443,7 @@ static void on_reply(void *arg, const redisReply *r)
         } else if (req) {
             reply_error(req, 500, "server_error", "ledger_reply", "Redis gave an unexpected reply.");
         }
-        if (status != 1) ship_from(p->tenant, r, sweep_from);
+        if (status != 1) tg_ledger_ship_reply(p->tenant, r, sweep_from);
     } else if (ok && p->kind == OP_LEDGER) {
         if (req) {
             struct page pg = {.b = evbuffer_new()};
@@ -548,7 +490,7 @@ static void redis_serve(struct tg_credit_api *api, struct evhttp_request *req, e
         tg_resp_bulk(b, "EVALSHA", 7);
         tg_resp_bulk(b, tg_redis_sha(api->redis, SC_BALANCE), 40);
         tg_resp_bulk_int(b, 4);
-        put_credit_keys(b, api, tenant);
+        tg_ledger_put_keys(b, api->prefix, tenant, false);
         tg_resp_bulk(b, "", 0);
         tg_resp_bulk(b, tenant, strlen(tenant));
     } else if (kind == OP_CHANGE) {
@@ -559,8 +501,8 @@ static void redis_serve(struct tg_credit_api *api, struct evhttp_request *req, e
         tg_resp_bulk(b, "EVALSHA", 7);
         tg_resp_bulk(b, tg_redis_sha(api->redis, SC_CHANGE), 40);
         tg_resp_bulk_int(b, 5);
-        put_credit_keys(b, api, tenant);
-        put_key(b, api, tenant, "$idem", suffix);
+        tg_ledger_put_keys(b, api->prefix, tenant, false);
+        tg_resp_tenant_key(b, api->prefix, tenant, "$idem", suffix);
         tg_resp_bulk(b, "", 0);
         tg_resp_bulk_int(b, amount);
         tg_resp_bulk(b, note, strlen(note));
@@ -575,7 +517,7 @@ static void redis_serve(struct tg_credit_api *api, struct evhttp_request *req, e
         snprintf(count, sizeof(count), "%zu", limit + 1);
         tg_resp_head(b, '*', 6);
         tg_resp_bulk(b, "XRANGE", 6);
-        put_key(b, api, tenant, "$ledger", NULL);
+        tg_resp_tenant_key(b, api->prefix, tenant, "$ledger", NULL);
         tg_resp_bulk(b, from, strlen(from));
         tg_resp_bulk(b, "+", 1);
         tg_resp_bulk(b, "COUNT", 5);

@@ -266,21 +266,13 @@ static void send_slots(struct slot_backend *sb, const struct tg_tenant *tenant, 
     call->tenant = tenant;
     snprintf(call->slot_id, sizeof(call->slot_id), "%s", slot_id);
     struct tg_resp *b = &call->cmd;
-    size_t n = tenant->nslots, pl = strlen(sb->prefix), tl = strlen(tenant->name);
+    size_t n = tenant->nslots;
     tg_resp_head(b, '*', 3 + n + 4 + n);
     tg_resp_bulk(b, "EVALSHA", 7);
     tg_resp_bulk(b, tg_redis_sha(sb->redis, 0), 40);
     tg_resp_bulk_int(b, (int64_t)n);
-    for (size_t i = 0; i < n; i++) {
-        size_t nl = strlen(tenant->slots[i].name);
-        tg_resp_head(b, '$', pl + tl + 10 + nl);
-        tg_resp_raw(b, sb->prefix, pl);
-        tg_resp_raw(b, "{", 1);
-        tg_resp_raw(b, tenant->name, tl);
-        tg_resp_raw(b, "}:$slots:", 9);
-        tg_resp_raw(b, tenant->slots[i].name, nl);
-        tg_resp_raw(b, "\r\n", 2);
-    }
+    for (size_t i = 0; i < n; i++)
+        tg_resp_tenant_key(b, sb->prefix, tenant->name, "$slots:", tenant->slots[i].name);
     tg_resp_bulk(b, "", 0);
     tg_resp_bulk(b, op, strlen(op));
     tg_resp_bulk(b, call->slot_id, strlen(call->slot_id));

@@ -1,10 +1,12 @@
 /* Ledger events: their JSON, and their way out to the ledger sink. */
+#include <hiredis/hiredis.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include "tollgate/jsonw.h"
 #include "tollgate/ledger.h"
 #include "tollgate/metrics.h"
+#include "tollgate/redis.h"
 #include "tollgate/sink.h"
 
 static _Atomic(struct tg_sink *) ledger_sink;
@@ -84,4 +86,35 @@ void tg_ledger_ship(const struct tg_ledger_event *e)
     char line[TG_LEDGER_EVENT_MAX];
     size_t n = tg_ledger_event_json(e, line, sizeof(line));
     if (n) (void)s->ops->submit(s, line, n, e->tenant ? e->tenant : "");
+}
+
+void tg_ledger_put_keys(struct tg_resp *c, const char *prefix, const char *tenant, bool commits)
+{
+    static const char *const names[] = {"$credits", "$holds", "$holdexp", "$ledger", "$commits"};
+    for (size_t i = 0; i < (commits ? 5u : 4u); i++)
+        tg_resp_tenant_key(c, prefix, tenant, names[i], NULL);
+}
+
+void tg_ledger_event_from_reply(const char *tenant, struct redisReply *const *e,
+                                struct tg_ledger_event *ev)
+{
+    *ev = (struct tg_ledger_event){.seq = tg_redis_reply_int(e[0]),
+                                   .ts_ms = tg_redis_reply_int(e[1]),
+                                   .delta = tg_redis_reply_int(e[2]),
+                                   .balance = tg_redis_reply_int(e[3]),
+                                   .held = tg_redis_reply_int(e[4]),
+                                   .tenant = tenant,
+                                   .reason = tg_redis_reply_str(e[5]),
+                                   .request_id = tg_redis_reply_str(e[6]),
+                                   .idem = tg_redis_reply_str(e[7]),
+                                   .note = tg_redis_reply_str(e[8])};
+}
+
+void tg_ledger_ship_reply(const char *tenant, const struct redisReply *r, size_t from)
+{
+    for (size_t i = from; i + 9 <= r->elements; i += 9) {
+        struct tg_ledger_event ev;
+        tg_ledger_event_from_reply(tenant, r->element + i, &ev);
+        tg_ledger_ship(&ev);
+    }
 }

@@ -21,7 +21,6 @@
 #define RETRY_FOR_MS 300000  /* for this long; then its holds are left to expire */
 #define CALL_ID_KEEP_MS 600000 /* Redis remembers an applied commit call this long */
 #define MAX_RETRYING 10000   /* commit calls waiting for a retry; past this they are dropped */
-#define EVENT_FIELDS 9
 #define NAME_MAX_LEN 256
 
 enum call_kind { CALL_HOLD, CALL_COMMIT };
@@ -66,7 +65,6 @@ struct call {
 
 struct credit_set {
     struct credit_opts o;
-    size_t prefix_len;
     struct check *qhead, *qtail; /* checks of this loop turn */
     struct event *batch_ev;
     bool batch_scheduled;
@@ -120,29 +118,6 @@ static void count_error(const char *kind, double n)
 }
 
 
-/* "<prefix>{<tenant>}:<name>" */
-static void put_key(struct tg_resp *b, const struct credit_set *cs, const char *tenant,
-                    const char *name)
-{
-    size_t tl = strlen(tenant), nl = strlen(name);
-    tg_resp_head(b, '$', cs->prefix_len + tl + 3 + nl);
-    tg_resp_raw(b, cs->o.prefix, cs->prefix_len);
-    tg_resp_raw(b, "{", 1);
-    tg_resp_raw(b, tenant, tl);
-    tg_resp_raw(b, "}:", 2);
-    tg_resp_raw(b, name, nl);
-    tg_resp_raw(b, "\r\n", 2);
-}
-
-/* The tenant's credit keys (_credits.lua); `commits`: $commits too. */
-static void put_credit_keys(struct tg_resp *b, const struct credit_set *cs, const char *tenant,
-                            bool commits)
-{
-    static const char *const names[] = {"$credits", "$holds", "$holdexp", "$ledger", "$commits"};
-    for (size_t i = 0; i < (commits ? 5u : 4u); i++)
-        put_key(b, cs, tenant, names[i]);
-}
-
 static void put_head(struct tg_resp *b, const struct credit_set *cs, int script, size_t nargs,
                      size_t nkeys)
 {
@@ -170,39 +145,6 @@ static void put_param(struct tg_resp *b, const struct tg_bucket_param *p)
     tg_resp_bulk_int(b, p->cap_u);
     tg_resp_bulk_double(b, p->rate);
     tg_resp_bulk_int(b, p->per_ms);
-}
-
-static int64_t reply_int(const redisReply *e)
-{
-    if (e->type == REDIS_REPLY_INTEGER) return e->integer;
-    if (e->type == REDIS_REPLY_STRING) return strtoll(e->str, NULL, 10);
-    return 0;
-}
-
-static const char *reply_str(const redisReply *e)
-{
-    return e->type == REDIS_REPLY_STRING ? e->str : "";
-}
-
-/* Ships the events of a reply from element `from` on, 9 values each. */
-static void ship_events(const char *tenant, const redisReply *r, size_t from)
-{
-    for (size_t i = from; i + EVENT_FIELDS <= r->elements; i += EVENT_FIELDS) {
-        redisReply **e = r->element + i;
-        struct tg_ledger_event ev = {
-            .seq = reply_int(e[0]),
-            .ts_ms = reply_int(e[1]),
-            .delta = reply_int(e[2]),
-            .balance = reply_int(e[3]),
-            .held = reply_int(e[4]),
-            .tenant = tenant,
-            .reason = reply_str(e[5]),
-            .request_id = reply_str(e[6]),
-            .idem = reply_str(e[7]),
-            .note = reply_str(e[8]),
-        };
-        tg_ledger_ship(&ev);
-    }
 }
 
 static void on_reply(void *arg, const redisReply *r);
@@ -303,8 +245,8 @@ static struct call *build_commits(struct credit_set *cs, struct commit **list)
     c->first_ms = tg_now_mono_ms();
     put_head(b, cs, cs->o.script_commit, 4 + 3 * nb + 1 + m * (3 + nb), nb + 5);
     for (size_t k = 0; k < nb; k++)
-        put_key(b, cs, c->tenant, names[k]);
-    put_credit_keys(b, cs, c->tenant, true);
+        tg_resp_tenant_key(b, cs->o.prefix, c->tenant, names[k], NULL);
+    tg_ledger_put_keys(b, cs->o.prefix, c->tenant, true);
     put_clock(b, cs);
     put_str(b, c->tenant);
     put_str(b, call_id);
@@ -370,7 +312,7 @@ static void commit_done(struct credit_set *cs, struct call *c, const redisReply 
         wait_retry(cs, c);
         return;
     }
-    ship_events(c->tenant, r, 3 + c->ncommits);
+    tg_ledger_ship_reply(c->tenant, r, 3 + c->ncommits);
     free_call(c);
 }
 
@@ -478,10 +420,10 @@ static void hold_done(struct credit_set *cs, struct call *c, const redisReply *r
         m++;
     bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 3 + m * (4 + nk);
     if (!ok && r) count_error("reply", 1);
-    if (ok) ship_events(c->tenant, r, 3 + m * (4 + nk));
+    if (ok) tg_ledger_ship_reply(c->tenant, r, 3 + m * (4 + nk));
     /* The balance each check saw after it: the call's last one for all (they were judged
      * in one instant). */
-    int64_t balance = ok ? reply_int(r->element[1]) : 0;
+    int64_t balance = ok ? tg_redis_reply_int(r->element[1]) : 0;
     size_t row = 3;
     for (struct check *k = c->checks; k; k = k->next, row += 4 + nk) {
         struct tg_limit_result res;
@@ -544,8 +486,8 @@ static struct call *build_holds(struct credit_set *cs)
     struct tg_resp *b = &c->cmd;
     put_head(b, cs, cs->o.script_hold, 3 + 4 * nk + 1 + m * (5 + nk), nk + 4);
     for (size_t x = 0; x < nk; x++)
-        put_key(b, cs, tenant, limits[x]->name);
-    put_credit_keys(b, cs, tenant, false);
+        tg_resp_tenant_key(b, cs->o.prefix, tenant, limits[x]->name, NULL);
+    tg_ledger_put_keys(b, cs->o.prefix, tenant, false);
     put_clock(b, cs);
     put_str(b, tenant);
     tg_resp_bulk_int(b, c->checks->req.credit.hold_ttl_ms);
@@ -663,7 +605,6 @@ struct credit_set *credit_create(struct event_base *base, const struct credit_op
     struct credit_set *cs = calloc(1, sizeof(*cs));
     if (!cs) return NULL;
     cs->o = *o;
-    cs->prefix_len = strlen(o->prefix);
     cs->commits_tail = &cs->commits;
     cs->retry_ev = evtimer_new(base, on_retry, cs);
     cs->flush_ev = evtimer_new(base, on_flush, cs);

@@ -2,6 +2,7 @@
  * ran out of memory is marked and refused when sent. */
 #include <stdio.h>
 #include <string.h>
+#include <hiredis/hiredis.h>
 #include "tollgate/redis.h"
 
 #define RESP_MIN 256
@@ -76,4 +77,31 @@ void tg_resp_bulk_double(struct tg_resp *c, double v)
     cache[i].v = v;
     cache[i].n = (size_t)k;
     tg_resp_bulk(c, cache[i].t, cache[i].n);
+}
+
+void tg_resp_tenant_key(struct tg_resp *c, const char *prefix, const char *tenant,
+                        const char *name, const char *suffix)
+{
+    size_t pl = strlen(prefix), tl = strlen(tenant), nl = strlen(name);
+    size_t sl = suffix ? strlen(suffix) : 0;
+    tg_resp_head(c, '$', pl + tl + 3 + nl + sl);
+    tg_resp_raw(c, prefix, pl);
+    tg_resp_raw(c, "{", 1);
+    tg_resp_raw(c, tenant, tl);
+    tg_resp_raw(c, "}:", 2);
+    tg_resp_raw(c, name, nl);
+    if (sl) tg_resp_raw(c, suffix, sl);
+    tg_resp_raw(c, "\r\n", 2);
+}
+
+int64_t tg_redis_reply_int(const struct redisReply *e)
+{
+    if (e->type == REDIS_REPLY_INTEGER) return e->integer;
+    if (e->type == REDIS_REPLY_STRING) return strtoll(e->str, NULL, 10);
+    return 0;
+}
+
+const char *tg_redis_reply_str(const struct redisReply *e)
+{
+    return e->type == REDIS_REPLY_STRING ? e->str : "";
 }
