@@ -114,10 +114,20 @@ struct tg_upstream {
     size_t index; /* position in tg_config.upstreams */
 };
 
+/* routes[].models: requests for a model matching `pattern` (fnmatch) go to `upstream`. */
+struct tg_model_route {
+    char *pattern;
+    struct tg_upstream *upstream; /* (ref) into the same config */
+};
+
 struct tg_route {
     char *path; /* prefix */
     size_t path_len;
-    struct tg_upstream *upstream; /* (ref) into the same config */
+    struct tg_upstream *upstream; /* (ref) the default; NULL: only `models` route */
+    struct tg_model_route *models; /* the first matching entry wins, in the file's order */
+    size_t nmodels;
+    struct tg_kv *aliases; /* model_aliases: a requested name -> the model forwarded */
+    size_t naliases;
     enum tg_cost_model cost;
     int default_max_tokens; /* route override, else costs.default_max_tokens */
     int max_wait_ms;        /* >0: a denied request waits up to this long for room */

@@ -57,6 +57,12 @@ char *tg_cost_request_usage(const char *body, size_t len, size_t *outlen) TG_WUR
  * checked again. Any other body is the caller's error. */
 char *tg_cost_request_usage_valid(const char *body, size_t len, size_t *outlen) TG_WUR;
 
+/* The body of a request already checked valid with its top-level "model" string replaced by
+ * `model` (a model alias resolved), malloc'd with its length in *outlen; NULL when the body
+ * has no model string, or out of memory. */
+char *tg_cost_request_model(const char *body, size_t len, const char *model,
+                            size_t *outlen) TG_WUR;
+
 /* Actual usage read from a reply. */
 struct tg_usage {
     int64_t prompt_tokens;

@@ -24,6 +24,7 @@ struct tg_usage_record {
     char key[13];         /* first 12 hex of the key's SHA-256, "" if none */
     const char *route;    /* the route's path, or NULL */
     const char *model;    /* "" if none */
+    const char *requested_model; /* the alias the client named, NULL if none */
     const char *upstream; /* NULL if not forwarded */
     int status;
     bool stream;

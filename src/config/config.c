@@ -353,11 +353,16 @@ void tg_config_print(const struct tg_config *cfg, FILE *out)
     }
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const struct tg_route *r = &cfg->routes[i];
-        fprintf(out, "route %s -> %s, cost %s", r->path, r->upstream->name, cost_names[r->cost]);
+        fprintf(out, "route %s -> %s, cost %s", r->path,
+                r->upstream ? r->upstream->name : "(by model only)", cost_names[r->cost]);
         if (r->cost == TG_COST_TOKENS)
             fprintf(out, ", default max tokens %d", r->default_max_tokens);
         if (r->max_wait_ms > 0) fprintf(out, ", waits up to %d ms", r->max_wait_ms);
         fputc('\n', out);
+        for (size_t k = 0; k < r->nmodels; k++)
+            fprintf(out, "  model %s -> %s\n", r->models[k].pattern, r->models[k].upstream->name);
+        for (size_t k = 0; k < r->naliases; k++)
+            fprintf(out, "  alias %s = %s\n", r->aliases[k].key, r->aliases[k].value);
     }
     size_t *nkeys = calloc(cfg->ntenants + 1, sizeof(*nkeys));
     size_t *nplain = calloc(cfg->ntenants + 1, sizeof(*nplain));

@@ -574,3 +574,32 @@ int set_price(struct loader *ld, const struct directive *d, uint32_t id, void *b
     *FIELD(base, d, int64_t) = whole * 1000000000000LL + frac;
     return 0;
 }
+
+/* `models:` of a route: a mapping of model patterns to upstream names, each resolved here
+ * (upstreams come before routes), in the file's order. */
+int set_route_models(struct loader *ld, const struct directive *d, uint32_t id, void *base)
+{
+    struct tg_route *r = base;
+    const struct node *m = N(ld, id);
+    size_t n = m->n / 2;
+    r->models = n ? ld_alloc(ld, n * sizeof(*r->models)) : NULL;
+    if (n && !r->models) return -1;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t k = m->u.kids[2 * i], v = m->u.kids[2 * i + 1];
+        if (N(ld, k)->type != N_SCALAR || N(ld, k)->n == 0)
+            return fail(ld, k, "a model pattern must be a non-empty scalar");
+        size_t mark = path_key(ld, N(ld, k)->u.str, N(ld, k)->n);
+        if (N(ld, v)->type != N_SCALAR) return fail(ld, v, "expected an upstream's name");
+        size_t vn;
+        const char *s = expand(ld, v, &vn);
+        if (!s) return -1;
+        const struct strset_slot *e = strset_find(&ld->upstream_names, s, vn);
+        if (!e) return fail_got(ld, v, s, vn, "no upstream has this name");
+        r->models[i].upstream = &ld->cfg->upstreams[e->val];
+        if (!(r->models[i].pattern = ld_strdup(ld, N(ld, k)->u.str, N(ld, k)->n))) return -1;
+        path_pop(ld, mark);
+    }
+    r->nmodels = n;
+    (void)d;
+    return 0;
+}

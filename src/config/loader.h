@@ -214,6 +214,7 @@ int set_per(struct loader *ld, const struct directive *d, uint32_t id, void *bas
 int set_route_upstream(struct loader *ld, const struct directive *d, uint32_t id, void *base);
 int set_tenant_name(struct loader *ld, const struct directive *d, uint32_t id, void *base);
 int set_price(struct loader *ld, const struct directive *d, uint32_t id, void *base);
+int set_route_models(struct loader *ld, const struct directive *d, uint32_t id, void *base);
 int set_keys(struct loader *ld, const struct directive *d, uint32_t id, void *base);
 
 /* The index of `s` among `choices` (NULL-terminated), or -1. */

@@ -165,6 +165,9 @@ static int check_route(struct loader *ld, const struct section *sec, uint32_t ma
 {
     struct tg_route *r = base;
     r->path_len = strlen(r->path);
+    if (!r->upstream && r->nmodels == 0)
+        return fail_key(ld, sec, seen, map, "upstream",
+                        "is required (or models: routing requests by their model)");
     if (r->default_max_tokens == 0) r->default_max_tokens = ld->cfg->costs.default_max_tokens;
     bool added;
     const struct strset_slot *e =
@@ -403,7 +406,9 @@ static const struct section upstream_section = SECTION(upstream_keys, check_upst
 #define RT(f) offsetof(struct tg_route, f)
 static const struct directive route_keys[] = {
     {KEY("path", N_SCALAR, set_path, RT(path)), .store = ST_STR, .required = true},
-    {KEY("upstream", N_SCALAR, set_route_upstream, RT(upstream)), .required = true},
+    {KEY("upstream", N_SCALAR, set_route_upstream, RT(upstream))}, /* or models (check_route) */
+    {KEY("models", N_MAP, set_route_models, 0)},
+    {KEY("model_aliases", N_MAP, set_props, RT(aliases)), .store = ST_KV, .off_n = RT(naliases)},
     {KEY("cost", N_SCALAR, set_enum, RT(cost)), .store = ST_ENUM, .choices = cost_names,
      .required = true},
     {KEY("default_max_tokens", N_SCALAR, set_int, RT(default_max_tokens)), .store = ST_INT,

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tollgate/cost.h"
+#include "tollgate/jsonw.h"
 #include "json.h"
 #include "units.h"
 
@@ -607,4 +608,21 @@ char *tg_cost_request_usage_valid(const char *body, size_t len, size_t *outlen)
 {
     if (!body || len == 0) return NULL;
     return request_usage(body, len, outlen);
+}
+
+char *tg_cost_request_model(const char *body, size_t len, const char *model, size_t *outlen)
+{
+    if (!body || len == 0) return NULL;
+    const char *end = body + len, *open = skip_ws(body, end);
+    if (open >= end || *open != '{') return NULL;
+    struct span top = {open, end};
+    struct span m = find(top, K_MODEL);
+    if (!m.v || jtype_of(m) != J_STRING) return NULL;
+    size_t n = strlen(model);
+    char *q = malloc(TG_JSONW_STR_MAX(n));
+    if (!q) return NULL;
+    size_t qn = (size_t)(tg_jsonw_str(q, model, n) - q);
+    char *out = splice(body, len, (size_t)(m.v - body), (size_t)(m.ve - m.v), q, qn, outlen);
+    free(q);
+    return out;
 }

@@ -325,6 +325,7 @@ static bool req_begin(struct tg_conn *c)
     r->wait_deadline_ms = 0;
     r->wait_expired = false;
     r->ledger_seq = 0;
+    r->requested_model[0] = '\0';
     r->rl_len = 0;
     r->rl[0] = '\0';
     r->pool = NULL;

@@ -88,6 +88,7 @@ struct tg_req {
     int denied;   /* index of the bucket that denied, or -1 */
     int64_t ledger_seq; /* the hold's ledger event, when the balance paid */
     enum tg_priority priority; /* the key's class, lowered by x-tollgate-priority */
+    char requested_model[TG_MODEL_LEN]; /* the alias the client asked for; "" if none */
     bool checking, charged, acquiring, retried;
     int64_t t_lim_us;
     struct tg_waiter waiter;  /* its place in the tenant's wait queue (routes[].max_wait_ms) */

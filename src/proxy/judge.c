@@ -61,11 +61,39 @@ void on_request_complete(struct tg_conn *c)
                     TG_DECISION_REJECTED);
         return;
     }
+    /* A model alias: the model it stands for is the one forwarded, routed, limited and
+     * priced; the record keeps the name the client asked for. */
+    const char *alias = tg_router_alias(r->route, r->info.model);
+    if (alias && !r->bodyless) {
+        size_t n;
+        char *nb = tg_cost_request_model(r->body, r->body_len, alias, &n);
+        if (nb) {
+            memcpy(r->requested_model, r->info.model, sizeof(r->requested_model));
+            snprintf(r->info.model, sizeof(r->info.model), "%s", alias);
+            r->fwd_body = nb;
+            r->fwd_len = n;
+        }
+    }
     if (r->route->cost == TG_COST_TOKENS && r->info.stream && !r->info.client_wants_usage) {
-        r->fwd_body = tg_cost_request_usage_valid(r->body, r->body_len, &r->fwd_len);
-        r->strip_usage = r->fwd_body != NULL;
+        const char *src = r->fwd_body ? r->fwd_body : r->body;
+        size_t slen = r->fwd_body ? r->fwd_len : r->body_len, n;
+        char *nb = tg_cost_request_usage_valid(src, slen, &n);
+        if (nb) {
+            free(r->fwd_body);
+            r->fwd_body = nb;
+            r->fwd_len = n;
+        }
+        r->strip_usage = nb != NULL;
     }
     r->upstream = tg_router_pick(r->route, &r->info);
+    if (r->upstream == NULL) {
+        char msg[TG_MODEL_LEN + 96];
+        snprintf(msg, sizeof(msg), "The model `%s` does not exist or you do not have access to it.",
+                 r->info.model);
+        reply_error(c, 404, "invalid_request_error", "model_not_found", msg, false,
+                    TG_DECISION_REJECTED);
+        return;
+    }
     /* Waiters of its tenant and class (or a higher one) are ahead: it queues behind them
      * rather than take the room they wait for. */
     if (r->route->max_wait_ms > 0 && !r->waiter.q &&

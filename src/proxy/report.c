@@ -180,6 +180,7 @@ void req_finish(struct tg_conn *c, enum tg_decision decision)
     }
     rec.route = r->route ? r->route->path : NULL;
     rec.model = r->info.model;
+    rec.requested_model = r->requested_model[0] ? r->requested_model : NULL;
     rec.upstream = r->tup_us ? r->upstream->name : NULL;
     rec.status = r->status;
     rec.stream = r->info.stream;

@@ -195,7 +195,7 @@ static size_t opt_len(const char *s)
 
 /* The lengths of a record's strings, and the most its JSON can take. */
 struct json_lens {
-    size_t id, key, tenant, route, model, upstream, limit;
+    size_t id, key, tenant, route, model, requested, upstream, limit;
 };
 
 static size_t json_cap(const struct tg_usage_record *r, struct json_lens *l)
@@ -205,10 +205,12 @@ static size_t json_cap(const struct tg_usage_record *r, struct json_lens *l)
     l->tenant = opt_len(r->tenant);
     l->route = opt_len(r->route);
     l->model = opt_len(r->model);
+    l->requested = opt_len(r->requested_model);
     l->upstream = opt_len(r->upstream);
     l->limit = opt_len(r->limit);
     return JSON_FIXED_MAX +
-           JSON_ESC_MAX * (l->id + l->key + l->tenant + l->route + l->model + l->upstream + l->limit);
+           JSON_ESC_MAX * (l->id + l->key + l->tenant + l->route + l->model + l->requested +
+                           l->upstream + l->limit);
 }
 
 /* Writes the JSON into buf (json_cap bytes); returns its length. */
@@ -230,6 +232,8 @@ static size_t json_write(const struct tg_usage_record *r, const struct json_lens
     p = put_str_or_null(p, r->route, rl, r->route == NULL);
     PUT(p, ",\"model\":");
     p = put_str_or_null(p, r->model, ml, ml == 0);
+    PUT(p, ",\"requested_model\":");
+    p = put_str_or_null(p, r->requested_model, l->requested, r->requested_model == NULL);
     PUT(p, ",\"upstream\":");
     p = put_str_or_null(p, r->upstream, ul, r->upstream == NULL);
     PUT(p, ",\"status\":");

@@ -74,10 +74,10 @@ static json_t *roundtrip(const struct tg_usage_record *r, char **text)
 }
 
 static const char *const field_order[] = {
-    "v",        "id",         "ts",          "tenant",   "key",      "route",    "model",
-    "upstream", "status",     "stream",      "priority",    "decision", "limit",    "fallback", "paid_by",
-    "credits",  "usage",
-    "cost",     "latency_ms", "upstream_ms", "bytes_in", "bytes_out"};
+    "v",           "id",          "ts",       "tenant",      "key",      "route",
+    "model",       "requested_model", "upstream", "status", "stream",  "priority",
+    "decision",    "limit",       "fallback", "paid_by",     "credits",  "usage",
+    "cost",        "latency_ms",  "upstream_ms", "bytes_in", "bytes_out"};
 
 static void check_order(json_t *o)
 {
@@ -232,6 +232,7 @@ static void test_paid_by_credits(void **state)
     o = roundtrip(&r, NULL);
     assert_string_equal(str(o, "priority"), "background");
     assert_string_equal(str(o, "paid_by"), "rate_limit");
+    is_null(o, "requested_model");
     is_null(o, "credits");
     json_decref(o);
 }
